@@ -1,0 +1,103 @@
+# metastate - RWKV-7 / Meta-State inference server.
+#
+#   make run     install what is missing, build, start the server on the default model
+#   make test    install, build, run every test, then the whole suite again under ASan+UBSan
+#   make bench   benchmarks (not part of make test)
+#
+# Every user-facing target first runs `deps`, which apt-get installs the Debian
+# packages that are missing (and nothing when all are there). The real work is
+# done by a sub-make, so that pkg-config is only asked once it is installed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+BUILD   ?= build
+MODEL   ?= $(BUILD)/models/default.safetensors
+PORT    ?= 8080
+HOST    ?= 127.0.0.1
+SHARED  ?= ../shared
+
+# Debian packages: the build, then what the tests use.
+BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
+              libopenblas-dev libuv1-dev libssl-dev
+TEST_PKGS  := libcriterion-dev curl nodejs npm
+
+.PHONY: all deps deps-test build unit-bin check test bench run clean asan
+
+all: deps
+	@$(MAKE) --no-print-directory build
+
+deps:
+	@bash tools/deps.sh $(BUILD_PKGS)
+
+deps-test:
+	@bash tools/deps.sh $(BUILD_PKGS) $(TEST_PKGS)
+
+test: deps-test
+	@$(MAKE) --no-print-directory check
+
+bench: deps
+	@$(MAKE) --no-print-directory build
+	@bash tools/bench.sh $(BUILD)
+
+run: deps
+	@$(MAKE) --no-print-directory build
+	@bash tools/run.sh $(BUILD) $(MODEL) $(HOST) $(PORT)
+
+clean:
+	rm -rf $(BUILD)
+
+# ---------------------------------------------------------------------------
+# Everything below runs in the sub-make, with the packages installed.
+
+CC       ?= cc
+PKGS     := openblas libmicrohttpd jansson libuv libcrypto
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS   ?= -O2 -g
+BASEFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-math-errno $(WARN) $(PKG_CFLAGS) -Iengine -Iproto -Iserver
+LDLIBS    = $(PKG_LIBS) -lm -pthread
+
+SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+ENGINE_SRC := $(wildcard engine/*.c)
+PROTO_SRC  := $(wildcard proto/*.c)
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_SRC    := $(ENGINE_SRC) $(PROTO_SRC) $(SERVER_SRC)
+UNIT_SRC   := $(wildcard tests/unit/*.c)
+HEADERS    := $(wildcard engine/*.h proto/*.h server/*.h tests/unit/*.h)
+
+# $(call objs,DIR,SOURCES)
+objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
+
+build: $(BUILD)/metastate
+unit-bin: $(BUILD)/unit-tests
+asan: $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/asan/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(SAN_FLAGS) -c $< -o $@
+
+$(BUILD)/metastate: $(call objs,$(BUILD),$(LIB_SRC) server/main.c)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/unit-tests: $(call objs,$(BUILD),$(LIB_SRC) $(UNIT_SRC))
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
+
+$(BUILD)/asan/metastate: $(call objs,$(BUILD)/asan,$(LIB_SRC) server/main.c)
+	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/asan/unit-tests: $(call objs,$(BUILD)/asan,$(LIB_SRC) $(UNIT_SRC))
+	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDLIBS) -lcriterion
+
+# The test suite: unit tests (Criterion) and the server tests (node's test
+# runner with the official openai package), first with the normal build, then
+# everything again with the sanitizer build. Any sanitizer report fails.
+check: $(BUILD)/metastate $(BUILD)/unit-tests $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests
+	@bash tests/run.sh $(BUILD) $(SHARED)

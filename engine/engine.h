@@ -1,0 +1,288 @@
+/*
+ * engine.h - the metastate engine: RWKV-7 ("x070") and Meta-State (MS-v0)
+ * inference on the CPU, the RWKV World tokenizer and the sampler.
+ *
+ * This is the only header of engine/ that other folders include. The engine
+ * knows nothing of HTTP or of the OpenAI wire format.
+ *
+ * Conventions, valid for every function below unless its comment says
+ * otherwise:
+ *  - Functions that can fail return ms_status (MS_OK == 0) and, when `err` is
+ *    not NULL, fill it with a message that names the file/tensor and the
+ *    problem, ready to show to a user. Nothing here calls exit() or abort().
+ *  - Objects returned by *_new / *_load / *_open are owned by the caller and
+ *    released with the matching *_free / *_close (which accept NULL).
+ *  - Thread-safety: an ms_model, ms_tokenizer and ms_tensorfile are immutable
+ *    after loading and may be shared by any number of threads. An ms_state,
+ *    ms_ctx, ms_sampler or ms_detok belongs to one thread at a time.
+ *  - Token ids are int32_t. Id 0 is end-of-text.
+ */
+#ifndef METASTATE_ENGINE_H
+#define METASTATE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ======================================================================== */
+/* Errors                                                                    */
+/* ======================================================================== */
+
+typedef enum {
+    MS_OK = 0,
+    MS_ERR_IO,          /* open/read/write/mmap failed (errno text in msg) */
+    MS_ERR_FORMAT,      /* not a file of the expected format, truncated, bad header */
+    MS_ERR_MISSING,     /* a required tensor is absent (its name is in msg) */
+    MS_ERR_SHAPE,       /* a tensor has the wrong shape (name, expected, found) */
+    MS_ERR_DTYPE,       /* unsupported element type */
+    MS_ERR_UNSUPPORTED, /* a model variant we do not run (RWKV-6, DeepEmbed...) */
+    MS_ERR_NOMEM,
+    MS_ERR_INVALID,     /* bad argument (token id out of range, bad size...) */
+    MS_ERR_MISMATCH     /* data made for another model (state of other shape...) */
+} ms_status;
+
+typedef struct ms_error {
+    ms_status code;
+    char msg[512];
+} ms_error;
+
+/* Static text for a status code ("format error", ...). Never NULL. */
+const char *ms_status_str(ms_status s);
+
+/* ======================================================================== */
+/* Tensor files: safetensors and PyTorch .pth (zip + pickle)                 */
+/* ======================================================================== */
+
+typedef enum { MS_F32 = 0, MS_F16 = 1, MS_BF16 = 2 } ms_dtype;
+
+#define MS_MAX_DIMS 4
+
+/* A view of one tensor. `data` points into the mapped file (or caller memory
+ * when writing); it is little-endian, row-major and may be unaligned. */
+typedef struct ms_tensor {
+    const char *name;
+    ms_dtype dtype;
+    int ndim;
+    int64_t shape[MS_MAX_DIMS];
+    const void *data;
+    size_t nbytes;
+} ms_tensor;
+
+typedef struct ms_tensorfile ms_tensorfile;
+
+/* Maps `path` read-only and indexes its tensors. The format (safetensors or
+ * torch zip) is detected from the content, not from the name. Fails with
+ * MS_ERR_FORMAT for truncated files or bad headers, MS_ERR_DTYPE for element
+ * types other than F32/F16/BF16. */
+ms_status ms_tensorfile_open(const char *path, ms_tensorfile **out, ms_error *err);
+void ms_tensorfile_close(ms_tensorfile *tf);
+
+/* The file's path as given to open (owned by tf). */
+const char *ms_tensorfile_path(const ms_tensorfile *tf);
+/* Tensors in file order; views stay valid until ms_tensorfile_close. */
+size_t ms_tensorfile_count(const ms_tensorfile *tf);
+const ms_tensor *ms_tensorfile_at(const ms_tensorfile *tf, size_t i);
+/* NULL when absent. */
+const ms_tensor *ms_tensorfile_find(const ms_tensorfile *tf, const char *name);
+/* safetensors "__metadata__" value, or NULL (always NULL for .pth). */
+const char *ms_tensorfile_meta(const ms_tensorfile *tf, const char *key);
+
+/* Number of elements of t (product of its shape; 1 for a scalar). */
+int64_t ms_tensor_numel(const ms_tensor *t);
+/* Converts t's elements to fp32 into dst (ms_tensor_numel(t) floats). */
+void ms_tensor_to_f32(const ms_tensor *t, float *dst);
+
+/* Writes a safetensors file to `f`: header (8-byte aligned) then the tensors
+ * in the given order. `meta` is NULL or a NULL-terminated list of key, value
+ * strings for "__metadata__". Does not close f. */
+ms_status ms_safetensors_write(FILE *f, const ms_tensor *tensors, size_t n,
+                               const char *const *meta, ms_error *err);
+
+/* Writes a PyTorch-loadable .pth (torch.save zip format, pickle protocol 2,
+ * an OrderedDict name -> tensor) to `path`. Used for fixtures and exports. */
+ms_status ms_pth_write(const char *path, const ms_tensor *tensors, size_t n,
+                       ms_error *err);
+
+/* ======================================================================== */
+/* Model                                                                     */
+/* ======================================================================== */
+
+/* Every field is derived from tensor shapes at load (SPEC 1.1). */
+typedef struct ms_config {
+    int n_layer;    /* L */
+    int n_embd;     /* C */
+    int n_head;     /* H */
+    int head_size;  /* N, C == H * N */
+    int vocab_size; /* V (rows of emb.weight) */
+    int dim_ffn;    /* F (may differ per layer after expansion: max here) */
+    int d_decay, d_aaa, d_mv, d_gate; /* LoRA ranks Dw, Da, Dv, Dg */
+    int meta_state; /* 1 when any blocks.{l}.ffn.ms_gamma is present */
+    ms_dtype file_dtype; /* dtype of emb.weight in the file */
+} ms_config;
+
+typedef struct ms_model ms_model;
+
+typedef struct ms_load_opts {
+    int n_threads; /* worker threads for the forward pass; 0 = one per core */
+} ms_load_opts;
+
+/* Loads a checkpoint (.pth or safetensors, BlinkDL tensor names). Weights are
+ * widened to fp32 once; the file is unmapped before returning. opts may be
+ * NULL. Errors name the file and, where relevant, the tensor. */
+ms_status ms_model_load(const char *path, const ms_load_opts *opts,
+                        ms_model **out, ms_error *err);
+/* Same, from an already opened tensor file (tf stays owned by the caller and
+ * may be closed after this returns). */
+ms_status ms_model_from_tensors(const ms_tensorfile *tf, const ms_load_opts *opts,
+                                ms_model **out, ms_error *err);
+void ms_model_free(ms_model *m);
+
+const ms_config *ms_model_config(const ms_model *m);
+/* 32-byte SHA-256 over the weights (sorted names, shapes, fp32 values), so a
+ * .pth and a safetensors file of the same weights share a fingerprint. */
+const uint8_t *ms_model_fingerprint(const ms_model *m);
+/* Bytes of weights as held in memory, and bytes read per generated token. */
+size_t ms_model_weight_bytes(const ms_model *m);
+size_t ms_model_bytes_per_token(const ms_model *m);
+
+/* ======================================================================== */
+/* Recurrent state                                                           */
+/* ======================================================================== */
+
+/* One sequence's whole memory: per layer l, contiguous fp32
+ *   att_shift[C] | S[H][N][N] (S[h][i][j]: i = value, j = key) | ffn_shift[C]
+ * i.e. L*C*(N+2) floats, whatever the sequence length. */
+typedef struct ms_state ms_state;
+
+/* A zeroed state (the start of every sequence) for model m; NULL on OOM.
+ * The state does not keep a pointer to m. */
+ms_state *ms_state_new(const ms_model *m);
+void ms_state_free(ms_state *s);
+void ms_state_reset(ms_state *s);
+/* dst and src must come from models of the same config. */
+void ms_state_copy(ms_state *dst, const ms_state *src);
+/* Raw access in the layout above (for serialization). */
+size_t ms_state_nfloats(const ms_state *s);
+float *ms_state_data(ms_state *s);
+const float *ms_state_cdata(const ms_state *s);
+float *ms_state_att_shift(ms_state *s, int layer); /* C floats */
+float *ms_state_wkv(ms_state *s, int layer);       /* H*N*N floats */
+float *ms_state_ffn_shift(ms_state *s, int layer); /* C floats */
+
+/* Loads "<prefix><i>.att_x_prev" (C), "<prefix><i>.att_kv" (H,N,N) and
+ * "<prefix><i>.ffn_x_prev" (C) for every layer from tf into s; e.g. prefix
+ * "state." or "in.state.". Any dtype; shapes are checked. */
+ms_status ms_state_load_tensors(ms_state *s, const ms_tensorfile *tf,
+                                const char *prefix, ms_error *err);
+/* Writes a safetensors file: the `extra` tensors first, then the state as
+ * "state.<i>.att_x_prev|att_kv|ffn_x_prev", all F32. */
+ms_status ms_state_write_safetensors(FILE *f, const ms_state *s,
+                                     const ms_tensor *extra, size_t n_extra,
+                                     ms_error *err);
+
+/* ======================================================================== */
+/* Forward pass                                                              */
+/* ======================================================================== */
+
+/* Scratch buffers for running one sequence at a time: every activation
+ * buffer, sized for `max_chunk` tokens per internal step, allocated once. */
+typedef struct ms_ctx ms_ctx;
+
+/* max_chunk = 0 picks a default (64). NULL on OOM. The ctx keeps a pointer to
+ * m: free the ctx before the model. */
+ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk);
+void ms_ctx_free(ms_ctx *c);
+
+/* Runs tokens[0..n) from state s (updated in place), as prefill: projections
+ * as GEMMs over chunks of up to max_chunk tokens, the WKV recurrence per
+ * token. logits: NULL (none wanted), V floats (after the last token), or n*V
+ * floats when all_logits (row t = after token t). Fails with MS_ERR_INVALID
+ * for an id >= V; s is then unchanged. */
+ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n,
+                     float *logits, int all_logits, ms_error *err);
+
+/* One token, RNN mode (matrix-vector products). logits: NULL or V floats. */
+ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits,
+                  ms_error *err);
+
+/* ======================================================================== */
+/* Tokenizer (RWKV World vocabulary, greedy longest match)                   */
+/* ======================================================================== */
+
+typedef struct ms_tokenizer ms_tokenizer;
+
+/* Parses a vocabulary in the rwkv_vocab_v20230424.txt format
+ * ("<id> <python str or bytes literal> <byte length>" per line). */
+ms_status ms_tokenizer_load(const char *path, ms_tokenizer **out, ms_error *err);
+/* A byte-level vocabulary: id b+1 is byte b (0..255), id 0 end-of-text. */
+ms_tokenizer *ms_tokenizer_new_bytes(void);
+void ms_tokenizer_free(ms_tokenizer *t);
+
+/* 1 + the largest id in the vocabulary. */
+int32_t ms_tokenizer_n_ids(const ms_tokenizer *t);
+/* Encodes len bytes; writes at most cap ids and returns how many the whole
+ * text needs (call again with a larger buffer when that exceeds cap). */
+size_t ms_tokenize(const ms_tokenizer *t, const char *text, size_t len,
+                   int32_t *ids, size_t cap);
+/* The bytes of one id (not NUL-terminated), or NULL for id 0 and unknown
+ * ids. Valid as long as t. */
+const char *ms_token_bytes(const ms_tokenizer *t, int32_t id, size_t *len);
+
+/* Streaming decoder: holds back bytes until they form complete UTF-8, so a
+ * character is never split between two pieces of output. */
+typedef struct ms_detok {
+    char pending[256];
+    size_t n_pending;
+} ms_detok;
+
+void ms_detok_init(ms_detok *d);
+/* Appends id's bytes and moves to out every byte that is ready: the pending
+ * bytes when they are valid UTF-8, all of them (invalid ones replaced by
+ * U+FFFD) when they can no longer become valid or exceed the buffer. Returns
+ * the number of bytes written; out must hold at least 512 bytes. */
+size_t ms_detok_push(ms_detok *d, const ms_tokenizer *t, int32_t id, char *out);
+/* Flushes what is still held (invalid bytes as U+FFFD) at end of output. */
+size_t ms_detok_flush(ms_detok *d, char *out);
+
+/* ======================================================================== */
+/* Sampler (SPEC 2.4)                                                        */
+/* ======================================================================== */
+
+typedef struct ms_sampler_params {
+    float temperature;       /* 0 = greedy */
+    float top_p;             /* nucleus on untempered probabilities; 0 = greedy */
+    int top_k;               /* 0 = off */
+    float presence_penalty;
+    float frequency_penalty;
+    float penalty_decay;     /* occurrence *= decay after every token */
+    uint64_t seed;
+} ms_sampler_params;
+
+/* The SPEC 2.4 defaults: T 1.0, top_p 0.3, top_k 0, presence 0.5,
+ * frequency 0.5, decay 0.996, seed 0. */
+ms_sampler_params ms_sampler_defaults(void);
+
+typedef struct ms_sampler ms_sampler;
+
+/* Per-sequence sampler over n_vocab logits (buffers allocated here, once). */
+ms_sampler *ms_sampler_new(int32_t n_vocab, const ms_sampler_params *p);
+void ms_sampler_free(ms_sampler *s);
+/* Forgets penalties and re-seeds, for a new reply. */
+void ms_sampler_reset(ms_sampler *s, const ms_sampler_params *p);
+/* Adds bias to id's logit before every draw (-INFINITY bans it). */
+void ms_sampler_set_bias(ms_sampler *s, int32_t id, float bias);
+/* Marks id as exempt from penalty growth: drawing it adds 0, not 1, to its
+ * occurrence count (the pip PIPELINE does so for spaces, tabs and digits). */
+void ms_sampler_set_exempt(ms_sampler *s, int32_t id);
+/* Applies bias and penalties to logits (modified in place), draws a token,
+ * and records it in the penalty table. */
+int32_t ms_sampler_sample(ms_sampler *s, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* METASTATE_ENGINE_H */

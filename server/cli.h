@@ -1,0 +1,17 @@
+/*
+ * cli.h - the subcommands of the `metastate` binary. Each takes the
+ * arguments after its name (argv[0] is the subcommand name), writes its
+ * output to stdout and its diagnostics to stderr, and returns the process
+ * exit status (0 success, 1 failure, 2 usage error). Only main() exits.
+ */
+#ifndef METASTATE_CLI_H
+#define METASTATE_CLI_H
+
+int cmd_eval(int argc, char **argv);       /* cli_eval.c */
+int cmd_generate(int argc, char **argv);   /* cli_generate.c */
+int cmd_tokenize(int argc, char **argv);   /* cli_tokenize.c */
+int cmd_detokenize(int argc, char **argv); /* cli_tokenize.c */
+int cmd_gen_model(int argc, char **argv);  /* cli_gen_model.c */
+int cmd_serve(int argc, char **argv);      /* serve.c */
+
+#endif

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the whole test suite twice: with the normal build, then with the
+# ASan+UBSan build. Usage: tests/run.sh BUILD_DIR SHARED_DIR
+set -uo pipefail
+build=${1:-build}; shared=${2:-../shared}
+here=$(cd "$(dirname "$0")" && pwd)
+export METASTATE_SHARED=$(cd "$shared" 2>/dev/null && pwd || echo "$shared")
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# OpenBLAS spins up its own threads per call: keep it to one per test run
+# so parallel test workers do not oversubscribe the cores.
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+status=0
+
+run_suite() { # $1 = label, $2 = dir with metastate and unit-tests
+    local label=$1 dir=$2
+    echo "== unit tests ($label)"
+    METASTATE_BIN="$dir/metastate" "$dir/unit-tests" --jobs 2 || status=1
+    if compgen -G "$here/server/*.test.mjs" >/dev/null; then
+        echo "== server tests ($label)"
+        (cd "$here/server" && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } ) || status=1
+        METASTATE_BIN="$(cd "$dir" && pwd)/metastate" node --test --test-concurrency=1 "$here"/server/*.test.mjs || status=1
+    fi
+}
+
+run_suite normal "$build"
+run_suite "asan+ubsan" "$build/asan"
+exit $status
