@@ -1,0 +1,122 @@
+/*
+ * openai.h - the OpenAI wire format <-> plain C structs. No sockets, no
+ * engine calls: requests come in as bytes, leave as an oa_request; results
+ * come in as plain values and leave as JSON text (whole responses or SSE
+ * events). See ../shared/docs/OPENAI.md for the shapes clients parse.
+ *
+ * Ownership: an oa_request owns every string and array it points to and is
+ * released with oa_request_free. Every char * returned by an oa_*_json
+ * function is malloc'd, NUL-terminated, and owned by the caller (free()).
+ * Thread-safety: every function is reentrant; nothing is global.
+ */
+#ifndef METASTATE_PROTO_OPENAI_H
+#define METASTATE_PROTO_OPENAI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+
+/* ---------------------------------------------------------------- errors */
+
+/* An error as the OpenAI API sends it: HTTP status + {"error": {...}}. */
+typedef struct oa_error {
+    int status;        /* 400, 401, 404, 405, 409, 413, 429, 500, 503 */
+    char type[48];     /* "invalid_request_error", "authentication_error", ... */
+    char code[48];     /* "" for null, else e.g. "model_not_found" */
+    char param[64];    /* "" for null, else the offending field, e.g. "temperature" */
+    char message[400];
+} oa_error;
+
+/* Fills e; param and code may be NULL (sent as null). Returns e->status. */
+int oa_error_set(oa_error *e, int status, const char *type, const char *param,
+                 const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* {"error":{"message","type","param","code"}} */
+char *oa_error_json(const oa_error *e);
+
+/* --------------------------------------------------------------- requests */
+
+typedef enum { OA_COMPLETION, OA_CHAT } oa_kind;
+
+typedef struct oa_message {
+    char *role;    /* "system" | "user" | "assistant" (others rejected) */
+    char *content; /* text; array-of-parts content is joined (type "text" only) */
+} oa_message;
+
+typedef struct oa_logit_bias {
+    int32_t token;
+    float bias; /* clamped to [-100, 100] as OpenAI does */
+} oa_logit_bias;
+
+#define OA_MAX_STOP 4
+
+typedef struct oa_request {
+    oa_kind kind;
+    char *model;          /* required */
+    char **prompts;       /* OA_COMPLETION: n_prompts strings (string or array of strings) */
+    size_t n_prompts;
+    oa_message *messages; /* OA_CHAT */
+    size_t n_messages;
+    int max_tokens;       /* -1 = not given (server applies its default and cap) */
+    ms_sampler_params sampling; /* defaults from ms_sampler_defaults(), then overridden;
+                                   seed given? see has_seed */
+    int has_seed;
+    int n;                /* choices per prompt, default 1 */
+    int stream;
+    int include_usage;    /* stream_options.include_usage */
+    char *stop[OA_MAX_STOP];
+    size_t n_stop;
+    oa_logit_bias *logit_bias;
+    size_t n_logit_bias;
+    char *user;           /* may be NULL */
+    char *session_id;     /* extension; may be NULL (the server also reads X-Session-ID) */
+    char *state;          /* extension: named initial state; may be NULL */
+} oa_request;
+
+/* Parses and validates a request body of `len` bytes. On success fills *out
+ * and returns 0; on failure returns -1 with a 400 error in *e naming the
+ * field (malformed JSON, wrong type, value out of range, missing field).
+ * Unknown fields are ignored. */
+int oa_request_parse(oa_kind kind, const char *body, size_t len, oa_request *out,
+                     oa_error *e);
+void oa_request_free(oa_request *r);
+
+/* -------------------------------------------------------------- responses */
+
+typedef struct oa_usage {
+    int prompt_tokens;
+    int completion_tokens;
+    int cached_tokens; /* prompt_tokens_details.cached_tokens */
+} oa_usage;
+
+typedef enum { OA_FINISH_NONE = 0, OA_FINISH_STOP, OA_FINISH_LENGTH } oa_finish;
+
+typedef struct oa_choice {
+    const char *text;   /* the generated text (UTF-8, may contain NULs? no: NUL-free) */
+    size_t text_len;
+    oa_finish finish;
+} oa_choice;
+
+/* A whole (non-streaming) response: "text_completion" or "chat.completion".
+ * id e.g. "cmpl-..." / "chatcmpl-..."; extra is NULL or a JSON object text
+ * whose members are added at top level (e.g. {"session_id":"..."}). */
+char *oa_response_json(oa_kind kind, const char *id, int64_t created, const char *model,
+                       const oa_choice *choices, size_t n_choices, const oa_usage *usage,
+                       const char *extra);
+
+/* One streaming chunk for choice `index`: for chat, role_first sends
+ * {"role":"assistant","content":""}; otherwise delta {"content": text} (or {}
+ * when text_len == 0 and finish != NONE); completions carry "text". When
+ * include_usage, the chunk carries "usage": null. */
+char *oa_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
+                    int index, int role_first, const char *text, size_t text_len,
+                    oa_finish finish, int include_usage);
+/* The final usage chunk: "choices": [] and the usage object. */
+char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
+                          const oa_usage *usage);
+
+/* GET /v1/models: names[i] are model ids; created is a Unix time. */
+char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by);
+
+#endif
