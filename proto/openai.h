@@ -40,16 +40,19 @@ char *oa_error_json(const oa_error *e);
 typedef enum { OA_COMPLETION, OA_CHAT } oa_kind;
 
 typedef struct oa_message {
-    char *role;    /* "system" | "user" | "assistant" (others rejected) */
-    char *content; /* text; array-of-parts content is joined (type "text" only) */
+    char *role;    /* "system" | "user" | "assistant" ("developer" is stored as
+                      "system"; others rejected) */
+    char *content; /* never NULL; array-of-parts content is joined with "\n"
+                      (type "text" only); null assistant content is "" */
 } oa_message;
 
 typedef struct oa_logit_bias {
     int32_t token;
-    float bias; /* clamped to [-100, 100] as OpenAI does */
+    float bias; /* in [-100, 100]; values outside are rejected with a 400 */
 } oa_logit_bias;
 
 #define OA_MAX_STOP 4
+#define OA_MAX_N 16 /* largest accepted `n` (choices per prompt) */
 
 typedef struct oa_request {
     oa_kind kind;
@@ -59,13 +62,14 @@ typedef struct oa_request {
     oa_message *messages; /* OA_CHAT */
     size_t n_messages;
     int max_tokens;       /* -1 = not given (server applies its default and cap) */
-    ms_sampler_params sampling; /* defaults from ms_sampler_defaults(), then overridden;
-                                   seed given? see has_seed */
+    ms_sampler_params sampling; /* chat: ms_sampler_defaults(); completions: the same with
+                                   top_p 0.85, presence/frequency 0.2 (pip PIPELINE_ARGS);
+                                   then overridden by the request. seed: see has_seed */
     int has_seed;
-    int n;                /* choices per prompt, default 1 */
+    int n;                /* choices per prompt, 1..OA_MAX_N, default 1 */
     int stream;
     int include_usage;    /* stream_options.include_usage */
-    char *stop[OA_MAX_STOP];
+    char *stop[OA_MAX_STOP]; /* non-empty strings only ("" entries are dropped) */
     size_t n_stop;
     oa_logit_bias *logit_bias;
     size_t n_logit_bias;
@@ -76,10 +80,12 @@ typedef struct oa_request {
 
 /* Parses and validates a request body of `len` bytes. On success fills *out
  * and returns 0; on failure returns -1 with a 400 error in *e naming the
- * field (malformed JSON, wrong type, value out of range, missing field).
- * Unknown fields are ignored. */
+ * field (malformed JSON, wrong type, value out of range, missing field), or
+ * a 500 when memory runs out. Unknown fields are ignored; JSON null counts as
+ * absent. *out is zeroed first and is safe to oa_request_free either way. */
 int oa_request_parse(oa_kind kind, const char *body, size_t len, oa_request *out,
                      oa_error *e);
+/* Frees what r owns and zeroes it; accepts NULL and a zeroed request. */
 void oa_request_free(oa_request *r);
 
 /* -------------------------------------------------------------- responses */
@@ -100,7 +106,9 @@ typedef struct oa_choice {
 
 /* A whole (non-streaming) response: "text_completion" or "chat.completion".
  * id e.g. "cmpl-..." / "chatcmpl-..."; extra is NULL or a JSON object text
- * whose members are added at top level (e.g. {"session_id":"..."}). */
+ * whose members are added at top level (e.g. {"session_id":"..."}); usage NULL
+ * omits "usage". Choice i gets "index": i. OA_FINISH_NONE is sent as null.
+ * Returns NULL on allocation failure or when extra is not a JSON object. */
 char *oa_response_json(oa_kind kind, const char *id, int64_t created, const char *model,
                        const oa_choice *choices, size_t n_choices, const oa_usage *usage,
                        const char *extra);
@@ -108,15 +116,17 @@ char *oa_response_json(oa_kind kind, const char *id, int64_t created, const char
 /* One streaming chunk for choice `index`: for chat, role_first sends
  * {"role":"assistant","content":""}; otherwise delta {"content": text} (or {}
  * when text_len == 0 and finish != NONE); completions carry "text". When
- * include_usage, the chunk carries "usage": null. */
+ * include_usage, the chunk carries "usage": null. role_first with text_len > 0
+ * sends that text as the content. NULL on allocation failure. */
 char *oa_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
                     int index, int role_first, const char *text, size_t text_len,
                     oa_finish finish, int include_usage);
-/* The final usage chunk: "choices": [] and the usage object. */
+/* The final usage chunk: "choices": [] and the usage object (NULL = zeros). */
 char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
                           const oa_usage *usage);
 
-/* GET /v1/models: names[i] are model ids; created is a Unix time. */
+/* GET /v1/models: names[i] are model ids; created is a Unix time. Invalid
+ * UTF-8 in any text given to an oa_*_json function is sent as U+FFFD. */
 char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by);
 
 #endif

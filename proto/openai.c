@@ -1,0 +1,958 @@
+/*
+ * openai.c - OpenAI request bodies in, response/chunk/error JSON out.
+ *
+ * Design. Requests are parsed with jansson (it validates UTF-8, rejects NUL
+ * in strings, caps nesting at JSON_PARSER_MAX_DEPTH and refuses integers that
+ * overflow, so hostile bodies end as a 400 with line/column), then copied
+ * field by field into an oa_request that owns plain C strings: the server
+ * never touches jansson. Validation follows OpenAI's observable behaviour:
+ * null means absent, unknown fields are ignored, and each error names the
+ * field in `param` with OpenAI-like wording so SDK users see familiar text.
+ *
+ * Output goes through a small append-only writer instead of jansson: chunks
+ * are produced once per generated token, field order must match OPENAI.md
+ * exactly, and generated text must never make serialization fail, so invalid
+ * UTF-8 (which jansson would refuse) is replaced by U+FFFD rather than
+ * dropping the event. Nothing here keeps state between calls.
+ */
+#include "openai.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ============================================================ UTF-8 utils */
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is invalid
+ * (overlong forms, surrogates and code points above U+10FFFF included). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    if (c < 0x80)
+        return 1;
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    return len;
+}
+
+/* Largest length <= max that does not end inside a UTF-8 sequence, so a
+ * truncated message stays valid text. */
+static size_t utf8_clip(const char *s, size_t len, size_t max)
+{
+    if (len <= max)
+        return len;
+    size_t k = max;
+    while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80)
+        k--;
+    return k;
+}
+
+/* Copies src into dst[cap], truncated on a character boundary. */
+static void copy_clipped(char *dst, size_t cap, const char *src)
+{
+    if (!src) {
+        dst[0] = '\0';
+        return;
+    }
+    size_t n = utf8_clip(src, strlen(src), cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* ================================================================ writer */
+
+typedef struct jbuf {
+    char *p;
+    size_t len, cap;
+    int oom; /* sticky: callers check once at the end instead of per append */
+} jbuf;
+
+static void jb_put(jbuf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) {
+            if (cap > SIZE_MAX / 2) {
+                b->oom = 1;
+                return;
+            }
+            cap *= 2;
+        }
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void jb_puts(jbuf *b, const char *s) { jb_put(b, s, strlen(s)); }
+
+static void jb_i64(jbuf *b, int64_t v)
+{
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
+    jb_put(b, tmp, (size_t)n);
+}
+
+/* A JSON string literal; s may be NULL (then "null"). */
+static void jb_str(jbuf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!s) {
+        jb_puts(b, "null");
+        return;
+    }
+    jb_put(b, "\"", 1);
+    const unsigned char *u = (const unsigned char *)s;
+    size_t run = 0; /* start of the pending run of bytes copied verbatim */
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = u[i];
+        const char *esc = NULL;
+        char ubuf[7];
+        size_t step = 1;
+        if (c == '"')
+            esc = "\\\"";
+        else if (c == '\\')
+            esc = "\\\\";
+        else if (c == '\n')
+            esc = "\\n";
+        else if (c == '\r')
+            esc = "\\r";
+        else if (c == '\t')
+            esc = "\\t";
+        else if (c == '\b')
+            esc = "\\b";
+        else if (c == '\f')
+            esc = "\\f";
+        else if (c < 0x20) {
+            memcpy(ubuf, "\\u00", 4);
+            ubuf[4] = hex[c >> 4];
+            ubuf[5] = hex[c & 15];
+            ubuf[6] = '\0';
+            esc = ubuf;
+        } else if (c >= 0x80) {
+            step = utf8_seq(u + i, n - i);
+            if (step == 0) {
+                esc = "\xEF\xBF\xBD"; /* U+FFFD for one bad byte */
+                step = 1;
+            }
+        }
+        if (esc) {
+            jb_put(b, s + run, i - run);
+            jb_puts(b, esc);
+            run = i + step;
+        }
+        i += step;
+    }
+    jb_put(b, s + run, n - run);
+    jb_put(b, "\"", 1);
+}
+
+static void jb_cstr(jbuf *b, const char *s) { jb_str(b, s, s ? strlen(s) : 0); }
+
+/* Hands the text to the caller, or frees it and returns NULL after OOM. */
+static char *jb_finish(jbuf *b)
+{
+    if (b->oom || !b->p) {
+        free(b->p);
+        return NULL;
+    }
+    return b->p;
+}
+
+/* ================================================================= errors */
+
+int oa_error_set(oa_error *e, int status, const char *type, const char *param,
+                 const char *code, const char *fmt, ...)
+{
+    e->status = status;
+    copy_clipped(e->type, sizeof e->type, type);
+    copy_clipped(e->param, sizeof e->param, param);
+    copy_clipped(e->code, sizeof e->code, code);
+    /* Formatted a little past the limit so the clip can see whether the
+     * cut would fall inside a character. */
+    char tmp[sizeof e->message + 4];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1;
+    len = utf8_clip(tmp, len, sizeof e->message - 1);
+    memcpy(e->message, tmp, len);
+    e->message[len] = '\0';
+    return status;
+}
+
+char *oa_error_json(const oa_error *e)
+{
+    jbuf b = {0};
+    jb_puts(&b, "{\"error\":{\"message\":");
+    jb_cstr(&b, e->message);
+    jb_puts(&b, ",\"type\":");
+    jb_cstr(&b, e->type);
+    jb_puts(&b, ",\"param\":");
+    jb_cstr(&b, e->param[0] ? e->param : NULL);
+    jb_puts(&b, ",\"code\":");
+    jb_cstr(&b, e->code[0] ? e->code : NULL);
+    jb_puts(&b, "}}");
+    return jb_finish(&b);
+}
+
+/* =============================================================== requests */
+
+static int bad(oa_error *e, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* A 400 invalid_request_error; always returns -1 so callers can `return bad(...)`. */
+static int bad(oa_error *e, const char *param, const char *fmt, ...)
+{
+    char msg[1024]; /* larger than e->message: oa_error_set clips on a char boundary */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    oa_error_set(e, 400, "invalid_request_error", param, NULL, "%s", msg);
+    return -1;
+}
+
+static int nomem(oa_error *e)
+{
+    oa_error_set(e, 500, "server_error", NULL, NULL, "The server ran out of memory.");
+    return -1;
+}
+
+/* How OpenAI names JSON types in "got ... instead". */
+static const char *got_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a decimal number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "an unknown value";
+}
+
+static int type_err(oa_error *e, const char *param, const char *expected, const json_t *v)
+{
+    return bad(e, param, "Invalid type for '%s': expected %s, but got %s instead.", param,
+               expected, got_name(v));
+}
+
+/* The value of key, or NULL when absent or JSON null (both mean "not given"). */
+static json_t *opt(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    return (v && !json_is_null(v)) ? v : NULL;
+}
+
+static char *dupn(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+static char *dup_json_str(const json_t *v)
+{
+    return dupn(json_string_value(v), json_string_length(v));
+}
+
+/* Integer field in [lo, hi]; returns 1 when present, 0 when absent, -1 on error. */
+static int get_int(json_t *root, const char *key, json_int_t lo, json_int_t hi,
+                   json_int_t *out, oa_error *e)
+{
+    json_t *v = opt(root, key);
+    if (!v)
+        return 0;
+    if (!json_is_integer(v))
+        return type_err(e, key, "an integer", v);
+    json_int_t x = json_integer_value(v);
+    if (x < lo)
+        return bad(e, key,
+                   "Invalid '%s': integer below minimum value. Expected a value >= %lld, "
+                   "but got %lld instead.", key, (long long)lo, (long long)x);
+    if (x > hi)
+        return bad(e, key,
+                   "Invalid '%s': integer above maximum value. Expected a value <= %lld, "
+                   "but got %lld instead.", key, (long long)hi, (long long)x);
+    *out = x;
+    return 1;
+}
+
+/* Number field (integer or real) in [lo, hi]; same returns as get_int. */
+static int get_num(json_t *root, const char *key, double lo, double hi, float *out,
+                   oa_error *e)
+{
+    json_t *v = opt(root, key);
+    if (!v)
+        return 0;
+    if (!json_is_number(v))
+        return type_err(e, key, "a number", v);
+    double x = json_number_value(v);
+    if (x < lo)
+        return bad(e, key,
+                   "Invalid '%s': decimal below minimum value. Expected a value >= %g, "
+                   "but got %g instead.", key, lo, x);
+    if (x > hi)
+        return bad(e, key,
+                   "Invalid '%s': decimal above maximum value. Expected a value <= %g, "
+                   "but got %g instead.", key, hi, x);
+    *out = (float)x;
+    return 1;
+}
+
+static int get_bool(json_t *root, const char *key, int *out, oa_error *e)
+{
+    json_t *v = opt(root, key);
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return type_err(e, key, "a boolean", v);
+    *out = json_is_true(v);
+    return 1;
+}
+
+/* Optional string field copied to *out (left NULL when absent). */
+static int get_str(json_t *root, const char *key, char **out, oa_error *e)
+{
+    json_t *v = opt(root, key);
+    if (!v)
+        return 0;
+    if (!json_is_string(v))
+        return type_err(e, key, "a string", v);
+    if (!(*out = dup_json_str(v)))
+        return nomem(e);
+    return 1;
+}
+
+static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
+{
+    json_t *v = opt(root, "prompt");
+    if (!v)
+        return bad(e, "prompt", "Missing required parameter: 'prompt'.");
+    if (json_is_string(v)) {
+        if (!(r->prompts = calloc(1, sizeof *r->prompts)))
+            return nomem(e);
+        if (!(r->prompts[0] = dup_json_str(v)))
+            return nomem(e);
+        r->n_prompts = 1;
+        return 0;
+    }
+    if (!json_is_array(v))
+        return type_err(e, "prompt", "a string or an array of strings", v);
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return bad(e, "prompt",
+                   "Invalid 'prompt': empty array. Expected an array with minimum length 1, "
+                   "but got an empty array instead.");
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_array_get(v, i);
+        /* [1, 2, 3] and [[1, 2], [3]] are OpenAI's token-id prompt forms:
+         * say so plainly rather than reporting a type error. */
+        if (json_is_integer(it) || json_is_array(it))
+            return bad(e, "prompt", "token-id prompts are not supported; send text.");
+        if (!json_is_string(it))
+            return type_err(e, "prompt", "a string or an array of strings", it);
+    }
+    if (!(r->prompts = calloc(n, sizeof *r->prompts)))
+        return nomem(e);
+    for (size_t i = 0; i < n; i++) {
+        if (!(r->prompts[i] = dup_json_str(json_array_get(v, i))))
+            return nomem(e); /* n_prompts counts only filled slots... */
+        r->n_prompts = i + 1; /* ...so oa_request_free frees exactly those */
+    }
+    return 0;
+}
+
+/* Joins the text parts of an array content with "\n" into *out. */
+static int parse_parts(json_t *arr, size_t mi, char **out, oa_error *e)
+{
+    char param[64];
+    size_t total = 0, n = json_array_size(arr);
+    for (size_t j = 0; j < n; j++) {
+        json_t *part = json_array_get(arr, j);
+        snprintf(param, sizeof param, "messages[%zu].content[%zu]", mi, j);
+        if (!json_is_object(part))
+            return type_err(e, param, "an object", part);
+        json_t *type = json_object_get(part, "type");
+        if (!json_is_string(type))
+            return bad(e, param, "Missing required parameter: '%s.type'.", param);
+        if (strcmp(json_string_value(type), "text") != 0) {
+            char shown[48];
+            copy_clipped(shown, sizeof shown, json_string_value(type));
+            return bad(e, param,
+                       "Invalid value for '%s.type': content parts of type '%s' are not "
+                       "supported; only 'text' is.", param, shown);
+        }
+        json_t *text = json_object_get(part, "text");
+        if (!text)
+            return bad(e, param, "Missing required parameter: '%s.text'.", param);
+        if (!json_is_string(text)) {
+            snprintf(param, sizeof param, "messages[%zu].content[%zu].text", mi, j);
+            return type_err(e, param, "a string", text);
+        }
+        total += json_string_length(text) + (j > 0);
+    }
+    char *s = malloc(total + 1), *p = s;
+    if (!s)
+        return nomem(e);
+    for (size_t j = 0; j < n; j++) {
+        json_t *text = json_object_get(json_array_get(arr, j), "text");
+        if (j > 0)
+            *p++ = '\n';
+        memcpy(p, json_string_value(text), json_string_length(text));
+        p += json_string_length(text);
+    }
+    *p = '\0';
+    *out = s;
+    return 0;
+}
+
+static int parse_messages(json_t *root, oa_request *r, oa_error *e)
+{
+    json_t *v = opt(root, "messages");
+    if (!v)
+        return bad(e, "messages", "Missing required parameter: 'messages'.");
+    if (!json_is_array(v))
+        return type_err(e, "messages", "an array", v);
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return bad(e, "messages",
+                   "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                   "but got an empty array instead.");
+    if (!(r->messages = calloc(n, sizeof *r->messages)))
+        return nomem(e);
+    for (size_t i = 0; i < n; i++) {
+        char param[64];
+        json_t *m = json_array_get(v, i);
+        snprintf(param, sizeof param, "messages[%zu]", i);
+        if (!json_is_object(m))
+            return type_err(e, param, "an object", m);
+
+        snprintf(param, sizeof param, "messages[%zu].role", i);
+        json_t *role = json_object_get(m, "role");
+        if (!role || json_is_null(role))
+            return bad(e, param, "Missing required parameter: '%s'.", param);
+        if (!json_is_string(role))
+            return type_err(e, param, "a string", role);
+        const char *rs = json_string_value(role);
+        const char *norm = NULL;
+        if (!strcmp(rs, "system") || !strcmp(rs, "developer"))
+            norm = "system"; /* newer SDKs send "developer" for the same thing */
+        else if (!strcmp(rs, "user"))
+            norm = "user";
+        else if (!strcmp(rs, "assistant"))
+            norm = "assistant";
+        if (!norm) {
+            char shown[48];
+            copy_clipped(shown, sizeof shown, rs);
+            return bad(e, param,
+                       "Invalid value: '%s'. Supported values are: 'system', 'developer', "
+                       "'user' and 'assistant'.", shown);
+        }
+
+        snprintf(param, sizeof param, "messages[%zu].content", i);
+        json_t *c = opt(m, "content");
+        char *content = NULL;
+        if (!c) {
+            /* OpenAI allows a null content only on assistant turns (those
+             * that carried tool calls); for us they are empty replies. */
+            if (strcmp(norm, "assistant") != 0)
+                return bad(e, param, "Missing required parameter: '%s'.", param);
+            content = dupn("", 0);
+        } else if (json_is_string(c)) {
+            content = dup_json_str(c);
+        } else if (json_is_array(c)) {
+            if (parse_parts(c, i, &content, e) < 0)
+                return -1;
+        } else {
+            return type_err(e, param, "a string or an array of content parts", c);
+        }
+        if (!content)
+            return nomem(e);
+        /* Count the message before the role copy can fail, so that
+         * oa_request_free releases its content either way. */
+        r->messages[i].content = content;
+        r->n_messages = i + 1;
+        if (!(r->messages[i].role = dupn(norm, strlen(norm))))
+            return nomem(e);
+    }
+    return 0;
+}
+
+static int parse_stop(json_t *root, oa_request *r, oa_error *e)
+{
+    json_t *v = opt(root, "stop");
+    if (!v)
+        return 0;
+    if (json_is_string(v)) {
+        if (json_string_length(v) == 0)
+            return 0;
+        if (!(r->stop[0] = dup_json_str(v)))
+            return nomem(e);
+        r->n_stop = 1;
+        return 0;
+    }
+    if (!json_is_array(v))
+        return type_err(e, "stop", "a string or an array of strings", v);
+    size_t n = json_array_size(v);
+    if (n > OA_MAX_STOP)
+        return bad(e, "stop",
+                   "Invalid 'stop': array too long. Expected an array with maximum length %d, "
+                   "but got an array with length %zu instead.", OA_MAX_STOP, n);
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_array_get(v, i);
+        if (!json_is_string(it))
+            return type_err(e, "stop", "a string or an array of strings", it);
+        if (json_string_length(it) == 0)
+            continue; /* an empty stop would match before any text */
+        if (!(r->stop[r->n_stop] = dup_json_str(it)))
+            return nomem(e);
+        r->n_stop++;
+    }
+    return 0;
+}
+
+/* "123" -> 123; only plain decimal digits that fit an int32 are token ids. */
+static int parse_token_key(const char *k, int32_t *out)
+{
+    if (!*k || strlen(k) > 10)
+        return -1;
+    int64_t v = 0;
+    for (const char *p = k; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    if (v > INT32_MAX)
+        return -1;
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int parse_logit_bias(json_t *root, oa_request *r, oa_error *e)
+{
+    json_t *v = opt(root, "logit_bias");
+    if (!v)
+        return 0;
+    if (!json_is_object(v))
+        return type_err(e, "logit_bias", "an object", v);
+    size_t n = json_object_size(v);
+    if (n == 0)
+        return 0;
+    if (!(r->logit_bias = calloc(n, sizeof *r->logit_bias)))
+        return nomem(e);
+    const char *key;
+    json_t *val;
+    json_object_foreach(v, key, val) {
+        oa_logit_bias *lb = &r->logit_bias[r->n_logit_bias];
+        if (parse_token_key(key, &lb->token) < 0) {
+            char shown[48];
+            copy_clipped(shown, sizeof shown, key);
+            return bad(e, "logit_bias",
+                       "Invalid key in 'logit_bias': '%s' is not a token id (expected a "
+                       "non-negative integer as a string).", shown);
+        }
+        if (!json_is_number(val))
+            return type_err(e, "logit_bias", "a number", val);
+        double x = json_number_value(val);
+        if (x < -100 || x > 100)
+            return bad(e, "logit_bias",
+                       "Invalid 'logit_bias': the bias for token %" PRId32 " must be between "
+                       "-100 and 100, but got %g instead.", lb->token, x);
+        lb->bias = (float)x;
+        r->n_logit_bias++;
+    }
+    return 0;
+}
+
+static int valid_session_id(const char *s, size_t n)
+{
+    if (n < 1 || n > 128)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '.' || c == '_' || c == ':' || c == '-';
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+/* Everything after the JSON is parsed; -1 with *e filled on any failure. */
+static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
+{
+    json_t *model = opt(root, "model");
+    if (!model)
+        return bad(e, "model", "You must provide a model parameter.");
+    if (!json_is_string(model))
+        return type_err(e, "model", "a string", model);
+    if (!(r->model = dup_json_str(model)))
+        return nomem(e);
+
+    if ((kind == OA_CHAT ? parse_messages(root, r, e) : parse_prompt(root, r, e)) < 0)
+        return -1;
+
+    /* max_completion_tokens is the newer name for the same limit: when both
+     * are sent it wins, as with OpenAI's reasoning models. */
+    json_int_t x;
+    int rc;
+    if ((rc = get_int(root, "max_tokens", 1, INT_MAX, &x, e)) < 0)
+        return -1;
+    if (rc)
+        r->max_tokens = (int)x;
+    if ((rc = get_int(root, "max_completion_tokens", 1, INT_MAX, &x, e)) < 0)
+        return -1;
+    if (rc)
+        r->max_tokens = (int)x;
+
+    ms_sampler_params *sp = &r->sampling;
+    if (get_num(root, "temperature", 0, 2, &sp->temperature, e) < 0 ||
+        get_num(root, "top_p", 0, 1, &sp->top_p, e) < 0 ||
+        get_num(root, "presence_penalty", -2, 2, &sp->presence_penalty, e) < 0 ||
+        get_num(root, "frequency_penalty", -2, 2, &sp->frequency_penalty, e) < 0 ||
+        get_num(root, "penalty_decay", 0, 1, &sp->penalty_decay, e) < 0)
+        return -1;
+    if ((rc = get_int(root, "top_k", 0, INT_MAX, &x, e)) < 0)
+        return -1;
+    if (rc)
+        sp->top_k = (int)x;
+    /* Any int64 is a valid seed (OpenAI accepts negatives); the engine only
+     * needs the 64 bits. */
+    if ((rc = get_int(root, "seed", LLONG_MIN, LLONG_MAX, &x, e)) < 0)
+        return -1;
+    if (rc) {
+        sp->seed = (uint64_t)x;
+        r->has_seed = 1;
+    }
+    if ((rc = get_int(root, "n", 1, OA_MAX_N, &x, e)) < 0)
+        return -1;
+    if (rc)
+        r->n = (int)x;
+
+    if (get_bool(root, "stream", &r->stream, e) < 0)
+        return -1;
+    json_t *so = opt(root, "stream_options");
+    if (so) {
+        if (!json_is_object(so))
+            return type_err(e, "stream_options", "an object", so);
+        if (!r->stream)
+            return bad(e, "stream_options",
+                       "The 'stream_options' parameter is only allowed when 'stream' is "
+                       "enabled.");
+        json_t *iu = opt(so, "include_usage");
+        if (iu) {
+            if (!json_is_boolean(iu))
+                return type_err(e, "stream_options.include_usage", "a boolean", iu);
+            r->include_usage = json_is_true(iu);
+        }
+    }
+
+    if (parse_stop(root, r, e) < 0 || parse_logit_bias(root, r, e) < 0)
+        return -1;
+    if (get_str(root, "user", &r->user, e) < 0 || get_str(root, "state", &r->state, e) < 0 ||
+        get_str(root, "session_id", &r->session_id, e) < 0)
+        return -1;
+    if (r->session_id && !valid_session_id(r->session_id, strlen(r->session_id)))
+        return bad(e, "session_id",
+                   "Invalid 'session_id': expected 1 to 128 characters from [A-Za-z0-9._:-].");
+    return 0;
+}
+
+int oa_request_parse(oa_kind kind, const char *body, size_t len, oa_request *out,
+                     oa_error *e)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = kind;
+    out->max_tokens = -1;
+    out->n = 1;
+    /*
+     * Sampling defaults (a choice; OpenAI's own are temperature 1, top_p 1, no
+     * penalties). RWKV models sampled with top_p 1 and no repetition penalty
+     * ramble and loop, so OpenAI's values would make "no parameters" the worst
+     * case. Chat uses the SPEC 2.4 ChatRWKV API_DEMO_CHAT values from
+     * ms_sampler_defaults() (T 1.0, top_p 0.3, 0.5/0.5, decay 0.996): tuned
+     * for short, focused replies. Raw completions use the pip PIPELINE_ARGS
+     * values (T 1.0, top_p 0.85, 0.2/0.2, decay 0.996): free text wants a
+     * wider nucleus and lighter penalties. Every one is overridable.
+     */
+    out->sampling = ms_sampler_defaults();
+    if (kind == OA_COMPLETION) {
+        out->sampling.top_p = 0.85f;
+        out->sampling.presence_penalty = 0.2f;
+        out->sampling.frequency_penalty = 0.2f;
+    }
+
+    json_error_t jerr;
+    json_t *root = json_loadb(body ? body : "", body ? len : 0, 0, &jerr);
+    if (!root) {
+        bad(e, NULL,
+            "We could not parse the JSON body of your request: %s (line %d, column %d).",
+            jerr.text, jerr.line, jerr.column);
+        oa_request_free(out);
+        return -1;
+    }
+    int rc = 0;
+    if (!json_is_object(root))
+        rc = bad(e, NULL, "Invalid request body: expected a JSON object, but got %s instead.",
+                 got_name(root));
+    else
+        rc = parse_fields(kind, root, out, e);
+    json_decref(root);
+    if (rc < 0) {
+        oa_request_free(out);
+        out->kind = kind;
+        return -1;
+    }
+    return 0;
+}
+
+void oa_request_free(oa_request *r)
+{
+    if (!r)
+        return;
+    free(r->model);
+    for (size_t i = 0; i < r->n_prompts; i++)
+        free(r->prompts[i]);
+    free(r->prompts);
+    for (size_t i = 0; i < r->n_messages; i++) {
+        free(r->messages[i].role);
+        free(r->messages[i].content);
+    }
+    free(r->messages);
+    for (size_t i = 0; i < r->n_stop && i < OA_MAX_STOP; i++)
+        free(r->stop[i]);
+    free(r->logit_bias);
+    free(r->user);
+    free(r->session_id);
+    free(r->state);
+    memset(r, 0, sizeof *r);
+}
+
+/* ============================================================== responses */
+
+static const char *finish_str(oa_finish f)
+{
+    switch (f) {
+    case OA_FINISH_STOP: return "stop";
+    case OA_FINISH_LENGTH: return "length";
+    case OA_FINISH_NONE: break;
+    }
+    return NULL;
+}
+
+/* "id", "object", "created", "model" - the head every response shares. */
+static void put_head(jbuf *b, const char *id, const char *object, int64_t created,
+                     const char *model)
+{
+    jb_puts(b, "{\"id\":");
+    jb_cstr(b, id);
+    jb_puts(b, ",\"object\":");
+    jb_cstr(b, object);
+    jb_puts(b, ",\"created\":");
+    jb_i64(b, created);
+    jb_puts(b, ",\"model\":");
+    jb_cstr(b, model);
+}
+
+static void put_usage(jbuf *b, const oa_usage *u)
+{
+    oa_usage zero = {0, 0, 0};
+    if (!u)
+        u = &zero;
+    jb_puts(b, "{\"prompt_tokens\":");
+    jb_i64(b, u->prompt_tokens);
+    jb_puts(b, ",\"completion_tokens\":");
+    jb_i64(b, u->completion_tokens);
+    jb_puts(b, ",\"total_tokens\":");
+    jb_i64(b, (int64_t)u->prompt_tokens + u->completion_tokens);
+    jb_puts(b, ",\"prompt_tokens_details\":{\"cached_tokens\":");
+    jb_i64(b, u->cached_tokens);
+    jb_puts(b, "}}");
+}
+
+/* Appends the members of the JSON object text `extra` (",k":v...). Goes
+ * through jansson so a malformed extra cannot corrupt the response. */
+static int put_extra(jbuf *b, const char *extra)
+{
+    json_t *x = json_loads(extra, 0, NULL);
+    if (!x || !json_is_object(x)) {
+        json_decref(x);
+        return -1;
+    }
+    const char *k;
+    json_t *v;
+    int rc = 0;
+    json_object_foreach(x, k, v) {
+        char *vs = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!vs) {
+            rc = -1;
+            break;
+        }
+        jb_put(b, ",", 1);
+        jb_cstr(b, k);
+        jb_put(b, ":", 1);
+        jb_puts(b, vs);
+        free(vs);
+    }
+    json_decref(x);
+    return rc;
+}
+
+char *oa_response_json(oa_kind kind, const char *id, int64_t created, const char *model,
+                       const oa_choice *choices, size_t n_choices, const oa_usage *usage,
+                       const char *extra)
+{
+    jbuf b = {0};
+    int chat = kind == OA_CHAT;
+    put_head(&b, id, chat ? "chat.completion" : "text_completion", created, model);
+    jb_puts(&b, ",\"choices\":[");
+    for (size_t i = 0; i < n_choices; i++) {
+        const oa_choice *c = &choices[i];
+        const char *text = c->text ? c->text : "";
+        size_t tlen = c->text ? c->text_len : 0;
+        if (i)
+            jb_put(&b, ",", 1);
+        if (chat) {
+            jb_puts(&b, "{\"index\":");
+            jb_i64(&b, (int64_t)i);
+            jb_puts(&b, ",\"message\":{\"role\":\"assistant\",\"content\":");
+            jb_str(&b, text, tlen);
+            jb_puts(&b, "},\"logprobs\":null,\"finish_reason\":");
+        } else {
+            jb_puts(&b, "{\"text\":");
+            jb_str(&b, text, tlen);
+            jb_puts(&b, ",\"index\":");
+            jb_i64(&b, (int64_t)i);
+            jb_puts(&b, ",\"logprobs\":null,\"finish_reason\":");
+        }
+        jb_cstr(&b, finish_str(c->finish));
+        jb_put(&b, "}", 1);
+    }
+    jb_put(&b, "]", 1);
+    if (usage) {
+        jb_puts(&b, ",\"usage\":");
+        put_usage(&b, usage);
+    }
+    if (extra && put_extra(&b, extra) < 0) {
+        free(b.p);
+        return NULL;
+    }
+    jb_put(&b, "}", 1);
+    return jb_finish(&b);
+}
+
+char *oa_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
+                    int index, int role_first, const char *text, size_t text_len,
+                    oa_finish finish, int include_usage)
+{
+    jbuf b = {0};
+    if (!text)
+        text_len = 0;
+    int chat = kind == OA_CHAT;
+    put_head(&b, id, chat ? "chat.completion.chunk" : "text_completion", created, model);
+    jb_puts(&b, ",\"choices\":[");
+    if (chat) {
+        jb_puts(&b, "{\"index\":");
+        jb_i64(&b, index);
+        jb_puts(&b, ",\"delta\":");
+        if (role_first) {
+            jb_puts(&b, "{\"role\":\"assistant\",\"content\":");
+            jb_str(&b, text ? text : "", text_len);
+            jb_put(&b, "}", 1);
+        } else if (text_len == 0 && finish != OA_FINISH_NONE) {
+            jb_puts(&b, "{}");
+        } else {
+            jb_puts(&b, "{\"content\":");
+            jb_str(&b, text ? text : "", text_len);
+            jb_put(&b, "}", 1);
+        }
+    } else {
+        jb_puts(&b, "{\"text\":");
+        jb_str(&b, text ? text : "", text_len);
+        jb_puts(&b, ",\"index\":");
+        jb_i64(&b, index);
+    }
+    jb_puts(&b, ",\"logprobs\":null,\"finish_reason\":");
+    jb_cstr(&b, finish_str(finish));
+    jb_puts(&b, "}]");
+    if (include_usage)
+        jb_puts(&b, ",\"usage\":null");
+    jb_put(&b, "}", 1);
+    return jb_finish(&b);
+}
+
+char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
+                          const oa_usage *usage)
+{
+    jbuf b = {0};
+    put_head(&b, id, kind == OA_CHAT ? "chat.completion.chunk" : "text_completion", created,
+             model);
+    jb_puts(&b, ",\"choices\":[],\"usage\":");
+    put_usage(&b, usage);
+    jb_put(&b, "}", 1);
+    return jb_finish(&b);
+}
+
+char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by)
+{
+    jbuf b = {0};
+    jb_puts(&b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            jb_put(&b, ",", 1);
+        jb_puts(&b, "{\"id\":");
+        jb_cstr(&b, names[i]);
+        jb_puts(&b, ",\"object\":\"model\",\"created\":");
+        jb_i64(&b, created);
+        jb_puts(&b, ",\"owned_by\":");
+        jb_cstr(&b, owned_by ? owned_by : "");
+        jb_put(&b, "}", 1);
+    }
+    jb_puts(&b, "]}");
+    return jb_finish(&b);
+}
