@@ -1,0 +1,323 @@
+/*
+ * forward.c - the RWKV-7 block, for a chunk of tokens or a single token.
+ *
+ * Design: one code path serves prefill and decoding. Tokens are processed in
+ * chunks of up to max_chunk rows; every projection of a chunk is one matrix
+ * product (OpenBLAS sgemm, or sgemv when the chunk is one token, where a
+ * GEMM would run at a fraction of the memory bandwidth). Only the WKV
+ * recurrence walks the tokens one by one. All activations live in the
+ * ms_ctx, allocated once in ms_ctx_new: nothing allocates per token.
+ * Arithmetic is fp32 throughout (SPEC 1.7); LayerNorm statistics in double.
+ */
+#include "model.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DECAY_SCALE 0.606531f /* SPEC 1.6 choice: the constant as the reference writes it */
+#define LN_EPS 1e-5f
+#define GN_EPS 64e-5f         /* BlinkDL hard-codes 64e-5 for the GroupNorm of ln_x */
+#define DEFAULT_CHUNK 64
+
+struct ms_ctx {
+    const ms_model *m;
+    int max_chunk;
+    /* (T, C) activations */
+    float *x, *xn, *xr, *xw, *xk, *xv, *xa, *xg;
+    float *r, *k, *v, *w, *a, *g, *kk, *vfirst, *y, *tmp;
+    float *lora; /* (T, max LoRA rank) */
+    float *hid;  /* (T, F) */
+};
+
+/* ------------------------------------------------------------------------ */
+/* Matrix products. `rows` is the number of tokens in the chunk.             */
+
+/* Y (rows, out) = X (rows, in) * W^T for an nn.Linear weight W (out, in);
+ * beta 1 accumulates into Y (the residual adds). */
+static void linear(float *Y, const float *X, const float *W, int rows, int out, int in,
+                   float beta)
+{
+    if (rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, X, 1, beta, Y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, X, in, W, in,
+                    beta, Y, out);
+}
+
+/* Y (rows, out) = X (rows, in) * M for a raw matrix M (in, out): the LoRAs. */
+static void matmul(float *Y, const float *X, const float *M, int rows, int in, int out)
+{
+    if (rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.0f, M, out, X, 1, 0.0f, Y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, out, in, 1.0f, X, in, M,
+                    out, 0.0f, Y, out);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Elementwise pieces                                                        */
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+static void layer_norm(float *dst, const float *x, const float *w, const float *b, int n)
+{
+    double mean = 0, var = 0;
+    for (int i = 0; i < n; i++)
+        mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++) {
+        double d = x[i] - mean;
+        var += d * d;
+    }
+    var /= n;
+    const float mu = (float)mean, inv = (float)(1.0 / sqrt(var + LN_EPS));
+    for (int i = 0; i < n; i++)
+        dst[i] = (x[i] - mu) * inv * w[i] + b[i];
+}
+
+/* One head's WKV step (SPEC 1.3), S is N x N with S[i][j], i = value,
+ * j = key; y[i] = (S_new r)[i]. `sa` must read the old row before it is
+ * updated, which the row-wise loop guarantees. */
+static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
+                     const float *restrict k, const float *restrict v, const float *restrict kk,
+                     const float *restrict a, float *restrict y, int N)
+{
+    float b[256];
+    for (int j = 0; j < N; j++)
+        b[j] = kk[j] * a[j];
+    for (int i = 0; i < N; i++) {
+        float *row = S + (size_t)i * N;
+        float sa = 0.0f;
+        for (int j = 0; j < N; j++)
+            sa -= row[j] * kk[j];
+        const float vi = v[i];
+        float acc = 0.0f;
+        for (int j = 0; j < N; j++) {
+            float s = row[j] * w[j] + vi * k[j] + sa * b[j];
+            row[j] = s;
+            acc += s * r[j];
+        }
+        y[i] = acc;
+    }
+}
+
+/* Token shift for rows [0, T): D = prev - XN where prev is the state's
+ * vector for row 0 and the previous row otherwise; then out_c = XN + D*mix_c
+ * for each requested mix. The state takes the last row afterwards. */
+static void token_shift(const float *xn, float *shift, int T, int C, const float *const *mix,
+                        float *const *out, int nmix)
+{
+    for (int t = 0; t < T; t++) {
+        const float *cur = xn + (size_t)t * C;
+        const float *prev = t ? cur - C : shift;
+        for (int q = 0; q < nmix; q++) {
+            float *o = out[q] + (size_t)t * C;
+            const float *mq = mix[q];
+            for (int c = 0; c < C; c++)
+                o[c] = cur[c] + (prev[c] - cur[c]) * mq[c];
+        }
+    }
+    memcpy(shift, xn + (size_t)(T - 1) * C, (size_t)C * sizeof(float));
+}
+
+/* ------------------------------------------------------------------------ */
+/* The block                                                                 */
+
+static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, float *S, int T)
+{
+    const ms_config *cf = &c->m->cfg;
+    const int C = cf->n_embd, H = cf->n_head, N = cf->head_size;
+
+    for (int t = 0; t < T; t++)
+        layer_norm(c->xn + (size_t)t * C, c->x + (size_t)t * C, L->ln1_w, L->ln1_b, C);
+    const float *mix[6] = {L->x_r, L->x_w, L->x_k, L->x_v, L->x_a, L->x_g};
+    float *const outs[6] = {c->xr, c->xw, c->xk, c->xv, c->xa, c->xg};
+    token_shift(c->xn, att_shift, T, C, mix, outs, 6);
+
+    linear(c->r, c->xr, L->wr, T, C, C, 0.0f);
+    linear(c->k, c->xk, L->wk, T, C, C, 0.0f);
+    linear(c->v, c->xv, L->wv, T, C, C, 0.0f);
+
+    const size_t TC = (size_t)T * C;
+    matmul(c->lora, c->xw, L->w1, T, C, cf->d_decay);
+    for (size_t i = 0; i < (size_t)T * cf->d_decay; i++)
+        c->lora[i] = tanhf(c->lora[i]);
+    matmul(c->w, c->lora, L->w2, T, cf->d_decay, C);
+    matmul(c->lora, c->xa, L->a1, T, C, cf->d_aaa);
+    matmul(c->a, c->lora, L->a2, T, cf->d_aaa, C);
+    matmul(c->lora, c->xg, L->g1, T, C, cf->d_gate);
+    for (size_t i = 0; i < (size_t)T * cf->d_gate; i++)
+        c->lora[i] = sigmoidf(c->lora[i]);
+    matmul(c->g, c->lora, L->g2, T, cf->d_gate, C);
+    if (l > 0) {
+        matmul(c->lora, c->xv, L->v1, T, C, cf->d_mv);
+        matmul(c->tmp, c->lora, L->v2, T, cf->d_mv, C);
+    }
+
+    for (size_t i = 0; i < TC; i++) {
+        const size_t ch = i % (size_t)C;
+        c->w[i] = expf(-DECAY_SCALE * sigmoidf(L->w0[ch] + c->w[i]));
+        float a = sigmoidf(L->a0[ch] + c->a[i]);
+        c->a[i] = a;
+        float k = c->k[i];
+        c->kk[i] = k * L->k_k[ch];
+        c->k[i] = k * (1.0f + (a - 1.0f) * L->k_a[ch]);
+        if (l == 0)
+            c->vfirst[i] = c->v[i];
+        else
+            c->v[i] += (c->vfirst[i] - c->v[i]) * sigmoidf(L->v0[ch] + c->tmp[i]);
+    }
+    for (size_t hrow = 0; hrow < (size_t)T * H; hrow++) { /* L2-normalize kk per head */
+        float *p = c->kk + hrow * N;
+        double ss = 0;
+        for (int j = 0; j < N; j++)
+            ss += (double)p[j] * p[j];
+        float inv = 1.0f / fmaxf((float)sqrt(ss), 1e-12f);
+        for (int j = 0; j < N; j++)
+            p[j] *= inv;
+    }
+
+    for (int t = 0; t < T; t++) {
+        const size_t o = (size_t)t * C;
+        for (int h = 0; h < H; h++) {
+            const size_t ho = o + (size_t)h * N;
+            wkv_head(S + (size_t)h * N * N, c->r + ho, c->w + ho, c->k + ho, c->v + ho,
+                     c->kk + ho, c->a + ho, c->y + ho, N);
+        }
+    }
+
+    for (size_t hrow = 0; hrow < (size_t)T * H; hrow++) {
+        const int h = (int)(hrow % (size_t)H);
+        const size_t base = hrow * N;
+        float *y = c->y + base;
+        double mean = 0, var = 0;
+        for (int j = 0; j < N; j++)
+            mean += y[j];
+        mean /= N;
+        for (int j = 0; j < N; j++)
+            var += (y[j] - mean) * (y[j] - mean);
+        var /= N;
+        const float mu = (float)mean, inv = (float)(1.0 / sqrt(var + GN_EPS));
+        float bonus = 0.0f;
+        for (int j = 0; j < N; j++)
+            bonus += c->r[base + j] * c->k[base + j] * L->r_k[h * N + j];
+        for (int j = 0; j < N; j++) {
+            const int ch = h * N + j;
+            float out = (y[j] - mu) * inv * L->lnx_w[ch] + L->lnx_b[ch];
+            out += bonus * c->v[base + j];
+            y[j] = out * c->g[base + j];
+        }
+    }
+    linear(c->x, c->y, L->wo, T, C, C, 1.0f);
+}
+
+static void channel_mix(ms_ctx *c, const ms_layer *L, float *ffn_shift, int T)
+{
+    const int C = c->m->cfg.n_embd, F = L->dim_ffn;
+    for (int t = 0; t < T; t++)
+        layer_norm(c->xn + (size_t)t * C, c->x + (size_t)t * C, L->ln2_w, L->ln2_b, C);
+    const float *mix[1] = {L->ffn_x_k};
+    float *const outs[1] = {c->xk};
+    token_shift(c->xn, ffn_shift, T, C, mix, outs, 1);
+    linear(c->hid, c->xk, L->ffn_key, T, F, C, 0.0f);
+    for (size_t i = 0; i < (size_t)T * F; i++) {
+        float h = c->hid[i] > 0.0f ? c->hid[i] : 0.0f;
+        c->hid[i] = h * h;
+    }
+    linear(c->x, c->hid, L->ffn_value, T, C, F, 1.0f);
+}
+
+/* Runs T <= max_chunk tokens; logits as in ms_forward (last row or all). */
+static void forward_chunk(ms_ctx *c, ms_state *s, const int32_t *tokens, int T, float *logits,
+                          int all_logits)
+{
+    const ms_model *m = c->m;
+    const ms_config *cf = &m->cfg;
+    const int C = cf->n_embd;
+    for (int t = 0; t < T; t++)
+        memcpy(c->x + (size_t)t * C, m->emb + (size_t)tokens[t] * C, (size_t)C * sizeof(float));
+    for (int l = 0; l < cf->n_layer; l++) {
+        time_mix(c, &m->layers[l], l, ms_state_att_shift(s, l), ms_state_wkv(s, l), T);
+        channel_mix(c, &m->layers[l], ms_state_ffn_shift(s, l), T);
+    }
+    if (!logits)
+        return;
+    const int first = all_logits ? 0 : T - 1, rows = T - first;
+    for (int t = first; t < T; t++)
+        layer_norm(c->xn + (size_t)(t - first) * C, c->x + (size_t)t * C, m->ln_out_w,
+                   m->ln_out_b, C);
+    linear(logits, c->xn, m->head, rows, cf->vocab_size, C, 0.0f);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Public entry points                                                       */
+
+ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
+{
+    ms_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    const ms_config *cf = &m->cfg;
+    c->m = m;
+    c->max_chunk = max_chunk > 0 ? max_chunk : DEFAULT_CHUNK;
+    const size_t T = (size_t)c->max_chunk, C = (size_t)cf->n_embd;
+    int rank = cf->d_decay;
+    if (cf->d_aaa > rank) rank = cf->d_aaa;
+    if (cf->d_mv > rank) rank = cf->d_mv;
+    if (cf->d_gate > rank) rank = cf->d_gate;
+    float **tc[] = {&c->x, &c->xn, &c->xr, &c->xw, &c->xk, &c->xv, &c->xa, &c->xg, &c->r,
+                    &c->k, &c->v, &c->w, &c->a, &c->g, &c->kk, &c->vfirst, &c->y, &c->tmp};
+    size_t n_tc = sizeof tc / sizeof tc[0];
+    for (size_t i = 0; i < n_tc; i++)
+        if (!(*tc[i] = aligned_alloc(64, ((T * C * sizeof(float)) + 63) & ~(size_t)63)))
+            goto fail;
+    if (!(c->lora = malloc(T * (size_t)rank * sizeof(float))) ||
+        !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))))
+        goto fail;
+    return c;
+fail:
+    ms_ctx_free(c);
+    return NULL;
+}
+
+void ms_ctx_free(ms_ctx *c)
+{
+    if (!c)
+        return;
+    float *bufs[] = {c->x, c->xn, c->xr, c->xw, c->xk, c->xv, c->xa, c->xg, c->r, c->k,
+                     c->v, c->w, c->a, c->g, c->kk, c->vfirst, c->y, c->tmp, c->lora, c->hid};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(c);
+}
+
+ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, float *logits,
+                     int all_logits, ms_error *err)
+{
+    const int V = c->m->cfg.vocab_size;
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return ms_fail(err, MS_ERR_INVALID, "token id %d at position %zu is outside the "
+                           "vocabulary (0..%d)", tokens[i], i, V - 1);
+    for (size_t done = 0; done < n;) {
+        size_t T = n - done;
+        if (T > (size_t)c->max_chunk)
+            T = (size_t)c->max_chunk;
+        const int last = done + T == n;
+        float *out = NULL;
+        if (logits && all_logits)
+            out = logits + done * (size_t)V;
+        else if (logits && last)
+            out = logits;
+        forward_chunk(c, s, tokens + done, (int)T, out, all_logits);
+        done += T;
+    }
+    return MS_OK;
+}
+
+ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits, ms_error *err)
+{
+    return ms_forward(c, s, &token, 1, logits, 0, err);
+}

@@ -1,0 +1,177 @@
+/*
+ * test_golden.c - the engine against the official reference's outputs in
+ * ../shared/golden: every case, from every model file it ships (.safetensors
+ * and .pth), in prefill (seq) and token-by-token (rnn) mode, and the
+ * continuation case both from our own prefix and from the stored state.
+ * Tolerances are the golden README's: logits and WKV state 1e-4, shift
+ * states 5e-5 (absolute).
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+#define TOL_LOGITS 1e-4
+#define TOL_WKV 1e-4
+#define TOL_SHIFT 5e-5
+
+static const char *shared_dir(void)
+{
+    const char *s = getenv("METASTATE_SHARED");
+    return s && *s ? s : "../shared";
+}
+
+static int golden_path(char *buf, size_t n, const char *file)
+{
+    snprintf(buf, n, "%s/golden/%s", shared_dir(), file);
+    FILE *f = fopen(buf, "rb");
+    if (!f)
+        return 0;
+    fclose(f);
+    return 1;
+}
+
+static void skip_if_no_golden(void)
+{
+    char p[512];
+    if (!golden_path(p, sizeof p, "README.md"))
+        cr_skip_test("golden outputs not found at %s/golden (set METASTATE_SHARED)", shared_dir());
+}
+
+static int32_t *json_tokens(json_t *root, const char *key, size_t *n)
+{
+    json_t *a = json_object_get(root, key);
+    cr_assert(json_is_array(a), "manifest has no '%s'", key);
+    *n = json_array_size(a);
+    int32_t *v = malloc((*n ? *n : 1) * sizeof *v);
+    cr_assert_not_null(v);
+    for (size_t i = 0; i < *n; i++)
+        v[i] = (int32_t)json_integer_value(json_array_get(a, i));
+    return v;
+}
+
+/* Max |a - ref| over n floats where ref is a tensor of the reference file. */
+static double max_diff(const float *a, const ms_tensorfile *ref, const char *name, size_t n)
+{
+    const ms_tensor *t = ms_tensorfile_find(ref, name);
+    cr_assert_not_null(t, "reference tensor %s missing", name);
+    cr_assert_eq((size_t)ms_tensor_numel(t), n, "%s: %lld elements, engine has %zu", name,
+                 (long long)ms_tensor_numel(t), n);
+    float *r = malloc(n * sizeof *r);
+    cr_assert_not_null(r);
+    ms_tensor_to_f32(t, r);
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - r[i]);
+        if (!(d <= m)) /* also catches NaN */
+            m = isnan(d) ? INFINITY : d;
+    }
+    free(r);
+    return m;
+}
+
+typedef enum { FROM_ZERO, FROM_OWN_PREFIX, FROM_STORED_STATE } start;
+
+/* Runs one case with one model file in one mode and checks logits and state
+ * against "<mode>.logits" / "<mode>.state.*" of the reference. */
+static void check(const char *case_name, const char *model_file, int rnn, start from)
+{
+    skip_if_no_golden();
+    char path[512], refpath[512], manifest[512];
+    if (!golden_path(path, sizeof path, model_file))
+        cr_skip_test("%s not found", model_file);
+    snprintf(refpath, sizeof refpath, "%s/golden/%s.ref.safetensors", shared_dir(), case_name);
+    snprintf(manifest, sizeof manifest, "%s/golden/%s.ref.json", shared_dir(), case_name);
+
+    json_error_t jerr;
+    json_t *root = json_load_file(manifest, 0, &jerr);
+    cr_assert_not_null(root, "%s: %s", manifest, jerr.text);
+    size_t n, np = 0;
+    int32_t *tokens = json_tokens(root, "tokens", &n);
+    int32_t *prefix = from == FROM_OWN_PREFIX ? json_tokens(root, "prefix_tokens", &np) : NULL;
+
+    ms_error err = {0};
+    ms_model *m;
+    cr_assert_eq(ms_model_load(path, NULL, &m, &err), MS_OK, "%s", err.msg);
+    ms_tensorfile *ref;
+    cr_assert_eq(ms_tensorfile_open(refpath, &ref, &err), MS_OK, "%s", err.msg);
+    const ms_config *c = ms_model_config(m);
+    const size_t V = (size_t)c->vocab_size;
+    ms_state *s = ms_state_new(m);
+    ms_ctx *ctx = ms_ctx_new(m, 16); /* small chunks: the cases span several */
+    float *logits = malloc(n * V * sizeof *logits);
+    cr_assert(s && ctx && logits);
+
+    if (from == FROM_STORED_STATE)
+        cr_assert_eq(ms_state_load_tensors(s, ref, "in.state.", &err), MS_OK, "%s", err.msg);
+    if (prefix) {
+        float *pl = malloc(np * V * sizeof *pl);
+        cr_assert_eq(ms_forward(ctx, s, prefix, np, pl, 1, &err), MS_OK, "%s", err.msg);
+        double d = max_diff(pl, ref, "prefix.logits", np * V);
+        cr_expect_leq(d, TOL_LOGITS, "%s prefix logits differ by %g", model_file, d);
+        free(pl);
+    }
+    if (rnn) {
+        for (size_t i = 0; i < n; i++)
+            cr_assert_eq(ms_step(ctx, s, tokens[i], logits + i * V, &err), MS_OK, "%s", err.msg);
+    } else {
+        cr_assert_eq(ms_forward(ctx, s, tokens, n, logits, 1, &err), MS_OK, "%s", err.msg);
+    }
+
+    const char *mode = rnn ? "rnn" : "seq";
+    char name[128];
+    snprintf(name, sizeof name, "%s.logits", mode);
+    double dl = max_diff(logits, ref, name, n * V), dw = 0, ds = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        const size_t C = (size_t)c->n_embd, HNN = C * (size_t)c->head_size;
+        snprintf(name, sizeof name, "%s.state.%d.att_kv", mode, l);
+        dw = fmax(dw, max_diff(ms_state_wkv(s, l), ref, name, HNN));
+        snprintf(name, sizeof name, "%s.state.%d.att_x_prev", mode, l);
+        ds = fmax(ds, max_diff(ms_state_att_shift(s, l), ref, name, C));
+        snprintf(name, sizeof name, "%s.state.%d.ffn_x_prev", mode, l);
+        ds = fmax(ds, max_diff(ms_state_ffn_shift(s, l), ref, name, C));
+    }
+    /* Printed so the measured agreement can be quoted, not only asserted. */
+    fprintf(stderr, "golden %-24s %-30s %s%s: logits %.2e  wkv %.2e  shift %.2e\n", case_name,
+            model_file, mode,
+            from == FROM_OWN_PREFIX ? " (own prefix)" : from == FROM_STORED_STATE ? " (in.state)" : "",
+            dl, dw, ds);
+    cr_expect_leq(dl, TOL_LOGITS, "%s %s: logits differ by %g", model_file, mode, dl);
+    cr_expect_leq(dw, TOL_WKV, "%s %s: WKV state differs by %g", model_file, mode, dw);
+    cr_expect_leq(ds, TOL_SHIFT, "%s %s: shift states differ by %g", model_file, mode, ds);
+
+    free(logits);
+    free(tokens);
+    free(prefix);
+    ms_ctx_free(ctx);
+    ms_state_free(s);
+    ms_tensorfile_close(ref);
+    ms_model_free(m);
+    json_decref(root);
+}
+
+#define GOLDEN(id, case_name, file, rnn, from) \
+    Test(golden, id, .timeout = 120) { check(case_name, file, rnn, from); }
+
+GOLDEN(fp32_st_seq, "tiny_l2_d128_fp32", "tiny_l2_d128_fp32.safetensors", 0, FROM_ZERO)
+GOLDEN(fp32_st_rnn, "tiny_l2_d128_fp32", "tiny_l2_d128_fp32.safetensors", 1, FROM_ZERO)
+GOLDEN(fp32_pth_seq, "tiny_l2_d128_fp32", "tiny_l2_d128_fp32.pth", 0, FROM_ZERO)
+GOLDEN(fp32_pth_rnn, "tiny_l2_d128_fp32", "tiny_l2_d128_fp32.pth", 1, FROM_ZERO)
+GOLDEN(bf16_st_seq, "tiny_l2_d128_bf16", "tiny_l2_d128_bf16.safetensors", 0, FROM_ZERO)
+GOLDEN(bf16_st_rnn, "tiny_l2_d128_bf16", "tiny_l2_d128_bf16.safetensors", 1, FROM_ZERO)
+GOLDEN(bf16_pth_seq, "tiny_l2_d128_bf16", "tiny_l2_d128_bf16.pth", 0, FROM_ZERO)
+GOLDEN(bf16_pth_rnn, "tiny_l2_d128_bf16", "tiny_l2_d128_bf16.pth", 1, FROM_ZERO)
+GOLDEN(small_seq, "small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 0, FROM_ZERO)
+GOLDEN(small_rnn, "small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO)
+GOLDEN(cont_st_seq_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.safetensors", 0, FROM_OWN_PREFIX)
+GOLDEN(cont_st_rnn_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.safetensors", 1, FROM_OWN_PREFIX)
+GOLDEN(cont_st_seq_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.safetensors", 0, FROM_STORED_STATE)
+GOLDEN(cont_st_rnn_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.safetensors", 1, FROM_STORED_STATE)
+GOLDEN(cont_pth_seq_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 0, FROM_OWN_PREFIX)
+GOLDEN(cont_pth_rnn_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 1, FROM_OWN_PREFIX)
+GOLDEN(cont_pth_seq_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 0, FROM_STORED_STATE)
+GOLDEN(cont_pth_rnn_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 1, FROM_STORED_STATE)
