@@ -56,7 +56,7 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-CFLAGS   ?= -O2 -g
+CFLAGS   ?= -O3 -g
 BASEFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-math-errno $(WARN) $(PKG_CFLAGS) -Iengine -Iproto -Iserver
 LDLIBS    = $(PKG_LIBS) -lm -pthread
 

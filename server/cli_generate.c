@@ -1,0 +1,162 @@
+/*
+ * cli_generate.c - `metastate generate`: prompt in, text streamed to stdout
+ * as it is sampled (whole UTF-8 characters only), statistics to stderr.
+ */
+#include "cli.h"
+#include "engine.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: metastate generate --model PATH [--vocab PATH] --prompt TEXT [-n N]\n"
+            "         [--temperature T] [--top-p P] [--top-k K] [--presence-penalty X]\n"
+            "         [--frequency-penalty X] [--penalty-decay D] [--seed S]\n"
+            "Streams up to N (default 200) generated tokens to stdout; stops early at\n"
+            "end-of-text. Without --vocab, a byte-level vocabulary is used (ids 1..256).\n"
+            "Sampling defaults: temperature 1.0, top-p 0.3, top-k 0, penalties 0.5/0.5,\n"
+            "decay 0.996; --temperature 0 is greedy.\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Bans ids the tokenizer cannot print (SPEC 2.2 choice), except end-of-text. */
+static void ban_unprintable(ms_sampler *smp, const ms_tokenizer *tok, int32_t vocab)
+{
+    for (int32_t id = 1; id < vocab; id++) {
+        size_t len;
+        if (!ms_token_bytes(tok, id, &len))
+            ms_sampler_set_bias(smp, id, -INFINITY);
+    }
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    enum { O_T = 256, O_P, O_K, O_PRES, O_FREQ, O_DECAY, O_SEED };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"vocab", required_argument, 0, 'v'},
+        {"prompt", required_argument, 0, 'p'}, {"tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, O_T}, {"top-p", required_argument, 0, O_P},
+        {"top-k", required_argument, 0, O_K}, {"presence-penalty", required_argument, 0, O_PRES},
+        {"frequency-penalty", required_argument, 0, O_FREQ},
+        {"penalty-decay", required_argument, 0, O_DECAY}, {"seed", required_argument, 0, O_SEED},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *model_path = NULL, *vocab = NULL, *prompt = NULL;
+    long n_gen = 200;
+    ms_sampler_params sp = ms_sampler_defaults();
+    sp.seed = (uint64_t)time(NULL);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:v:p:n:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_path = optarg; break;
+        case 'v': vocab = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n': n_gen = strtol(optarg, NULL, 10); break;
+        case O_T: sp.temperature = strtof(optarg, NULL); break;
+        case O_P: sp.top_p = strtof(optarg, NULL); break;
+        case O_K: sp.top_k = (int)strtol(optarg, NULL, 10); break;
+        case O_PRES: sp.presence_penalty = strtof(optarg, NULL); break;
+        case O_FREQ: sp.frequency_penalty = strtof(optarg, NULL); break;
+        case O_DECAY: sp.penalty_decay = strtof(optarg, NULL); break;
+        case O_SEED: sp.seed = strtoull(optarg, NULL, 10); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!model_path || !prompt || n_gen < 0 || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    int rc = 1;
+    ms_error err = {0};
+    ms_model *m = NULL;
+    ms_tokenizer *tok = NULL;
+    ms_state *s = NULL;
+    ms_ctx *ctx = NULL;
+    ms_sampler *smp = NULL;
+    float *logits = NULL;
+    int32_t *ids = NULL;
+    if (vocab ? ms_tokenizer_load(vocab, &tok, &err) != MS_OK
+              : !(tok = ms_tokenizer_new_bytes())) {
+        if (!vocab)
+            snprintf(err.msg, sizeof err.msg, "out of memory");
+        goto done;
+    }
+    if (ms_model_load(model_path, NULL, &m, &err))
+        goto done;
+    const ms_config *cfg = ms_model_config(m);
+    size_t plen = strlen(prompt);
+    size_t n_ids = ms_tokenize(tok, prompt, plen, NULL, 0);
+    s = ms_state_new(m);
+    ctx = ms_ctx_new(m, 0);
+    smp = ms_sampler_new(cfg->vocab_size, &sp);
+    logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
+    ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
+    if (!s || !ctx || !smp || !logits || !ids) {
+        snprintf(err.msg, sizeof err.msg, "out of memory");
+        goto done;
+    }
+    ms_tokenize(tok, prompt, plen, ids, n_ids);
+    for (size_t i = 0; i < n_ids; i++)
+        if (ids[i] >= cfg->vocab_size) {
+            snprintf(err.msg, sizeof err.msg,
+                     "the vocabulary has ids up to %d but the model only %d rows",
+                     ms_tokenizer_n_ids(tok) - 1, cfg->vocab_size);
+            goto done;
+        }
+    ban_unprintable(smp, tok, cfg->vocab_size);
+    if (n_ids == 0) { /* an empty prompt starts after end-of-text, as documents do */
+        ids[0] = 0;
+        n_ids = 1;
+    }
+    double t0 = now_s();
+    if (ms_forward(ctx, s, ids, n_ids, logits, 0, &err))
+        goto done;
+    double t1 = now_s();
+    ms_detok dt;
+    ms_detok_init(&dt);
+    char out[512];
+    long made = 0;
+    for (; made < n_gen; made++) {
+        int32_t t = ms_sampler_sample(smp, logits);
+        if (t == 0)
+            break;
+        size_t k = ms_detok_push(&dt, tok, t, out);
+        fwrite(out, 1, k, stdout);
+        fflush(stdout);
+        if (ms_step(ctx, s, t, logits, &err))
+            goto done;
+    }
+    size_t k = ms_detok_flush(&dt, out);
+    fwrite(out, 1, k, stdout);
+    fputc('\n', stdout);
+    double t2 = now_s();
+    fprintf(stderr, "[prompt %zu tokens in %.3f s (%.1f tok/s); generated %ld tokens in %.3f s "
+                    "(%.1f tok/s)]\n",
+            n_ids, t1 - t0, n_ids / (t1 - t0 + 1e-12), made, t2 - t1, made / (t2 - t1 + 1e-12));
+    rc = 0;
+done:
+    if (rc)
+        fprintf(stderr, "generate: %s\n", err.msg);
+    free(ids);
+    free(logits);
+    ms_sampler_free(smp);
+    ms_ctx_free(ctx);
+    ms_state_free(s);
+    ms_model_free(m);
+    ms_tokenizer_free(tok);
+    return rc;
+}
