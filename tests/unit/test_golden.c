@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 
@@ -175,3 +176,80 @@ GOLDEN(cont_pth_seq_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 0
 GOLDEN(cont_pth_rnn_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 1, FROM_OWN_PREFIX)
 GOLDEN(cont_pth_seq_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 0, FROM_STORED_STATE)
 GOLDEN(cont_pth_rnn_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 1, FROM_STORED_STATE)
+
+/* `metastate eval`: the file it writes (names, shapes, values) is a contract
+ * other tools read, so check it end to end on the continuation case, with the
+ * reference's in.state handed over through --state-in. */
+#include "cli.h"
+
+static void eval_case(const char *mode)
+{
+    skip_if_no_golden();
+    char model[512], refpath[512], manifest[512];
+    cr_assert(golden_path(model, sizeof model, "tiny_l2_d128_fp32.pth"));
+    snprintf(refpath, sizeof refpath, "%s/golden/tiny_l2_d128_fp32_cont.ref.safetensors", shared_dir());
+    snprintf(manifest, sizeof manifest, "%s/golden/tiny_l2_d128_fp32_cont.ref.json", shared_dir());
+    char dir[] = "/tmp/ms-test-eval-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char state_in[600], out[600];
+    snprintf(state_in, sizeof state_in, "%s/in.safetensors", dir);
+    snprintf(out, sizeof out, "%s/out.safetensors", dir);
+
+    ms_error err;
+    ms_model *m;
+    ms_tensorfile *ref;
+    cr_assert_eq(ms_model_load(model, NULL, &m, &err), MS_OK, "%s", err.msg);
+    cr_assert_eq(ms_tensorfile_open(refpath, &ref, &err), MS_OK, "%s", err.msg);
+    ms_state *s = ms_state_new(m);
+    cr_assert_eq(ms_state_load_tensors(s, ref, "in.state.", &err), MS_OK, "%s", err.msg);
+    FILE *f = fopen(state_in, "wb");
+    cr_assert_eq(ms_state_write_safetensors(f, s, NULL, 0, &err), MS_OK, "%s", err.msg);
+    fclose(f);
+
+    json_error_t jerr;
+    json_t *root = json_load_file(manifest, 0, &jerr);
+    size_t n;
+    int32_t *tokens = json_tokens(root, "tokens", &n);
+    char list[1024] = "";
+    for (size_t i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "", tokens[i]);
+    char *argv[] = {"eval", "--model", model, "--tokens", list, "--state-in", state_in,
+                    "--mode", (char *)mode, "--out", out, NULL};
+    cr_assert_eq(cmd_eval(11, argv), 0);
+
+    ms_tensorfile *got;
+    cr_assert_eq(ms_tensorfile_open(out, &got, &err), MS_OK, "%s", err.msg);
+    const ms_tensor *lt = ms_tensorfile_find(got, "logits");
+    cr_assert_not_null(lt);
+    cr_assert_eq(lt->dtype, MS_F32);
+    cr_assert_eq(lt->ndim, 2);
+    cr_assert_eq(lt->shape[0], (int64_t)n);
+    cr_assert_eq(lt->shape[1], 512);
+    float *l = malloc(lt->nbytes);
+    ms_tensor_to_f32(lt, l);
+    char name[64];
+    snprintf(name, sizeof name, "%s.logits", mode);
+    cr_expect_leq(max_diff(l, ref, name, n * 512), TOL_LOGITS);
+    ms_state *s2 = ms_state_new(m);
+    cr_assert_eq(ms_state_load_tensors(s2, got, "state.", &err), MS_OK, "%s", err.msg);
+    for (int layer = 0; layer < 2; layer++) {
+        snprintf(name, sizeof name, "%s.state.%d.att_kv", mode, layer);
+        cr_expect_leq(max_diff(ms_state_wkv(s2, layer), ref, name, 2 * 64 * 64), TOL_WKV);
+        snprintf(name, sizeof name, "%s.state.%d.ffn_x_prev", mode, layer);
+        cr_expect_leq(max_diff(ms_state_ffn_shift(s2, layer), ref, name, 128), TOL_SHIFT);
+    }
+    free(l);
+    free(tokens);
+    json_decref(root);
+    ms_state_free(s);
+    ms_state_free(s2);
+    ms_tensorfile_close(got);
+    ms_tensorfile_close(ref);
+    ms_model_free(m);
+    unlink(state_in);
+    unlink(out);
+    rmdir(dir);
+}
+
+Test(golden, eval_command_seq, .timeout = 120) { eval_case("seq"); }
+Test(golden, eval_command_rnn, .timeout = 120) { eval_case("rnn"); }

@@ -1,0 +1,419 @@
+/*
+ * test_model.c - loading (every bad-file error), shape inference, and the
+ * forward pass's own consistency on generated models: prefill equals token
+ * by token for every chunking, a saved and restored state continues
+ * exactly, one model serves several threads, memory stays near the weights.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "engine.h"
+
+static char dir[256];
+
+static void make_dir(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/ms-test-model-XXXXXX");
+    cr_assert_not_null(mkdtemp(dir));
+}
+
+static void remove_dir(void)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+TestSuite(model, .init = make_dir, .fini = remove_dir, .timeout = 120);
+
+/* Writes a random tiny model (2 layers, C 128, V 512) with gen-model. */
+static void gen(const char *name, const char *dtype, char *path, size_t n)
+{
+    snprintf(path, n, "%s/%s", dir, name);
+    char *argv[] = {"gen-model", "--preset", "tiny", "--vocab-size", "512", "--dtype",
+                    (char *)dtype, "--seed", "7", "--out", path, NULL};
+    cr_assert_eq(cmd_gen_model(11, argv), 0);
+}
+
+/* Copies `src` to `dst` through the tensor API, letting `edit` drop (return
+ * 0) or change tensors; the copy is what the bad-file tests load. */
+typedef int (*edit_fn)(ms_tensor *t, void *scratch);
+
+static void rewrite(const char *src, const char *dst, edit_fn edit)
+{
+    ms_error err;
+    ms_tensorfile *tf;
+    cr_assert_eq(ms_tensorfile_open(src, &tf, &err), MS_OK, "%s", err.msg);
+    size_t n = ms_tensorfile_count(tf), k = 0;
+    ms_tensor *out = calloc(n + 1, sizeof *out);
+    static char scratch[1 << 16];
+    for (size_t i = 0; i < n; i++) {
+        out[k] = *ms_tensorfile_at(tf, i);
+        if (edit(&out[k], scratch))
+            k++;
+    }
+    FILE *f = fopen(dst, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(ms_safetensors_write(f, out, k, NULL, &err), MS_OK, "%s", err.msg);
+    fclose(f);
+    free(out);
+    ms_tensorfile_close(tf);
+}
+
+static void expect_load_error(const char *path, ms_status code, const char *needle)
+{
+    ms_error err = {0};
+    ms_model *m = NULL;
+    ms_status st = ms_model_load(path, NULL, &m, &err);
+    cr_assert_eq(st, code, "status %d (%s), expected %d", st, err.msg, code);
+    cr_assert_null(m);
+    cr_assert(strstr(err.msg, path), "message does not name the file: %s", err.msg);
+    cr_assert(strstr(err.msg, needle), "message lacks '%s': %s", needle, err.msg);
+}
+
+static int drop_w1(ms_tensor *t, void *s) { return strcmp(t->name, "blocks.1.att.w1") != 0; }
+static int drop_head(ms_tensor *t, void *s) { return strcmp(t->name, "head.weight") != 0; }
+
+static int shrink_key(ms_tensor *t, void *s)
+{
+    if (!strcmp(t->name, "blocks.1.att.key.weight")) {
+        t->shape[1] = 64; /* half of the columns: a plausible but wrong shape */
+        t->nbytes /= 2;
+    }
+    return 1;
+}
+
+static int swap_lora(ms_tensor *t, void *s)
+{
+    if (!strcmp(t->name, "blocks.0.att.a1"))
+        t->name = "blocks.0.att.g1";
+    else if (!strcmp(t->name, "blocks.0.att.g1"))
+        t->name = "blocks.0.att.a1";
+    return 1;
+}
+
+static int add_v6_key(ms_tensor *t, void *s)
+{
+    if (!strcmp(t->name, "blocks.0.att.x_r"))
+        t->name = "blocks.0.att.time_maa_x";
+    return 1;
+}
+
+static int add_deepembed(ms_tensor *t, void *s)
+{
+    if (!strcmp(t->name, "blocks.1.ffn.x_k"))
+        t->name = "blocks.1.ffn.s_emb.weight";
+    return 1;
+}
+
+Test(model, missing_tensor_is_named)
+{
+    char src[300], bad[300];
+    gen("m.safetensors", "f32", src, sizeof src);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    rewrite(src, bad, drop_w1);
+    expect_load_error(bad, MS_ERR_MISSING, "'blocks.1.att.w1'");
+    rewrite(src, bad, drop_head);
+    expect_load_error(bad, MS_ERR_MISSING, "'head.weight'");
+}
+
+Test(model, wrong_shape_names_expected_and_found)
+{
+    char src[300], bad[300];
+    gen("m.safetensors", "bf16", src, sizeof src);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    rewrite(src, bad, shrink_key);
+    expect_load_error(bad, MS_ERR_SHAPE, "'blocks.1.att.key.weight' has shape (128, 64), expected (128, 128)");
+}
+
+Test(model, swapped_lora_is_a_shape_error)
+{
+    char src[300], bad[300];
+    gen("m.safetensors", "f32", src, sizeof src);
+    snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
+    rewrite(src, bad, swap_lora);
+    expect_load_error(bad, MS_ERR_SHAPE, "blocks.0.att.");
+}
+
+Test(model, older_and_experimental_variants_are_refused)
+{
+    char src[300], bad[300];
+    gen("m.safetensors", "f32", src, sizeof src);
+    snprintf(bad, sizeof bad, "%s/v6.safetensors", dir);
+    rewrite(src, bad, add_v6_key);
+    expect_load_error(bad, MS_ERR_UNSUPPORTED, "RWKV-6");
+    snprintf(bad, sizeof bad, "%s/de.safetensors", dir);
+    rewrite(src, bad, add_deepembed);
+    expect_load_error(bad, MS_ERR_UNSUPPORTED, "DeepEmbed");
+}
+
+Test(model, truncated_and_garbage_files)
+{
+    char src[300], bad[300];
+    gen("m.safetensors", "f32", src, sizeof src);
+    snprintf(bad, sizeof bad, "%s/trunc.safetensors", dir);
+    FILE *in = fopen(src, "rb"), *out = fopen(bad, "wb");
+    cr_assert(in && out);
+    static char buf[1 << 16];
+    size_t total = 0, k;
+    while ((k = fread(buf, 1, sizeof buf, in)) > 0 && total < 300000) {
+        fwrite(buf, 1, k, out);
+        total += k;
+    }
+    fclose(in);
+    fclose(out);
+    expect_load_error(bad, MS_ERR_FORMAT, "");
+    snprintf(bad, sizeof bad, "%s/garbage.bin", dir);
+    out = fopen(bad, "wb");
+    for (int i = 0; i < 4096; i++)
+        fputc((i * 7919) & 0xff, out);
+    fclose(out);
+    expect_load_error(bad, MS_ERR_FORMAT, "");
+    ms_error err = {0};
+    ms_model *m;
+    cr_assert_eq(ms_model_load("/nonexistent/model.pth", NULL, &m, &err), MS_ERR_IO);
+    cr_assert(strstr(err.msg, "/nonexistent/model.pth"), "%s", err.msg);
+}
+
+Test(model, config_from_shapes)
+{
+    char p[300];
+    gen("m.pth", "bf16", p, sizeof p); /* the .pth writer path, bf16 */
+    ms_error err;
+    ms_model *m;
+    cr_assert_eq(ms_model_load(p, NULL, &m, &err), MS_OK, "%s", err.msg);
+    const ms_config *c = ms_model_config(m);
+    cr_expect_eq(c->n_layer, 2);
+    cr_expect_eq(c->n_embd, 128);
+    cr_expect_eq(c->n_head, 2);
+    cr_expect_eq(c->head_size, 64);
+    cr_expect_eq(c->vocab_size, 512);
+    cr_expect_eq(c->dim_ffn, 512);
+    cr_expect_eq(c->d_decay, 32);
+    cr_expect_eq(c->d_aaa, 32);
+    cr_expect_eq(c->d_mv, 16);
+    cr_expect_eq(c->d_gate, 64);
+    cr_expect_eq(c->file_dtype, MS_BF16);
+    cr_expect_eq(c->meta_state, 0);
+    ms_model_free(m);
+}
+
+Test(model, same_weights_same_fingerprint_across_formats)
+{
+    char a[300], b[300], c[300];
+    gen("a.safetensors", "f32", a, sizeof a);
+    gen("a.pth", "f32", b, sizeof b);
+    gen("c.safetensors", "bf16", c, sizeof c);
+    ms_error err;
+    ms_model *ma, *mb, *mc;
+    cr_assert_eq(ms_model_load(a, NULL, &ma, &err), MS_OK, "%s", err.msg);
+    cr_assert_eq(ms_model_load(b, NULL, &mb, &err), MS_OK, "%s", err.msg);
+    cr_assert_eq(ms_model_load(c, NULL, &mc, &err), MS_OK, "%s", err.msg);
+    cr_expect_eq(memcmp(ms_model_fingerprint(ma), ms_model_fingerprint(mb), 32), 0);
+    cr_expect_neq(memcmp(ms_model_fingerprint(ma), ms_model_fingerprint(mc), 32), 0);
+    ms_model_free(ma);
+    ms_model_free(mb);
+    ms_model_free(mc);
+}
+
+/* ---------------------------------------------------------------------- */
+
+static ms_model *load_tiny(void)
+{
+    char p[300];
+    gen("m.safetensors", "f32", p, sizeof p);
+    ms_error err;
+    ms_model *m;
+    cr_assert_eq(ms_model_load(p, NULL, &m, &err), MS_OK, "%s", err.msg);
+    return m;
+}
+
+static void sequence(int32_t *t, size_t n, int V)
+{
+    for (size_t i = 0; i < n; i++)
+        t[i] = (int32_t)((i * 2654435761u + 17) % (unsigned)V);
+}
+
+static double diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+
+Test(model, prefill_equals_token_by_token_for_every_chunking)
+{
+    ms_model *m = load_tiny();
+    const int V = ms_model_config(m)->vocab_size;
+    enum { T = 70 };
+    int32_t toks[T];
+    sequence(toks, T, V);
+    ms_error err;
+    ms_state *ref = ms_state_new(m);
+    ms_ctx *c1 = ms_ctx_new(m, 1);
+    float *lr = malloc(sizeof(float) * T * V), *lx = malloc(sizeof(float) * T * V);
+    for (int i = 0; i < T; i++)
+        cr_assert_eq(ms_step(c1, ref, toks[i], lr + (size_t)i * V, &err), MS_OK);
+    const int chunks[] = {2, 7, 64, 128};
+    for (size_t k = 0; k < sizeof chunks / sizeof chunks[0]; k++) {
+        ms_state *s = ms_state_new(m);
+        ms_ctx *c = ms_ctx_new(m, chunks[k]);
+        cr_assert_eq(ms_forward(c, s, toks, T, lx, 1, &err), MS_OK, "%s", err.msg);
+        double dl = diff(lr, lx, (size_t)T * V);
+        double ds = diff(ms_state_cdata(ref), ms_state_cdata(s), ms_state_nfloats(s));
+        cr_expect_leq(dl, 2e-5, "chunk %d: logits differ by %g", chunks[k], dl);
+        cr_expect_leq(ds, 2e-5, "chunk %d: state differs by %g", chunks[k], ds);
+        ms_ctx_free(c);
+        ms_state_free(s);
+    }
+    free(lr);
+    free(lx);
+    ms_ctx_free(c1);
+    ms_state_free(ref);
+    ms_model_free(m);
+}
+
+Test(model, state_save_restore_continues_exactly)
+{
+    ms_model *m = load_tiny();
+    const int V = ms_model_config(m)->vocab_size;
+    int32_t toks[40];
+    sequence(toks, 40, V);
+    ms_error err;
+    ms_ctx *c = ms_ctx_new(m, 0);
+    ms_state *a = ms_state_new(m), *b = ms_state_new(m);
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    cr_assert_eq(ms_forward(c, a, toks, 40, la, 0, &err), MS_OK);
+
+    /* Same prefix, saved to a file, read back into a fresh state, continued. */
+    cr_assert_eq(ms_forward(c, b, toks, 25, NULL, 0, &err), MS_OK);
+    char path[300];
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    FILE *f = fopen(path, "wb");
+    cr_assert_eq(ms_state_write_safetensors(f, b, NULL, 0, &err), MS_OK, "%s", err.msg);
+    fclose(f);
+    ms_state_reset(b);
+    ms_tensorfile *tf;
+    cr_assert_eq(ms_tensorfile_open(path, &tf, &err), MS_OK, "%s", err.msg);
+    cr_assert_eq(ms_state_load_tensors(b, tf, "state.", &err), MS_OK, "%s", err.msg);
+    ms_tensorfile_close(tf);
+    cr_assert_eq(ms_forward(c, b, toks + 25, 15, lb, 0, &err), MS_OK);
+    cr_expect_eq(memcmp(ms_state_cdata(a), ms_state_cdata(b), ms_state_nfloats(a) * 4), 0,
+                 "restored state diverged");
+    cr_expect_eq(memcmp(la, lb, sizeof(float) * V), 0);
+
+    /* A state file of another shape is refused and leaves the state alone. */
+    ms_state_copy(b, a);
+    ms_tensor t = {.name = "state.0.att_x_prev", .dtype = MS_F32, .ndim = 1, .shape = {64},
+                   .data = la, .nbytes = 64 * 4};
+    f = fopen(path, "wb");
+    cr_assert_eq(ms_safetensors_write(f, &t, 1, NULL, &err), MS_OK);
+    fclose(f);
+    cr_assert_eq(ms_tensorfile_open(path, &tf, &err), MS_OK);
+    cr_expect_eq(ms_state_load_tensors(b, tf, "state.", &err), MS_ERR_MISMATCH, "%s", err.msg);
+    ms_tensorfile_close(tf);
+    cr_expect_eq(memcmp(ms_state_cdata(a), ms_state_cdata(b), ms_state_nfloats(a) * 4), 0);
+
+    free(la);
+    free(lb);
+    ms_state_free(a);
+    ms_state_free(b);
+    ms_ctx_free(c);
+    ms_model_free(m);
+}
+
+Test(model, token_out_of_range_is_refused_without_touching_state)
+{
+    ms_model *m = load_tiny();
+    ms_error err = {0};
+    ms_ctx *c = ms_ctx_new(m, 0);
+    ms_state *s = ms_state_new(m);
+    int32_t toks[3] = {1, 512, 2};
+    cr_expect_eq(ms_forward(c, s, toks, 3, NULL, 0, &err), MS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "512"), "%s", err.msg);
+    for (size_t i = 0; i < ms_state_nfloats(s); i++)
+        cr_assert_eq(ms_state_cdata(s)[i], 0.0f);
+    ms_state_free(s);
+    ms_ctx_free(c);
+    ms_model_free(m);
+}
+
+typedef struct {
+    const ms_model *m;
+    int seed;
+    float out[512];
+} job;
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    int32_t toks[30];
+    for (int i = 0; i < 30; i++)
+        toks[i] = (int32_t)((i * 31 + j->seed * 97) % 512);
+    ms_ctx *c = ms_ctx_new(j->m, 8);
+    ms_state *s = ms_state_new(j->m);
+    ms_forward(c, s, toks, 30, j->out, 0, NULL);
+    ms_state_free(s);
+    ms_ctx_free(c);
+    return NULL;
+}
+
+Test(model, one_model_many_threads)
+{
+    ms_model *m = load_tiny();
+    enum { NT = 4 };
+    job seq[NT], par[NT];
+    pthread_t th[NT];
+    for (int i = 0; i < NT; i++) {
+        seq[i] = (job){.m = m, .seed = i};
+        run_job(&seq[i]);
+    }
+    for (int i = 0; i < NT; i++) {
+        par[i] = (job){.m = m, .seed = i};
+        pthread_create(&th[i], NULL, run_job, &par[i]);
+    }
+    for (int i = 0; i < NT; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_eq(memcmp(seq[i].out, par[i].out, sizeof seq[i].out), 0,
+                     "thread %d computed something else than alone", i);
+    }
+    cr_expect_neq(memcmp(seq[0].out, seq[1].out, sizeof seq[0].out), 0);
+    ms_model_free(m);
+}
+
+static long rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2)
+            res = 0;
+        fclose(f);
+    }
+    return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+Test(model, resident_memory_after_load_is_near_the_weights)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/big.safetensors", dir);
+    /* Full 65536-row vocabulary: 64 MB of weights, large enough to measure. */
+    char *argv[] = {"gen-model", "--preset", "tiny", "--dtype", "bf16", "--out", p, NULL};
+    cr_assert_eq(cmd_gen_model(7, argv), 0);
+    long before = rss_kb();
+    ms_error err;
+    ms_model *m;
+    cr_assert_eq(ms_model_load(p, NULL, &m, &err), MS_OK, "%s", err.msg);
+    double grown = (double)(rss_kb() - before) * 1024;
+    double held = (double)ms_model_weight_bytes(m);
+    cr_expect_leq(grown, 1.3 * held, "RSS grew %.1f MB for %.1f MB of weights", grown / 1e6,
+                  held / 1e6);
+    ms_model_free(m);
+}
