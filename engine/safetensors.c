@@ -272,7 +272,7 @@ ms_status ms_safetensors_write(FILE *f, const ms_tensor *tensors, size_t n,
 {
     if (!f || (n && !tensors))
         return ms_fail(err, MS_ERR_INVALID, "safetensors write: NULL argument");
-    json_t *root;
+    json_t *root = NULL;
     ms_status st = build_header(tensors, n, meta, &root, err);
     if (st != MS_OK)
         return st;
