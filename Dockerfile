@@ -1,0 +1,38 @@
+# metastate server image: build with the same make targets as the README,
+# run as a non-root user with the model and the session states as volumes.
+#
+#   docker build -t metastate .
+#   docker run -p 8080:8080 -v $PWD/models:/models -v metastate-sessions:/var/lib/metastate \
+#       -e METASTATE_MODEL=/models/rwkv7-g1-0.1b.pth -e METASTATE_VOCAB=/models/rwkv_vocab_v20230424.txt metastate
+#
+# Without METASTATE_MODEL the image serves its built-in demo model (random
+# weights, tiny shapes, byte vocabulary): enough to check a deployment.
+
+FROM debian:12-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends make ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN make deps && make build \
+    && build/metastate gen-model --preset tiny --dtype bf16 --seed 1 --out /src/build/demo.safetensors
+
+FROM debian:12-slim
+RUN apt-get update && apt-get install -y --no-install-recommends \
+        libmicrohttpd12 libjansson4 libopenblas0-pthread libuv1 libssl3 curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/metastate metastate \
+    && mkdir -p /models /var/lib/metastate/sessions /opt/metastate \
+    && chown -R metastate:metastate /var/lib/metastate
+COPY --from=build /src/build/metastate /usr/local/bin/metastate
+COPY --from=build /src/build/demo.safetensors /opt/metastate/demo.safetensors
+USER metastate
+VOLUME ["/models", "/var/lib/metastate"]
+ENV METASTATE_HOST=0.0.0.0 \
+    METASTATE_PORT=8080 \
+    METASTATE_MODEL=/opt/metastate/demo.safetensors \
+    METASTATE_STATE_DIR=/var/lib/metastate/sessions
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["metastate", "serve"]
