@@ -410,7 +410,7 @@ static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
 /* Joins the text parts of an array content with "\n" into *out. */
 static int parse_parts(json_t *arr, size_t mi, char **out, oa_error *e)
 {
-    char param[64];
+    char param[96]; /* oa_error_set clips it to the 64 of oa_error.param */
     size_t total = 0, n = json_array_size(arr);
     for (size_t j = 0; j < n; j++) {
         json_t *part = json_array_get(arr, j);
@@ -466,7 +466,7 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
     if (!(r->messages = calloc(n, sizeof *r->messages)))
         return nomem(e);
     for (size_t i = 0; i < n; i++) {
-        char param[64];
+        char param[96];
         json_t *m = json_array_get(v, i);
         snprintf(param, sizeof param, "messages[%zu]", i);
         if (!json_is_object(m))
@@ -480,12 +480,13 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
             return type_err(e, param, "a string", role);
         const char *rs = json_string_value(role);
         const char *norm = NULL;
+        int assistant = 0;
         if (!strcmp(rs, "system") || !strcmp(rs, "developer"))
             norm = "system"; /* newer SDKs send "developer" for the same thing */
         else if (!strcmp(rs, "user"))
             norm = "user";
         else if (!strcmp(rs, "assistant"))
-            norm = "assistant";
+            norm = "assistant", assistant = 1;
         if (!norm) {
             char shown[48];
             copy_clipped(shown, sizeof shown, rs);
@@ -500,7 +501,7 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
         if (!c) {
             /* OpenAI allows a null content only on assistant turns (those
              * that carried tool calls); for us they are empty replies. */
-            if (strcmp(norm, "assistant") != 0)
+            if (!assistant)
                 return bad(e, param, "Missing required parameter: '%s'.", param);
             content = dupn("", 0);
         } else if (json_is_string(c)) {
