@@ -1,0 +1,36 @@
+/*
+ * chat_format.h - OpenAI chat messages -> RWKV World/G1 prompt text
+ * (SPEC 2.3), and the reverse step for the reply text.
+ *
+ * The prompt is "System: ..\n\nUser: ..\n\nAssistant: ..\n\n...Assistant:".
+ * "\n\n" separates turns, so every message is cleaned first so that it
+ * cannot contain one. Pure functions; no state; reentrant.
+ */
+#ifndef METASTATE_PROTO_CHAT_FORMAT_H
+#define METASTATE_PROTO_CHAT_FORMAT_H
+
+#include <stddef.h>
+
+#include "openai.h"
+
+/* Cleans len bytes of text (SPEC 2.3): "\r\n" -> "\n", runs of >= 2 "\n"
+ * -> one "\n", leading/trailing ASCII whitespace stripped. Returns a malloc'd
+ * NUL-terminated copy (caller frees), its length in *out_len when not NULL;
+ * NULL on allocation failure. */
+char *chat_clean(const char *text, size_t len, size_t *out_len);
+
+/* Renders n messages (roles "system", "user", "assistant", as oa_request_parse
+ * leaves them) to the prompt text. Ends with "Assistant:" (no space), unless
+ * the last message is a non-empty assistant message: then it ends with
+ * "Assistant: {text}" and the model continues that reply (an empty last
+ * assistant message is left out). Returns malloc'd
+ * NUL-terminated text (caller frees), its length in *out_len when not NULL;
+ * NULL on allocation failure or an unknown role. */
+char *chat_render(const oa_message *msgs, size_t n, size_t *out_len);
+
+/* Number of bytes (0 or 1) to drop from the start of a generated reply: its
+ * one leading space, which chat_render puts back after "Assistant:". Apply
+ * it to the reply's first non-empty piece only. */
+size_t chat_reply_skip(const char *text, size_t len);
+
+#endif
