@@ -48,8 +48,7 @@ static void teardown(void)
 
 TestSuite(tensorfile, .init = setup, .fini = teardown);
 
-/* Path of `name` inside the temp dir (static buffer per call site is not
- * needed: callers pass their own). */
+/* Path of `name` inside the test's temp dir. */
 static void tmp_path(char *out, size_t cap, const char *name)
 {
     snprintf(out, cap, "%s/%s", g_dir, name);
