@@ -1,0 +1,516 @@
+/*
+ * sampler.c - next-token sampling as the rwkv pip PIPELINE does it (SPEC
+ * 2.4): repetition penalties and logit bias on the logits, then greedy, or
+ * softmax -> nucleus cutoff on the untempered probabilities -> top-k ->
+ * p^(1/T) -> one seeded draw.
+ *
+ * Design. Everything is allocated in ms_sampler_new; a draw allocates
+ * nothing. Penalties and biases touch only the ids that have them (kept in
+ * lists), so their cost does not grow with the vocabulary. The nucleus needs
+ * only its cutoff, never a sorted vocabulary. First we gather the tokens
+ * above 1/64 of the mass, which are exactly the head of the sorted order;
+ * for a trained model they usually already hold top_p (or top_k), and a
+ * quickselect over those few finds the cutoff. Otherwise (flat
+ * distributions) a histogram of the mass over float-exponent buckets finds
+ * the one bucket the cutoff lies in: tokens above it are kept as they are
+ * and the quickselect runs on that bucket only. Either way a draw costs a
+ * few linear passes over V, dominated by the V calls to expf. The RNG is
+ * xoshiro256** seeded through splitmix64, and every loop runs in a fixed
+ * order: the same seed gives the same tokens on every machine.
+ *
+ * Deliberate differences from pip: ties in greedy mode go to the lowest id
+ * (pip draws among them), and when rounding keeps the cumulative sum below
+ * top_p (e.g. top_p = 1) every token is kept, where pip's argmax over an
+ * all-false mask falls back to greedy.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Buckets of the probability histogram, see bucket_of(). */
+#define HIST_BUCKETS 1024
+
+typedef struct cand {
+    float p;
+    int32_t id;
+} cand;
+
+struct ms_sampler {
+    int32_t n;               /* vocabulary size */
+    ms_sampler_params p;
+    uint64_t rng[4];         /* xoshiro256** state */
+    /* penalties */
+    float *occ;              /* (n) occurrence count, decayed */
+    unsigned char *seen;     /* (n) 1 when id is in the occurrence table */
+    int32_t *seen_ids;       /* (n_seen) ids in the occurrence table */
+    int32_t n_seen;
+    unsigned char *exempt;   /* (n) drawing it adds 0 to its count */
+    /* bias */
+    float *bias;             /* (n) added to the logit */
+    unsigned char *biased;   /* (n) 1 when id is in bias_ids */
+    int32_t *bias_ids;       /* (n_biased) */
+    int32_t n_biased;
+    /* per-draw scratch */
+    float *prob;             /* (n) softmax numerators exp(l - max) */
+    cand *cands;             /* (n) candidates for the nucleus, sorted */
+    double *weight;          /* (n) draw weights */
+    double *hist_mass;       /* (HIST_BUCKETS) softmax mass per bucket */
+    int32_t *hist_count;     /* (HIST_BUCKETS) tokens per bucket */
+};
+
+/* ======================================================================== */
+/* RNG                                                                       */
+/* ======================================================================== */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15u);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t xoshiro_next(uint64_t s[4])
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double uniform(uint64_t s[4])
+{
+    return (double)(xoshiro_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ======================================================================== */
+/* Lifecycle                                                                 */
+/* ======================================================================== */
+
+ms_sampler_params ms_sampler_defaults(void)
+{
+    ms_sampler_params p = { 0 };
+    p.temperature = 1.0f;
+    p.top_p = 0.3f;
+    p.top_k = 0;
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.5f;
+    p.penalty_decay = 0.996f;
+    p.seed = 0;
+    return p;
+}
+
+void ms_sampler_free(ms_sampler *s)
+{
+    if (!s)
+        return;
+    free(s->occ);
+    free(s->seen);
+    free(s->seen_ids);
+    free(s->exempt);
+    free(s->bias);
+    free(s->biased);
+    free(s->bias_ids);
+    free(s->prob);
+    free(s->cands);
+    free(s->weight);
+    free(s->hist_mass);
+    free(s->hist_count);
+    free(s);
+}
+
+ms_sampler *ms_sampler_new(int32_t n_vocab, const ms_sampler_params *p)
+{
+    if (n_vocab <= 0)
+        return NULL;
+    ms_sampler *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    size_t n = (size_t)n_vocab;
+    s->n = n_vocab;
+    s->occ = calloc(n, sizeof *s->occ);
+    s->seen = calloc(n, 1);
+    s->seen_ids = malloc(n * sizeof *s->seen_ids);
+    s->exempt = calloc(n, 1);
+    s->bias = calloc(n, sizeof *s->bias);
+    s->biased = calloc(n, 1);
+    s->bias_ids = malloc(n * sizeof *s->bias_ids);
+    s->prob = malloc(n * sizeof *s->prob);
+    s->cands = malloc(n * sizeof *s->cands);
+    s->weight = malloc(n * sizeof *s->weight);
+    s->hist_mass = malloc(HIST_BUCKETS * sizeof *s->hist_mass);
+    s->hist_count = malloc(HIST_BUCKETS * sizeof *s->hist_count);
+    if (!s->occ || !s->seen || !s->seen_ids || !s->exempt || !s->bias || !s->biased ||
+        !s->bias_ids || !s->prob || !s->cands || !s->weight ||
+        !s->hist_mass || !s->hist_count) {
+        ms_sampler_free(s);
+        return NULL;
+    }
+    ms_sampler_reset(s, p);
+    return s;
+}
+
+void ms_sampler_reset(ms_sampler *s, const ms_sampler_params *p)
+{
+    s->p = p ? *p : ms_sampler_defaults();
+    for (int32_t i = 0; i < s->n_seen; i++) {
+        s->occ[s->seen_ids[i]] = 0;
+        s->seen[s->seen_ids[i]] = 0;
+    }
+    s->n_seen = 0;
+    uint64_t x = s->p.seed;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = splitmix64(&x);
+}
+
+/* Setting a bias again replaces the previous one. Biases and exemptions
+ * outlive ms_sampler_reset: they describe the model and the request, not
+ * the text generated so far. */
+void ms_sampler_set_bias(ms_sampler *s, int32_t id, float bias)
+{
+    if (id < 0 || id >= s->n)
+        return;
+    if (!s->biased[id]) {
+        s->biased[id] = 1;
+        s->bias_ids[s->n_biased++] = id;
+    }
+    s->bias[id] = bias;
+}
+
+void ms_sampler_set_exempt(ms_sampler *s, int32_t id)
+{
+    if (id >= 0 && id < s->n)
+        s->exempt[id] = 1;
+}
+
+/* ======================================================================== */
+/* Drawing                                                                   */
+/* ======================================================================== */
+
+/* Total order for top-k: higher probability first, then lower id, so the
+ * result never depends on the order the candidates happen to be in. */
+static int cand_before(const cand *x, const cand *y)
+{
+    return x->p > y->p || (x->p == y->p && x->id < y->id);
+}
+
+static void cand_swap(cand *c, int32_t i, int32_t j)
+{
+    cand t = c[i];
+    c[i] = c[j];
+    c[j] = t;
+}
+
+/* Median of three probabilities, as the pivot value. */
+static float pivot_value(const cand *c, int32_t lo, int32_t hi)
+{
+    float a = c[lo].p, b = c[lo + (hi - lo) / 2].p, d = c[hi - 1].p;
+    if (a > b) {
+        float t = a;
+        a = b;
+        b = t;
+    }
+    return d <= a ? a : d >= b ? b : d;
+}
+
+/* Nucleus without sorting: finds the cutoff v, the probability where the
+ * descending cumulative sum first reaches top_p, i.e. mass(p > v) < top_p
+ * <= mass(p >= v), by quickselect with three-way partitions. Rearranges c
+ * so that c[0..keep) are exactly the candidates with p >= v (ties at the
+ * cutoff stay, as in pip) and returns keep; returns nc when the total mass
+ * stays below top_p (rounding, top_p = 1). Expected O(nc). */
+static int32_t nucleus(cand *c, int32_t nc, double top_p)
+{
+    int32_t lo = 0, hi = nc;
+    double above = 0; /* mass of c[0..lo), all larger than c[lo..hi) */
+    while (lo < hi) {
+        float v = pivot_value(c, lo, hi);
+        /* [lo,a) > v, [a,i) == v, [z,hi) < v, [i,z) unseen */
+        int32_t a = lo, i = lo, z = hi;
+        while (i < z) {
+            if (c[i].p > v)
+                cand_swap(c, a++, i++);
+            else if (c[i].p < v)
+                cand_swap(c, i, --z);
+            else
+                i++;
+        }
+        double m_gt = 0, m_eq = 0;
+        for (int32_t k = lo; k < a; k++)
+            m_gt += c[k].p;
+        for (int32_t k = a; k < z; k++)
+            m_eq += c[k].p;
+        if (above + m_gt >= top_p) {
+            hi = a; /* the cutoff is above v; a > lo since above < top_p */
+        } else if (above + m_gt + m_eq >= top_p) {
+            return z;
+        } else {
+            above += m_gt + m_eq;
+            lo = z;
+        }
+    }
+    return nc;
+}
+
+/* Moves the k first candidates in cand_before order to c[0..k) (in no
+ * particular order): quickselect, expected O(n). */
+static void select_top_k(cand *c, int32_t n, int32_t k)
+{
+    int32_t lo = 0, hi = n;
+    while (hi - lo > 1) {
+        int32_t mid = lo + (hi - lo) / 2;
+        /* median of three to the end as pivot */
+        if (cand_before(&c[mid], &c[lo]))
+            cand_swap(c, mid, lo);
+        if (cand_before(&c[hi - 1], &c[lo]))
+            cand_swap(c, hi - 1, lo);
+        if (cand_before(&c[mid], &c[hi - 1]))
+            cand_swap(c, mid, hi - 1);
+        cand piv = c[hi - 1];
+        int32_t st = lo;
+        for (int32_t i = lo; i < hi - 1; i++)
+            if (cand_before(&c[i], &piv))
+                cand_swap(c, i, st++);
+        cand_swap(c, st, hi - 1); /* c[st] is the pivot, at its final rank */
+        if (st == k || st + 1 == k)
+            return;
+        if (st > k)
+            hi = st;
+        else
+            lo = st + 1;
+    }
+}
+
+/* Draws one index of w[0..k) with probability proportional to w (k >= 1,
+ * weights >= 0, total > 0). */
+static int32_t draw_weighted(uint64_t rng[4], const double *w, int32_t k, double total)
+{
+    double target = uniform(rng) * total, acc = 0;
+    int32_t last = 0;
+    for (int32_t i = 0; i < k; i++) {
+        if (w[i] <= 0)
+            continue;
+        acc += w[i];
+        last = i;
+        if (acc > target)
+            return i;
+    }
+    return last; /* rounding left target just above the sum */
+}
+
+/* Same, for float weights. */
+static int32_t draw_weighted_f(uint64_t rng[4], const float *w, int32_t k, double total)
+{
+    double target = uniform(rng) * total, acc = 0;
+    int32_t last = 0;
+    for (int32_t i = 0; i < k; i++) {
+        if (w[i] <= 0)
+            continue;
+        acc += w[i];
+        last = i;
+        if (acc > target)
+            return i;
+    }
+    return last;
+}
+
+/* The draw weight of a token whose softmax numerator is e = exp(l - m),
+ * i.e. its probability relative to the top token's: p^(1/T) up to a common
+ * factor, which cannot underflow to zero for every token even at a tiny T.
+ * Zero stays zero (a banned token) also when T is huge and pow(0, 0) = 1. */
+static double tempered(float e, double inv_t)
+{
+    if (!(e > 0))
+        return 0;
+    return inv_t == 1.0 ? e : pow(e, inv_t);
+}
+
+/* Histogram bucket of a softmax numerator e in [0, 1]: its float bits
+ * without the lowest 20, i.e. exponent and 3 mantissa bits. Monotonic in e;
+ * one bucket spans a factor 2^(1/8); e = 1 falls in bucket 1016. */
+static inline uint32_t bucket_of(float e)
+{
+    uint32_t bits;
+    memcpy(&bits, &e, sizeof bits);
+    return bits >> 20;
+}
+
+/* Samples from the softmax of logits (max logit m, finite). Probabilities
+ * are kept unnormalized (e = exp(l - m), total `sum`): comparing against
+ * top_p * sum is the same test and saves a pass over the vocabulary. */
+static int32_t sample_probs(ms_sampler *s, const float *logits, float m)
+{
+    const int32_t n = s->n;
+    float *e = s->prob;
+    int top_k = s->p.top_k > 0 && s->p.top_k < n ? s->p.top_k : 0;
+    int use_p = s->p.top_p < 1.0f;
+    double inv_t = 1.0 / s->p.temperature;
+    double *w = s->weight;
+    double *hmass = s->hist_mass;
+    int32_t *hcount = s->hist_count;
+
+    /* Four partial sums: shorter dependency chains, same order on every
+     * machine. */
+    double part[4] = { 0, 0, 0, 0 };
+    int32_t i = 0;
+    for (; i < n; i++) {
+        float l = logits[i];
+        float x = l == l ? expf(l - m) : 0.0f; /* NaN counts as -inf */
+        e[i] = x;
+        part[i & 3] += x;
+    }
+    double sum = (part[0] + part[1]) + (part[2] + part[3]);
+
+    /* No filter: draw over the whole vocabulary in id order. */
+    if (!use_p && !top_k) {
+        if (inv_t == 1.0)
+            return draw_weighted_f(s->rng, e, n, sum);
+        double total = 0;
+        for (i = 0; i < n; i++) {
+            w[i] = tempered(e[i], inv_t);
+            total += w[i];
+        }
+        return draw_weighted(s->rng, w, n, total);
+    }
+
+    const double top_mass = s->p.top_p * sum;
+    cand *c = s->cands;
+    int32_t na = 0, nb = 0, bc = -1, bp = -1;
+    double above_p = 0;
+
+    /* Fast path, the usual case for a trained model: the tokens above 1/64
+     * of the mass already hold the nucleus (or the top_k). */
+    const float tau = (float)(sum / 64);
+    double head = 0;
+    for (i = 0; i < n; i++) {
+        if (e[i] >= tau) {
+            c[nb++] = (cand){ e[i], i };
+            head += e[i];
+        }
+    }
+    if ((use_p && head >= top_mass) || (top_k && nb >= top_k)) {
+        /* all candidates form one "critical bucket" */
+        bc = 0;
+        bp = use_p && head >= top_mass ? 0 : -1;
+    } else {
+        /* Histogram of the mass per bucket, then walk the buckets from the
+         * top to the one where the nucleus mass (bp) and the top_k count
+         * (bk) are reached. Tokens above the higher of the two are kept for
+         * sure; only that bucket needs a closer look. */
+        memset(hmass, 0, HIST_BUCKETS * sizeof *hmass);
+        memset(hcount, 0, HIST_BUCKETS * sizeof *hcount);
+        for (i = 0; i < n; i++) {
+            uint32_t b = bucket_of(e[i]);
+            hmass[b] += e[i];
+            hcount[b]++;
+        }
+        int32_t bk = -1;
+        double cum = 0;
+        int64_t cnt = 0;
+        for (int32_t b = HIST_BUCKETS - 1; b >= 0 && (bp < 0 || bk < 0); b--) {
+            if (use_p && bp < 0 && cum + hmass[b] >= top_mass) {
+                bp = b;
+                above_p = cum;
+            }
+            if (top_k && bk < 0 && cnt + hcount[b] >= top_k)
+                bk = b;
+            cum += hmass[b];
+            cnt += hcount[b];
+        }
+        /* Rounding may leave the total just under top_mass: keep all. */
+        bc = bp > bk ? bp : bk;
+        if (bc < 0)
+            bc = 0;
+
+        /* Gather: strictly higher buckets to the front (all kept, id
+         * order), the critical bucket bc to the back. */
+        nb = 0;
+        for (i = 0; i < n; i++) {
+            int32_t b = (int32_t)bucket_of(e[i]);
+            if (b > bc)
+                c[na++] = (cand){ e[i], i };
+            else if (b == bc)
+                c[n - 1 - nb++] = (cand){ e[i], i };
+        }
+        memmove(c + na, c + n - nb, (size_t)nb * sizeof *c);
+    }
+
+    /* Nucleus cutoff inside bc when that is where top_p is reached; else
+     * every token of bc is within the nucleus. Then top_k, which only
+     * bites in bc too (fewer than top_k tokens lie above it). */
+    int32_t keep_b = nb;
+    if (bp >= 0 && bc == bp)
+        keep_b = nucleus(c + na, nb, top_mass - above_p);
+    int32_t keep = na + keep_b;
+    if (top_k && keep > top_k) {
+        select_top_k(c + na, keep_b, top_k - na);
+        keep = top_k;
+    }
+
+    /* Temperature after the cutoff. The draw walks c[] in the order the
+     * selection left it: deterministic, so seeded runs still replay. */
+    double total = 0;
+    for (i = 0; i < keep; i++) {
+        w[i] = tempered(c[i].p, inv_t);
+        total += w[i];
+    }
+    return c[draw_weighted(s->rng, w, keep, total)].id;
+}
+
+int32_t ms_sampler_sample(ms_sampler *s, float *logits)
+{
+    const int32_t n = s->n;
+    const ms_sampler_params *p = &s->p;
+
+    /* Penalties from the tokens generated so far, then the bias. */
+    for (int32_t i = 0; i < s->n_seen; i++) {
+        int32_t id = s->seen_ids[i];
+        logits[id] -= p->presence_penalty + s->occ[id] * p->frequency_penalty;
+    }
+    for (int32_t i = 0; i < s->n_biased; i++)
+        logits[s->bias_ids[i]] += s->bias[s->bias_ids[i]];
+
+    /* The argmax is needed either way: the answer in greedy mode, the
+     * softmax shift otherwise. NaN never wins. */
+    int32_t best = -1;
+    float m = -INFINITY;
+    for (int32_t i = 0; i < n; i++) {
+        if (logits[i] > m) {
+            m = logits[i];
+            best = i;
+        }
+    }
+
+    int32_t tok;
+    int greedy = !(p->temperature > 0) || !(p->top_p > 0);
+    if (best < 0)
+        tok = 0; /* every logit is -inf/NaN: nothing to draw, end the text */
+    else if (greedy || isinf(m))
+        tok = best;
+    else
+        tok = sample_probs(s, logits, m);
+
+    /* Record the token: decay everything, then count it. */
+    for (int32_t i = 0; i < s->n_seen; i++)
+        s->occ[s->seen_ids[i]] *= p->penalty_decay;
+    if (!s->seen[tok]) {
+        s->seen[tok] = 1;
+        s->seen_ids[s->n_seen++] = tok;
+    }
+    if (!s->exempt[tok])
+        s->occ[tok] += 1.0f;
+    return tok;
+}
