@@ -145,6 +145,11 @@ const ms_config *ms_model_config(const ms_model *m);
 /* 32-byte SHA-256 over the weights (sorted names, shapes, fp32 values), so a
  * .pth and a safetensors file of the same weights share a fingerprint. */
 const uint8_t *ms_model_fingerprint(const ms_model *m);
+/* 1 when a state saved under the model with fingerprint fp is valid for m:
+ * fp is m's own, or one of the models m was grown from by `metastate expand`
+ * (parameter tokens and SSE heads with zero gain keep states exact, SPEC
+ * 3.4), as listed in its "ms_ancestors" metadata. */
+int ms_model_state_compatible(const ms_model *m, const uint8_t fp[32]);
 /* Bytes of weights as held in memory, and bytes read per generated token. */
 size_t ms_model_weight_bytes(const ms_model *m);
 size_t ms_model_bytes_per_token(const ms_model *m);

@@ -29,6 +29,7 @@ struct ms_ctx {
     float *r, *k, *v, *w, *a, *g, *kk, *vfirst, *y, *tmp;
     float *lora; /* (T, max LoRA rank) */
     float *hid;  /* (T, F) */
+    float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -79,7 +80,9 @@ static void layer_norm(float *dst, const float *x, const float *w, const float *
 
 /* One head's WKV step (SPEC 1.3), S is N x N with S[i][j], i = value,
  * j = key; y[i] = (S_new r)[i]. `sa` must read the old row before it is
- * updated, which the row-wise loop guarantees. */
+ * updated, which the row-wise loop guarantees. Meta-State's second pass
+ * calls it again with r := kx: the same arithmetic in the same order
+ * rebuilds exactly the states of the first pass. */
 static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
                      const float *restrict k, const float *restrict v, const float *restrict kk,
                      const float *restrict a, float *restrict y, int N)
@@ -129,6 +132,11 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, floa
 {
     const ms_config *cf = &c->m->cfg;
     const int C = cf->n_embd, H = cf->n_head, N = cf->head_size;
+    const size_t NN = (size_t)N * N;
+    if (T > 1) /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
+        for (int q = 0; q < L->n_sse; q++)
+            memcpy(c->s_start + (size_t)L->sse_head[q] * NN, S + (size_t)L->sse_head[q] * NN,
+                   NN * sizeof(float));
 
     for (int t = 0; t < T; t++)
         layer_norm(c->xn + (size_t)t * C, c->x + (size_t)t * C, L->ln1_w, L->ln1_b, C);
@@ -213,7 +221,47 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, floa
     linear(c->x, c->y, L->wo, T, C, C, 1.0f);
 }
 
-static void channel_mix(ms_ctx *c, const ms_layer *L, float *ffn_shift, int T)
+/* MS-v0 Self-State Encoder (SPEC 3.3 C2-C6): for every SSE head h and
+ * token t, u = S_t[h] kx_t[h] with the state right after token t's update,
+ * L2-normalized, added to kx with the per-channel gain:
+ *     e = kx + gamma * u / max(|u|, 1e-12)
+ * One token reads the current state. A chunk replays the WKV recurrence of
+ * the SSE heads from their saved starting state (pass 2), so no T x N x N
+ * history is kept; the replay ends in the same state pass 1 left. */
+static void self_state_encoder(ms_ctx *c, const ms_layer *L, const float *S, int T)
+{
+    const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size;
+    const size_t NN = (size_t)N * N;
+    float u[256];
+    for (int q = 0; q < L->n_sse; q++) {
+        const int h = L->sse_head[q];
+        for (int t = 0; t < T; t++) {
+            const size_t o = (size_t)t * C + (size_t)h * N;
+            float *kx = c->xk + o;
+            if (T == 1) {
+                const float *Sh = S + (size_t)h * NN;
+                for (int i = 0; i < N; i++) {
+                    float acc = 0.0f;
+                    for (int j = 0; j < N; j++)
+                        acc += Sh[(size_t)i * N + j] * kx[j];
+                    u[i] = acc;
+                }
+            } else {
+                wkv_head(c->s_start + (size_t)h * NN, kx, c->w + o, c->k + o, c->v + o,
+                         c->kk + o, c->a + o, u, N);
+            }
+            double ss = 0;
+            for (int i = 0; i < N; i++)
+                ss += (double)u[i] * u[i];
+            const float inv = 1.0f / fmaxf((float)sqrt(ss), 1e-12f);
+            const float *gamma = L->ms_gamma + (size_t)h * N;
+            for (int i = 0; i < N; i++)
+                kx[i] += gamma[i] * (u[i] * inv);
+        }
+    }
+}
+
+static void channel_mix(ms_ctx *c, const ms_layer *L, float *ffn_shift, const float *S, int T)
 {
     const int C = c->m->cfg.n_embd, F = L->dim_ffn;
     for (int t = 0; t < T; t++)
@@ -221,6 +269,8 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, float *ffn_shift, int T)
     const float *mix[1] = {L->ffn_x_k};
     float *const outs[1] = {c->xk};
     token_shift(c->xn, ffn_shift, T, C, mix, outs, 1);
+    if (L->n_sse)
+        self_state_encoder(c, L, S, T);
     linear(c->hid, c->xk, L->ffn_key, T, F, C, 0.0f);
     for (size_t i = 0; i < (size_t)T * F; i++) {
         float h = c->hid[i] > 0.0f ? c->hid[i] : 0.0f;
@@ -240,7 +290,7 @@ static void forward_chunk(ms_ctx *c, ms_state *s, const int32_t *tokens, int T, 
         memcpy(c->x + (size_t)t * C, m->emb + (size_t)tokens[t] * C, (size_t)C * sizeof(float));
     for (int l = 0; l < cf->n_layer; l++) {
         time_mix(c, &m->layers[l], l, ms_state_att_shift(s, l), ms_state_wkv(s, l), T);
-        channel_mix(c, &m->layers[l], ms_state_ffn_shift(s, l), T);
+        channel_mix(c, &m->layers[l], ms_state_ffn_shift(s, l), ms_state_wkv(s, l), T);
     }
     if (!logits)
         return;
@@ -274,7 +324,8 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
         if (!(*tc[i] = aligned_alloc(64, ((T * C * sizeof(float)) + 63) & ~(size_t)63)))
             goto fail;
     if (!(c->lora = malloc(T * (size_t)rank * sizeof(float))) ||
-        !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))))
+        !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
+        !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))))
         goto fail;
     return c;
 fail:
@@ -287,7 +338,8 @@ void ms_ctx_free(ms_ctx *c)
     if (!c)
         return;
     float *bufs[] = {c->x, c->xn, c->xr, c->xw, c->xk, c->xv, c->xa, c->xg, c->r, c->k,
-                     c->v, c->w, c->a, c->g, c->kk, c->vfirst, c->y, c->tmp, c->lora, c->hid};
+                     c->v, c->w, c->a, c->g, c->kk, c->vfirst, c->y, c->tmp, c->lora, c->hid,
+                     c->s_start};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c);

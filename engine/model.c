@@ -164,6 +164,9 @@ static ms_status derive_config(const ms_tensorfile *tf, const char *path, ms_con
                        path, cfg->n_embd);
     cfg->n_head = (int)rk->shape[0];
     cfg->head_size = (int)rk->shape[1];
+    if (cfg->head_size > 256) /* the WKV kernel keeps one head's vectors on the stack */
+        return ms_fail(err, MS_ERR_UNSUPPORTED, "%s: head size %d (from 'blocks.0.att.r_k'); "
+                       "at most 256 is supported", path, cfg->head_size);
 
     static const struct { const char *name; size_t off; } ranks[] = {
         {"blocks.0.att.w1", offsetof(ms_config, d_decay)},
@@ -317,6 +320,71 @@ static ms_status fingerprint(const ms_tensorfile *tf, uint8_t out[32], const cha
     return MS_OK;
 }
 
+/* MS-v0 (SPEC 3.3 C2): the heads a layer's Self-State Encoder reads are
+ * those with any non-zero gain. Listing them once makes heads with zero gain
+ * cost nothing per token. */
+static ms_status find_sse_heads(ms_model *m, const char *path, ms_error *err)
+{
+    const int H = m->cfg.n_head, N = m->cfg.head_size;
+    m->sse_heads = malloc((size_t)m->cfg.n_layer * (size_t)H * sizeof *m->sse_heads);
+    if (!m->sse_heads)
+        return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory", path);
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        ms_layer *L = &m->layers[l];
+        L->sse_head = m->sse_heads + (size_t)l * H;
+        L->n_sse = 0;
+        for (int h = 0; L->ms_gamma && h < H; h++)
+            for (int j = 0; j < N; j++)
+                if (L->ms_gamma[h * N + j] != 0.0f) {
+                    L->sse_head[L->n_sse++] = h;
+                    break;
+                }
+    }
+    return MS_OK;
+}
+
+/* "ms_ancestors": comma-separated hex fingerprints written by expand. */
+static ms_status read_ancestors(ms_model *m, const ms_tensorfile *tf, const char *path,
+                                ms_error *err)
+{
+    const char *list = ms_tensorfile_meta(tf, "ms_ancestors");
+    if (!list || !*list)
+        return MS_OK;
+    size_t n = 1;
+    for (const char *p = list; *p; p++)
+        n += *p == ',';
+    m->ancestors = calloc(n, sizeof *m->ancestors);
+    if (!m->ancestors)
+        return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory", path);
+    for (const char *p = list; *p;) {
+        if (strspn(p, "0123456789abcdefABCDEF") < 64)
+            return ms_fail(err, MS_ERR_FORMAT, "%s: bad ms_ancestors metadata", path);
+        for (int i = 0; i < 32; i++) {
+            unsigned byte;
+            if (sscanf(p + 2 * i, "%2x", &byte) != 1)
+                return ms_fail(err, MS_ERR_FORMAT, "%s: bad ms_ancestors metadata", path);
+            m->ancestors[m->n_ancestors][i] = (uint8_t)byte;
+        }
+        m->n_ancestors++;
+        p += 64;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return ms_fail(err, MS_ERR_FORMAT, "%s: bad ms_ancestors metadata", path);
+    }
+    return MS_OK;
+}
+
+int ms_model_state_compatible(const ms_model *m, const uint8_t fp[32])
+{
+    if (!memcmp(m->fingerprint, fp, 32))
+        return 1;
+    for (size_t i = 0; i < m->n_ancestors; i++)
+        if (!memcmp(m->ancestors[i], fp, 32))
+            return 1;
+    return 0;
+}
+
 ms_status ms_model_from_tensors(const ms_tensorfile *tf, const ms_load_opts *opts,
                                 ms_model **out, ms_error *err)
 {
@@ -330,11 +398,6 @@ ms_status ms_model_from_tensors(const ms_tensorfile *tf, const ms_load_opts *opt
         return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory", path);
     if ((st = derive_config(tf, path, &m->cfg, err)))
         goto fail;
-    if (m->cfg.meta_state) {
-        st = ms_fail(err, MS_ERR_UNSUPPORTED,
-                     "%s: Meta-State (ms_gamma) checkpoints are not supported by this build", path);
-        goto fail;
-    }
     m->layers = calloc((size_t)m->cfg.n_layer, sizeof *m->layers);
     if (!m->layers) {
         st = ms_fail(err, MS_ERR_NOMEM, "%s: out of memory", path);
@@ -367,6 +430,8 @@ ms_status ms_model_from_tensors(const ms_tensorfile *tf, const ms_load_opts *opt
         layer_norm_row(row, row, m->ln0_w, m->ln0_b, (int)C);
     }
 
+    if ((st = find_sse_heads(m, path, err)) || (st = read_ancestors(m, tf, path, err)))
+        goto fail;
     if ((st = fingerprint(tf, m->fingerprint, path, err)))
         goto fail;
     size_t per_token = (size_t)m->cfg.vocab_size * C + C; /* head + one embedding row */
@@ -405,6 +470,8 @@ void ms_model_free(ms_model *m)
     if (!m)
         return;
     free(m->arena);
+    free(m->sse_heads);
+    free(m->ancestors);
     free(m->layers);
     free(m);
 }

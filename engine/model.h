@@ -25,6 +25,8 @@ typedef struct ms_layer {
     float *ffn_key;                   /* (F,C) Linear */
     float *ffn_value;                 /* (C,F) Linear */
     float *ms_gamma;                  /* (C) Meta-State gains, NULL = none */
+    int n_sse;                        /* heads with a non-zero gain (SPEC 3.3 M_l) */
+    int *sse_head;                    /* (n_sse) their indices, ascending */
 } ms_layer;
 
 struct ms_model {
@@ -35,9 +37,12 @@ struct ms_model {
     float *head;       /* (V,C) Linear */
     ms_layer *layers;  /* (L) */
     float *arena;      /* owns every float above */
+    int *sse_heads;    /* owns every layer's sse_head list (L*H ints) */
     size_t arena_floats;
     size_t bytes_per_token;
     uint8_t fingerprint[32];
+    uint8_t (*ancestors)[32]; /* models this one was expanded from (metadata) */
+    size_t n_ancestors;
     int n_threads;
 };
 

@@ -14,5 +14,6 @@ int cmd_detokenize(int argc, char **argv); /* cli_tokenize.c */
 int cmd_gen_model(int argc, char **argv);  /* cli_gen_model.c */
 int cmd_serve(int argc, char **argv);      /* serve.c */
 int cmd_bench(int argc, char **argv);      /* cli_bench.c */
+int cmd_expand(int argc, char **argv);     /* cli_expand.c */
 
 #endif

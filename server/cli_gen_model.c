@@ -73,7 +73,7 @@ typedef struct {
     size_t n, cap;
     char **names;
     ms_dtype dtype;
-    rng r;
+    rng r, gamma_r;
     int failed;
 } builder;
 
@@ -129,7 +129,37 @@ static void add(builder *b, const char *name, int ndim, int64_t d0, int64_t d1, 
     b->names[b->n++] = nm;
 }
 
-static void build_model(builder *b, const preset *p)
+/* Meta-State gains: non-zero on the listed heads of every layer (all heads
+ * when sse_heads is NULL), zero elsewhere. */
+static void add_gamma(builder *b, const char *name, int64_t C, int64_t N, const int *heads,
+                      int n_heads)
+{
+    /* Drawn from a stream of their own, so a model with and without
+     * --meta-state has the same weights everywhere else. */
+    rng main = b->r;
+    b->r = b->gamma_r;
+    size_t before = b->n;
+    add(b, name, 1, C, 0, 0, DIST_UNIFORM, 0.0, 1.0);
+    b->gamma_r = b->r;
+    b->r = main;
+    if (b->failed || b->n == before)
+        return;
+    ms_tensor *t = &b->t[b->n - 1];
+    for (int64_t c = 0; c < C; c++) {
+        int on = !heads;
+        for (int i = 0; heads && i < n_heads; i++)
+            on |= heads[i] == c / N;
+        if (on)
+            continue;
+        if (b->dtype == MS_F32)
+            ((float *)t->data)[c] = 0.0f;
+        else
+            ((uint16_t *)t->data)[c] = 0;
+    }
+}
+
+static void build_model(builder *b, const preset *p, int meta_state, const int *sse_heads,
+                        int n_sse)
 {
     const int64_t C = p->n_embd, N = 64, H = C / N, V = p->vocab;
     const double inv_c = 1.0 / sqrt((double)C), inv_f = 1.0 / sqrt((double)p->dim_ffn);
@@ -175,6 +205,8 @@ static void build_model(builder *b, const preset *p)
         add(b, NAME("ffn.x_k"), 3, 1, 1, C, DIST_UNIFORM, 0.5, 0.5);
         add(b, NAME("ffn.key.weight"), 2, p->dim_ffn, C, 0, DIST_NORMAL, 0, inv_c);
         add(b, NAME("ffn.value.weight"), 2, C, p->dim_ffn, 0, DIST_NORMAL, 0, 0.5 * inv_f);
+        if (meta_state)
+            add_gamma(b, NAME("ffn.ms_gamma"), C, N, sse_heads, n_sse);
 #undef NAME
     }
     add(b, "ln_out.weight", 1, C, 0, 0, DIST_NORMAL, 1.0, 0.1);
@@ -187,7 +219,10 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: metastate gen-model --preset tiny|0.1b|0.4b|1.5b|2.9b --out PATH\n"
             "                           [--dtype f32|bf16] [--seed S] [--vocab-size V]\n"
+            "                           [--meta-state [--sse-heads H,H,...]]\n"
             "Writes a random-weight RWKV-7 model with the real tensor names and shapes.\n"
+            "--meta-state adds MS-v0 gains (blocks.N.ffn.ms_gamma), non-zero on the\n"
+            "listed heads of every layer (default: all heads).\n"
             "PATH ending in .pth writes a PyTorch zip, anything else safetensors.\n");
 }
 
@@ -197,10 +232,13 @@ int cmd_gen_model(int argc, char **argv)
         {"preset", required_argument, 0, 'p'}, {"out", required_argument, 0, 'o'},
         {"dtype", required_argument, 0, 'd'},  {"seed", required_argument, 0, 's'},
         {"vocab-size", required_argument, 0, 'V'}, {"help", no_argument, 0, 'h'},
+        {"meta-state", no_argument, 0, 'M'},   {"sse-heads", required_argument, 0, 'H'},
         {0, 0, 0, 0}};
     const char *preset_name = NULL, *out = NULL, *dtype = "f32";
     unsigned long long seed = 1;
     long vocab = 0;
+    int meta_state = 0, n_sse = 0, sse[64];
+    const char *sse_list = NULL;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "p:o:d:s:V:h", opts, NULL)) != -1) {
@@ -210,6 +248,8 @@ int cmd_gen_model(int argc, char **argv)
         case 'd': dtype = optarg; break;
         case 's': seed = strtoull(optarg, NULL, 10); break;
         case 'V': vocab = strtol(optarg, NULL, 10); break;
+        case 'M': meta_state = 1; break;
+        case 'H': sse_list = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -223,11 +263,27 @@ int cmd_gen_model(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    for (const char *q = sse_list; q && *q;) {
+        char *end;
+        long h = strtol(q, &end, 10);
+        if (end == q || h < 0 || h >= p->n_embd / 64 || n_sse == 64 || (*end && *end != ',')) {
+            fprintf(stderr, "gen-model: --sse-heads wants head indices below %d, got '%s'\n",
+                    p->n_embd / 64, sse_list);
+            return 2;
+        }
+        sse[n_sse++] = (int)h;
+        q = *end ? end + 1 : end;
+    }
+    if (sse_list && !meta_state) {
+        fprintf(stderr, "gen-model: --sse-heads needs --meta-state\n");
+        return 2;
+    }
     preset chosen = *p;
     if (vocab)
         chosen.vocab = (int)vocab;
-    builder b = {.dtype = strcmp(dtype, "bf16") ? MS_F32 : MS_BF16, .r = {.s = seed}};
-    build_model(&b, &chosen);
+    builder b = {.dtype = strcmp(dtype, "bf16") ? MS_F32 : MS_BF16, .r = {.s = seed},
+                 .gamma_r = {.s = seed ^ 0x6d732d7630ull}};
+    build_model(&b, &chosen, meta_state, sse_list ? sse : NULL, n_sse);
     int rc = 0;
     if (b.failed) {
         fprintf(stderr, "gen-model: out of memory\n");
@@ -242,7 +298,8 @@ int cmd_gen_model(int argc, char **argv)
             char seed_s[32];
             snprintf(seed_s, sizeof seed_s, "%llu", seed);
             const char *meta[] = {"format", "pt", "rwkv_arch", "x070", "generator",
-                                  "metastate gen-model", "preset", p->name, "seed", seed_s, NULL};
+                                  "metastate gen-model", "preset", p->name, "seed", seed_s,
+                                  meta_state ? "meta_state" : NULL, "ms-v0", NULL};
             FILE *f = fopen(out, "wb");
             if (!f) {
                 perror(out);

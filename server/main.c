@@ -17,6 +17,7 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "print the token ids of a text as a JSON array"},
     {"detokenize", cmd_detokenize, "write the bytes of token ids"},
     {"gen-model", cmd_gen_model, "write a random-weight RWKV-7 model of real shapes"},
+    {"expand", cmd_expand, "grow a model (parameter tokens, SSE heads) keeping its function"},
     {"bench", cmd_bench, "measure prefill/generation speed against memory bandwidth"},
 };
 
