@@ -1,0 +1,886 @@
+/*
+ * http.c - libmicrohttpd glue: routes, auth, CORS, bodies, responses.
+ *
+ * Request lifetime. Each HTTP request gets one http_req, reference counted:
+ * one reference for MHD (dropped in the completion callback), one for the
+ * scheduler while it holds the job (dropped after sink->done), one for a
+ * streaming response (dropped when MHD frees the response). Fields shared
+ * with the scheduler thread are guarded by the request's mutex.
+ *
+ * Waiting without threads. After submitting a job the handler suspends the
+ * connection. The scheduler's callbacks append output and resume it: a
+ * non-streaming request is answered once the job is done; a streaming one
+ * as soon as the job is admitted (so errors that happen before admission
+ * still get a real HTTP status), with a callback response whose reader
+ * suspends the connection whenever it has no bytes yet. MHD must never be
+ * called from the scheduler thread except MHD_resume_connection.
+ *
+ * Disconnects. A suspended connection is not polled by MHD, so the
+ * scheduler asks alive() once per step: a zero-length MSG_PEEK read on the
+ * socket tells whether the client closed it.
+ */
+#include "http.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat_format.h"
+#include "metrics.h"
+#include "sessions.h"
+#include "sse.h"
+#include "state_store.h"
+
+struct http_srv {
+    const srv_config *cfg;
+    sched *s;
+    struct MHD_Daemon *d;
+    atomic_int draining;
+    atomic_int in_flight; /* live http_req objects */
+    int64_t started_at;
+};
+
+typedef enum {
+    R_NONE = 0, R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_SESSIONS,
+    R_SESSION, R_SESSION_STATE, R_PREFLIGHT
+} route_id;
+
+static const char *route_label[] = {
+    "unknown", "/health", "/metrics", "/v1/models", "/v1/models/{id}", "/v1/completions",
+    "/v1/chat/completions", "/v1/sessions", "/v1/sessions/{id}", "/v1/sessions/{id}/state",
+    "OPTIONS"};
+
+typedef struct choice_buf {
+    char *text;
+    size_t len, cap;
+    oa_finish finish;
+    int role_sent;
+} choice_buf;
+
+typedef struct http_req {
+    atomic_int refs;
+    http_srv *srv;
+    pthread_mutex_t mu;
+    struct MHD_Connection *conn; /* NULL once MHD completed the request (under mu) */
+    int fd;
+    route_id route;
+    char path_id[160];
+    const char *origin;  /* allowed CORS origin to echo, or NULL */
+    char *body;
+    size_t body_len, body_cap, body_limit;
+    int too_large;
+    double t_start;
+    int status;          /* HTTP status sent, for metrics */
+    /* completion job */
+    sched_job job;
+    int job_live;        /* submitted and not yet done */
+    char id[64];
+    int64_t created;
+    char session_id[132];
+    choice_buf *choices;
+    int n_choices;
+    /* shared with the scheduler (under mu) */
+    int suspended, started, done, gone, queued_response;
+    sched_result result;
+    char *out;           /* streaming bytes not yet handed to MHD */
+    size_t out_len, out_off, out_cap;
+} http_req;
+
+/* ======================================================================== */
+/* Small helpers                                                             */
+/* ======================================================================== */
+
+static void req_unref(http_req *r)
+{
+    if (atomic_fetch_sub(&r->refs, 1) != 1) return;
+    atomic_fetch_sub(&r->srv->in_flight, 1);
+    oa_request_free(&r->job.req);
+    free(r->job.prompt);
+    for (int i = 0; i < r->n_choices; i++) free(r->choices[i].text);
+    free(r->choices);
+    free(r->body);
+    free(r->out);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+static int append(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap : 4096;
+        while (nc < *len + n + 1) nc *= 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb) return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = 0;
+    return 0;
+}
+
+static void rand_id(char *out, size_t cap, const char *prefix)
+{
+    unsigned char b[12];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        for (size_t i = 0; i < sizeof b; i++) b[i] = (unsigned char)(ts.tv_nsec >> (i % 4 * 8)) ^ (unsigned char)i;
+    }
+    size_t o = (size_t)snprintf(out, cap, "%s", prefix);
+    for (size_t i = 0; i < sizeof b && o + 2 < cap; i++) o += (size_t)snprintf(out + o, cap - o, "%02x", b[i]);
+}
+
+static void add_common_headers(http_req *r, struct MHD_Response *resp)
+{
+    if (r->origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
+        MHD_add_response_header(resp, "Vary", "Origin");
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Session-ID, Retry-After");
+    }
+    if (r->session_id[0]) MHD_add_response_header(resp, "X-Session-ID", r->session_id);
+}
+
+static enum MHD_Result send_buf(http_req *r, int status, const char *ctype, char *body, size_t len,
+                                int must_free)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        len, body, must_free ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_MUST_COPY);
+    if (!resp) {
+        if (must_free) free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", ctype);
+    add_common_headers(r, resp);
+    if (status == 429) MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 503) MHD_add_response_header(resp, "Retry-After", "5");
+    if (atomic_load(&r->srv->draining)) MHD_add_response_header(resp, "Connection", "close");
+    r->status = status;
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+static enum MHD_Result send_json(http_req *r, int status, char *json)
+{
+    if (!json) return send_buf(r, 500, "application/json", "{}", 2, 0);
+    return send_buf(r, status, "application/json", json, strlen(json), 1);
+}
+
+static enum MHD_Result send_error_obj(http_req *r, const oa_error *e)
+{
+    return send_json(r, e->status, oa_error_json(e));
+}
+
+static enum MHD_Result send_error(http_req *r, int status, const char *type, const char *param,
+                                  const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static enum MHD_Result send_error(http_req *r, int status, const char *type, const char *param,
+                                  const char *code, const char *fmt, ...)
+{
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    oa_error e;
+    oa_error_set(&e, status, type, param, code, "%s", msg);
+    return send_error_obj(r, &e);
+}
+
+/* ======================================================================== */
+/* Scheduler sink (runs on the scheduler thread)                             */
+/* ======================================================================== */
+
+/* Resumes the connection if the MHD side is waiting; caller holds r->mu. */
+static void wake(http_req *r)
+{
+    if (r->suspended && r->conn) {
+        r->suspended = 0;
+        MHD_resume_connection(r->conn);
+    }
+}
+
+/* Appends one SSE event carrying payload (which is freed); caller holds mu. */
+static void push_event(http_req *r, char *payload)
+{
+    if (!payload) return;
+    size_t n = 0;
+    char *ev = sse_event(payload, strlen(payload), &n);
+    free(payload);
+    if (!ev) return;
+    append(&r->out, &r->out_len, &r->out_cap, ev, n);
+    free(ev);
+}
+
+static void role_chunk(http_req *r, int idx, const char *text, size_t len)
+{
+    const oa_request *q = &r->job.req;
+    push_event(r, oa_chunk_json(OA_CHAT, r->id, r->created, q->model, idx, 1, text, len,
+                                OA_FINISH_NONE, q->include_usage));
+    r->choices[idx].role_sent = 1;
+}
+
+static void sink_started(void *ud)
+{
+    http_req *r = ud;
+    pthread_mutex_lock(&r->mu);
+    r->started = 1;
+    if (r->job.req.stream && r->job.req.kind == OA_CHAT) role_chunk(r, 0, "", 0);
+    wake(r);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void sink_text(void *ud, int idx, const char *text, size_t len)
+{
+    http_req *r = ud;
+    const oa_request *q = &r->job.req;
+    pthread_mutex_lock(&r->mu);
+    if (idx >= 0 && idx < r->n_choices) {
+        if (!q->stream) {
+            choice_buf *c = &r->choices[idx];
+            append(&c->text, &c->len, &c->cap, text, len);
+        } else if (q->kind == OA_CHAT && !r->choices[idx].role_sent) {
+            role_chunk(r, idx, text, len);
+        } else {
+            push_event(r, oa_chunk_json(q->kind, r->id, r->created, q->model, idx, 0, text, len,
+                                        OA_FINISH_NONE, q->include_usage));
+        }
+        wake(r);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void sink_choice_done(void *ud, int idx, oa_finish f)
+{
+    http_req *r = ud;
+    const oa_request *q = &r->job.req;
+    pthread_mutex_lock(&r->mu);
+    if (idx >= 0 && idx < r->n_choices) {
+        r->choices[idx].finish = f;
+        if (q->stream) {
+            if (q->kind == OA_CHAT && !r->choices[idx].role_sent) role_chunk(r, idx, "", 0);
+            push_event(r, oa_chunk_json(q->kind, r->id, r->created, q->model, idx, 0, "", 0, f,
+                                        q->include_usage));
+            wake(r);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void sink_done(void *ud, const sched_result *res)
+{
+    http_req *r = ud;
+    const oa_request *q = &r->job.req;
+    pthread_mutex_lock(&r->mu);
+    r->result = *res;
+    r->done = 1;
+    r->job_live = 0;
+    if (q->stream && r->started) {
+        if (res->status == 0) {
+            if (q->include_usage)
+                push_event(r, oa_usage_chunk_json(q->kind, r->id, r->created, q->model, &res->usage));
+            append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN);
+        } else {
+            size_t n = 0;
+            char *ev = sse_error_event(&res->err, &n);
+            if (ev) append(&r->out, &r->out_len, &r->out_cap, ev, n);
+            free(ev);
+        }
+    }
+    wake(r);
+    pthread_mutex_unlock(&r->mu);
+    req_unref(r); /* the scheduler's reference */
+}
+
+/* 0 once the client closed its connection (peeked EOF or a socket error). */
+static int sink_alive(void *ud)
+{
+    http_req *r = ud;
+    pthread_mutex_lock(&r->mu);
+    int alive = !r->gone && r->conn;
+    if (alive && r->fd >= 0) {
+        char c;
+        ssize_t n = recv(r->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            r->gone = 1;
+            alive = 0;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    return alive;
+}
+
+static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive};
+
+/* ======================================================================== */
+/* Streaming response reader (MHD thread)                                    */
+/* ======================================================================== */
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    http_req *r = cls;
+    pthread_mutex_lock(&r->mu);
+    if (r->out_off < r->out_len) {
+        size_t n = r->out_len - r->out_off;
+        if (n > max) n = max;
+        memcpy(buf, r->out + r->out_off, n);
+        r->out_off += n;
+        if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
+        pthread_mutex_unlock(&r->mu);
+        return (ssize_t)n;
+    }
+    if (r->done || !r->conn) {
+        pthread_mutex_unlock(&r->mu);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    /* Nothing yet: park the connection until the scheduler has output. */
+    r->suspended = 1;
+    MHD_suspend_connection(r->conn);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+static void stream_free(void *cls)
+{
+    req_unref(cls);
+}
+
+/* ======================================================================== */
+/* Completions                                                               */
+/* ======================================================================== */
+
+static enum MHD_Result start_completion(http_req *r, oa_kind kind)
+{
+    http_srv *h = r->srv;
+    const srv_config *cfg = h->cfg;
+    oa_request *q = &r->job.req;
+    oa_error e;
+    if (oa_request_parse(kind, r->body ? r->body : "", r->body_len, q, &e)) return send_error_obj(r, &e);
+    if (strcmp(q->model, cfg->model_name))
+        return send_error(r, 404, "invalid_request_error", "model", "model_not_found",
+                          "The model '%s' does not exist; this server serves '%s' (see GET /v1/models).",
+                          q->model, cfg->model_name);
+    const char *hdr = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Session-ID");
+    const char *sid = q->session_id ? q->session_id : (hdr && *hdr ? hdr : NULL);
+    if (sid) {
+        if (!store_id_valid(sid))
+            return send_error(r, 400, "invalid_request_error", "session_id", "invalid_session_id",
+                              "Invalid session id: expected 1 to 128 characters from [A-Za-z0-9._:-].");
+        size_t n_out = (kind == OA_CHAT ? 1 : q->n_prompts) * (size_t)q->n;
+        if (n_out > 1)
+            return send_error(r, 400, "invalid_request_error", q->n > 1 ? "n" : "prompt", NULL,
+                              "A request with a session_id continues one conversation: it takes a "
+                              "single prompt and n = 1.");
+        snprintf(r->session_id, sizeof r->session_id, "%s", sid);
+        r->job.session_id = r->session_id;
+    }
+    if (!sched_ready(h->s))
+        return send_error(r, 503, "server_error", NULL, "model_loading", "The model is still loading.");
+    const ms_config *mc = ms_model_config(sched_model(h->s));
+    for (size_t i = 0; i < q->n_logit_bias; i++)
+        if (q->logit_bias[i].token < 0 || q->logit_bias[i].token >= mc->vocab_size)
+            return send_error(r, 400, "invalid_request_error", "logit_bias", NULL,
+                              "logit_bias: token id %d is outside the vocabulary (0..%d).",
+                              q->logit_bias[i].token, mc->vocab_size - 1);
+    if (kind == OA_CHAT) {
+        r->job.prompt = chat_render(q->messages, q->n_messages, &r->job.prompt_len);
+        if (!r->job.prompt)
+            return send_error(r, 400, "invalid_request_error", "messages", NULL,
+                              "The messages could not be rendered (unknown role?).");
+    }
+    int mt = q->max_tokens;
+    if (mt < 0) mt = kind == OA_CHAT ? cfg->default_chat_max_tokens : cfg->default_max_tokens;
+    if (mt > cfg->max_tokens_cap) mt = cfg->max_tokens_cap;
+    r->job.max_tokens = mt;
+    r->n_choices = (int)((kind == OA_CHAT ? 1 : q->n_prompts) * (size_t)q->n);
+    r->choices = calloc((size_t)r->n_choices, sizeof *r->choices);
+    if (!r->choices) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    rand_id(r->id, sizeof r->id, kind == OA_CHAT ? "chatcmpl-" : "cmpl-");
+    r->created = (int64_t)time(NULL);
+    r->job.t_submit = sched_now();
+    r->job.deadline = r->job.t_submit + cfg->timeout_s;
+    r->job.sink = &sink;
+    r->job.ud = r;
+
+    atomic_fetch_add(&r->refs, 1); /* the scheduler's reference */
+    pthread_mutex_lock(&r->mu);
+    r->job_live = 1;
+    sched_rc rc = sched_submit(h->s, &r->job);
+    if (rc != SCHED_OK) {
+        r->job_live = 0;
+        pthread_mutex_unlock(&r->mu);
+        atomic_fetch_sub(&r->refs, 1);
+        if (rc == SCHED_FULL)
+            return send_error(r, 429, "rate_limit_error", NULL, "queue_full",
+                              "The server is busy (all sequence slots and the queue are full); retry shortly.");
+        if (rc == SCHED_LOADING)
+            return send_error(r, 503, "server_error", NULL, "model_loading", "The model is still loading.");
+        return send_error(r, 503, "server_error", NULL, "shutting_down", "The server is shutting down.");
+    }
+    /* Wait for the scheduler; callbacks resume us. */
+    if (!r->done && !(q->stream && r->started)) {
+        r->suspended = 1;
+        MHD_suspend_connection(r->conn);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return MHD_YES;
+}
+
+static char *session_extra(http_req *r)
+{
+    if (!r->session_id[0]) return NULL;
+    json_t *o = json_pack("{s:s}", "session_id", r->session_id);
+    if (r->result.session_note[0])
+        json_object_set_new(o, "session_warning", json_string(r->result.session_note));
+    char *t = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return t;
+}
+
+/* Called when the connection is resumed (or immediately) for a completion. */
+static enum MHD_Result continue_completion(http_req *r)
+{
+    const oa_request *q = &r->job.req;
+    pthread_mutex_lock(&r->mu);
+    int done = r->done, started = r->started;
+    sched_result res = r->result;
+    if (!done && !(q->stream && started)) { /* spurious wake-up: wait again */
+        r->suspended = 1;
+        MHD_suspend_connection(r->conn);
+        pthread_mutex_unlock(&r->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (q->stream && started) {
+        atomic_fetch_add(&r->refs, 1); /* the response's reference */
+        struct MHD_Response *resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, r, stream_free);
+        if (!resp) {
+            atomic_fetch_sub(&r->refs, 1);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        add_common_headers(r, resp);
+        r->status = 200;
+        enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+        MHD_destroy_response(resp);
+        return ok;
+    }
+    if (res.status) return send_error_obj(r, &res.err);
+    oa_choice *ch = calloc((size_t)r->n_choices, sizeof *ch);
+    if (!ch) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    for (int i = 0; i < r->n_choices; i++)
+        ch[i] = (oa_choice){r->choices[i].text ? r->choices[i].text : "", r->choices[i].len,
+                            r->choices[i].finish};
+    char *extra = session_extra(r);
+    char *json = oa_response_json(q->kind, r->id, r->created, q->model, ch, (size_t)r->n_choices,
+                                  &res.usage, extra);
+    free(extra);
+    free(ch);
+    return send_json(r, 200, json);
+}
+
+/* ======================================================================== */
+/* Other routes                                                              */
+/* ======================================================================== */
+
+static enum MHD_Result do_health(http_req *r)
+{
+    if (atomic_load(&r->srv->draining))
+        return send_json(r, 503, strdup("{\"status\":\"shutting_down\"}"));
+    if (!sched_ready(r->srv->s)) return send_json(r, 503, strdup("{\"status\":\"loading\"}"));
+    return send_json(r, 200, strdup("{\"status\":\"ok\"}"));
+}
+
+static enum MHD_Result do_metrics(http_req *r)
+{
+    size_t n = 0;
+    char *t = metrics_render(&n);
+    return send_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", t, n, 1);
+}
+
+static enum MHD_Result do_models(http_req *r)
+{
+    const char *names[1] = {r->srv->cfg->model_name};
+    return send_json(r, 200, oa_models_json(names, 1, r->srv->started_at, "metastate"));
+}
+
+static enum MHD_Result do_model(http_req *r)
+{
+    if (strcmp(r->path_id, r->srv->cfg->model_name))
+        return send_error(r, 404, "invalid_request_error", "model", "model_not_found",
+                          "The model '%s' does not exist.", r->path_id);
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s}", "id", r->srv->cfg->model_name, "object", "model",
+                          "created", (json_int_t)r->srv->started_at, "owned_by", "metastate");
+    char *t = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return send_json(r, 200, t);
+}
+
+static int need_ready(http_req *r, enum MHD_Result *out)
+{
+    if (sched_ready(r->srv->s)) return 1;
+    *out = send_error(r, 503, "server_error", NULL, "model_loading", "The model is still loading.");
+    return 0;
+}
+
+static enum MHD_Result session_404(http_req *r)
+{
+    return send_error(r, 404, "invalid_request_error", "session_id", "session_not_found",
+                      "No session '%s'.", r->path_id);
+}
+
+static enum MHD_Result session_409(http_req *r)
+{
+    return send_error(r, 409, "invalid_request_error", "session_id", "session_busy",
+                      "Session '%s' is in use by a running request; retry when it is done.", r->path_id);
+}
+
+static enum MHD_Result do_sessions(http_req *r, const char *method)
+{
+    enum MHD_Result out;
+    if (!need_ready(r, &out)) return out;
+    sess_pool *p = sched_pool(r->srv->s);
+    if (r->route == R_SESSIONS) return send_json(r, 200, pool_list_json(p));
+    if (r->route == R_SESSION) {
+        if (!strcmp(method, "GET")) {
+            char *t = pool_info_json(p, r->path_id);
+            return t ? send_json(r, 200, t) : session_404(r);
+        }
+        int rc = pool_delete(p, r->path_id);
+        if (rc == 1) return session_404(r);
+        if (rc == 2) return session_409(r);
+        json_t *o = json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "session.deleted",
+                              "deleted", 1);
+        char *t = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        return send_json(r, 200, t);
+    }
+    char err[600] = "";
+    if (!strcmp(method, "GET")) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        if (!f) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
+        int rc = pool_export(p, r->path_id, f, err, sizeof err);
+        fclose(f);
+        if (rc) {
+            free(buf);
+            if (rc == 1) return session_404(r);
+            if (rc == 2) return session_409(r);
+            return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", err);
+        }
+        char disp[256];
+        snprintf(disp, sizeof disp, "attachment; filename=\"%s.safetensors\"", r->path_id);
+        struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+        if (!resp) {
+            free(buf);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+        MHD_add_response_header(resp, "Content-Disposition", disp);
+        add_common_headers(r, resp);
+        r->status = 200;
+        enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+        MHD_destroy_response(resp);
+        return ok;
+    }
+    /* PUT: the engine reads tensor files by path, so stage the body in one. */
+    char tmpl[] = "/tmp/metastate-import-XXXXXX";
+    int fd = mkstemp(tmpl);
+    if (fd < 0) return send_error(r, 500, "server_error", NULL, NULL, "cannot create a temp file: %s", strerror(errno));
+    size_t off = 0;
+    while (off < r->body_len) {
+        ssize_t w = write(fd, r->body + off, r->body_len - off);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    close(fd);
+    int rc = off == r->body_len ? pool_import(p, r->path_id, tmpl, err, sizeof err) : -1;
+    if (off != r->body_len) snprintf(err, sizeof err, "cannot write a temp file");
+    unlink(tmpl);
+    if (rc == 2) return session_409(r);
+    if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
+    char *t = pool_info_json(p, r->path_id);
+    return t ? send_json(r, 200, t) : session_404(r);
+}
+
+/* ======================================================================== */
+/* Routing, auth, CORS                                                       */
+/* ======================================================================== */
+
+/* Maps url to a route and the methods it allows ("GET, POST"...). */
+static route_id route_of(const char *url, char *id, size_t idcap, const char **allow)
+{
+    id[0] = 0;
+    if (!strcmp(url, "/health")) return *allow = "GET", R_HEALTH;
+    if (!strcmp(url, "/metrics")) return *allow = "GET", R_METRICS;
+    if (!strcmp(url, "/v1/models")) return *allow = "GET", R_MODELS;
+    if (!strcmp(url, "/v1/completions")) return *allow = "POST", R_COMPLETIONS;
+    if (!strcmp(url, "/v1/chat/completions")) return *allow = "POST", R_CHAT;
+    if (!strcmp(url, "/v1/sessions")) return *allow = "GET", R_SESSIONS;
+    if (!strncmp(url, "/v1/models/", 11) && url[11] && !strchr(url + 11, '/')) {
+        snprintf(id, idcap, "%s", url + 11);
+        return *allow = "GET", R_MODEL;
+    }
+    if (!strncmp(url, "/v1/sessions/", 13)) {
+        const char *p = url + 13, *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        if (n == 0 || n >= idcap) return R_NONE;
+        memcpy(id, p, n);
+        id[n] = 0;
+        if (!slash) return *allow = "GET, DELETE", R_SESSION;
+        if (!strcmp(slash, "/state")) return *allow = "GET, PUT", R_SESSION_STATE;
+    }
+    return R_NONE;
+}
+
+static int method_allowed(const char *allow, const char *method)
+{
+    size_t n = strlen(method);
+    for (const char *p = allow; (p = strstr(p, method)); p += n)
+        if ((p == allow || p[-1] == ' ') && (p[n] == 0 || p[n] == ','))
+            return 1;
+    return 0;
+}
+
+static const char *cors_origin(const srv_config *cfg, struct MHD_Connection *c)
+{
+    const char *o = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (!o) return NULL;
+    for (int i = 0; i < cfg->n_cors; i++) {
+        if (!strcmp(cfg->cors[i], "*")) return "*";
+        if (!strcmp(cfg->cors[i], o)) return cfg->cors[i];
+    }
+    return NULL;
+}
+
+/* Constant-time check of "Authorization: Bearer KEY". */
+static int authorized(const srv_config *cfg, struct MHD_Connection *c)
+{
+    if (!cfg->api_key) return 1;
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!a || strncasecmp(a, "Bearer ", 7)) return 0;
+    a += 7;
+    while (*a == ' ') a++;
+    size_t n = strlen(a), k = strlen(cfg->api_key);
+    unsigned diff = (unsigned)(n ^ k);
+    for (size_t i = 0; i < n; i++) diff |= (unsigned char)a[i] ^ (unsigned char)cfg->api_key[i % (k ? k : 1)];
+    return diff == 0;
+}
+
+static enum MHD_Result preflight(http_req *r, const char *allow)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    int status = 204;
+    if (r->origin) {
+        add_common_headers(r, resp);
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", allow ? allow : "GET, POST, PUT, DELETE");
+        const char *req_h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                        "Access-Control-Request-Headers");
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                req_h ? req_h : "Authorization, Content-Type, X-Session-ID");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+    } else {
+        status = 403; /* origin not listed in --cors-origin */
+    }
+    if (allow) MHD_add_response_header(resp, "Allow", allow);
+    r->status = status;
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url,
+                               const char *method, const char *version, const char *upload_data,
+                               size_t *upload_data_size, void **con_cls)
+{
+    http_srv *h = cls;
+    http_req *r = *con_cls;
+    if (!r) {
+        /* First call: headers only. Decide everything that does not need the body. */
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        atomic_init(&r->refs, 1);
+        r->srv = h;
+        atomic_fetch_add(&h->in_flight, 1);
+        pthread_mutex_init(&r->mu, NULL);
+        r->conn = conn;
+        r->fd = -1;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci) r->fd = ci->connect_fd;
+        r->t_start = sched_now();
+        *con_cls = r;
+        const char *allow = NULL;
+        r->route = route_of(url, r->path_id, sizeof r->path_id, &allow);
+        r->origin = cors_origin(h->cfg, conn);
+        r->body_limit = h->cfg->max_body;
+        if (r->route == R_SESSION_STATE && sched_ready(h->s)) {
+            const ms_config *mc = ms_model_config(sched_model(h->s));
+            size_t sb = (size_t)mc->n_layer * mc->n_embd * (mc->head_size + 2) * 4 + (1u << 20);
+            if (sb > r->body_limit) r->body_limit = sb;
+        }
+        if (!strcmp(method, "OPTIONS") && r->route != R_NONE) {
+            route_id real = r->route;
+            r->route = R_PREFLIGHT;
+            (void)real;
+            return preflight(r, allow);
+        }
+        if (r->route == R_NONE)
+            return send_error(r, 404, "invalid_request_error", NULL, "not_found",
+                              "Unknown route %s %s.", method, url);
+        if (!method_allowed(allow, method)) {
+            enum MHD_Result ok = send_error(r, 405, "invalid_request_error", NULL, "method_not_allowed",
+                                            "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
+            return ok;
+        }
+        if (r->route != R_HEALTH && !authorized(h->cfg, conn))
+            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
+                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
+        if (atomic_load(&h->draining) && r->route != R_HEALTH && r->route != R_METRICS)
+            return send_error(r, 503, "server_error", NULL, "shutting_down", "The server is shutting down.");
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > r->body_limit)
+            return send_error(r, 413, "invalid_request_error", NULL, "request_too_large",
+                              "Request body of %s bytes exceeds the limit of %zu bytes.", cl, r->body_limit);
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        /* Body bytes: keep them while under the limit, then only count. */
+        if (!r->too_large) {
+            if (r->body_len + *upload_data_size > r->body_limit) {
+                r->too_large = 1;
+                free(r->body);
+                r->body = NULL;
+                r->body_len = r->body_cap = 0;
+            } else if (append(&r->body, &r->body_len, &r->body_cap, upload_data, *upload_data_size)) {
+                return MHD_NO;
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    /* Whole request received (or resumed after a suspend). */
+    if (r->job.sink) return continue_completion(r);
+    if (r->too_large)
+        return send_error(r, 413, "invalid_request_error", NULL, "request_too_large",
+                          "Request body exceeds the limit of %zu bytes.", r->body_limit);
+    switch (r->route) {
+    case R_HEALTH: return do_health(r);
+    case R_METRICS: return do_metrics(r);
+    case R_MODELS: return do_models(r);
+    case R_MODEL: return do_model(r);
+    case R_COMPLETIONS: return start_completion(r, OA_COMPLETION);
+    case R_CHAT: return start_completion(r, OA_CHAT);
+    case R_SESSIONS:
+    case R_SESSION:
+    case R_SESSION_STATE: return do_sessions(r, method);
+    default: return send_error(r, 404, "invalid_request_error", NULL, "not_found", "Unknown route.");
+    }
+}
+
+static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+    http_req *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    pthread_mutex_lock(&r->mu);
+    r->conn = NULL;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) r->gone = 1;
+    int status = r->status ? r->status : 499;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->job.sink && !r->done) status = 499;
+    pthread_mutex_unlock(&r->mu);
+    metrics_request(route_label[r->route], status);
+    if (r->route == R_COMPLETIONS || r->route == R_CHAT)
+        metrics_observe(MET_H_REQUEST, sched_now() - r->t_start);
+    req_unref(r);
+}
+
+/* ======================================================================== */
+/* Server lifetime                                                           */
+/* ======================================================================== */
+
+http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
+{
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | AI_PASSIVE;
+    char port[16];
+    snprintf(port, sizeof port, "%d", cfg->port);
+    int g = getaddrinfo(cfg->host, port, &hints, &ai);
+    if (g) {
+        snprintf(err, errcap, "cannot resolve host '%s': %s", cfg->host, gai_strerror(g));
+        return NULL;
+    }
+    http_srv *h = calloc(1, sizeof *h);
+    if (!h) {
+        freeaddrinfo(ai);
+        snprintf(err, errcap, "out of memory");
+        return NULL;
+    }
+    h->cfg = cfg;
+    h->s = s;
+    h->started_at = (int64_t)time(NULL);
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, handler, h,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                            MHD_OPTION_NOTIFY_COMPLETED, completed, h,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                            MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!h->d) {
+        snprintf(err, errcap, "cannot listen on %s:%d (address in use or not available)", cfg->host,
+                 cfg->port);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void http_quiesce(http_srv *h)
+{
+    atomic_store(&h->draining, 1);
+    MHD_socket fd = MHD_quiesce_daemon(h->d);
+    if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+int http_wait_idle(http_srv *h, double timeout_s)
+{
+    double end = sched_now() + timeout_s;
+    while (atomic_load(&h->in_flight) > 0 && sched_now() < end) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return atomic_load(&h->in_flight);
+}
+
+void http_stop(http_srv *h)
+{
+    if (!h) return;
+    MHD_stop_daemon(h->d);
+    free(h);
+}

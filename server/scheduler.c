@@ -1,0 +1,937 @@
+/*
+ * scheduler.c - all model work, on one thread with a libuv loop.
+ *
+ * Design. A fixed array of slots holds everything a sequence needs (forward
+ * scratch, logits, sampler, detokenizer, a private state for session-less
+ * requests, a fork state for n > 1), allocated once at startup; a request
+ * only borrows a slot. Each loop iteration (a uv_idle callback, active only
+ * while some slot has work) visits every busy slot and does one unit of
+ * work: a prompt chunk of at most --prefill-chunk tokens, or one generated
+ * token. That keeps streams flowing while long prompts are processed, and
+ * puts all sequences' work for one iteration in one place: a later batched
+ * forward can gather the slots' tokens and run one GEMM per layer.
+ *
+ * Sessions. A slot working for a session leases it from the pool and runs
+ * directly on the session's state, appending every token it feeds to the
+ * session's history right after feeding it, so a cancelled request leaves a
+ * consistent session. Before the last prompt token the state is copied to
+ * the session's checkpoint: the next request can resume from there even
+ * when the reply it got back was re-tokenized or cleaned differently.
+ * Spills and restores run on libuv's worker pool (uv_queue_work) so disk I/O
+ * never stalls the stepping; they hold the session's lease meanwhile.
+ *
+ * Threads. Other threads only touch the inbox (mutex + uv_async_send) and
+ * the counters used for 429 and draining. Sink callbacks run here.
+ */
+#include "scheduler.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "chat_format.h"
+#include "metrics.h"
+#include "sse.h"
+#include "state_store.h"
+
+enum { PH_FREE = 0, PH_LOADING, PH_PREFILL, PH_GEN };
+
+#define TICK_MS 50
+
+typedef struct slot {
+    /* allocated once */
+    ms_ctx *ctx;
+    ms_sampler *sampler;
+    float *logits;      /* (V) */
+    ms_state *own;      /* state of session-less requests */
+    ms_state *fork;     /* state after the prompt, for choices 2..n */
+    float *fork_logits; /* (V) */
+    int32_t *toks;      /* (cap_toks) the current prompt's ids */
+    size_t cap_toks, n_toks;
+    ms_detok detok;
+    char piece[1024];
+    /* per request */
+    int phase;
+    sched_job *job;
+    session *sess;
+    ms_state *st;       /* sess->state or own */
+    sse_stop *stop;
+    char *stops[OA_MAX_STOP + 1];
+    size_t n_stops;
+    int n_prompts, n_choices, prompt_i, choice_k;
+    size_t pos;         /* next prompt token to feed */
+    int n_gen;
+    int skip_pending;   /* chat: drop the reply's one leading space */
+    int first_token_seen;
+    uint64_t seed;
+    double t_admit;
+    sched_result res;
+} slot;
+
+struct sched {
+    const srv_config *cfg;
+    void (*on_fatal)(void *, const char *);
+    void *fatal_ud;
+    ms_model *model;
+    ms_tokenizer *tok;
+    const ms_config *mc;
+    int32_t V;
+    float *base_bias; /* (V) -INFINITY for ids that must never be drawn, else 0 */
+    sess_pool *pool;
+
+    pthread_t thread;
+    int thread_started;
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_idle_t idle;
+    uv_timer_t tick;
+    int idle_on, closing;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    sched_job *inbox_head, *inbox_tail; /* under mu */
+    int n_queued;                       /* submitted, not yet in a slot (under mu) */
+    int n_running;                      /* in a slot (under mu) */
+    atomic_int ready, draining, stopping, cancel_all;
+
+    sched_job *pend_head, *pend_tail; /* scheduler thread only */
+    slot *slots;
+    int n_slots;
+    int works; /* outstanding uv_queue_work requests */
+};
+
+double sched_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ======================================================================== */
+/* Job completion                                                            */
+/* ======================================================================== */
+
+static void gauges(sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    metrics_set(MET_G_QUEUE, s->n_queued);
+    metrics_set(MET_G_ACTIVE, s->n_running);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Ends a job that never got a slot. */
+static void fail_queued(sched *s, sched_job *j, int status, const char *type, const char *code,
+                        const char *msg)
+{
+    sched_result r = {0};
+    r.status = status;
+    oa_error_set(&r.err, status, type, NULL, code, "%s", msg);
+    j->sink->done(j->ud, &r);
+    pthread_mutex_lock(&s->mu);
+    s->n_queued--;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void kick_spills(sched *s);
+
+/* Undoes the request's sampler settings so the slot's sampler is as new. */
+static void restore_bias(sched *s, slot *sl)
+{
+    const oa_request *r = &sl->job->req;
+    for (size_t i = 0; i < r->n_logit_bias; i++) {
+        int32_t t = r->logit_bias[i].token;
+        if (t >= 0 && t < s->V) ms_sampler_set_bias(sl->sampler, t, s->base_bias[t]);
+    }
+    if (r->kind == OA_CHAT) ms_sampler_set_bias(sl->sampler, 0, s->base_bias[0]);
+}
+
+/* Ends the slot's job (status 0 = success) and frees the slot. */
+static void finish_job(sched *s, slot *sl, int status, const char *type, const char *msg)
+{
+    sched_job *j = sl->job;
+    restore_bias(s, sl);
+    if (sl->sess) {
+        pool_release(s->pool, sl->sess);
+        sl->sess = NULL;
+    }
+    sse_stop_free(sl->stop);
+    sl->stop = NULL;
+    sl->res.status = status;
+    if (status) oa_error_set(&sl->res.err, status, type, NULL, NULL, "%s", msg);
+    else {
+        metrics_add(MET_C_PROMPT_TOKENS, (uint64_t)sl->res.usage.prompt_tokens);
+        metrics_add(MET_C_CACHED_TOKENS, (uint64_t)sl->res.usage.cached_tokens);
+        metrics_add(MET_C_COMPLETION_TOKENS, (uint64_t)sl->res.usage.completion_tokens);
+    }
+    sl->phase = PH_FREE;
+    sl->job = NULL;
+    j->sink->done(j->ud, &sl->res);
+    pthread_mutex_lock(&s->mu);
+    s->n_running--;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    kick_spills(s);
+}
+
+/* ======================================================================== */
+/* Starting a choice: tokenize, match the session, reset the sampler         */
+/* ======================================================================== */
+
+/* Tokenizes prompt p of the slot's job into sl->toks; -1 on OOM. An empty
+ * prompt becomes the end-of-text token, which RWKV uses as a document start. */
+static int tokenize_prompt(sched *s, slot *sl, int p)
+{
+    const sched_job *j = sl->job;
+    const char *text = j->prompt ? j->prompt : j->req.prompts[p];
+    size_t len = j->prompt ? j->prompt_len : strlen(text);
+    size_t need = ms_tokenize(s->tok, text, len, sl->toks, sl->cap_toks);
+    if (need > sl->cap_toks) {
+        size_t nc = sl->cap_toks * 2;
+        while (nc < need) nc *= 2;
+        int32_t *nt = realloc(sl->toks, nc * sizeof *nt);
+        if (!nt) return -1;
+        sl->toks = nt;
+        sl->cap_toks = nc;
+        ms_tokenize(s->tok, text, len, sl->toks, sl->cap_toks);
+    }
+    sl->n_toks = need;
+    if (!need) {
+        sl->toks[0] = 0;
+        sl->n_toks = 1;
+    }
+    return 0;
+}
+
+/* Chooses where the session's prompt starts: after everything it already
+ * holds when that is a prefix of the prompt, else from its checkpoint when
+ * that is, else from zero. Returns the number of reused tokens. */
+static size_t match_session(slot *sl)
+{
+    session *se = sl->sess;
+    const int32_t *t = sl->toks;
+    size_t n = sl->n_toks;
+    if (se->n_tokens < n && !memcmp(se->tokens, t, se->n_tokens * sizeof *t)) {
+        metrics_add(MET_C_SESSION_HITS, se->n_tokens ? 1 : 0);
+        return se->n_tokens;
+    }
+    if (se->has_ckpt && se->n_ckpt < n && se->n_ckpt <= se->n_tokens &&
+        !memcmp(se->tokens, t, se->n_ckpt * sizeof *t)) {
+        ms_state_copy(se->state, se->ckpt);
+        se->n_tokens = se->n_ckpt;
+        metrics_add(MET_C_SESSION_HITS, se->n_ckpt ? 1 : 0);
+        return se->n_ckpt;
+    }
+    metrics_add(MET_C_SESSION_MISSES, 1);
+    ms_state_reset(se->state);
+    se->n_tokens = 0;
+    se->has_ckpt = 0;
+    se->n_ckpt = 0;
+    return 0;
+}
+
+/* Prepares choice k of prompt p. Returns 0, or -1 (job already failed). */
+static int begin_choice(sched *s, slot *sl, int p, int k)
+{
+    sched_job *j = sl->job;
+    sl->prompt_i = p;
+    sl->choice_k = k;
+    if (k == 0) {
+        if (tokenize_prompt(s, sl, p)) {
+            finish_job(s, sl, 500, "server_error", "out of memory tokenizing the prompt");
+            return -1;
+        }
+        sl->res.usage.prompt_tokens += (int)sl->n_toks;
+        if (sl->sess) {
+            sl->pos = match_session(sl);
+            sl->res.usage.cached_tokens = (int)sl->pos;
+        } else {
+            ms_state_reset(sl->st);
+            sl->pos = 0;
+        }
+        sl->phase = PH_PREFILL;
+    } else {
+        ms_state_copy(sl->st, sl->fork);
+        memcpy(sl->logits, sl->fork_logits, (size_t)s->V * sizeof(float));
+        sl->phase = PH_GEN;
+    }
+    ms_sampler_params sp = j->req.sampling;
+    sp.seed = sl->seed + (uint64_t)(p * sl->n_choices + k);
+    ms_sampler_reset(sl->sampler, &sp);
+    ms_detok_init(&sl->detok);
+    sse_stop_free(sl->stop);
+    sl->stop = sse_stop_new(sl->stops, sl->n_stops);
+    if (!sl->stop) {
+        finish_job(s, sl, 500, "server_error", "out of memory");
+        return -1;
+    }
+    sl->n_gen = 0;
+    sl->skip_pending = j->req.kind == OA_CHAT;
+    return 0;
+}
+
+/* A job got slot sl (its session, if any, is leased and in memory). */
+static void start_job(sched *s, slot *sl, sched_job *j)
+{
+    const oa_request *r = &j->req;
+    sl->job = j;
+    sl->st = sl->sess ? sl->sess->state : sl->own;
+    sl->n_prompts = r->kind == OA_CHAT ? 1 : (int)r->n_prompts;
+    sl->n_choices = r->n;
+    sl->first_token_seen = 0;
+    sl->t_admit = sched_now();
+    if (r->has_seed) sl->seed = r->sampling.seed;
+    else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        sl->seed = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec ^
+                   ((uint64_t)(uintptr_t)sl << 16);
+    }
+    for (size_t i = 0; i < r->n_logit_bias; i++) {
+        int32_t t = r->logit_bias[i].token;
+        if (t >= 0 && t < s->V && s->base_bias[t] == 0)
+            ms_sampler_set_bias(sl->sampler, t, r->logit_bias[i].bias);
+    }
+    /* Chat: end-of-text is banned and "\n\n" (the turn separator) always
+     * ends the reply, as ChatRWKV does (SPEC 2.3/2.4). */
+    sl->n_stops = 0;
+    int has_sep = 0;
+    for (size_t i = 0; i < r->n_stop; i++) {
+        sl->stops[sl->n_stops++] = r->stop[i];
+        if (!strcmp(r->stop[i], "\n\n")) has_sep = 1;
+    }
+    if (r->kind == OA_CHAT) {
+        ms_sampler_set_bias(sl->sampler, 0, -INFINITY);
+        if (!has_sep) sl->stops[sl->n_stops++] = (char *)"\n\n";
+    }
+    metrics_observe(MET_H_QUEUE, sl->t_admit - j->t_submit);
+    j->sink->started(j->ud);
+    begin_choice(s, sl, 0, 0);
+}
+
+/* ======================================================================== */
+/* Stepping                                                                  */
+/* ======================================================================== */
+
+/* Sends text of the current choice through the stop matcher. Returns 1 when
+ * a stop string was hit. */
+static int emit(slot *sl, const char *text, size_t len, int flush)
+{
+    const char *e = NULL;
+    size_t elen = 0;
+    int hit = 0;
+    if (flush) elen = sse_stop_flush(sl->stop, &e);
+    else if (len) hit = sse_stop_push(sl->stop, text, len, &e, &elen) == 1;
+    if (elen && sl->skip_pending) {
+        size_t k = chat_reply_skip(e, elen);
+        e += k;
+        elen -= k;
+        sl->skip_pending = 0;
+    }
+    if (elen) {
+        sched_job *j = sl->job;
+        j->sink->text(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, e, elen);
+    }
+    return hit;
+}
+
+/* Ends the current choice and moves to the next one (or ends the job). */
+static void finish_choice(sched *s, slot *sl, oa_finish f, int stop_hit)
+{
+    if (!stop_hit) {
+        size_t n = ms_detok_flush(&sl->detok, sl->piece);
+        if (n && emit(sl, sl->piece, n, 0)) f = OA_FINISH_STOP;
+        else emit(sl, NULL, 0, 1);
+    }
+    sched_job *j = sl->job;
+    j->sink->choice_done(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, f);
+    if (sl->choice_k + 1 < sl->n_choices) begin_choice(s, sl, sl->prompt_i, sl->choice_k + 1);
+    else if (sl->prompt_i + 1 < sl->n_prompts) begin_choice(s, sl, sl->prompt_i + 1, 0);
+    else finish_job(s, sl, 0, NULL, NULL);
+}
+
+static void engine_fail(sched *s, slot *sl, const ms_error *e)
+{
+    fprintf(stderr, "metastate serve: engine error: %s\n", e->msg);
+    int bad_input = e->code == MS_ERR_INVALID;
+    finish_job(s, sl, bad_input ? 400 : 500, bad_input ? "invalid_request_error" : "server_error",
+               e->msg);
+}
+
+/* One prompt chunk. The last prompt token is fed on its own, after the
+ * session checkpoint, and is the one that produces logits. */
+static void step_prefill(sched *s, slot *sl)
+{
+    ms_error e = {0};
+    size_t last = sl->n_toks - 1;
+    if (sl->pos < last) {
+        size_t m = last - sl->pos;
+        if (m > (size_t)s->cfg->prefill_chunk) m = (size_t)s->cfg->prefill_chunk;
+        if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, NULL, 0, &e) != MS_OK) {
+            engine_fail(s, sl, &e);
+            return;
+        }
+        if (sl->sess && session_push_tokens(sl->sess, sl->toks + sl->pos, m)) {
+            finish_job(s, sl, 500, "server_error", "out of memory");
+            return;
+        }
+        sl->pos += m;
+        if (sl->pos < last) return;
+    }
+    if (sl->sess) {
+        ms_state_copy(sl->sess->ckpt, sl->st);
+        sl->sess->n_ckpt = sl->pos;
+        sl->sess->has_ckpt = 1;
+    }
+    if (ms_forward(sl->ctx, sl->st, sl->toks + last, 1, sl->logits, 0, &e) != MS_OK) {
+        engine_fail(s, sl, &e);
+        return;
+    }
+    if (sl->sess && session_push_token(sl->sess, sl->toks[last])) {
+        finish_job(s, sl, 500, "server_error", "out of memory");
+        return;
+    }
+    sl->pos = sl->n_toks;
+    if (sl->n_choices > 1) {
+        ms_state_copy(sl->fork, sl->st);
+        memcpy(sl->fork_logits, sl->logits, (size_t)s->V * sizeof(float));
+    }
+    sl->phase = PH_GEN;
+}
+
+/* One generated token: sample, emit, feed (the end-of-text token ends the
+ * reply and is not fed; the last token is fed only into a session). */
+static void step_gen(sched *s, slot *sl)
+{
+    double t0 = sched_now();
+    if (t0 > sl->job->deadline) {
+        finish_choice(s, sl, OA_FINISH_LENGTH, 0);
+        return;
+    }
+    int32_t t = ms_sampler_sample(sl->sampler, sl->logits);
+    if (!sl->first_token_seen) {
+        sl->first_token_seen = 1;
+        metrics_observe(MET_H_TTFT, t0 - sl->t_admit);
+    }
+    if (t == 0) {
+        finish_choice(s, sl, OA_FINISH_STOP, 0);
+        return;
+    }
+    sl->n_gen++;
+    sl->res.usage.completion_tokens++;
+    size_t n = ms_detok_push(&sl->detok, s->tok, t, sl->piece);
+    int hit = n ? emit(sl, sl->piece, n, 0) : 0;
+    int last = hit || sl->n_gen >= sl->job->max_tokens;
+    if (!last || sl->sess) {
+        ms_error e = {0};
+        if (ms_step(sl->ctx, sl->st, t, last ? NULL : sl->logits, &e) != MS_OK) {
+            engine_fail(s, sl, &e);
+            return;
+        }
+        if (sl->sess && session_push_token(sl->sess, t)) {
+            finish_job(s, sl, 500, "server_error", "out of memory");
+            return;
+        }
+    }
+    metrics_observe(MET_H_TOKEN, sched_now() - t0);
+    if (last) finish_choice(s, sl, hit ? OA_FINISH_STOP : OA_FINISH_LENGTH, hit);
+}
+
+/* ======================================================================== */
+/* Admission and background I/O                                              */
+/* ======================================================================== */
+
+typedef struct io_work {
+    uv_work_t w;
+    sched *s;
+    session *se;
+    slot *sl; /* load: the slot waiting for it */
+    int rc;
+    char err[512];
+} io_work;
+
+static void maybe_close(sched *s);
+
+static void spill_work(uv_work_t *w)
+{
+    io_work *x = w->data;
+    x->rc = pool_spill_io(x->s->pool, x->se, x->err, sizeof x->err);
+}
+
+static void admit(sched *s);
+static void update_idle(sched *s);
+
+static void spill_after(uv_work_t *w, int status)
+{
+    io_work *x = w->data;
+    sched *s = x->s;
+    if (x->rc) fprintf(stderr, "metastate serve: spilling session %s failed: %s\n", x->se->id, x->err);
+    pool_spill_done(s->pool, x->se, x->rc == 0);
+    s->works--;
+    free(x);
+    admit(s); /* a job may have waited for this session */
+    update_idle(s);
+    maybe_close(s);
+}
+
+static void kick_spills(sched *s)
+{
+    session *se;
+    while ((se = pool_next_spill(s->pool))) {
+        io_work *x = calloc(1, sizeof *x);
+        if (!x) { /* keep it in memory; try again on the next release */
+            pool_spill_done(s->pool, se, 0);
+            return;
+        }
+        x->s = s;
+        x->se = se;
+        x->w.data = x;
+        if (uv_queue_work(&s->loop, &x->w, spill_work, spill_after)) {
+            pool_spill_done(s->pool, se, 0);
+            free(x);
+            return;
+        }
+        s->works++;
+    }
+}
+
+static void load_work(uv_work_t *w)
+{
+    io_work *x = w->data;
+    x->rc = pool_load_io(x->s->pool, x->se, x->err, sizeof x->err);
+}
+
+static void load_after(uv_work_t *w, int status)
+{
+    io_work *x = w->data;
+    sched *s = x->s;
+    slot *sl = x->sl;
+    s->works--;
+    pool_load_done(s->pool, x->se, x->rc);
+    if (x->rc == -1) {
+        fprintf(stderr, "metastate serve: session %s: state file rejected, the session restarts "
+                        "from the zero state: %s\n", x->se->id, x->err);
+        snprintf(sl->res.session_note, sizeof sl->res.session_note,
+                 "state file rejected, session restarted: %s", x->err);
+    }
+    sched_job *j = sl->job;
+    if (x->rc == -2 || !x->se->state || atomic_load(&s->cancel_all) || !j->sink->alive(j->ud)) {
+        sl->job = j;
+        if (x->rc == -2) finish_job(s, sl, 503, "server_error", x->err);
+        else finish_job(s, sl, 499, "invalid_request_error", "client disconnected");
+    } else {
+        start_job(s, sl, j);
+    }
+    free(x);
+    admit(s);
+    update_idle(s);
+    maybe_close(s);
+}
+
+static slot *free_slot(sched *s)
+{
+    for (int i = 0; i < s->n_slots; i++)
+        if (s->slots[i].phase == PH_FREE) return &s->slots[i];
+    return NULL;
+}
+
+/* Takes jobs from the inbox into the FIFO, then gives free slots to the
+ * oldest jobs whose session is not in use (a job whose session is busy keeps
+ * its place and waits: two requests on one session never interleave). */
+static void admit(sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->inbox_head) {
+        if (s->pend_tail) s->pend_tail->next = s->inbox_head;
+        else s->pend_head = s->inbox_head;
+        s->pend_tail = s->inbox_tail;
+        s->inbox_head = s->inbox_tail = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    double now = sched_now();
+    sched_job *prev = NULL, *j = s->pend_head;
+    while (j) {
+        sched_job *next = j->next;
+        int gone = atomic_load(&s->cancel_all) || !j->sink->alive(j->ud);
+        int late = now > j->deadline;
+        slot *sl = gone || late ? NULL : free_slot(s);
+        if (!gone && !late && !sl) { /* keep waiting; later jobs are still checked */
+            prev = j;
+            j = next;
+            continue;
+        }
+        session *se = NULL;
+        pool_rc rc = POOL_OK;
+        if (sl && j->session_id) {
+            rc = pool_acquire(s->pool, j->session_id, &se);
+            if (rc == POOL_BUSY) {
+                prev = j;
+                j = next;
+                continue;
+            }
+        }
+        /* unlink j */
+        if (prev) prev->next = next;
+        else s->pend_head = next;
+        if (s->pend_tail == j) s->pend_tail = prev;
+        j->next = NULL;
+        if (gone) {
+            metrics_add(MET_C_CANCELLED, 1);
+            fail_queued(s, j, 499, "invalid_request_error", NULL, "client disconnected");
+        } else if (late) {
+            fail_queued(s, j, 503, "server_error", "timeout",
+                        "the request waited longer than the server's --timeout for a free slot");
+        } else if (rc == POOL_NOMEM || rc == POOL_TOO_MANY) {
+            fail_queued(s, j, 503, "server_error", "sessions_full",
+                        rc == POOL_NOMEM ? "out of memory for a new session"
+                                         : "too many sessions (--max-sessions), all in use");
+        } else {
+            pthread_mutex_lock(&s->mu);
+            s->n_queued--;
+            s->n_running++;
+            pthread_mutex_unlock(&s->mu);
+            memset(&sl->res, 0, sizeof sl->res);
+            sl->sess = se;
+            sl->job = j;
+            if (rc == POOL_NEEDS_LOAD) {
+                io_work *x = calloc(1, sizeof *x);
+                sl->phase = PH_LOADING;
+                if (!x) {
+                    finish_job(s, sl, 503, "server_error", "out of memory");
+                } else {
+                    x->s = s;
+                    x->se = se;
+                    x->sl = sl;
+                    x->w.data = x;
+                    if (uv_queue_work(&s->loop, &x->w, load_work, load_after)) {
+                        free(x);
+                        finish_job(s, sl, 500, "server_error", "cannot queue session load");
+                    } else {
+                        s->works++;
+                    }
+                }
+            } else {
+                start_job(s, sl, j);
+            }
+            kick_spills(s);
+        }
+        j = next;
+    }
+    gauges(s);
+}
+
+/* ======================================================================== */
+/* Loop callbacks                                                            */
+/* ======================================================================== */
+
+static void idle_cb(uv_idle_t *h);
+
+static void update_idle(sched *s)
+{
+    int work = 0;
+    for (int i = 0; i < s->n_slots; i++)
+        if (s->slots[i].phase == PH_PREFILL || s->slots[i].phase == PH_GEN) work = 1;
+    if (work && !s->idle_on && !s->closing) {
+        uv_idle_start(&s->idle, idle_cb);
+        s->idle_on = 1;
+    } else if (!work && s->idle_on) {
+        uv_idle_stop(&s->idle);
+        s->idle_on = 0;
+    }
+}
+
+/* One scheduler iteration: every busy slot does one unit of work. */
+static void idle_cb(uv_idle_t *h)
+{
+    sched *s = h->data;
+    for (int i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->phase != PH_PREFILL && sl->phase != PH_GEN) continue;
+        sched_job *j = sl->job;
+        if (atomic_load(&s->cancel_all) || !j->sink->alive(j->ud)) {
+            metrics_add(MET_C_CANCELLED, 1);
+            finish_job(s, sl, 499, "invalid_request_error", "client disconnected");
+            continue;
+        }
+        if (sl->phase == PH_PREFILL) step_prefill(s, sl);
+        else step_gen(s, sl);
+    }
+    admit(s);
+    update_idle(s);
+}
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+/* Closes the loop's handles once stopping and nothing is left to do. */
+static void maybe_close(sched *s)
+{
+    if (!atomic_load(&s->stopping) || s->closing || s->works) return;
+    for (int i = 0; i < s->n_slots; i++)
+        if (s->slots[i].phase != PH_FREE) return;
+    if (s->pend_head) return;
+    s->closing = 1;
+    if (s->idle_on) uv_idle_stop(&s->idle);
+    uv_close((uv_handle_t *)&s->idle, close_cb);
+    uv_close((uv_handle_t *)&s->tick, close_cb);
+    uv_close((uv_handle_t *)&s->wake, close_cb);
+}
+
+static void wake_cb(uv_async_t *h)
+{
+    sched *s = h->data;
+    admit(s);
+    update_idle(s);
+    maybe_close(s);
+}
+
+/* Periodic: deadlines and disconnects of queued jobs, sessions freed by the
+ * HTTP side (export), and the stop request when nothing else wakes us. */
+static void tick_cb(uv_timer_t *h)
+{
+    sched *s = h->data;
+    admit(s);
+    update_idle(s);
+    maybe_close(s);
+}
+
+/* ======================================================================== */
+/* Setup and teardown                                                        */
+/* ======================================================================== */
+
+/* Ids the sampler must never draw: beyond the vocabulary, or without bytes
+ * (end-of-text, id 0, stays drawable: it ends a completion). Also marks the
+ * penalty-exempt ids (runs of spaces, tabs, digits, as pip's PIPELINE). */
+static int build_bias(sched *s)
+{
+    s->base_bias = calloc((size_t)s->V, sizeof(float));
+    if (!s->base_bias) return -1;
+    int32_t n_ids = ms_tokenizer_n_ids(s->tok);
+    for (int32_t id = 1; id < s->V; id++) {
+        size_t len = 0;
+        const char *b = id < n_ids ? ms_token_bytes(s->tok, id, &len) : NULL;
+        if (!b || !len) s->base_bias[id] = -INFINITY;
+    }
+    return 0;
+}
+
+static int init_slot(sched *s, slot *sl)
+{
+    size_t V = (size_t)s->V;
+    sl->ctx = ms_ctx_new(s->model, s->cfg->prefill_chunk);
+    ms_sampler_params dp = ms_sampler_defaults();
+    sl->sampler = ms_sampler_new(s->V, &dp);
+    sl->logits = malloc(V * sizeof(float));
+    sl->fork_logits = malloc(V * sizeof(float));
+    sl->own = ms_state_new(s->model);
+    sl->fork = ms_state_new(s->model);
+    sl->cap_toks = 4096;
+    sl->toks = malloc(sl->cap_toks * sizeof(int32_t));
+    if (!sl->ctx || !sl->sampler || !sl->logits || !sl->fork_logits || !sl->own || !sl->fork ||
+        !sl->toks)
+        return -1;
+    int32_t n_ids = ms_tokenizer_n_ids(s->tok);
+    static const char exempt_chars[] = " \t0123456789";
+    for (int32_t id = 0; id < s->V; id++) {
+        if (s->base_bias[id] != 0) ms_sampler_set_bias(sl->sampler, id, s->base_bias[id]);
+        size_t len = 0;
+        const char *b = id < n_ids ? ms_token_bytes(s->tok, id, &len) : NULL;
+        if (b && len && memmem(exempt_chars, sizeof exempt_chars - 1, b, len))
+            ms_sampler_set_exempt(sl->sampler, id);
+    }
+    return 0;
+}
+
+static void free_slot_mem(slot *sl)
+{
+    ms_ctx_free(sl->ctx);
+    ms_sampler_free(sl->sampler);
+    free(sl->logits);
+    free(sl->fork_logits);
+    ms_state_free(sl->own);
+    ms_state_free(sl->fork);
+    free(sl->toks);
+    sse_stop_free(sl->stop);
+}
+
+static int load_all(sched *s, char *msg, size_t cap)
+{
+    ms_error e = {0};
+    const srv_config *c = s->cfg;
+    if (c->vocab_path) {
+        if (ms_tokenizer_load(c->vocab_path, &s->tok, &e) != MS_OK) {
+            snprintf(msg, cap, "cannot load vocabulary: %s", e.msg);
+            return -1;
+        }
+    } else {
+        s->tok = ms_tokenizer_new_bytes();
+        if (!s->tok) {
+            snprintf(msg, cap, "out of memory");
+            return -1;
+        }
+    }
+    double t0 = sched_now();
+    ms_load_opts o = {.n_threads = c->threads};
+    if (ms_model_load(c->model_path, &o, &s->model, &e) != MS_OK) {
+        snprintf(msg, cap, "cannot load model: %s", e.msg);
+        return -1;
+    }
+    s->mc = ms_model_config(s->model);
+    s->V = s->mc->vocab_size;
+    fprintf(stderr, "metastate serve: loaded %s (L=%d C=%d V=%d%s) in %.2f s\n", c->model_path,
+            s->mc->n_layer, s->mc->n_embd, s->mc->vocab_size,
+            s->mc->meta_state ? ", meta-state" : "", sched_now() - t0);
+    if (build_bias(s)) {
+        snprintf(msg, cap, "out of memory");
+        return -1;
+    }
+    s->pool = pool_new(s->model, c->pool_bytes, c->state_dir, c->max_sessions);
+    if (!s->pool) {
+        snprintf(msg, cap, "out of memory");
+        return -1;
+    }
+    char err[512];
+    int n = pool_scan(s->pool, err, sizeof err);
+    if (n < 0) {
+        snprintf(msg, cap, "%s", err);
+        return -1;
+    }
+    if (c->state_dir)
+        fprintf(stderr, "metastate serve: %d session file(s) in %s\n", n, c->state_dir);
+    s->slots = calloc((size_t)c->parallel, sizeof *s->slots);
+    if (!s->slots) {
+        snprintf(msg, cap, "out of memory");
+        return -1;
+    }
+    s->n_slots = c->parallel;
+    for (int i = 0; i < s->n_slots; i++)
+        if (init_slot(s, &s->slots[i])) {
+            snprintf(msg, cap, "out of memory allocating %d sequence slots", s->n_slots);
+            return -1;
+        }
+    metrics_set(MET_G_SLOTS, s->n_slots);
+    return 0;
+}
+
+static void *thread_main(void *arg)
+{
+    sched *s = arg;
+    char msg[700];
+    if (load_all(s, msg, sizeof msg)) {
+        /* Nothing to serve; the loop idles until sched_stop. */
+        if (s->on_fatal) s->on_fatal(s->fatal_ud, msg);
+    } else {
+        atomic_store(&s->ready, 1);
+        metrics_set(MET_G_LOADED, 1);
+    }
+    uv_timer_start(&s->tick, tick_cb, TICK_MS, TICK_MS);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+sched *sched_start(const srv_config *cfg, void (*on_fatal)(void *, const char *), void *ud)
+{
+    sched *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->cfg = cfg;
+    s->on_fatal = on_fatal;
+    s->fatal_ud = ud;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    if (uv_loop_init(&s->loop)) {
+        free(s);
+        return NULL;
+    }
+    uv_async_init(&s->loop, &s->wake, wake_cb);
+    uv_idle_init(&s->loop, &s->idle);
+    uv_timer_init(&s->loop, &s->tick);
+    s->wake.data = s->idle.data = s->tick.data = s;
+    if (pthread_create(&s->thread, NULL, thread_main, s)) {
+        uv_close((uv_handle_t *)&s->wake, NULL);
+        uv_close((uv_handle_t *)&s->idle, NULL);
+        uv_close((uv_handle_t *)&s->tick, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+        free(s);
+        return NULL;
+    }
+    s->thread_started = 1;
+    return s;
+}
+
+int sched_ready(const sched *s) { return atomic_load(&s->ready); }
+sess_pool *sched_pool(sched *s) { return s->pool; }
+const ms_model *sched_model(const sched *s) { return s->model; }
+
+sched_rc sched_submit(sched *s, sched_job *j)
+{
+    if (!atomic_load(&s->ready)) return SCHED_LOADING;
+    if (atomic_load(&s->draining) || atomic_load(&s->stopping)) return SCHED_DRAINING;
+    pthread_mutex_lock(&s->mu);
+    if (s->n_queued + s->n_running >= s->n_slots + s->cfg->queue) {
+        pthread_mutex_unlock(&s->mu);
+        metrics_add(MET_C_REJECTED_429, 1);
+        return SCHED_FULL;
+    }
+    j->next = NULL;
+    if (s->inbox_tail) s->inbox_tail->next = j;
+    else s->inbox_head = j;
+    s->inbox_tail = j;
+    s->n_queued++;
+    pthread_mutex_unlock(&s->mu);
+    uv_async_send(&s->wake);
+    return SCHED_OK;
+}
+
+void sched_drain(sched *s, double timeout_s)
+{
+    atomic_store(&s->draining, 1);
+    double end = sched_now() + timeout_s;
+    pthread_mutex_lock(&s->mu);
+    while (s->n_queued + s->n_running > 0) {
+        if (sched_now() >= end && !atomic_load(&s->cancel_all)) {
+            fprintf(stderr, "metastate serve: drain timeout: cancelling %d request(s)\n",
+                    s->n_queued + s->n_running);
+            atomic_store(&s->cancel_all, 1);
+            uv_async_send(&s->wake);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void sched_stop(sched *s)
+{
+    if (!s) return;
+    atomic_store(&s->stopping, 1);
+    if (s->thread_started) {
+        uv_async_send(&s->wake);
+        pthread_join(s->thread, NULL);
+    }
+    uv_loop_close(&s->loop);
+    if (s->pool) {
+        int failed = pool_persist_all(s->pool);
+        if (s->cfg->state_dir)
+            fprintf(stderr, "metastate serve: sessions persisted to %s%s\n", s->cfg->state_dir,
+                    failed ? " (some failed, see above)" : "");
+    }
+    for (int i = 0; i < s->n_slots; i++) free_slot_mem(&s->slots[i]);
+    free(s->slots);
+    pool_free(s->pool);
+    free(s->base_bias);
+    ms_model_free(s->model);
+    ms_tokenizer_free(s->tok);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}

@@ -1,0 +1,83 @@
+/*
+ * scheduler.h - the one thread that runs the model. It owns a libuv loop,
+ * the model, the tokenizer, the session pool and a fixed set of sequence
+ * slots; every loop iteration steps each active slot once (a prompt chunk
+ * or one generated token), so requests on different sessions progress
+ * together. Requests beyond the slots wait in a bounded FIFO.
+ *
+ * The HTTP side submits a sched_job and receives results through the
+ * sched_sink callbacks, which run on the scheduler thread and must not
+ * block (append to a buffer, resume a connection). After sink->done the
+ * scheduler never touches the job again.
+ */
+#ifndef METASTATE_SERVER_SCHEDULER_H
+#define METASTATE_SERVER_SCHEDULER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "engine.h"
+#include "openai.h"
+#include "sessions.h"
+
+typedef struct sched sched;
+
+typedef struct sched_result {
+    oa_usage usage;
+    int status;   /* 0 = success; else the HTTP status of err */
+    oa_error err;
+    char session_note[640]; /* non-empty when a session file was rejected */
+} sched_result;
+
+typedef struct sched_sink {
+    /* The job got a slot and its session (if any) is ready: output starts. */
+    void (*started)(void *ud);
+    /* Generated text of choice idx: whole UTF-8 characters, stop strings cut. */
+    void (*text)(void *ud, int idx, const char *text, size_t len);
+    void (*choice_done)(void *ud, int idx, oa_finish finish);
+    /* Last call: success or error; the job may be freed once it returns. */
+    void (*done)(void *ud, const sched_result *r);
+    /* 0 once the client is gone: the job is dropped within one step. */
+    int (*alive)(void *ud);
+} sched_sink;
+
+typedef struct sched_job {
+    /* Set by the submitter; read-only for the scheduler. */
+    oa_request req;          /* parsed request (owned by the submitter) */
+    char *prompt;            /* chat: rendered conversation (NULL for completions) */
+    size_t prompt_len;
+    const char *session_id;  /* NULL or store_id_valid */
+    int max_tokens;          /* resolved (default, cap) */
+    double deadline;         /* monotonic seconds */
+    double t_submit;
+    const sched_sink *sink;
+    void *ud;
+    /* Scheduler-private. */
+    struct sched_job *next;
+} sched_job;
+
+typedef enum { SCHED_OK = 0, SCHED_FULL, SCHED_LOADING, SCHED_DRAINING } sched_rc;
+
+/* Starts the scheduler thread, which loads the model and tokenizer (cfg must
+ * outlive the scheduler). on_fatal(ud, message) is called from that thread
+ * when loading fails. NULL on setup failure. */
+sched *sched_start(const srv_config *cfg, void (*on_fatal)(void *ud, const char *msg), void *ud);
+/* 1 once the model is loaded and requests are served. Any thread. */
+int sched_ready(const sched *s);
+/* Queues a job. Any thread. Not OK: the job was not taken (no callbacks). */
+sched_rc sched_submit(sched *s, sched_job *j);
+/* Stops taking jobs, lets queued and running ones finish for up to
+ * timeout_s seconds, then cancels the rest; returns when all are done. */
+void sched_drain(sched *s, double timeout_s);
+/* Stops the thread, writes every session to --state-dir, frees everything. */
+void sched_stop(sched *s);
+
+/* For the HTTP side once sched_ready: the pool (thread-safe) and the model. */
+sess_pool *sched_pool(sched *s);
+const ms_model *sched_model(const sched *s);
+/* Seconds since an arbitrary start (CLOCK_MONOTONIC). */
+double sched_now(void);
+
+#endif

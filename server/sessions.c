@@ -1,0 +1,577 @@
+/*
+ * sessions.c - the session pool.
+ *
+ * Index: a chained hash table of session records, each either in memory
+ * (state + prompt checkpoint allocated), on disk only (state == NULL,
+ * on_disk), or both (after a restore: the file stays valid until the state
+ * changes). The memory budget counts both states and the token history of
+ * in-memory sessions. Eviction is LRU by a logical clock; sessions are few
+ * (thousands), so a linear scan for the victim costs less than keeping a
+ * list in order under concurrent leases.
+ *
+ * Locking: one mutex guards the index and the bookkeeping fields. The state,
+ * checkpoint and tokens of a leased session belong to the lease holder, so
+ * disk I/O and model work never run under the mutex.
+ */
+#include "sessions.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "metrics.h"
+#include "state_store.h"
+
+#define N_BUCKETS 4096
+
+struct sess_pool {
+    pthread_mutex_t mu;
+    const ms_model *model;
+    char *state_dir;
+    size_t limit, bytes;
+    size_t spilling; /* bytes of sessions being written out (freed when done) */
+    size_t state_bytes; /* one ms_state */
+    int max_sessions, n_sessions, n_mem, n_disk_only;
+    uint64_t clock;
+    session *buckets[N_BUCKETS];
+};
+
+static double now_wall(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static unsigned hash_id(const char *s)
+{
+    unsigned h = 2166136261u;
+    while (*s) h = (h ^ (unsigned char)*s++) * 16777619u;
+    return h % N_BUCKETS;
+}
+
+/* Bytes an in-memory session holds (states + token history). */
+static size_t mem_of(const sess_pool *p, const session *s)
+{
+    return s->state ? 2 * p->state_bytes + s->cap_tokens * sizeof(int32_t) : 0;
+}
+
+/* Re-counts s in the budget after its memory changed; caller holds mu. */
+static void reacct(sess_pool *p, session *s)
+{
+    p->bytes -= s->acct;
+    s->acct = mem_of(p, s);
+    p->bytes += s->acct;
+}
+
+/* Refreshes the gauges; caller holds mu. */
+static void gauges(sess_pool *p)
+{
+    metrics_set(MET_G_SESSIONS_MEM, p->n_mem);
+    metrics_set(MET_G_SESSIONS_DISK, p->n_disk_only);
+    metrics_set(MET_G_POOL_BYTES, (double)p->bytes);
+    metrics_set(MET_G_POOL_LIMIT, (double)p->limit);
+}
+
+sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state_dir,
+                    int max_sessions)
+{
+    sess_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    pthread_mutex_init(&p->mu, NULL);
+    p->model = model;
+    p->limit = limit_bytes;
+    p->max_sessions = max_sessions;
+    p->state_dir = state_dir ? strdup(state_dir) : NULL;
+    const ms_config *c = ms_model_config(model);
+    p->state_bytes = (size_t)c->n_layer * c->n_embd * (c->head_size + 2) * sizeof(float);
+    gauges(p);
+    return p;
+}
+
+static void free_mem(session *s)
+{
+    ms_state_free(s->state);
+    ms_state_free(s->ckpt);
+    free(s->tokens);
+    s->state = s->ckpt = NULL;
+    s->tokens = NULL;
+    s->n_tokens = s->cap_tokens = 0;
+    s->has_ckpt = 0;
+    s->n_ckpt = 0;
+}
+
+void pool_free(sess_pool *p)
+{
+    if (!p) return;
+    for (int b = 0; b < N_BUCKETS; b++) {
+        session *s = p->buckets[b];
+        while (s) {
+            session *n = s->next;
+            free_mem(s);
+            free(s);
+            s = n;
+        }
+    }
+    free(p->state_dir);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+static session *find(sess_pool *p, const char *id)
+{
+    for (session *s = p->buckets[hash_id(id)]; s; s = s->next)
+        if (!strcmp(s->id, id)) return s;
+    return NULL;
+}
+
+static session *insert(sess_pool *p, const char *id)
+{
+    session *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    snprintf(s->id, sizeof s->id, "%s", id);
+    unsigned h = hash_id(id);
+    s->next = p->buckets[h];
+    p->buckets[h] = s;
+    s->created = s->updated = now_wall();
+    p->n_sessions++;
+    return s;
+}
+
+/* Unlinks and frees s (caller holds mu, s not leased). */
+static void drop(sess_pool *p, session *s)
+{
+    session **pp = &p->buckets[hash_id(s->id)];
+    while (*pp != s) pp = &(*pp)->next;
+    *pp = s->next;
+    p->bytes -= s->acct;
+    s->acct = 0;
+    if (s->state) {
+        p->n_mem--;
+    } else if (s->on_disk) {
+        p->n_disk_only--;
+    }
+    p->n_sessions--;
+    free_mem(s);
+    free(s);
+}
+
+static void scan_cb(const char *id, void *ud)
+{
+    sess_pool *p = ud;
+    if (find(p, id) || p->n_sessions >= p->max_sessions) return;
+    session *s = insert(p, id);
+    if (!s) return;
+    s->on_disk = 1;
+    p->n_disk_only++;
+}
+
+int pool_scan(sess_pool *p, char *err, size_t errcap)
+{
+    if (!p->state_dir) return 0;
+    pthread_mutex_lock(&p->mu);
+    int n = store_scan(p->state_dir, scan_cb, p, err, errcap);
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+/* Allocates the zero state + checkpoint of s (caller holds mu). */
+static int alloc_mem(sess_pool *p, session *s)
+{
+    s->state = ms_state_new(p->model);
+    s->ckpt = ms_state_new(p->model);
+    if (!s->state || !s->ckpt) {
+        ms_state_free(s->state);
+        ms_state_free(s->ckpt);
+        s->state = s->ckpt = NULL;
+        return -1;
+    }
+    s->has_ckpt = 0;
+    s->n_tokens = 0;
+    reacct(p, s);
+    p->n_mem++;
+    return 0;
+}
+
+pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
+{
+    pthread_mutex_lock(&p->mu);
+    pool_rc rc = POOL_OK;
+    session *s = find(p, id);
+    if (s && s->leased) {
+        rc = POOL_BUSY;
+        goto out;
+    }
+    if (!s) {
+        if (p->n_sessions >= p->max_sessions) {
+            /* Make room by forgetting the least recently used idle session. */
+            session *victim = NULL;
+            for (int b = 0; b < N_BUCKETS; b++)
+                for (session *x = p->buckets[b]; x; x = x->next)
+                    if (!x->leased && (!victim || x->last_used < victim->last_used)) victim = x;
+            if (!victim) {
+                rc = POOL_TOO_MANY;
+                goto out;
+            }
+            if (victim->on_disk && p->state_dir) store_remove(p->state_dir, victim->id);
+            metrics_add(MET_C_EVICTIONS, 1);
+            drop(p, victim);
+        }
+        s = insert(p, id);
+        if (!s || alloc_mem(p, s)) {
+            if (s) drop(p, s);
+            rc = POOL_NOMEM;
+            goto out;
+        }
+    } else if (!s->state) {
+        s->leased = 1;
+        s->last_used = ++p->clock;
+        rc = POOL_NEEDS_LOAD;
+        *out = s;
+        goto out;
+    }
+    s->leased = 1;
+    s->last_used = ++p->clock;
+    *out = s;
+out:
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+void pool_release(sess_pool *p, session *s)
+{
+    pthread_mutex_lock(&p->mu);
+    s->leased = 0;
+    s->last_used = ++p->clock;
+    s->info_tokens = s->n_tokens;
+    s->updated = now_wall();
+    s->dirty = 1;
+    reacct(p, s); /* the token history may have grown */
+    if (s->deleted) {
+        if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
+        drop(p, s);
+    }
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
+{
+    ms_state *st = ms_state_new(p->model), *ck = ms_state_new(p->model);
+    if (!st || !ck) {
+        ms_state_free(st);
+        ms_state_free(ck);
+        snprintf(err, errcap, "out of memory loading session %s", s->id);
+        return -2;
+    }
+    store_record r = {.state = st, .ckpt = ck};
+    int rc = store_load(p->state_dir, s->id, &r, ms_model_config(p->model),
+                        ms_model_fingerprint(p->model), err, errcap);
+    s->state = st;
+    s->ckpt = ck;
+    if (rc == 0) {
+        s->tokens = r.tokens;
+        s->n_tokens = s->cap_tokens = r.n_tokens;
+        s->has_ckpt = r.n_ckpt > 0 || (r.tokens_known && r.n_tokens == 0);
+        s->n_ckpt = r.n_ckpt;
+        return 0;
+    }
+    /* Rejected (or vanished): the session restarts from the zero state. */
+    ms_state_reset(st);
+    s->tokens = NULL;
+    s->n_tokens = s->cap_tokens = 0;
+    s->has_ckpt = 0;
+    s->n_ckpt = 0;
+    if (rc < 0) store_quarantine(p->state_dir, s->id);
+    return rc < 0 ? -1 : 0;
+}
+
+void pool_load_done(sess_pool *p, session *s, int rc)
+{
+    pthread_mutex_lock(&p->mu);
+    if (s->state) {
+        p->n_disk_only--;
+        p->n_mem++;
+        reacct(p, s);
+        if (rc != 0) s->on_disk = 0;
+        s->dirty = rc != 0;
+    }
+    if (rc == 0) metrics_add(MET_C_RESTORES, 1);
+    else metrics_add(MET_C_STATE_ERRORS, 1);
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
+session *pool_next_spill(sess_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    session *victim = NULL;
+    while (p->bytes - p->spilling > p->limit) {
+        victim = NULL;
+        for (int b = 0; b < N_BUCKETS; b++)
+            for (session *x = p->buckets[b]; x; x = x->next)
+                if (x->state && !x->leased && (!victim || x->last_used < victim->last_used))
+                    victim = x;
+        if (!victim) break;
+        metrics_add(MET_C_EVICTIONS, 1);
+        if (p->state_dir) {
+            victim->leased = 1;
+            p->spilling += victim->acct;
+            break;
+        }
+        drop(p, victim); /* no state dir: the session is forgotten */
+        victim = NULL;
+    }
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+    return victim;
+}
+
+static int save_session(sess_pool *p, session *s, char *err, size_t errcap)
+{
+    store_record r = {.state = s->state,
+                      .ckpt = s->has_ckpt ? s->ckpt : NULL,
+                      .n_ckpt = s->n_ckpt,
+                      .tokens = s->tokens,
+                      .n_tokens = s->n_tokens,
+                      .tokens_known = 1};
+    return store_save(p->state_dir, s->id, &r, ms_model_config(p->model),
+                      ms_model_fingerprint(p->model), err, errcap);
+}
+
+int pool_spill_io(sess_pool *p, session *s, char *err, size_t errcap)
+{
+    /* A clean session already matches its file: nothing to write. */
+    if (!s->dirty && s->on_disk) return 0;
+    return save_session(p, s, err, errcap);
+}
+
+void pool_spill_done(sess_pool *p, session *s, int ok)
+{
+    pthread_mutex_lock(&p->mu);
+    s->leased = 0;
+    p->spilling -= s->acct;
+    if (ok) {
+        p->n_mem--;
+        p->n_disk_only++;
+        free_mem(s);
+        reacct(p, s);
+        s->on_disk = 1;
+        s->dirty = 0;
+        metrics_add(MET_C_SPILLS, 1);
+    }
+    if (s->deleted) {
+        if (s->on_disk) store_remove(p->state_dir, s->id);
+        drop(p, s);
+    }
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int pool_persist_all(sess_pool *p)
+{
+    if (!p->state_dir) return 0;
+    int failed = 0;
+    pthread_mutex_lock(&p->mu);
+    for (int b = 0; b < N_BUCKETS; b++)
+        for (session *s = p->buckets[b]; s; s = s->next) {
+            if (!s->state || s->leased || (!s->dirty && s->on_disk)) continue;
+            char err[512];
+            if (save_session(p, s, err, sizeof err)) {
+                fprintf(stderr, "metastate serve: could not persist session %s: %s\n", s->id, err);
+                failed++;
+            } else {
+                s->on_disk = 1;
+                s->dirty = 0;
+            }
+        }
+    pthread_mutex_unlock(&p->mu);
+    return failed;
+}
+
+/* ------------------------------------------------------------ HTTP side */
+
+static json_t *info_obj(sess_pool *p, const session *s)
+{
+    return json_pack("{s:s, s:s, s:I, s:b, s:b, s:b, s:I, s:I, s:I}", "id", s->id, "object",
+                     "session", "tokens", (json_int_t)s->info_tokens, "in_memory", s->state != NULL,
+                     "on_disk", s->on_disk, "busy", s->leased, "state_bytes",
+                     (json_int_t)p->state_bytes, "created", (json_int_t)s->created, "last_used",
+                     (json_int_t)s->updated);
+}
+
+char *pool_list_json(sess_pool *p)
+{
+    json_t *arr = json_array();
+    pthread_mutex_lock(&p->mu);
+    for (int b = 0; b < N_BUCKETS; b++)
+        for (session *s = p->buckets[b]; s; s = s->next) json_array_append_new(arr, info_obj(p, s));
+    pthread_mutex_unlock(&p->mu);
+    json_t *o = json_pack("{s:s, s:o}", "object", "list", "data", arr);
+    char *txt = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return txt;
+}
+
+char *pool_info_json(sess_pool *p, const char *id)
+{
+    pthread_mutex_lock(&p->mu);
+    session *s = find(p, id);
+    json_t *o = s ? info_obj(p, s) : NULL;
+    pthread_mutex_unlock(&p->mu);
+    if (!o) return NULL;
+    char *txt = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return txt;
+}
+
+int pool_delete(sess_pool *p, const char *id)
+{
+    pthread_mutex_lock(&p->mu);
+    session *s = find(p, id);
+    int rc = 0;
+    if (!s) rc = 1;
+    else if (s->leased) rc = 2;
+    else {
+        if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
+        drop(p, s);
+    }
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
+{
+    ms_state *tmp = ms_state_new(p->model);
+    if (!tmp) {
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    pthread_mutex_lock(&p->mu);
+    session *s = find(p, id);
+    int rc = 0, from_disk = 0;
+    if (!s) rc = 1;
+    else if (s->leased) rc = 2;
+    else if (s->state) ms_state_copy(tmp, s->state);
+    else {
+        s->leased = 1; /* keep the scheduler off while the file is read */
+        from_disk = 1;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (rc) {
+        ms_state_free(tmp);
+        return rc;
+    }
+    if (from_disk) {
+        store_record r = {.state = tmp};
+        int lr = store_load(p->state_dir, id, &r, ms_model_config(p->model),
+                            ms_model_fingerprint(p->model), err, errcap);
+        free(r.tokens);
+        pthread_mutex_lock(&p->mu);
+        s->leased = 0;
+        pthread_mutex_unlock(&p->mu);
+        if (lr) {
+            ms_state_free(tmp);
+            return -1;
+        }
+    }
+    ms_error e = {0};
+    ms_status st = ms_state_write_safetensors(f, tmp, NULL, 0, &e);
+    ms_state_free(tmp);
+    if (st != MS_OK) {
+        snprintf(err, errcap, "%s", e.msg);
+        return -1;
+    }
+    return 0;
+}
+
+int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap)
+{
+    ms_tensorfile *tf = NULL;
+    ms_error e = {0};
+    if (ms_tensorfile_open(path, &tf, &e) != MS_OK) {
+        snprintf(err, errcap, "not a safetensors state: %s", e.msg);
+        return -1;
+    }
+    ms_state *tmp = ms_state_new(p->model);
+    if (!tmp) {
+        ms_tensorfile_close(tf);
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    ms_status st = ms_state_load_tensors(tmp, tf, "state.", &e);
+    ms_tensorfile_close(tf);
+    if (st != MS_OK) {
+        ms_state_free(tmp);
+        snprintf(err, errcap, "%s", e.msg);
+        return -1;
+    }
+    pthread_mutex_lock(&p->mu);
+    int rc = 0;
+    session *s = find(p, id);
+    if (s && s->leased) rc = 2;
+    else {
+        if (!s && p->n_sessions >= p->max_sessions) {
+            rc = -1;
+            snprintf(err, errcap, "too many sessions (--max-sessions)");
+        } else {
+            if (!s) s = insert(p, id);
+            if (!s) {
+                rc = -1;
+                snprintf(err, errcap, "out of memory");
+            } else {
+                if (!s->state) {
+                    if (s->on_disk) p->n_disk_only--;
+                    if (alloc_mem(p, s)) {
+                        drop(p, s);
+                        rc = -1;
+                        snprintf(err, errcap, "out of memory");
+                    }
+                }
+                if (!rc) {
+                    ms_state_copy(s->state, tmp);
+                    ms_state_copy(s->ckpt, tmp);
+                    s->has_ckpt = 1; /* the imported state is the start of every miss */
+                    s->n_ckpt = 0;
+                    s->n_tokens = 0;
+                    s->info_tokens = 0;
+                    s->dirty = 1;
+                    s->updated = now_wall();
+                    s->last_used = ++p->clock;
+                    if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
+                    s->on_disk = 0;
+                }
+            }
+        }
+    }
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
+    ms_state_free(tmp);
+    return rc;
+}
+
+int session_push_tokens(session *s, const int32_t *t, size_t n)
+{
+    if (s->n_tokens + n > s->cap_tokens) {
+        size_t nc = s->cap_tokens ? s->cap_tokens : 256;
+        while (nc < s->n_tokens + n) nc *= 2;
+        int32_t *nt = realloc(s->tokens, nc * sizeof *nt);
+        if (!nt) return -1;
+        s->tokens = nt;
+        s->cap_tokens = nc;
+    }
+    memcpy(s->tokens + s->n_tokens, t, n * sizeof *t);
+    s->n_tokens += n;
+    return 0;
+}
+
+int session_push_token(session *s, int32_t t)
+{
+    return session_push_tokens(s, &t, 1);
+}

@@ -1,0 +1,110 @@
+/*
+ * sessions.h - the session pool: id -> recurrent state + the token ids that
+ * produced it, kept in memory up to a byte budget, least recently used ones
+ * spilled to --state-dir and read back on demand.
+ *
+ * A session is used by at most one sequence at a time: the scheduler leases
+ * it (pool_acquire), works on its state and tokens without any lock, and
+ * gives it back (pool_release). Spilling and loading also hold the lease, so
+ * nobody ever sees a torn state. All pool_* functions are thread-safe (one
+ * mutex); the fields of a session are only touched by the lease holder.
+ */
+#ifndef METASTATE_SERVER_SESSIONS_H
+#define METASTATE_SERVER_SESSIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine.h"
+
+typedef struct sess_pool sess_pool;
+
+/* What the lease holder may read and change. state is the session after
+ * tokens[0..n_tokens); ckpt is the state after tokens[0..n_ckpt) (the prompt
+ * of the last request minus its last token), valid when has_ckpt. */
+typedef struct session {
+    char id[132];
+    ms_state *state; /* NULL while the state lives only on disk */
+    ms_state *ckpt;
+    int has_ckpt;
+    size_t n_ckpt;
+    int32_t *tokens;
+    size_t n_tokens, cap_tokens;
+    /* pool bookkeeping below: owned by sessions.c */
+    int leased;
+    int on_disk;      /* a file for this id exists in state_dir */
+    int dirty;        /* memory is newer than the file */
+    int deleted;      /* DELETE arrived while leased: drop on release */
+    uint64_t last_used;
+    size_t acct;        /* bytes this session counts in the pool budget */
+    size_t info_tokens; /* n_tokens at last release (what GET shows while leased) */
+    double created, updated;
+    struct session *next; /* hash chain */
+} session;
+
+typedef enum {
+    POOL_OK = 0,       /* leased; state in memory */
+    POOL_BUSY,         /* leased by someone else: try again later */
+    POOL_NEEDS_LOAD,   /* leased; state on disk: run pool_load_io, then pool_load_done */
+    POOL_NOMEM,
+    POOL_TOO_MANY      /* --max-sessions reached and nothing evictable */
+} pool_rc;
+
+/* model must outlive the pool; state_dir may be NULL (memory only). */
+sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state_dir,
+                    int max_sessions);
+/* Frees every session (does not write them: call pool_persist_all first). */
+void pool_free(sess_pool *p);
+/* Registers the session files found in state_dir (after a restart). Returns
+ * the count, or -1 with a message in err. */
+int pool_scan(sess_pool *p, char *err, size_t errcap);
+
+/* Finds or creates session id (id must be store_id_valid) and leases it. */
+pool_rc pool_acquire(sess_pool *p, const char *id, session **out);
+/* Returns the lease; the session becomes the most recently used. */
+void pool_release(sess_pool *p, session *s);
+
+/* Blocking disk I/O for a leased session, safe on a worker thread. load:
+ * reads the file into freshly allocated states; on a corrupt or foreign file
+ * it logs, quarantines the file and leaves the session empty (zero state);
+ * returns 0 ok, -1 rejected (err filled), -2 out of memory. */
+int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap);
+/* Back on the scheduler thread after pool_load_io (accounts memory). */
+void pool_load_done(sess_pool *p, session *s, int rc);
+
+/* Picks the least recently used unleased in-memory session while the pool
+ * exceeds its budget. With a state_dir it is leased and returned for
+ * pool_spill_io/pool_spill_done; without one it is dropped here (counted as
+ * an eviction) and the loop goes on. NULL when nothing (more) to do. */
+session *pool_next_spill(sess_pool *p);
+int pool_spill_io(sess_pool *p, session *s, char *err, size_t errcap);
+/* ok: frees the in-memory state (the file has it); else keeps it in memory. */
+void pool_spill_done(sess_pool *p, session *s, int ok);
+
+/* Writes every dirty in-memory session to state_dir (at shutdown). Returns
+ * the number that failed. No-op without state_dir. */
+int pool_persist_all(sess_pool *p);
+
+/* ----- HTTP-side operations (thread-safe, short) ----- */
+
+/* JSON array text of all sessions / one session object (malloc'd); NULL from
+ * pool_info_json when the id is unknown. */
+char *pool_list_json(sess_pool *p);
+char *pool_info_json(sess_pool *p, const char *id);
+/* 0 deleted, 1 unknown id, 2 leased (busy). */
+int pool_delete(sess_pool *p, const char *id);
+/* Writes the session's state as safetensors ("state.<i>.*") to f.
+ * 0 ok, 1 unknown, 2 busy, -1 error (err). */
+int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap);
+/* Replaces (or creates) session id with the state in the safetensors file at
+ * path. Its token history becomes empty: the next request feeds its whole
+ * prompt on top of the imported state. 0 ok, 2 busy, -1 error (err). */
+int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap);
+
+/* Appends one token to a leased session's history (amortized growth);
+ * -1 on OOM. */
+int session_push_token(session *s, int32_t t);
+int session_push_tokens(session *s, const int32_t *t, size_t n);
+
+#endif

@@ -1,0 +1,59 @@
+/*
+ * state_store.h - session files in --state-dir: one "<id>.state" file per
+ * session holding its recurrent state, its prompt checkpoint and the token ids
+ * it has processed, stamped with the model's shape and fingerprint and
+ * closed by a CRC-32 of everything before it.
+ *
+ * Every function is reentrant (no globals): the scheduler calls them from
+ * libuv worker threads, http.c from the MHD thread. Errors return -1 with a
+ * message in err (errcap bytes) that names the file and the problem.
+ */
+#ifndef METASTATE_SERVER_STATE_STORE_H
+#define METASTATE_SERVER_STATE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+
+/* What a session file holds besides the state. ckpt is the state after the
+ * first n_ckpt tokens (NULL when absent); tokens are unknown after an import. */
+typedef struct store_record {
+    ms_state *state;      /* required */
+    ms_state *ckpt;       /* may be NULL */
+    size_t n_ckpt;
+    int32_t *tokens;      /* n_tokens ids; NULL when n_tokens == 0 */
+    size_t n_tokens;
+    int tokens_known;
+} store_record;
+
+/* 1 when id matches [A-Za-z0-9._:-]{1,128} and is not "." or "..": safe as a
+ * file name and as a URL path segment. */
+int store_id_valid(const char *id);
+
+/* Writes <dir>/<id>.state atomically (temp file in dir, fsync, rename, fsync
+ * dir). cfg and fp (32 bytes) describe the model the state belongs to. */
+int store_save(const char *dir, const char *id, const store_record *r,
+               const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap);
+
+/* Reads <dir>/<id>.state into r->state / r->ckpt (allocated by the caller
+ * for the same model; ckpt may be NULL, then a stored checkpoint is dropped)
+ * and sets r->tokens (malloc'd, caller frees), n_tokens, n_ckpt (0 when no
+ * checkpoint was loaded), tokens_known. Rejects bad magic, version, shape,
+ * fingerprint, size or checksum; returns 1 when the file does not exist. */
+int store_load(const char *dir, const char *id, store_record *r,
+               const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap);
+
+/* Removes <dir>/<id>.state; 0 also when it did not exist. */
+int store_remove(const char *dir, const char *id);
+
+/* Moves a rejected file aside to <dir>/<id>.state.rejected (best effort), so
+ * the session restarts cleanly and the evidence stays for inspection. */
+void store_quarantine(const char *dir, const char *id);
+
+/* Calls fn(id, ud) for every valid "<id>.state" in dir; returns the count or
+ * -1 when dir cannot be read. Creates dir when missing. */
+int store_scan(const char *dir, void (*fn)(const char *id, void *ud), void *ud,
+               char *err, size_t errcap);
+
+#endif
