@@ -78,6 +78,7 @@ typedef struct http_req {
     route_id route;
     char path_id[160];
     const char *origin;  /* allowed CORS origin to echo, or NULL */
+    const char *allow;   /* methods of the route, for 405's Allow header */
     char *body;
     size_t body_len, body_cap, body_limit;
     int too_large;
@@ -167,6 +168,7 @@ static enum MHD_Result send_buf(http_req *r, int status, const char *ctype, char
     add_common_headers(r, resp);
     if (status == 429) MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 503) MHD_add_response_header(resp, "Retry-After", "5");
+    if (status == 405 && r->allow) MHD_add_response_header(resp, "Allow", r->allow);
     if (atomic_load(&r->srv->draining)) MHD_add_response_header(resp, "Connection", "close");
     r->status = status;
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
@@ -730,6 +732,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         *con_cls = r;
         const char *allow = NULL;
         r->route = route_of(url, r->path_id, sizeof r->path_id, &allow);
+        r->allow = allow;
         r->origin = cors_origin(h->cfg, conn);
         r->body_limit = h->cfg->max_body;
         if (r->route == R_SESSION_STATE && sched_ready(h->s)) {
