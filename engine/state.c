@@ -128,7 +128,8 @@ ms_status ms_state_write_safetensors(FILE *f, const ms_state *s, const ms_tensor
         free(names);
         return ms_fail(err, MS_ERR_NOMEM, "out of memory writing a state");
     }
-    memcpy(t, extra, n_extra * sizeof *t);
+    if (n_extra)
+        memcpy(t, extra, n_extra * sizeof *t);
     part ps[3];
     parts(s, ps);
     for (int l = 0; l < s->n_layer; l++)

@@ -5,8 +5,13 @@ set -uo pipefail
 build=${1:-build}; shared=${2:-../shared}
 here=$(cd "$(dirname "$0")" && pwd)
 export METASTATE_SHARED=$(cd "$shared" 2>/dev/null && pwd || echo "$shared")
-export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1
-export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# Sanitizer reports go to files, one per process, so a report from any
+# process (a forked Criterion worker, a server started by a node test) fails
+# the run even when that process's exit status is not looked at.
+san_logs=$(mktemp -d)
+trap 'rm -rf "$san_logs"' EXIT
+export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:log_path=$san_logs/asan
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$san_logs/ubsan
 # OpenBLAS spins up its own threads per call: keep it to one per test run
 # so parallel test workers do not oversubscribe the cores.
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
@@ -25,4 +30,9 @@ run_suite() { # $1 = label, $2 = dir with metastate and unit-tests
 
 run_suite normal "$build"
 run_suite "asan+ubsan" "$build/asan"
+if compgen -G "$san_logs/*" >/dev/null; then
+    echo "== sanitizer reports (the run fails):"
+    cat "$san_logs"/*
+    status=1
+fi
 exit $status
