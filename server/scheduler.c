@@ -207,6 +207,12 @@ static int tokenize_prompt(sched *s, slot *sl, int p)
     return 0;
 }
 
+/* memcmp for token prefixes; a session's history may be NULL when empty. */
+static int same_prefix(const int32_t *a, const int32_t *b, size_t n)
+{
+    return n == 0 || !memcmp(a, b, n * sizeof *a);
+}
+
 /* Chooses where the session's prompt starts: after everything it already
  * holds when that is a prefix of the prompt, else from its checkpoint when
  * that is, else from zero. Returns the number of reused tokens. */
@@ -215,12 +221,12 @@ static size_t match_session(slot *sl)
     session *se = sl->sess;
     const int32_t *t = sl->toks;
     size_t n = sl->n_toks;
-    if (se->n_tokens < n && !memcmp(se->tokens, t, se->n_tokens * sizeof *t)) {
+    if (se->n_tokens < n && same_prefix(se->tokens, t, se->n_tokens)) {
         metrics_add(MET_C_SESSION_HITS, se->n_tokens ? 1 : 0);
         return se->n_tokens;
     }
     if (se->has_ckpt && se->n_ckpt < n && se->n_ckpt <= se->n_tokens &&
-        !memcmp(se->tokens, t, se->n_ckpt * sizeof *t)) {
+        same_prefix(se->tokens, t, se->n_ckpt)) {
         ms_state_copy(se->state, se->ckpt);
         se->n_tokens = se->n_ckpt;
         metrics_add(MET_C_SESSION_HITS, se->n_ckpt ? 1 : 0);
