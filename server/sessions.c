@@ -166,6 +166,8 @@ static void scan_cb(const char *id, void *ud)
     session *s = insert(p, id);
     if (!s) return;
     s->on_disk = 1;
+    long long n = store_peek_tokens(p->state_dir, id);
+    s->info_tokens = n > 0 ? (size_t)n : 0;
     p->n_disk_only++;
 }
 

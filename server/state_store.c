@@ -282,6 +282,18 @@ out:
     return rc;
 }
 
+long long store_peek_tokens(const char *dir, const char *id)
+{
+    char path[4096];
+    path_of(path, sizeof path, dir, id, "");
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    unsigned char h[HDR_BYTES];
+    long long n = fread(h, 1, sizeof h, f) == sizeof h && !memcmp(h, MAGIC, 8) ? (long long)get_u64(h + 64) : -1;
+    fclose(f);
+    return n;
+}
+
 int store_remove(const char *dir, const char *id)
 {
     char path[4096];

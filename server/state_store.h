@@ -44,6 +44,10 @@ int store_save(const char *dir, const char *id, const store_record *r,
 int store_load(const char *dir, const char *id, store_record *r,
                const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap);
 
+/* Reads only the header of <dir>/<id>.state: its token count (for listings;
+ * nothing is validated beyond the magic). -1 when unreadable. */
+long long store_peek_tokens(const char *dir, const char *id);
+
 /* Removes <dir>/<id>.state; 0 also when it did not exist. */
 int store_remove(const char *dir, const char *id);
 

@@ -176,6 +176,7 @@ test('pool spills LRU states to --state-dir and restores them; survives a restar
   try {
     const list = await api(s2, 'GET', '/v1/sessions');
     assert.equal(list.json.data.length, 12);
+    assert.ok(list.json.data.every((x) => x.on_disk && !x.in_memory && x.tokens > 10), JSON.stringify(list.json.data[0]));
     const p = `Session 11 says${first[11]} again`;
     const r = await client(s2).completions.create({ model: MODEL_NAME, prompt: p, max_tokens: 4, temperature: 0,
       logit_bias: asciiBias(), session_id: 'pool-11' });
