@@ -195,3 +195,18 @@ test('env variables configure the server; --help documents every flag', async ()
     assert.equal((await s3.stop()).code, 0, s3.stderr());
   }
 });
+
+test('a model that cannot be loaded: clear message, exit status 1; bad flags: status 2', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { BIN, tmpDir } = await import('./lib/server.mjs');
+  const { writeFileSync } = await import('node:fs');
+  const bad = `${tmpDir('bad')}/broken.safetensors`;
+  writeFileSync(bad, 'this is not a model');
+  const r = spawnSync(BIN, ['serve', '--model', bad, '--port', String(20000 + Math.floor(Math.random() * 40000))],
+    { timeout: 60000, encoding: 'utf8' });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /cannot load model: .*broken\.safetensors/);
+  const u = spawnSync(BIN, ['serve', '--port', '99999999', '--model', bad], { timeout: 10000, encoding: 'utf8' });
+  assert.equal(u.status, 2);
+  assert.match(u.stderr, /--port/);
+});
