@@ -126,13 +126,24 @@ typedef struct ms_config {
 
 typedef struct ms_model ms_model;
 
+/* How the big matrices (projections, FFN, head, embedding) are held. AUTO
+ * keeps the file's precision: bf16 files stay bf16 (exact), others fp32. */
+typedef enum { MS_WEIGHTS_AUTO = 0, MS_WEIGHTS_F32, MS_WEIGHTS_BF16, MS_WEIGHTS_I8 } ms_weights;
+
 typedef struct ms_load_opts {
-    int n_threads; /* worker threads for the forward pass; 0 = one per core */
+    int n_threads;      /* threads for products; 0 = one per core (process-wide, first load sets it) */
+    ms_weights weights; /* in-memory weight format */
 } ms_load_opts;
 
+/* Parses "auto", "f32", "bf16", "int8"; -1 when unknown. */
+int ms_weights_parse(const char *s);
+/* Name of the kernel variant in use ("avx512", "avx2", "scalar"). */
+const char *ms_kernel_isa(void);
+
 /* Loads a checkpoint (.pth or safetensors, BlinkDL tensor names). Weights are
- * widened to fp32 once; the file is unmapped before returning. opts may be
- * NULL. Errors name the file and, where relevant, the tensor. */
+ * converted once to the in-memory format; all arithmetic is fp32. The file
+ * is unmapped before returning. opts may be NULL. Errors name the file and,
+ * where relevant, the tensor. */
 ms_status ms_model_load(const char *path, const ms_load_opts *opts,
                         ms_model **out, ms_error *err);
 /* Same, from an already opened tensor file (tf stays owned by the caller and

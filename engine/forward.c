@@ -19,7 +19,8 @@
 #define DECAY_SCALE 0.606531f /* SPEC 1.6 choice: the constant as the reference writes it */
 #define LN_EPS 1e-5f
 #define GN_EPS 64e-5f         /* BlinkDL hard-codes 64e-5 for the GroupNorm of ln_x */
-#define DEFAULT_CHUNK 64
+#define DEFAULT_CHUNK 128
+#define PANEL_ROWS 256 /* rows of a bf16/int8 matrix widened at a time for sgemm */
 
 struct ms_ctx {
     const ms_model *m;
@@ -30,31 +31,32 @@ struct ms_ctx {
     float *lora; /* (T, max LoRA rank) */
     float *hid;  /* (T, F) */
     float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
+    float *panel;   /* (PANEL_ROWS, max(C, F)) widened weights for prefill GEMMs */
 };
 
 /* ------------------------------------------------------------------------ */
-/* Matrix products. `rows` is the number of tokens in the chunk.             */
+/* Matrix products                                                           */
 
-/* Y (rows, out) = X (rows, in) * W^T for an nn.Linear weight W (out, in);
- * beta 1 accumulates into Y (the residual adds). */
-static void linear(float *Y, const float *X, const float *W, int rows, int out, int in,
-                   float beta)
+/* Y (T, out) = beta * Y + X (T, in) * W^T. Up to K_MAX_BATCH rows (decoding,
+ * or a batch of sequences) stream every weight once through our kernels;
+ * longer chunks (prefill) are compute-bound and go to OpenBLAS sgemm, with
+ * bf16/int8 weights widened a panel of rows at a time. */
+static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, float beta)
 {
-    if (rows == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, X, 1, beta, Y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, out, in, 1.0f, X, in, W, in,
-                    beta, Y, out);
-}
-
-/* Y (rows, out) = X (rows, in) * M for a raw matrix M (in, out): the LoRAs. */
-static void matmul(float *Y, const float *X, const float *M, int rows, int in, int out)
-{
-    if (rows == 1)
-        cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.0f, M, out, X, 1, 0.0f, Y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, out, in, 1.0f, X, in, M,
-                    out, 0.0f, Y, out);
+    const int out = W->rows, in = W->cols;
+    if (T <= K_MAX_BATCH) {
+        k_matmul(W, X, Y, T, beta);
+    } else if (W->fmt == K_W_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, X, in,
+                    (const float *)W->data, in, beta, Y, out);
+    } else {
+        for (int r0 = 0; r0 < out; r0 += PANEL_ROWS) {
+            const int r1 = r0 + PANEL_ROWS < out ? r0 + PANEL_ROWS : out;
+            k_wmat_rows(W, r0, r1, c->panel);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, r1 - r0, in, 1.0f, X, in,
+                        c->panel, in, beta, Y + r0, out);
+        }
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -144,24 +146,24 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, floa
     float *const outs[6] = {c->xr, c->xw, c->xk, c->xv, c->xa, c->xg};
     token_shift(c->xn, att_shift, T, C, mix, outs, 6);
 
-    linear(c->r, c->xr, L->wr, T, C, C, 0.0f);
-    linear(c->k, c->xk, L->wk, T, C, C, 0.0f);
-    linear(c->v, c->xv, L->wv, T, C, C, 0.0f);
+    linear(c, c->r, c->xr, &L->wr, T, 0.0f);
+    linear(c, c->k, c->xk, &L->wk, T, 0.0f);
+    linear(c, c->v, c->xv, &L->wv, T, 0.0f);
 
     const size_t TC = (size_t)T * C;
-    matmul(c->lora, c->xw, L->w1, T, C, cf->d_decay);
+    linear(c, c->lora, c->xw, &L->w1, T, 0.0f);
     for (size_t i = 0; i < (size_t)T * cf->d_decay; i++)
         c->lora[i] = tanhf(c->lora[i]);
-    matmul(c->w, c->lora, L->w2, T, cf->d_decay, C);
-    matmul(c->lora, c->xa, L->a1, T, C, cf->d_aaa);
-    matmul(c->a, c->lora, L->a2, T, cf->d_aaa, C);
-    matmul(c->lora, c->xg, L->g1, T, C, cf->d_gate);
+    linear(c, c->w, c->lora, &L->w2, T, 0.0f);
+    linear(c, c->lora, c->xa, &L->a1, T, 0.0f);
+    linear(c, c->a, c->lora, &L->a2, T, 0.0f);
+    linear(c, c->lora, c->xg, &L->g1, T, 0.0f);
     for (size_t i = 0; i < (size_t)T * cf->d_gate; i++)
         c->lora[i] = sigmoidf(c->lora[i]);
-    matmul(c->g, c->lora, L->g2, T, cf->d_gate, C);
+    linear(c, c->g, c->lora, &L->g2, T, 0.0f);
     if (l > 0) {
-        matmul(c->lora, c->xv, L->v1, T, C, cf->d_mv);
-        matmul(c->tmp, c->lora, L->v2, T, cf->d_mv, C);
+        linear(c, c->lora, c->xv, &L->v1, T, 0.0f);
+        linear(c, c->tmp, c->lora, &L->v2, T, 0.0f);
     }
 
     for (size_t i = 0; i < TC; i++) {
@@ -218,7 +220,7 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, floa
             y[j] = out * c->g[base + j];
         }
     }
-    linear(c->x, c->y, L->wo, T, C, C, 1.0f);
+    linear(c, c->x, c->y, &L->wo, T, 1.0f);
 }
 
 /* MS-v0 Self-State Encoder (SPEC 3.3 C2-C6): for every SSE head h and
@@ -271,12 +273,12 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, float *ffn_shift, const fl
     token_shift(c->xn, ffn_shift, T, C, mix, outs, 1);
     if (L->n_sse)
         self_state_encoder(c, L, S, T);
-    linear(c->hid, c->xk, L->ffn_key, T, F, C, 0.0f);
+    linear(c, c->hid, c->xk, &L->ffn_key, T, 0.0f);
     for (size_t i = 0; i < (size_t)T * F; i++) {
         float h = c->hid[i] > 0.0f ? c->hid[i] : 0.0f;
         c->hid[i] = h * h;
     }
-    linear(c->x, c->hid, L->ffn_value, T, C, F, 1.0f);
+    linear(c, c->x, c->hid, &L->ffn_value, T, 1.0f);
 }
 
 /* Runs T <= max_chunk tokens; logits as in ms_forward (last row or all). */
@@ -286,8 +288,11 @@ static void forward_chunk(ms_ctx *c, ms_state *s, const int32_t *tokens, int T, 
     const ms_model *m = c->m;
     const ms_config *cf = &m->cfg;
     const int C = cf->n_embd;
-    for (int t = 0; t < T; t++)
-        memcpy(c->x + (size_t)t * C, m->emb + (size_t)tokens[t] * C, (size_t)C * sizeof(float));
+    for (int t = 0; t < T; t++) {
+        float *x = c->x + (size_t)t * C;
+        k_wmat_row(&m->emb, tokens[t], x);
+        layer_norm(x, x, m->ln0_w, m->ln0_b, C);
+    }
     for (int l = 0; l < cf->n_layer; l++) {
         time_mix(c, &m->layers[l], l, ms_state_att_shift(s, l), ms_state_wkv(s, l), T);
         channel_mix(c, &m->layers[l], ms_state_ffn_shift(s, l), ms_state_wkv(s, l), T);
@@ -298,7 +303,7 @@ static void forward_chunk(ms_ctx *c, ms_state *s, const int32_t *tokens, int T, 
     for (int t = first; t < T; t++)
         layer_norm(c->xn + (size_t)(t - first) * C, c->x + (size_t)t * C, m->ln_out_w,
                    m->ln_out_b, C);
-    linear(logits, c->xn, m->head, rows, cf->vocab_size, C, 0.0f);
+    linear(c, logits, c->xn, &m->head, rows, 0.0f);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -325,7 +330,10 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
             goto fail;
     if (!(c->lora = malloc(T * (size_t)rank * sizeof(float))) ||
         !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
-        !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))))
+        !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))) ||
+        !(c->panel = malloc((size_t)PANEL_ROWS *
+                            (size_t)(cf->dim_ffn > cf->n_embd ? cf->dim_ffn : cf->n_embd) *
+                            sizeof(float))))
         goto fail;
     return c;
 fail:
@@ -339,7 +347,7 @@ void ms_ctx_free(ms_ctx *c)
         return;
     float *bufs[] = {c->x, c->xn, c->xr, c->xw, c->xk, c->xv, c->xa, c->xg, c->r, c->k,
                      c->v, c->w, c->a, c->g, c->kk, c->vfirst, c->y, c->tmp, c->lora, c->hid,
-                     c->s_start};
+                     c->s_start, c->panel};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c);

@@ -5,9 +5,10 @@
  * never from metadata or file names, so any released size and any expanded
  * Meta-State checkpoint loads. Loading is two passes over a table of
  * "tensor -> destination" bindings: the first checks every name and shape
- * and sums the sizes, the second widens each tensor to fp32 into a single
- * aligned arena. The file is unmapped by the caller afterwards, so resident
- * memory is the arena plus small change.
+ * (so a bad file fails before any large allocation), the second converts
+ * each tensor into place: vectors into one fp32 arena, matrices into their
+ * k_wmat format. The file is unmapped by the caller afterwards, so resident
+ * memory is the weights as held plus small change.
  */
 #include "model.h"
 
@@ -23,9 +24,16 @@
 /* ------------------------------------------------------------------------ */
 /* Binding table                                                             */
 
+typedef enum { B_VEC, B_MAT, B_LORA } bkind;
+
+/* B_VEC: fp32 into the arena (dst_vec); B_MAT: a Linear (out, in) matrix in
+ * the model's weight format; B_LORA: a raw (in, out) matrix, transposed to
+ * (out, in) and kept fp32. */
 typedef struct binding {
     const ms_tensor *t;
-    float **dst;
+    bkind kind;
+    float **dst_vec;
+    k_wmat *dst_mat;
     size_t numel;
 } binding;
 
@@ -37,7 +45,8 @@ typedef struct loader {
     ms_error *err;
 } loader;
 
-static ms_status add_binding(loader *ld, const ms_tensor *t, float **dst)
+static ms_status add_binding(loader *ld, const ms_tensor *t, bkind kind, float **vec,
+                             k_wmat *mat)
 {
     if (ld->n == ld->cap) {
         size_t cap = ld->cap ? ld->cap * 2 : 256;
@@ -47,7 +56,7 @@ static ms_status add_binding(loader *ld, const ms_tensor *t, float **dst)
         ld->b = nb;
         ld->cap = cap;
     }
-    ld->b[ld->n++] = (binding){t, dst, (size_t)ms_tensor_numel(t)};
+    ld->b[ld->n++] = (binding){t, kind, vec, mat, (size_t)ms_tensor_numel(t)};
     return MS_OK;
 }
 
@@ -63,8 +72,8 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 
 /* Binds tensor `name` of exactly the given shape. A vector of C may also be
  * stored as (1,1,C), the BlinkDL layout; both are accepted. */
-static ms_status bind(loader *ld, const char *name, float **dst, int ndim,
-                      int64_t d0, int64_t d1)
+static ms_status bind(loader *ld, const char *name, bkind kind, float **vec, k_wmat *mat,
+                      int ndim, int64_t d0, int64_t d1)
 {
     const ms_tensor *t = ms_tensorfile_find(ld->tf, name);
     if (!t)
@@ -84,7 +93,7 @@ static ms_status bind(loader *ld, const char *name, float **dst, int ndim,
         return ms_fail(ld->err, MS_ERR_SHAPE, "%s: tensor '%s' has shape %s, expected %s",
                        ld->path, name, got, exp);
     }
-    return add_binding(ld, t, dst);
+    return add_binding(ld, t, kind, vec, mat);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -202,15 +211,17 @@ static ms_status bind_all(loader *ld, ms_model *m)
             return st;                                                                           \
     } while (0)
     char name[128];
-#define VEC(field, suffix) (snprintf(name, sizeof name, "blocks.%d." suffix, l), bind(ld, name, &L->field, 1, C, 0))
-#define MAT(field, suffix, r, k) (snprintf(name, sizeof name, "blocks.%d." suffix, l), bind(ld, name, &L->field, 2, r, k))
+#define LNAME(suffix) (snprintf(name, sizeof name, "blocks.%d." suffix, l), name)
+#define VEC(field, suffix) bind(ld, LNAME(suffix), B_VEC, &L->field, NULL, 1, C, 0)
+#define MAT(field, suffix, r, k) bind(ld, LNAME(suffix), B_MAT, NULL, &L->field, 2, r, k)
+#define LORA(field, suffix, r, k) bind(ld, LNAME(suffix), B_LORA, NULL, &L->field, 2, r, k)
 
-    TRY(bind(ld, "emb.weight", &m->emb, 2, V, C));
-    TRY(bind(ld, "ln_out.weight", &m->ln_out_w, 1, C, 0));
-    TRY(bind(ld, "ln_out.bias", &m->ln_out_b, 1, C, 0));
-    TRY(bind(ld, "head.weight", &m->head, 2, V, C));
-    TRY(bind(ld, "blocks.0.ln0.weight", &m->ln0_w, 1, C, 0));
-    TRY(bind(ld, "blocks.0.ln0.bias", &m->ln0_b, 1, C, 0));
+    TRY(bind(ld, "emb.weight", B_MAT, NULL, &m->emb, 2, V, C));
+    TRY(bind(ld, "ln_out.weight", B_VEC, &m->ln_out_w, NULL, 1, C, 0));
+    TRY(bind(ld, "ln_out.bias", B_VEC, &m->ln_out_b, NULL, 1, C, 0));
+    TRY(bind(ld, "head.weight", B_MAT, NULL, &m->head, 2, V, C));
+    TRY(bind(ld, "blocks.0.ln0.weight", B_VEC, &m->ln0_w, NULL, 1, C, 0));
+    TRY(bind(ld, "blocks.0.ln0.bias", B_VEC, &m->ln0_b, NULL, 1, C, 0));
     for (int l = 0; l < c->n_layer; l++) {
         ms_layer *L = &m->layers[l];
         TRY(VEC(ln1_w, "ln1.weight"));
@@ -224,21 +235,21 @@ static ms_status bind_all(loader *ld, ms_model *m)
         TRY(VEC(x_a, "att.x_a"));
         TRY(VEC(x_g, "att.x_g"));
         TRY(VEC(w0, "att.w0"));
-        TRY(MAT(w1, "att.w1", C, c->d_decay));
-        TRY(MAT(w2, "att.w2", c->d_decay, C));
+        TRY(LORA(w1, "att.w1", C, c->d_decay));
+        TRY(LORA(w2, "att.w2", c->d_decay, C));
         TRY(VEC(a0, "att.a0"));
-        TRY(MAT(a1, "att.a1", C, c->d_aaa));
-        TRY(MAT(a2, "att.a2", c->d_aaa, C));
+        TRY(LORA(a1, "att.a1", C, c->d_aaa));
+        TRY(LORA(a2, "att.a2", c->d_aaa, C));
         if (l > 0) {
             TRY(VEC(v0, "att.v0"));
-            TRY(MAT(v1, "att.v1", C, c->d_mv));
-            TRY(MAT(v2, "att.v2", c->d_mv, C));
+            TRY(LORA(v1, "att.v1", C, c->d_mv));
+            TRY(LORA(v2, "att.v2", c->d_mv, C));
         }
-        TRY(MAT(g1, "att.g1", C, c->d_gate));
-        TRY(MAT(g2, "att.g2", c->d_gate, C));
+        TRY(LORA(g1, "att.g1", C, c->d_gate));
+        TRY(LORA(g2, "att.g2", c->d_gate, C));
         TRY(VEC(k_k, "att.k_k"));
         TRY(VEC(k_a, "att.k_a"));
-        TRY(MAT(r_k, "att.r_k", c->n_head, c->head_size));
+        TRY(bind(ld, LNAME("att.r_k"), B_VEC, &L->r_k, NULL, 2, c->n_head, c->head_size));
         TRY(MAT(wr, "att.receptance.weight", C, C));
         TRY(MAT(wk, "att.key.weight", C, C));
         TRY(MAT(wv, "att.value.weight", C, C));
@@ -263,23 +274,11 @@ static ms_status bind_all(loader *ld, ms_model *m)
             TRY(VEC(ms_gamma, "ffn.ms_gamma"));
     }
     return MS_OK;
+#undef LNAME
 #undef VEC
 #undef MAT
+#undef LORA
 #undef TRY
-}
-
-static void layer_norm_row(float *dst, const float *x, const float *w, const float *b, int n)
-{
-    double mean = 0, var = 0;
-    for (int i = 0; i < n; i++)
-        mean += x[i];
-    mean /= n;
-    for (int i = 0; i < n; i++)
-        var += (x[i] - mean) * (x[i] - mean);
-    var /= n;
-    float inv = (float)(1.0 / sqrt(var + LN_EPS));
-    for (int i = 0; i < n; i++)
-        dst[i] = ((float)(x[i] - mean)) * inv * w[i] + b[i];
 }
 
 static ms_status fingerprint(const ms_tensorfile *tf, uint8_t out[32], const char *path,
@@ -317,6 +316,87 @@ static ms_status fingerprint(const ms_tensorfile *tf, uint8_t out[32], const cha
     EVP_DigestFinal_ex(h, out, &len);
     EVP_MD_CTX_free(h);
     free(v);
+    return MS_OK;
+}
+
+int ms_weights_parse(const char *s)
+{
+    static const char *const names[] = {"auto", "f32", "bf16", "int8"};
+    for (int i = 0; s && i < 4; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+const char *ms_kernel_isa(void) { return k_isa(); }
+
+#define CHUNK_ROWS 512
+
+/* Second pass: every binding converted into place. Matrices go through an
+ * fp32 scratch buffer of CHUNK_ROWS rows at a time, so loading needs little
+ * memory beyond the weights as held. */
+static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, const char *path,
+                             ms_error *err)
+{
+    ms_weights w = opts ? opts->weights : MS_WEIGHTS_AUTO;
+    if (w == MS_WEIGHTS_AUTO)
+        w = m->cfg.file_dtype == MS_BF16 ? MS_WEIGHTS_BF16 : MS_WEIGHTS_F32;
+    m->wfmt = w == MS_WEIGHTS_BF16 ? K_W_BF16 : w == MS_WEIGHTS_I8 ? K_W_I8 : K_W_F32;
+    size_t vec_floats = 0, scratch = 1;
+    for (size_t i = 0; i < ld->n; i++) {
+        const binding *b = &ld->b[i];
+        size_t need = b->kind == B_VEC  ? 0
+                      : b->kind == B_LORA ? 2 * b->numel
+                                          : (size_t)CHUNK_ROWS * (size_t)b->t->shape[1];
+        if (b->kind == B_VEC)
+            vec_floats += (b->numel + 15) & ~(size_t)15; /* 64-byte aligned each */
+        if (need > scratch)
+            scratch = need;
+    }
+    m->arena = aligned_alloc(64, vec_floats * sizeof(float) + 64);
+    float *tmp = malloc(scratch * sizeof(float));
+    if (!m->arena || !tmp) {
+        free(tmp);
+        return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory for the weights", path);
+    }
+    m->arena_floats = vec_floats;
+    m->weight_bytes = vec_floats * sizeof(float);
+    for (size_t i = 0, off = 0; i < ld->n; i++) {
+        const binding *b = &ld->b[i];
+        if (b->kind == B_VEC) {
+            ms_tensor_to_f32(b->t, m->arena + off);
+            *b->dst_vec = m->arena + off;
+            off += (b->numel + 15) & ~(size_t)15;
+            continue;
+        }
+        const int rows = (int)b->t->shape[0], cols = (int)b->t->shape[1];
+        int rc;
+        if (b->kind == B_LORA) { /* (in, out) -> (out, in) */
+            float *tr = tmp + b->numel;
+            ms_tensor_to_f32(b->t, tmp);
+            for (int r = 0; r < rows; r++)
+                for (int c = 0; c < cols; c++)
+                    tr[(size_t)c * rows + r] = tmp[(size_t)r * cols + c];
+            rc = k_wmat_init(b->dst_mat, K_W_F32, cols, rows, tr);
+        } else if (!(rc = k_wmat_alloc(b->dst_mat, m->wfmt, rows, cols))) {
+            const size_t row_bytes = b->t->nbytes / (size_t)rows;
+            for (int r0 = 0; r0 < rows; r0 += CHUNK_ROWS) {
+                const int r1 = r0 + CHUNK_ROWS < rows ? r0 + CHUNK_ROWS : rows;
+                ms_tensor part = *b->t;
+                part.shape[0] = r1 - r0;
+                part.data = (const char *)b->t->data + (size_t)r0 * row_bytes;
+                part.nbytes = (size_t)(r1 - r0) * row_bytes;
+                ms_tensor_to_f32(&part, tmp);
+                k_wmat_set_rows(b->dst_mat, r0, r1, tmp);
+            }
+        }
+        if (rc) {
+            free(tmp);
+            return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory for the weights", path);
+        }
+        m->weight_bytes += k_wmat_bytes(b->dst_mat);
+    }
+    free(tmp);
     return MS_OK;
 }
 
@@ -406,43 +486,20 @@ ms_status ms_model_from_tensors(const ms_tensorfile *tf, const ms_load_opts *opt
     loader ld = {.tf = tf, .path = path, .err = err};
     if ((st = bind_all(&ld, m)))
         goto fail_ld;
-    size_t total = 0;
-    for (size_t i = 0; i < ld.n; i++)
-        total += (ld.b[i].numel + 15) & ~(size_t)15; /* keep every tensor 64-byte aligned */
-    const size_t C = (size_t)m->cfg.n_embd;
-    m->arena = aligned_alloc(64, total * sizeof(float) + 64);
-    if (!m->arena) {
-        st = ms_fail(err, MS_ERR_NOMEM, "%s: cannot allocate %zu MB for the weights", path,
-                     total * sizeof(float) >> 20);
+    if ((st = convert_all(m, &ld, opts, path, err)))
         goto fail_ld;
-    }
-    m->arena_floats = total;
-    for (size_t i = 0, off = 0; i < ld.n; i++) {
-        ms_tensor_to_f32(ld.b[i].t, m->arena + off);
-        *ld.b[i].dst = m->arena + off;
-        off += (ld.b[i].numel + 15) & ~(size_t)15;
-    }
     free(ld.b);
-    /* Fold ln0 into the embedding, as the official loaders do (exact: it is
-     * the same LayerNorm applied per row, done once instead of per token). */
-    for (size_t r = 0; r < (size_t)m->cfg.vocab_size; r++) {
-        float *row = m->emb + r * C;
-        layer_norm_row(row, row, m->ln0_w, m->ln0_b, (int)C);
-    }
 
     if ((st = find_sse_heads(m, path, err)) || (st = read_ancestors(m, tf, path, err)))
         goto fail;
     if ((st = fingerprint(tf, m->fingerprint, path, err)))
         goto fail;
-    size_t per_token = (size_t)m->cfg.vocab_size * C + C; /* head + one embedding row */
-    for (int l = 0; l < m->cfg.n_layer; l++) {
-        const ms_config *c = &m->cfg;
-        per_token += 4 * C * C + 2 * C * (size_t)(c->d_decay + c->d_aaa + c->d_gate) +
-                     (l ? 2 * C * (size_t)c->d_mv : 0) + 2 * C * (size_t)m->layers[l].dim_ffn;
-    }
-    m->bytes_per_token = per_token * sizeof(float);
+    /* Every matrix is read once per token, except the embedding (one row). */
+    m->bytes_per_token = m->weight_bytes - k_wmat_bytes(&m->emb) +
+                         k_wmat_bytes(&m->emb) / (size_t)m->cfg.vocab_size;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : (ncpu > 0 ? (int)ncpu : 1);
+    k_set_threads(m->n_threads);
     *out = m;
     return MS_OK;
 fail_ld:
@@ -472,11 +529,20 @@ void ms_model_free(ms_model *m)
     free(m->arena);
     free(m->sse_heads);
     free(m->ancestors);
+    k_wmat_free(&m->emb);
+    k_wmat_free(&m->head);
+    for (int l = 0; m->layers && l < m->cfg.n_layer; l++) {
+        ms_layer *L = &m->layers[l];
+        k_wmat *mats[] = {&L->w1, &L->w2, &L->a1, &L->a2, &L->v1, &L->v2, &L->g1, &L->g2,
+                          &L->wr, &L->wk, &L->wv, &L->wo, &L->ffn_key, &L->ffn_value};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+            k_wmat_free(mats[i]);
+    }
     free(m->layers);
     free(m);
 }
 
 const ms_config *ms_model_config(const ms_model *m) { return &m->cfg; }
 const uint8_t *ms_model_fingerprint(const ms_model *m) { return m->fingerprint; }
-size_t ms_model_weight_bytes(const ms_model *m) { return m->arena_floats * sizeof(float); }
+size_t ms_model_weight_bytes(const ms_model *m) { return m->weight_bytes; }
 size_t ms_model_bytes_per_token(const ms_model *m) { return m->bytes_per_token; }

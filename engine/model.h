@@ -1,29 +1,34 @@
 /*
  * model.h - the in-memory model, shared by the engine's .c files (internal).
  *
- * Every weight is held as fp32 in one 64-byte aligned arena, in the layout
- * the forward pass reads: nn.Linear weights stay (out, in) row-major, raw
- * LoRA matrices stay (in, out), (1,1,C) vectors are flattened to (C).
+ * Vectors ((1,1,C) flattened to (C)) are fp32 in one aligned arena. Every
+ * matrix is a k_wmat in nn.Linear orientation (out, in), so one product
+ * kernel serves all: the big projections, the head and the embedding in the
+ * chosen weight format; the LoRA matrices, stored (in, out) in checkpoints,
+ * are transposed at load and kept fp32 (they are small, and the decay is
+ * sensitive to them).
  */
 #ifndef METASTATE_ENGINE_MODEL_H
 #define METASTATE_ENGINE_MODEL_H
 
 #include "internal.h"
+#include "kernels.h"
 
 typedef struct ms_layer {
     int dim_ffn;                      /* F of this layer (expansion may vary it) */
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;           /* (C) */
     float *x_r, *x_w, *x_k, *x_v, *x_a, *x_g;       /* (C) token-shift mixes */
-    float *w0, *w1, *w2;              /* (C), (C,Dw), (Dw,C) decay LoRA */
-    float *a0, *a1, *a2;              /* (C), (C,Da), (Da,C) in-context rate LoRA */
-    float *v0, *v1, *v2;              /* (C), (C,Dv), (Dv,C); NULL in layer 0 */
-    float *g1, *g2;                   /* (C,Dg), (Dg,C) gate LoRA */
+    float *w0, *a0, *v0;              /* (C) LoRA biases; v0 NULL in layer 0 */
+    k_wmat w1, w2;                    /* (Dw,C), (C,Dw) decay LoRA, transposed, f32 */
+    k_wmat a1, a2;                    /* (Da,C), (C,Da) in-context rate LoRA */
+    k_wmat v1, v2;                    /* (Dv,C), (C,Dv) value residual; empty in layer 0 */
+    k_wmat g1, g2;                    /* (Dg,C), (C,Dg) gate LoRA */
     float *k_k, *k_a, *r_k;           /* (C) */
-    float *wr, *wk, *wv, *wo;         /* (C,C) Linear (out, in) */
+    k_wmat wr, wk, wv, wo;            /* (C,C) */
     float *lnx_w, *lnx_b;             /* (C) GroupNorm affine */
     float *ffn_x_k;                   /* (C) */
-    float *ffn_key;                   /* (F,C) Linear */
-    float *ffn_value;                 /* (C,F) Linear */
+    k_wmat ffn_key;                   /* (F,C) */
+    k_wmat ffn_value;                 /* (C,F) */
     float *ms_gamma;                  /* (C) Meta-State gains, NULL = none */
     int n_sse;                        /* heads with a non-zero gain (SPEC 3.3 M_l) */
     int *sse_head;                    /* (n_sse) their indices, ascending */
@@ -31,14 +36,16 @@ typedef struct ms_layer {
 
 struct ms_model {
     ms_config cfg;
-    float *emb;        /* (V,C), ln0 already applied to every row */
-    float *ln0_w, *ln0_b;       /* (C) already folded into emb; kept for reference */
+    k_wmat emb;        /* (V,C); ln0 is applied per looked-up row (exact for bf16) */
+    float *ln0_w, *ln0_b;       /* (C) */
     float *ln_out_w, *ln_out_b; /* (C) */
-    float *head;       /* (V,C) Linear */
+    k_wmat head;       /* (V,C) */
     ms_layer *layers;  /* (L) */
-    float *arena;      /* owns every float above */
+    float *arena;      /* owns every float vector above */
+    k_wfmt wfmt;       /* format of the big matrices */
     int *sse_heads;    /* owns every layer's sse_head list (L*H ints) */
     size_t arena_floats;
+    size_t weight_bytes;
     size_t bytes_per_token;
     uint8_t fingerprint[32];
     uint8_t (*ancestors)[32]; /* models this one was expanded from (metadata) */
