@@ -225,6 +225,14 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n,
 ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits,
                   ms_error *err);
 
+/* One token for each of n independent sequences at once (decoding for many
+ * sessions): every weight matrix is read once for the whole batch, so n
+ * sequences cost far less than n calls of ms_step. states[i] advances by
+ * tokens[i]; logits[i] is NULL or V floats. The states must be distinct.
+ * Results equal ms_step's up to summation order. */
+ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
+                        float *const *logits, ms_error *err);
+
 /* ======================================================================== */
 /* Tokenizer (RWKV World vocabulary, greedy longest match)                   */
 /* ======================================================================== */

@@ -32,6 +32,11 @@ struct ms_ctx {
     float *hid;  /* (T, F) */
     float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
     float *panel;   /* (PANEL_ROWS, max(C, F)) widened weights for prefill GEMMs */
+    float *batch_logits; /* (min(max_chunk, K_MAX_BATCH), V) for ms_step_batch */
+    /* The rows of the current call: one sequence (prefill: row t follows row
+     * t-1) or a batch (row t is its own sequence's next token). */
+    ms_state **row_state; /* (max_chunk) */
+    int batch;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -108,34 +113,45 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
     }
 }
 
-/* Token shift for rows [0, T): D = prev - XN where prev is the state's
- * vector for row 0 and the previous row otherwise; then out_c = XN + D*mix_c
- * for each requested mix. The state takes the last row afterwards. */
-static void token_shift(const float *xn, float *shift, int T, int C, const float *const *mix,
+/* The shift vector of layer l (att or ffn) in row t's state. */
+static float *shift_of(ms_ctx *c, int t, int l, int att)
+{
+    return att ? ms_state_att_shift(c->row_state[t], l) : ms_state_ffn_shift(c->row_state[t], l);
+}
+
+/* Token shift for rows [0, T): D = prev - XN, where prev is the previous
+ * row of the same sequence, or the state's vector for a sequence's first
+ * row; then out_q = XN + D*mix_q for each mix. Each sequence's state then
+ * keeps its last row. */
+static void token_shift(ms_ctx *c, int T, int l, int att, const float *const *mix,
                         float *const *out, int nmix)
 {
+    const int C = c->m->cfg.n_embd;
+    const float *xn = c->xn;
     for (int t = 0; t < T; t++) {
         const float *cur = xn + (size_t)t * C;
-        const float *prev = t ? cur - C : shift;
+        const float *prev = t && !c->batch ? cur - C : shift_of(c, t, l, att);
         for (int q = 0; q < nmix; q++) {
             float *o = out[q] + (size_t)t * C;
             const float *mq = mix[q];
-            for (int c = 0; c < C; c++)
-                o[c] = cur[c] + (prev[c] - cur[c]) * mq[c];
+            for (int i = 0; i < C; i++)
+                o[i] = cur[i] + (prev[i] - cur[i]) * mq[i];
         }
     }
-    memcpy(shift, xn + (size_t)(T - 1) * C, (size_t)C * sizeof(float));
+    for (int t = c->batch ? 0 : T - 1; t < T; t++)
+        memcpy(shift_of(c, t, l, att), xn + (size_t)t * C, (size_t)C * sizeof(float));
 }
 
 /* ------------------------------------------------------------------------ */
 /* The block                                                                 */
 
-static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, float *S, int T)
+static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
     const ms_config *cf = &c->m->cfg;
     const int C = cf->n_embd, H = cf->n_head, N = cf->head_size;
     const size_t NN = (size_t)N * N;
-    if (T > 1) /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
+    const float *S = ms_state_wkv(c->row_state[0], l);
+    if (T > 1 && !c->batch) /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
         for (int q = 0; q < L->n_sse; q++)
             memcpy(c->s_start + (size_t)L->sse_head[q] * NN, S + (size_t)L->sse_head[q] * NN,
                    NN * sizeof(float));
@@ -144,7 +160,7 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, floa
         layer_norm(c->xn + (size_t)t * C, c->x + (size_t)t * C, L->ln1_w, L->ln1_b, C);
     const float *mix[6] = {L->x_r, L->x_w, L->x_k, L->x_v, L->x_a, L->x_g};
     float *const outs[6] = {c->xr, c->xw, c->xk, c->xv, c->xa, c->xg};
-    token_shift(c->xn, att_shift, T, C, mix, outs, 6);
+    token_shift(c, T, l, 1, mix, outs, 6);
 
     linear(c, c->r, c->xr, &L->wr, T, 0.0f);
     linear(c, c->k, c->xk, &L->wk, T, 0.0f);
@@ -191,9 +207,10 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, floa
 
     for (int t = 0; t < T; t++) {
         const size_t o = (size_t)t * C;
+        float *St = ms_state_wkv(c->row_state[t], l);
         for (int h = 0; h < H; h++) {
             const size_t ho = o + (size_t)h * N;
-            wkv_head(S + (size_t)h * N * N, c->r + ho, c->w + ho, c->k + ho, c->v + ho,
+            wkv_head(St + (size_t)h * N * N, c->r + ho, c->w + ho, c->k + ho, c->v + ho,
                      c->kk + ho, c->a + ho, c->y + ho, N);
         }
     }
@@ -230,7 +247,7 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, float *att_shift, floa
  * One token reads the current state. A chunk replays the WKV recurrence of
  * the SSE heads from their saved starting state (pass 2), so no T x N x N
  * history is kept; the replay ends in the same state pass 1 left. */
-static void self_state_encoder(ms_ctx *c, const ms_layer *L, const float *S, int T)
+static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
 {
     const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size;
     const size_t NN = (size_t)N * N;
@@ -240,8 +257,8 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, const float *S, int
         for (int t = 0; t < T; t++) {
             const size_t o = (size_t)t * C + (size_t)h * N;
             float *kx = c->xk + o;
-            if (T == 1) {
-                const float *Sh = S + (size_t)h * NN;
+            if (T == 1 || c->batch) { /* row t's state holds S_t now */
+                const float *Sh = ms_state_wkv(c->row_state[t], l) + (size_t)h * NN;
                 for (int i = 0; i < N; i++) {
                     float acc = 0.0f;
                     for (int j = 0; j < N; j++)
@@ -263,16 +280,16 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, const float *S, int
     }
 }
 
-static void channel_mix(ms_ctx *c, const ms_layer *L, float *ffn_shift, const float *S, int T)
+static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
     const int C = c->m->cfg.n_embd, F = L->dim_ffn;
     for (int t = 0; t < T; t++)
         layer_norm(c->xn + (size_t)t * C, c->x + (size_t)t * C, L->ln2_w, L->ln2_b, C);
     const float *mix[1] = {L->ffn_x_k};
     float *const outs[1] = {c->xk};
-    token_shift(c->xn, ffn_shift, T, C, mix, outs, 1);
+    token_shift(c, T, l, 0, mix, outs, 1);
     if (L->n_sse)
-        self_state_encoder(c, L, S, T);
+        self_state_encoder(c, L, l, T);
     linear(c, c->hid, c->xk, &L->ffn_key, T, 0.0f);
     for (size_t i = 0; i < (size_t)T * F; i++) {
         float h = c->hid[i] > 0.0f ? c->hid[i] : 0.0f;
@@ -281,9 +298,9 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, float *ffn_shift, const fl
     linear(c, c->x, c->hid, &L->ffn_value, T, 1.0f);
 }
 
-/* Runs T <= max_chunk tokens; logits as in ms_forward (last row or all). */
-static void forward_chunk(ms_ctx *c, ms_state *s, const int32_t *tokens, int T, float *logits,
-                          int all_logits)
+/* Runs T <= max_chunk rows (c->row_state and c->batch say whose); logits as
+ * in ms_forward (last row or all rows). */
+static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits, int all_logits)
 {
     const ms_model *m = c->m;
     const ms_config *cf = &m->cfg;
@@ -294,8 +311,8 @@ static void forward_chunk(ms_ctx *c, ms_state *s, const int32_t *tokens, int T, 
         layer_norm(x, x, m->ln0_w, m->ln0_b, C);
     }
     for (int l = 0; l < cf->n_layer; l++) {
-        time_mix(c, &m->layers[l], l, ms_state_att_shift(s, l), ms_state_wkv(s, l), T);
-        channel_mix(c, &m->layers[l], ms_state_ffn_shift(s, l), ms_state_wkv(s, l), T);
+        time_mix(c, &m->layers[l], l, T);
+        channel_mix(c, &m->layers[l], l, T);
     }
     if (!logits)
         return;
@@ -331,6 +348,9 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
     if (!(c->lora = malloc(T * (size_t)rank * sizeof(float))) ||
         !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
         !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))) ||
+        !(c->row_state = calloc(T, sizeof *c->row_state)) ||
+        !(c->batch_logits = malloc((T < K_MAX_BATCH ? T : K_MAX_BATCH) * (size_t)cf->vocab_size *
+                                   sizeof(float))) ||
         !(c->panel = malloc((size_t)PANEL_ROWS *
                             (size_t)(cf->dim_ffn > cf->n_embd ? cf->dim_ffn : cf->n_embd) *
                             sizeof(float))))
@@ -347,9 +367,10 @@ void ms_ctx_free(ms_ctx *c)
         return;
     float *bufs[] = {c->x, c->xn, c->xr, c->xw, c->xk, c->xv, c->xa, c->xg, c->r, c->k,
                      c->v, c->w, c->a, c->g, c->kk, c->vfirst, c->y, c->tmp, c->lora, c->hid,
-                     c->s_start, c->panel};
+                     c->s_start, c->panel, c->batch_logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
+    free(c->row_state);
     free(c);
 }
 
@@ -371,7 +392,10 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
             out = logits + done * (size_t)V;
         else if (logits && last)
             out = logits;
-        forward_chunk(c, s, tokens + done, (int)T, out, all_logits);
+        c->batch = 0;
+        for (size_t t = 0; t < T; t++)
+            c->row_state[t] = s;
+        forward_rows(c, tokens + done, (int)T, out, all_logits);
         done += T;
     }
     return MS_OK;
@@ -380,4 +404,30 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
 ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits, ms_error *err)
 {
     return ms_forward(c, s, &token, 1, logits, 0, err);
+}
+
+ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
+                        float *const *logits, ms_error *err)
+{
+    const int V = c->m->cfg.vocab_size;
+    const size_t cap = c->max_chunk < K_MAX_BATCH ? (size_t)c->max_chunk : K_MAX_BATCH;
+    for (size_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return ms_fail(err, MS_ERR_INVALID, "token id %d of sequence %zu is outside the "
+                           "vocabulary (0..%d)", tokens[i], i, V - 1);
+    for (size_t done = 0; done < n;) {
+        const size_t B = n - done < cap ? n - done : cap;
+        int want = 0;
+        c->batch = 1;
+        for (size_t i = 0; i < B; i++) {
+            c->row_state[i] = states[done + i];
+            want |= logits[done + i] != NULL;
+        }
+        forward_rows(c, tokens + done, (int)B, want ? c->batch_logits : NULL, 1);
+        for (size_t i = 0; want && i < B; i++)
+            if (logits[done + i])
+                memcpy(logits[done + i], c->batch_logits + i * (size_t)V, (size_t)V * sizeof(float));
+        done += B;
+    }
+    return MS_OK;
 }

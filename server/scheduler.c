@@ -7,9 +7,10 @@
  * only borrows a slot. Each loop iteration (a uv_idle callback, active only
  * while some slot has work) visits every busy slot and does one unit of
  * work: a prompt chunk of at most --prefill-chunk tokens, or one generated
- * token. That keeps streams flowing while long prompts are processed, and
- * puts all sequences' work for one iteration in one place: a later batched
- * forward can gather the slots' tokens and run one GEMM per layer.
+ * token. That keeps streams flowing while long prompts are processed. All
+ * generating slots of an iteration feed their tokens in one batched forward
+ * (ms_step_batch): every weight matrix is read once for all of them, so
+ * eight streams cost little more than one on a memory-bound CPU.
  *
  * Sessions. A slot working for a session leases it from the pool and runs
  * directly on the session's state, appending every token it feeds to the
@@ -67,6 +68,9 @@ typedef struct slot {
     int n_gen;
     int skip_pending;   /* chat: drop the reply's one leading space */
     int first_token_seen;
+    int feed_last;      /* this iteration's token ends the choice (batched feed) */
+    int feed_hit;       /* ... because a stop string was hit */
+    double t_step;      /* when this iteration's token was sampled */
     uint64_t seed;
     double t_admit;
     sched_result res;
@@ -102,6 +106,12 @@ struct sched {
     slot *slots;
     int n_slots;
     int works; /* outstanding uv_queue_work requests */
+    /* the batched decode step: one context and per-slot arrays, allocated once */
+    ms_ctx *batch_ctx;
+    slot **feed_slot;
+    ms_state **feed_state;
+    int32_t *feed_tok;
+    float **feed_logits;
 };
 
 double sched_now(void)
@@ -409,14 +419,16 @@ static void step_prefill(sched *s, slot *sl)
     sl->phase = PH_GEN;
 }
 
-/* One generated token: sample, emit, feed (the end-of-text token ends the
- * reply and is not fed; the last token is fed only into a session). */
-static void step_gen(sched *s, slot *sl)
+/* One generated token, first half: sample and emit it, then either finish
+ * the choice (end of text, or the last token of a session-less request,
+ * which is never needed again) or queue the token for this iteration's
+ * batched feed. Returns 1 when queued. */
+static int gen_pick(sched *s, slot *sl)
 {
     double t0 = sched_now();
     if (t0 > sl->job->deadline) {
         finish_choice(s, sl, OA_FINISH_LENGTH, 0);
-        return;
+        return 0;
     }
     int32_t t = ms_sampler_sample(sl->sampler, sl->logits);
     if (!sl->first_token_seen) {
@@ -425,26 +437,54 @@ static void step_gen(sched *s, slot *sl)
     }
     if (t == 0) {
         finish_choice(s, sl, OA_FINISH_STOP, 0);
-        return;
+        return 0;
     }
     sl->n_gen++;
     sl->res.usage.completion_tokens++;
     size_t n = ms_detok_push(&sl->detok, s->tok, t, sl->piece);
     int hit = n ? emit(sl, sl->piece, n, 0) : 0;
     int last = hit || sl->n_gen >= sl->job->max_tokens;
-    if (!last || sl->sess) {
-        ms_error e = {0};
-        if (ms_step(sl->ctx, sl->st, t, last ? NULL : sl->logits, &e) != MS_OK) {
-            engine_fail(s, sl, &e);
-            return;
-        }
-        if (sl->sess && session_push_token(sl->sess, t)) {
-            finish_job(s, sl, 500, "server_error", "out of memory");
-            return;
-        }
+    if (last && !sl->sess) {
+        metrics_observe(MET_H_TOKEN, sched_now() - t0);
+        finish_choice(s, sl, hit ? OA_FINISH_STOP : OA_FINISH_LENGTH, hit);
+        return 0;
     }
-    metrics_observe(MET_H_TOKEN, sched_now() - t0);
-    if (last) finish_choice(s, sl, hit ? OA_FINISH_STOP : OA_FINISH_LENGTH, hit);
+    /* Fed even when last, into a session: its history must hold the reply. */
+    sl->feed_last = last;
+    sl->feed_hit = hit;
+    sl->t_step = t0;
+    int k = 0;
+    while (s->feed_slot[k]) k++;
+    s->feed_slot[k] = sl;
+    s->feed_state[k] = sl->st;
+    s->feed_tok[k] = t;
+    s->feed_logits[k] = last ? NULL : sl->logits;
+    return 1;
+}
+
+/* Second half: one forward for every queued token, then per slot the
+ * session history, metrics and the end of the choice. */
+static void gen_feed(sched *s, int n)
+{
+    if (!n) return;
+    ms_error e = {0};
+    ms_status st = ms_step_batch(s->batch_ctx, s->feed_state, s->feed_tok, (size_t)n,
+                                 s->feed_logits, &e);
+    for (int k = 0; k < n; k++) {
+        slot *sl = s->feed_slot[k];
+        s->feed_slot[k] = NULL;
+        if (st != MS_OK) {
+            engine_fail(s, sl, &e);
+            continue;
+        }
+        if (sl->sess && session_push_token(sl->sess, s->feed_tok[k])) {
+            finish_job(s, sl, 500, "server_error", "out of memory");
+            continue;
+        }
+        metrics_observe(MET_H_TOKEN, sched_now() - sl->t_step);
+        if (sl->feed_last)
+            finish_choice(s, sl, sl->feed_hit ? OA_FINISH_STOP : OA_FINISH_LENGTH, sl->feed_hit);
+    }
 }
 
 /* ======================================================================== */
@@ -650,10 +690,12 @@ static void update_idle(sched *s)
     }
 }
 
-/* One scheduler iteration: every busy slot does one unit of work. */
+/* One scheduler iteration: every busy slot does one unit of work; the
+ * generating ones share one batched forward. */
 static void idle_cb(uv_idle_t *h)
 {
     sched *s = h->data;
+    int n_feed = 0;
     for (int i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
         if (sl->phase != PH_PREFILL && sl->phase != PH_GEN) continue;
@@ -664,8 +706,9 @@ static void idle_cb(uv_idle_t *h)
             continue;
         }
         if (sl->phase == PH_PREFILL) step_prefill(s, sl);
-        else step_gen(s, sl);
+        else n_feed += gen_pick(s, sl);
     }
+    gen_feed(s, n_feed);
     admit(s);
     update_idle(s);
 }
@@ -818,6 +861,16 @@ static int load_all(sched *s, char *msg, size_t cap)
             snprintf(msg, cap, "out of memory allocating %d sequence slots", s->n_slots);
             return -1;
         }
+    /* One context for the batched decode step, sized for every slot. */
+    s->batch_ctx = ms_ctx_new(s->model, s->n_slots);
+    s->feed_slot = calloc((size_t)s->n_slots, sizeof *s->feed_slot);
+    s->feed_state = calloc((size_t)s->n_slots, sizeof *s->feed_state);
+    s->feed_tok = calloc((size_t)s->n_slots, sizeof *s->feed_tok);
+    s->feed_logits = calloc((size_t)s->n_slots, sizeof *s->feed_logits);
+    if (!s->batch_ctx || !s->feed_slot || !s->feed_state || !s->feed_tok || !s->feed_logits) {
+        snprintf(msg, cap, "out of memory allocating the batch step");
+        return -1;
+    }
     metrics_set(MET_G_SLOTS, s->n_slots);
     return 0;
 }
@@ -933,6 +986,11 @@ void sched_stop(sched *s)
     }
     for (int i = 0; i < s->n_slots; i++) free_slot_mem(&s->slots[i]);
     free(s->slots);
+    ms_ctx_free(s->batch_ctx);
+    free(s->feed_slot);
+    free(s->feed_state);
+    free(s->feed_tok);
+    free(s->feed_logits);
     pool_free(s->pool);
     free(s->base_bias);
     ms_model_free(s->model);

@@ -420,3 +420,60 @@ Test(model, resident_memory_after_load_is_near_the_weights)
                   held / 1e6);
     ms_model_free(m);
 }
+
+/* A batch of sequences in one call gives, bit for bit, what each gets alone:
+ * the kernels keep every sequence's sums apart, so a session's output does
+ * not depend on who else is being served. */
+static void batch_case(const char *heads)
+{
+    char p[300];
+    snprintf(p, sizeof p, "%s/b.safetensors", dir);
+    char *argv[] = {"gen-model", "--preset", "tiny", "--vocab-size", "512", "--dtype", "bf16",
+                    "--out", p, heads ? "--meta-state" : NULL, NULL};
+    cr_assert_eq(cmd_gen_model(heads ? 10 : 9, argv), 0);
+    ms_error err;
+    ms_model *m;
+    cr_assert_eq(ms_model_load(p, NULL, &m, &err), MS_OK, "%s", err.msg);
+    enum { NS = 7 };
+    const int V = 512;
+    ms_state *solo[NS], *bat[NS];
+    float *ls = malloc(sizeof(float) * NS * V), *lb = malloc(sizeof(float) * NS * V);
+    float *lptr[NS];
+    int32_t hist[40], next[NS];
+    ms_ctx *c = ms_ctx_new(m, 0);
+    for (int i = 0; i < NS; i++) {
+        solo[i] = ms_state_new(m);
+        bat[i] = ms_state_new(m);
+        sequence(hist, (size_t)(5 + 5 * i), V);
+        cr_assert_eq(ms_forward(c, solo[i], hist, (size_t)(5 + 5 * i), NULL, 0, &err), MS_OK);
+        ms_state_copy(bat[i], solo[i]);
+        next[i] = (int32_t)((i * 77 + 3) % V);
+        lptr[i] = i == 3 ? NULL : lb + (size_t)i * V; /* one caller wants no logits */
+    }
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < NS; i++)
+            cr_assert_eq(ms_step(c, solo[i], next[i], ls + (size_t)i * V, &err), MS_OK);
+        cr_assert_eq(ms_step_batch(c, bat, next, NS, lptr, &err), MS_OK, "%s", err.msg);
+        for (int i = 0; i < NS; i++) {
+            cr_expect_eq(memcmp(ms_state_cdata(solo[i]), ms_state_cdata(bat[i]),
+                                ms_state_nfloats(bat[i]) * 4), 0, "state %d differs", i);
+            if (lptr[i])
+                cr_expect_eq(memcmp(ls + (size_t)i * V, lb + (size_t)i * V, V * 4), 0,
+                             "logits %d differ", i);
+            next[i] = (next[i] + 11) % V;
+        }
+    }
+    int32_t bad[2] = {1, 9999};
+    cr_expect_eq(ms_step_batch(c, bat, bad, 2, lptr, &err), MS_ERR_INVALID);
+    for (int i = 0; i < NS; i++) {
+        ms_state_free(solo[i]);
+        ms_state_free(bat[i]);
+    }
+    free(ls);
+    free(lb);
+    ms_ctx_free(c);
+    ms_model_free(m);
+}
+
+Test(model, batch_step_equals_solo_steps_bit_for_bit) { batch_case(NULL); }
+Test(model, batch_step_equals_solo_steps_with_meta_state) { batch_case("all"); }
