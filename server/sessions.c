@@ -272,8 +272,7 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
         return -2;
     }
     store_record r = {.state = st, .ckpt = ck};
-    int rc = store_load(p->state_dir, s->id, &r, ms_model_config(p->model),
-                        ms_model_fingerprint(p->model), err, errcap);
+    int rc = store_load(p->state_dir, s->id, &r, p->model, err, errcap);
     s->state = st;
     s->ckpt = ck;
     if (rc == 0) {
@@ -472,8 +471,7 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
     }
     if (from_disk) {
         store_record r = {.state = tmp};
-        int lr = store_load(p->state_dir, id, &r, ms_model_config(p->model),
-                            ms_model_fingerprint(p->model), err, errcap);
+        int lr = store_load(p->state_dir, id, &r, p->model, err, errcap);
         free(r.tokens);
         pthread_mutex_lock(&p->mu);
         s->leased = 0;

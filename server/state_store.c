@@ -186,9 +186,10 @@ static int rd(FILE *f, void *p, size_t n, uint32_t *crc)
     return 0;
 }
 
-int store_load(const char *dir, const char *id, store_record *r,
-               const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap)
+int store_load(const char *dir, const char *id, store_record *r, const ms_model *model,
+               char *err, size_t errcap)
 {
+    const ms_config *cfg = ms_model_config(model);
     char path[4096];
     path_of(path, sizeof path, dir, id, "");
     r->tokens = NULL;
@@ -228,7 +229,7 @@ int store_load(const char *dir, const char *id, store_record *r,
              path, L, C, H, N, cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->head_size);
         goto out;
     }
-    if (memcmp(h + 32, fp, 32)) {
+    if (!ms_model_state_compatible(model, h + 32)) {
         fail(err, errcap, "%s: state made with another model (fingerprint mismatch)", path);
         goto out;
     }

@@ -40,9 +40,11 @@ int store_save(const char *dir, const char *id, const store_record *r,
  * for the same model; ckpt may be NULL, then a stored checkpoint is dropped)
  * and sets r->tokens (malloc'd, caller frees), n_tokens, n_ckpt (0 when no
  * checkpoint was loaded), tokens_known. Rejects bad magic, version, shape,
- * fingerprint, size or checksum; returns 1 when the file does not exist. */
-int store_load(const char *dir, const char *id, store_record *r,
-               const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap);
+ * size or checksum, and states of models other than `model` or one it was
+ * expanded from (ms_model_state_compatible); returns 1 when the file does
+ * not exist. */
+int store_load(const char *dir, const char *id, store_record *r, const ms_model *model,
+               char *err, size_t errcap);
 
 /* Reads only the header of <dir>/<id>.state: its token count (for listings;
  * nothing is validated beyond the magic). -1 when unreadable. */
