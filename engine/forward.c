@@ -90,26 +90,49 @@ static void layer_norm(float *dst, const float *x, const float *w, const float *
  * updated, which the row-wise loop guarantees. Meta-State's second pass
  * calls it again with r := kx: the same arithmetic in the same order
  * rebuilds exactly the states of the first pass. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
 static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
                      const float *restrict k, const float *restrict v, const float *restrict kk,
                      const float *restrict a, float *restrict y, int N)
 {
+    /* Sums are kept in 16 lanes (added up in a fixed order at the end) so
+     * the compiler can vectorize them without reassociating; every clone
+     * then computes the same numbers. N is a multiple of 16 in every
+     * released model; other sizes take the tail loops. */
+    enum { LANES = 16 };
     float b[256];
+    const int N16 = N & ~(LANES - 1);
     for (int j = 0; j < N; j++)
         b[j] = kk[j] * a[j];
     for (int i = 0; i < N; i++) {
         float *row = S + (size_t)i * N;
+        float part[LANES] = {0};
+        for (int j0 = 0; j0 < N16; j0 += LANES)
+            for (int l = 0; l < LANES; l++)
+                part[l] -= row[j0 + l] * kk[j0 + l];
         float sa = 0.0f;
-        for (int j = 0; j < N; j++)
+        for (int l = 0; l < LANES; l++)
+            sa += part[l];
+        for (int j = N16; j < N; j++)
             sa -= row[j] * kk[j];
         const float vi = v[i];
-        float acc = 0.0f;
-        for (int j = 0; j < N; j++) {
-            float s = row[j] * w[j] + vi * k[j] + sa * b[j];
+        float acc[LANES] = {0};
+        for (int j0 = 0; j0 < N16; j0 += LANES)
+            for (int l = 0; l < LANES; l++) {
+                const int j = j0 + l;
+                const float s = row[j] * w[j] + vi * k[j] + sa * b[j];
+                row[j] = s;
+                acc[l] += s * r[j];
+            }
+        float out = 0.0f;
+        for (int l = 0; l < LANES; l++)
+            out += acc[l];
+        for (int j = N16; j < N; j++) {
+            const float s = row[j] * w[j] + vi * k[j] + sa * b[j];
             row[j] = s;
-            acc += s * r[j];
+            out += s * r[j];
         }
-        y[i] = acc;
+        y[i] = out;
     }
 }
 

@@ -17,7 +17,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: metastate eval --model PATH --tokens 1,2,3 [--state-in PATH]\n"
-               "                      [--mode seq|rnn] --out PATH\n"
+               "                      [--mode seq|rnn] [--weights auto|f32|bf16|int8] --out PATH\n"
                "Runs the tokens from the zero state (or from --state-in, a safetensors or\n"
                ".pth file with state.<i>.* tensors) and writes `logits` (T, V) and the\n"
                "final state as safetensors, all F32. seq = prefill (default), rnn = one\n"
@@ -59,23 +59,25 @@ int cmd_eval(int argc, char **argv)
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, 't'},
         {"state-in", required_argument, 0, 's'}, {"mode", required_argument, 0, 'M'},
-        {"out", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"out", required_argument, 0, 'o'}, {"weights", required_argument, 0, 'w'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_path = NULL, *tokens_s = NULL, *state_in = NULL, *mode = "seq",
                *out = NULL;
-    int c;
+    int c, weights = MS_WEIGHTS_AUTO;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:t:s:M:o:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:t:s:M:o:w:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_path = optarg; break;
         case 't': tokens_s = optarg; break;
         case 's': state_in = optarg; break;
         case 'M': mode = optarg; break;
         case 'o': out = optarg; break;
+        case 'w': weights = ms_weights_parse(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!model_path || !tokens_s || !out || optind != argc ||
+    if (!model_path || !tokens_s || !out || optind != argc || weights < 0 ||
         (strcmp(mode, "seq") && strcmp(mode, "rnn"))) {
         usage(stderr);
         return 2;
@@ -96,7 +98,8 @@ int cmd_eval(int argc, char **argv)
     ms_ctx *ctx = NULL;
     float *logits = NULL;
     FILE *f = NULL;
-    if (ms_model_load(model_path, NULL, &m, &err))
+    ms_load_opts lo = {.weights = (ms_weights)weights};
+    if (ms_model_load(model_path, &lo, &m, &err))
         goto done;
     const ms_config *cfg = ms_model_config(m);
     s = ms_state_new(m);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "kernels.h"
 
 #define TOL_LOGITS 1e-4
 #define TOL_WKV 1e-4
@@ -79,7 +80,17 @@ typedef enum { FROM_ZERO, FROM_OWN_PREFIX, FROM_STORED_STATE } start;
 
 /* Runs one case with one model file in one mode and checks logits and state
  * against "<mode>.logits" / "<mode>.state.*" of the reference. */
+static void check_with(const char *case_name, const char *model_file, int rnn, start from,
+                       ms_weights weights, const char *isa);
+
 static void check(const char *case_name, const char *model_file, int rnn, start from)
+{
+    check_with(case_name, model_file, rnn, from, MS_WEIGHTS_AUTO, NULL);
+}
+
+/* isa: NULL = the one dispatch picks, else forced (skipped when absent). */
+static void check_with(const char *case_name, const char *model_file, int rnn, start from,
+                       ms_weights weights, const char *isa)
 {
     skip_if_no_golden();
     char path[512], refpath[512], manifest[512];
@@ -95,9 +106,12 @@ static void check(const char *case_name, const char *model_file, int rnn, start 
     int32_t *tokens = json_tokens(root, "tokens", &n);
     int32_t *prefix = from == FROM_OWN_PREFIX ? json_tokens(root, "prefix_tokens", &np) : NULL;
 
+    if (isa && k_force_isa(isa))
+        cr_skip_test("this CPU has no %s", isa);
     ms_error err = {0};
     ms_model *m;
-    cr_assert_eq(ms_model_load(path, NULL, &m, &err), MS_OK, "%s", err.msg);
+    ms_load_opts lo = {.weights = weights};
+    cr_assert_eq(ms_model_load(path, &lo, &m, &err), MS_OK, "%s", err.msg);
     ms_tensorfile *ref;
     cr_assert_eq(ms_tensorfile_open(refpath, &ref, &err), MS_OK, "%s", err.msg);
     const ms_config *c = ms_model_config(m);
@@ -137,10 +151,11 @@ static void check(const char *case_name, const char *model_file, int rnn, start 
         ds = fmax(ds, max_diff(ms_state_ffn_shift(s, l), ref, name, C));
     }
     /* Printed so the measured agreement can be quoted, not only asserted. */
-    fprintf(stderr, "golden %-24s %-30s %s%s: logits %.2e  wkv %.2e  shift %.2e\n", case_name,
-            model_file, mode,
+    static const char *const wname[] = {"auto", "f32", "bf16", "int8"};
+    fprintf(stderr, "golden %-24s %-30s %s%s [%s weights, %s]: logits %.2e  wkv %.2e  shift %.2e\n",
+            case_name, model_file, mode,
             from == FROM_OWN_PREFIX ? " (own prefix)" : from == FROM_STORED_STATE ? " (in.state)" : "",
-            dl, dw, ds);
+            wname[weights], k_isa(), dl, dw, ds);
     cr_expect_leq(dl, TOL_LOGITS, "%s %s: logits differ by %g", model_file, mode, dl);
     cr_expect_leq(dw, TOL_WKV, "%s %s: WKV state differs by %g", model_file, mode, dw);
     cr_expect_leq(ds, TOL_SHIFT, "%s %s: shift states differ by %g", model_file, mode, ds);
@@ -176,6 +191,17 @@ GOLDEN(cont_pth_seq_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 0
 GOLDEN(cont_pth_rnn_prefix, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 1, FROM_OWN_PREFIX)
 GOLDEN(cont_pth_seq_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 0, FROM_STORED_STATE)
 GOLDEN(cont_pth_rnn_state, "tiny_l2_d128_fp32_cont", "tiny_l2_d128_fp32.pth", 1, FROM_STORED_STATE)
+
+/* bf16 files held as bf16 or widened to fp32 are the same numbers, and
+ * every kernel variant must meet the same tolerances. */
+Test(golden, bf16_file_f32_weights_rnn, .timeout = 120) { check_with("small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, MS_WEIGHTS_F32, NULL); }
+Test(golden, bf16_file_bf16_weights_rnn, .timeout = 120) { check_with("small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, MS_WEIGHTS_BF16, NULL); }
+Test(golden, bf16_file_bf16_weights_seq, .timeout = 120) { check_with("small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 0, FROM_ZERO, MS_WEIGHTS_BF16, NULL); }
+Test(golden, avx2_rnn, .timeout = 120) { check_with("small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, MS_WEIGHTS_AUTO, "avx2"); }
+Test(golden, avx2_fp32_rnn, .timeout = 120) { check_with("tiny_l2_d128_fp32", "tiny_l2_d128_fp32.safetensors", 1, FROM_ZERO, MS_WEIGHTS_AUTO, "avx2"); }
+Test(golden, scalar_rnn, .timeout = 120) { check_with("small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, MS_WEIGHTS_AUTO, "scalar"); }
+Test(golden, scalar_fp32_rnn, .timeout = 120) { check_with("tiny_l2_d128_fp32", "tiny_l2_d128_fp32.safetensors", 1, FROM_ZERO, MS_WEIGHTS_AUTO, "scalar"); }
+Test(golden, avx512_rnn, .timeout = 120) { check_with("small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, MS_WEIGHTS_AUTO, "avx512"); }
 
 /* `metastate eval`: the file it writes (names, shapes, values) is a contract
  * other tools read, so check it end to end on the continuation case, with the

@@ -1,0 +1,109 @@
+// bench_http.mjs - serving benchmark through the real server: aggregate
+// generation speed with 1, 4, 8 and 16 concurrent streaming sessions, time
+// to first token at 8, and the 10th turn of a conversation with and without
+// a session. Usage: node tools/bench_http.mjs BIN MODEL WEIGHTS LABEL
+// Prints a `HTTP key=value ...` line for tools/bench.sh.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const [bin, model, weights, label] = process.argv.slice(2);
+const GEN = 64;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function start() {
+  const dir = mkdtempSync(join(tmpdir(), 'ms-bench-'));
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const port = 30000 + Math.floor(Math.random() * 20000);
+    const proc = spawn(bin, ['serve', '--model', model, '--weights', weights, '--host', '127.0.0.1',
+      '--port', String(port), '--parallel', '16', '--state-dir', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    proc.stderr.on('data', (d) => { err += d; });
+    const url = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 600; i++) {
+      if (proc.exitCode !== null) break;
+      try { if ((await fetch(`${url}/health`)).ok) return { proc, url, dir }; } catch {}
+      await sleep(100);
+    }
+    proc.kill('SIGKILL');
+    if (!/address|bind/i.test(err)) throw new Error(`server did not start: ${err}`);
+  }
+  throw new Error('no free port');
+}
+
+/** One streaming completion; resolves {tokens, ttft, total} (seconds). */
+async function stream(url, body) {
+  const t0 = performance.now();
+  const r = await fetch(`${url}/v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'bench', stream: true, stream_options: { include_usage: true }, ...body }),
+  });
+  if (!r.ok) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
+  let ttft = null, tokens = 0, buf = '';
+  const dec = new TextDecoder();
+  for await (const chunk of r.body) {
+    buf += dec.decode(chunk, { stream: true });
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, i); buf = buf.slice(i + 2);
+      if (!ev.startsWith('data: ') || ev === 'data: [DONE]') continue;
+      const j = JSON.parse(ev.slice(6));
+      if (j.choices?.[0]?.text && ttft === null) ttft = (performance.now() - t0) / 1000;
+      if (j.usage) tokens = j.usage.completion_tokens;
+    }
+  }
+  return { tokens, ttft, total: (performance.now() - t0) / 1000 };
+}
+
+async function concurrent(url, n) {
+  const t0 = performance.now();
+  const res = await Promise.all(Array.from({ length: n }, (_, i) => stream(url, {
+    prompt: `Session ${i}: the quick brown fox jumps over the lazy dog.`, max_tokens: GEN,
+    temperature: 1, top_p: 1, presence_penalty: 0, frequency_penalty: 0, seed: i,
+    logit_bias: { 0: -100 }, session_id: `bench-${n}-${i}`,
+  })));
+  const wall = (performance.now() - t0) / 1000;
+  const toks = res.reduce((a, r) => a + r.tokens, 0);
+  return { tps: toks / wall, ttft: res.reduce((a, r) => a + r.ttft, 0) / n };
+}
+
+/** TTFT of the 10th turn of a chat, with and without a session. */
+async function tenthTurn(url) {
+  const text = 'Tell me about recurrent neural networks and how their state carries context. ';
+  let history = '';
+  let withS = 0, without = 0;
+  for (let turn = 1; turn <= 10; turn++) {
+    history += `User: ${text.repeat(2)}\n\nAssistant:`;
+    const body = { prompt: history, max_tokens: 16, temperature: 0, logit_bias: { 0: -100 } };
+    const a = await stream(url, { ...body, session_id: 'conv' });
+    if (turn === 10) {
+      withS = a.ttft;
+      without = (await stream(url, body)).ttft;
+    }
+    // Continue the conversation with what the session holds: re-send the
+    // prompt plus a fixed reply, so both runs see the same text.
+    history += ` I see.\n\n`;
+  }
+  return { withS, without, tokens: history.length };
+}
+
+const srv = await start();
+try {
+  await stream(srv.url, { prompt: 'warm up', max_tokens: 4 });
+  const out = {};
+  for (const n of [1, 4, 8, 16]) {
+    const r = await concurrent(srv.url, n);
+    out[`agg${n}`] = r.tps.toFixed(1);
+    if (n === 8) out.ttft8 = r.ttft.toFixed(3);
+  }
+  const t = await tenthTurn(srv.url);
+  out.turn10_session = t.withS.toFixed(3);
+  out.turn10_full = t.without.toFixed(3);
+  out.turn10_chars = t.tokens;
+  console.log(`HTTP label=${label} ` + Object.entries(out).map(([k, v]) => `${k}=${v}`).join(' '));
+} finally {
+  srv.proc.kill('SIGTERM');
+  await new Promise((r) => srv.proc.on('exit', r));
+  rmSync(srv.dir, { recursive: true, force: true });
+}
