@@ -194,6 +194,13 @@ float *ms_state_ffn_shift(ms_state *s, int layer); /* C floats */
  * "state." or "in.state.". Any dtype; shapes are checked. */
 ms_status ms_state_load_tensors(ms_state *s, const ms_tensorfile *tf,
                                 const char *prefix, ms_error *err);
+/* Loads a state-tuning file (SPEC 4.3) as an initial state: every layer's
+ * "blocks.<i>.att.time_state" (H, N, N) as-is (canonical layout, no
+ * transpose), "blocks.<i>.att.ts_state" / "blocks.<i>.ffn.ts_state" (C
+ * elements) into att_shift / ffn_shift when present, else zero. Other tensors
+ * (a model merged in) are ignored. Fails unless time_state is there for
+ * exactly the model's L layers with fitting shapes; s is then unchanged. */
+ms_status ms_state_load_time_state(ms_state *s, const ms_tensorfile *tf, ms_error *err);
 /* Writes a safetensors file: the `extra` tensors first, then the state as
  * "state.<i>.att_x_prev|att_kv|ffn_x_prev", all F32. */
 ms_status ms_state_write_safetensors(FILE *f, const ms_state *s,

@@ -150,3 +150,79 @@ ms_status ms_state_write_safetensors(FILE *f, const ms_state *s, const ms_tensor
     free(names);
     return st;
 }
+
+/* 1 when name is "blocks.<digits>.att.time_state" (any layer number). */
+static int is_time_state(const char *name)
+{
+    static const char pre[] = "blocks.", suf[] = ".att.time_state";
+    if (strncmp(name, pre, sizeof pre - 1)) return 0;
+    const char *p = name + sizeof pre - 1;
+    if (*p < '0' || *p > '9') return 0;
+    while (*p >= '0' && *p <= '9') p++;
+    return !strcmp(p, suf);
+}
+
+/* "(a, b, c)" for messages. */
+static void shape_str(const ms_tensor *t, char *out, size_t cap)
+{
+    size_t o = (size_t)snprintf(out, cap, "(");
+    for (int d = 0; d < t->ndim && o < cap; d++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    if (o < cap) snprintf(out + o, cap - o, ")");
+}
+
+ms_status ms_state_load_time_state(ms_state *s, const ms_tensorfile *tf, ms_error *err)
+{
+    const char *path = ms_tensorfile_path(tf);
+    const int64_t C = s->n_embd, N = s->head_size;
+    /* Count first: a state tuned for a deeper or shallower model is the
+     * common mistake, and "made for N layers" says so better than the
+     * first missing or surplus tensor would. */
+    size_t n_ts = 0;
+    for (size_t i = 0; i < ms_tensorfile_count(tf); i++)
+        n_ts += (size_t)is_time_state(ms_tensorfile_at(tf, i)->name);
+    if (n_ts == 0)
+        return ms_fail(err, MS_ERR_MISSING,
+                       "%s: no 'blocks.<i>.att.time_state' tensor: not a state-tuning file", path);
+    if (n_ts != (size_t)s->n_layer)
+        return ms_fail(err, MS_ERR_MISMATCH,
+                       "%s: state has time_state for %zu layers, the model has %d layers", path,
+                       n_ts, s->n_layer);
+    /* Validate every tensor before writing anything, so a bad file leaves s
+     * untouched. The shifts accept any shape of C elements: trainers keep
+     * them as (C) or (1, 1, C). */
+    char name[96], shp[96];
+    for (int l = 0; l < s->n_layer; l++) {
+        snprintf(name, sizeof name, "blocks.%d.att.time_state", l);
+        const ms_tensor *t = ms_tensorfile_find(tf, name);
+        if (!t)
+            return ms_fail(err, MS_ERR_MISSING, "%s: missing state tensor '%s'", path, name);
+        if (t->ndim != 3 || t->shape[0] * t->shape[1] != C || t->shape[1] != N || t->shape[2] != N) {
+            shape_str(t, shp, sizeof shp);
+            return ms_fail(err, MS_ERR_SHAPE,
+                           "%s: state tensor '%s' has shape %s, the model needs (%d, %lld, %lld)",
+                           path, name, shp, s->n_head, (long long)N, (long long)N);
+        }
+        for (int k = 0; k < 2; k++) {
+            snprintf(name, sizeof name, "blocks.%d.%s.ts_state", l, k ? "ffn" : "att");
+            t = ms_tensorfile_find(tf, name);
+            if (t && ms_tensor_numel(t) != C) {
+                shape_str(t, shp, sizeof shp);
+                return ms_fail(err, MS_ERR_SHAPE,
+                               "%s: state tensor '%s' has shape %s, the model needs (%lld)", path,
+                               name, shp, (long long)C);
+            }
+        }
+    }
+    ms_state_reset(s);
+    for (int l = 0; l < s->n_layer; l++) {
+        snprintf(name, sizeof name, "blocks.%d.att.time_state", l);
+        ms_tensor_to_f32(ms_tensorfile_find(tf, name), ms_state_wkv(s, l));
+        for (int k = 0; k < 2; k++) {
+            snprintf(name, sizeof name, "blocks.%d.%s.ts_state", l, k ? "ffn" : "att");
+            const ms_tensor *t = ms_tensorfile_find(tf, name);
+            if (t) ms_tensor_to_f32(t, k ? ms_state_ffn_shift(s, l) : ms_state_att_shift(s, l));
+        }
+    }
+    return MS_OK;
+}
