@@ -57,7 +57,7 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O3 -g
-BASEFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-math-errno $(WARN) $(PKG_CFLAGS) -Iengine -Iproto -Iserver
+BASEFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-math-errno -fno-trapping-math $(WARN) $(PKG_CFLAGS) -Iengine -Iproto -Iserver
 LDLIBS    = $(PKG_LIBS) -lm -pthread
 
 SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all

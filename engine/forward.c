@@ -67,7 +67,65 @@ static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, 
 /* ------------------------------------------------------------------------ */
 /* Elementwise pieces                                                        */
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* exp for the elementwise loops: Cephes-style range reduction and a degree-6
+ * polynomial, within about 2 ulp of expf, but branch-free so the loops
+ * below vectorize (libm's expf is a call per element, which made these
+ * loops as slow as the matrix products in prefill). */
+static inline float exp_approx(float x)
+{
+    x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;
+    const float k = floorf(x * 1.44269504088896341f + 0.5f);
+    const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return y * scale;
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+CLONES static void vec_tanh(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) /* tanh = 1 - 2 / (e^2x + 1) */
+        x[i] = 1.0f - 2.0f / (exp_approx(2.0f * x[i]) + 1.0f);
+}
+
+CLONES static void vec_sigmoid(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = sigmoidf(x[i]);
+}
+
+/* One row of the time mix's elementwise part (SPEC 1.3): decay, in-context
+ * rate, the removal key kk (normalized later), the modified key, and the
+ * value residual (layer 0 records v_first instead). */
+CLONES static void mix_row(float *restrict w, float *restrict a, float *restrict k,
+                           float *restrict kk, float *restrict v, float *restrict vfirst,
+                           const float *restrict vgate, const ms_layer *L, int first_layer, int C)
+{
+    for (int ch = 0; ch < C; ch++) {
+        w[ch] = exp_approx(-DECAY_SCALE * sigmoidf(L->w0[ch] + w[ch]));
+        const float ai = sigmoidf(L->a0[ch] + a[ch]);
+        a[ch] = ai;
+        const float ki = k[ch];
+        kk[ch] = ki * L->k_k[ch];
+        k[ch] = ki * (1.0f + (ai - 1.0f) * L->k_a[ch]);
+    }
+    if (first_layer)
+        memcpy(vfirst, v, (size_t)C * sizeof(float));
+    else
+        for (int ch = 0; ch < C; ch++)
+            v[ch] += (vfirst[ch] - v[ch]) * sigmoidf(L->v0[ch] + vgate[ch]);
+}
 
 static void layer_norm(float *dst, const float *x, const float *w, const float *b, int n)
 {
@@ -189,34 +247,23 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     linear(c, c->k, c->xk, &L->wk, T, 0.0f);
     linear(c, c->v, c->xv, &L->wv, T, 0.0f);
 
-    const size_t TC = (size_t)T * C;
     linear(c, c->lora, c->xw, &L->w1, T, 0.0f);
-    for (size_t i = 0; i < (size_t)T * cf->d_decay; i++)
-        c->lora[i] = tanhf(c->lora[i]);
+    vec_tanh(c->lora, (size_t)T * cf->d_decay);
     linear(c, c->w, c->lora, &L->w2, T, 0.0f);
     linear(c, c->lora, c->xa, &L->a1, T, 0.0f);
     linear(c, c->a, c->lora, &L->a2, T, 0.0f);
     linear(c, c->lora, c->xg, &L->g1, T, 0.0f);
-    for (size_t i = 0; i < (size_t)T * cf->d_gate; i++)
-        c->lora[i] = sigmoidf(c->lora[i]);
+    vec_sigmoid(c->lora, (size_t)T * cf->d_gate);
     linear(c, c->g, c->lora, &L->g2, T, 0.0f);
     if (l > 0) {
         linear(c, c->lora, c->xv, &L->v1, T, 0.0f);
         linear(c, c->tmp, c->lora, &L->v2, T, 0.0f);
     }
 
-    for (size_t i = 0; i < TC; i++) {
-        const size_t ch = i % (size_t)C;
-        c->w[i] = expf(-DECAY_SCALE * sigmoidf(L->w0[ch] + c->w[i]));
-        float a = sigmoidf(L->a0[ch] + c->a[i]);
-        c->a[i] = a;
-        float k = c->k[i];
-        c->kk[i] = k * L->k_k[ch];
-        c->k[i] = k * (1.0f + (a - 1.0f) * L->k_a[ch]);
-        if (l == 0)
-            c->vfirst[i] = c->v[i];
-        else
-            c->v[i] += (c->vfirst[i] - c->v[i]) * sigmoidf(L->v0[ch] + c->tmp[i]);
+    for (int t = 0; t < T; t++) {
+        const size_t o = (size_t)t * C;
+        mix_row(c->w + o, c->a + o, c->k + o, c->kk + o, c->v + o, c->vfirst + o, c->tmp + o, L,
+                l == 0, C);
     }
     for (size_t hrow = 0; hrow < (size_t)T * H; hrow++) { /* L2-normalize kk per head */
         float *p = c->kk + hrow * N;
