@@ -31,7 +31,9 @@ struct ms_ctx {
     float *lora; /* (T, max LoRA rank) */
     float *hid;  /* (T, F) */
     float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
-    float *panel;   /* (PANEL_ROWS, max(C, F)) widened weights for prefill GEMMs */
+    float *panel;   /* (n_shares, PANEL_ROWS, panel_cols) widened weights for prefill GEMMs */
+    size_t panel_cols; /* max(C, F) */
+    int n_shares;   /* prefill products are split in this many row ranges (pool threads) */
     float *batch_logits; /* (min(max_chunk, K_MAX_BATCH), V) for ms_step_batch */
     /* The rows of the current call: one sequence (prefill: row t follows row
      * t-1) or a batch (row t is its own sequence's next token). */
@@ -42,26 +44,54 @@ struct ms_ctx {
 /* ------------------------------------------------------------------------ */
 /* Matrix products                                                           */
 
+/* A prefill product split by output rows between the pool's threads, each
+ * running single-threaded sgemm on its share: one threading runtime for the
+ * whole engine (OpenBLAS is kept to one thread, see ms_model_load), so its
+ * spinning workers never compete with ours. */
+typedef struct {
+    ms_ctx *c;
+    float *Y;
+    const float *X;
+    const k_wmat *W;
+    int T, per;
+    float beta;
+} gemm_job;
+
+static void gemm_share(void *arg, int i)
+{
+    const gemm_job *g = arg;
+    const k_wmat *W = g->W;
+    const int out = W->rows, in = W->cols;
+    const int r0 = i * g->per, r1 = r0 + g->per < out ? r0 + g->per : out;
+    if (r0 >= r1)
+        return;
+    if (W->fmt == K_W_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->T, r1 - r0, in, 1.0f, g->X, in,
+                    (const float *)W->data + (size_t)r0 * in, in, g->beta, g->Y + r0, out);
+        return;
+    }
+    /* bf16/int8: widen a panel of rows at a time into this share's buffer. */
+    float *panel = g->c->panel + (size_t)i * PANEL_ROWS * g->c->panel_cols;
+    for (int p0 = r0; p0 < r1; p0 += PANEL_ROWS) {
+        const int p1 = p0 + PANEL_ROWS < r1 ? p0 + PANEL_ROWS : r1;
+        k_wmat_rows(W, p0, p1, panel);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->T, p1 - p0, in, 1.0f, g->X, in,
+                    panel, in, g->beta, g->Y + p0, out);
+    }
+}
+
 /* Y (T, out) = beta * Y + X (T, in) * W^T. Up to K_MAX_BATCH rows (decoding,
  * or a batch of sequences) stream every weight once through our kernels;
- * longer chunks (prefill) are compute-bound and go to OpenBLAS sgemm, with
- * bf16/int8 weights widened a panel of rows at a time. */
+ * longer chunks (prefill) are compute-bound and go to sgemm. */
 static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, float beta)
 {
-    const int out = W->rows, in = W->cols;
     if (T <= K_MAX_BATCH) {
         k_matmul(W, X, Y, T, beta);
-    } else if (W->fmt == K_W_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, X, in,
-                    (const float *)W->data, in, beta, Y, out);
-    } else {
-        for (int r0 = 0; r0 < out; r0 += PANEL_ROWS) {
-            const int r1 = r0 + PANEL_ROWS < out ? r0 + PANEL_ROWS : out;
-            k_wmat_rows(W, r0, r1, c->panel);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, r1 - r0, in, 1.0f, X, in,
-                        c->panel, in, beta, Y + r0, out);
-        }
+        return;
     }
+    const int n = c->n_shares;
+    gemm_job g = {c, Y, X, W, T, ((W->rows + n - 1) / n + 15) & ~15, beta};
+    k_parallel(n, gemm_share, &g);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -421,8 +451,9 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
         !(c->row_state = calloc(T, sizeof *c->row_state)) ||
         !(c->batch_logits = malloc((T < K_MAX_BATCH ? T : K_MAX_BATCH) * (size_t)cf->vocab_size *
                                    sizeof(float))) ||
-        !(c->panel = malloc((size_t)PANEL_ROWS *
-                            (size_t)(cf->dim_ffn > cf->n_embd ? cf->dim_ffn : cf->n_embd) *
+        !(c->panel = malloc((size_t)(c->n_shares = k_threads()) * PANEL_ROWS *
+                            (c->panel_cols = (size_t)(cf->dim_ffn > cf->n_embd ? cf->dim_ffn
+                                                                                : cf->n_embd)) *
                             sizeof(float))))
         goto fail;
     return c;

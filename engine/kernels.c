@@ -457,15 +457,11 @@ int k_force_isa(const char *name)
 /* ======================================================================== */
 /* Thread pool                                                               */
 
+/* A parallel loop: run(arg, i) for every i in [0, n). */
 typedef struct {
-    const k_wmat *W;
-    const float *X;
-    float *Y;
-    int B;
-    float beta;
-    range_fn fn;
-    int rows_per_chunk;
-    unsigned long long base, n; /* this product's chunks: [base, base + n) */
+    void (*run)(void *arg, int i);
+    void *arg;
+    unsigned long long base, n; /* this loop's items: [base, base + n) in the pool's count */
 } job;
 
 /* Work is handed out in chunks from a shared counter rather than split in
@@ -490,7 +486,7 @@ static struct {
           .wake = PTHREAD_COND_INITIALIZER,
           .n_threads = 1};
 
-/* Takes and runs chunks of j until its range is used up. */
+/* Takes and runs items of j until its range is used up. */
 static void run_chunks(const job *j)
 {
     for (;;) {
@@ -500,9 +496,7 @@ static void run_chunks(const job *j)
         if (!atomic_compare_exchange_weak_explicit(&pool.next, &v, v + 1, memory_order_relaxed,
                                                    memory_order_relaxed))
             continue;
-        const int r0 = (int)(v - j->base) * j->rows_per_chunk;
-        const int r1 = r0 + j->rows_per_chunk < j->W->rows ? r0 + j->rows_per_chunk : j->W->rows;
-        j->fn(j->W, j->X, j->Y, j->B, j->beta, r0, r1);
+        j->run(j->arg, (int)(v - j->base));
         atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
     }
 }
@@ -550,24 +544,19 @@ void k_set_threads(int n)
     pthread_mutex_unlock(&pool.busy);
 }
 
-void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
+int k_threads(void) { return pool.n_threads; }
+
+void k_parallel(int n, void (*run)(void *arg, int i), void *arg)
 {
-    pthread_once(&isa_once, choose_isa);
-    range_fn fn = active->fn[W->fmt];
-    /* Small products, a busy pool (another thread's product) or no pool:
-     * the caller does it all. */
-    if (pool.n_threads < 2 || (size_t)W->rows * W->cols < 65536 ||
-        pthread_mutex_trylock(&pool.busy)) {
-        fn(W, X, Y, B, beta, 0, W->rows);
+    if (n <= 0)
+        return;
+    if (pool.n_threads < 2 || n == 1 || pthread_mutex_trylock(&pool.busy)) {
+        for (int i = 0; i < n; i++)
+            run(arg, i);
         return;
     }
-    /* Chunks of 64 rows (a few microseconds each), at least 4 per thread. */
-    int per = 64;
-    while (per > 16 && (W->rows + per - 1) / per < 4 * pool.n_threads)
-        per /= 2;
     pthread_mutex_lock(&pool.mu);
-    pool.j = (job){W, X, Y, B, beta, fn, per, atomic_load(&pool.next),
-                   (unsigned long long)((W->rows + per - 1) / per)};
+    pool.j = (job){run, arg, atomic_load(&pool.next), (unsigned long long)n};
     const job j = pool.j;
     atomic_fetch_add_explicit(&pool.gen, 1, memory_order_release);
     pthread_cond_broadcast(&pool.wake);
@@ -576,4 +565,39 @@ void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
     while (atomic_load_explicit(&pool.done, memory_order_acquire) < j.base + j.n)
         _mm_pause();
     pthread_mutex_unlock(&pool.busy);
+}
+
+typedef struct {
+    const k_wmat *W;
+    const float *X;
+    float *Y;
+    int B;
+    float beta;
+    range_fn fn;
+    int rows_per_chunk;
+} matmul_job;
+
+static void matmul_chunk(void *arg, int i)
+{
+    const matmul_job *m = arg;
+    const int r0 = i * m->rows_per_chunk;
+    const int r1 = r0 + m->rows_per_chunk < m->W->rows ? r0 + m->rows_per_chunk : m->W->rows;
+    m->fn(m->W, m->X, m->Y, m->B, m->beta, r0, r1);
+}
+
+void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
+{
+    pthread_once(&isa_once, choose_isa);
+    range_fn fn = active->fn[W->fmt];
+    /* Small products are not worth waking anyone for. */
+    if (pool.n_threads < 2 || (size_t)W->rows * W->cols < 65536) {
+        fn(W, X, Y, B, beta, 0, W->rows);
+        return;
+    }
+    /* Chunks of 64 rows (a few microseconds each), at least 4 per thread. */
+    int per = 64;
+    while (per > 16 && (W->rows + per - 1) / per < 4 * pool.n_threads)
+        per /= 2;
+    matmul_job m = {W, X, Y, B, beta, fn, per};
+    k_parallel((W->rows + per - 1) / per, matmul_chunk, &m);
 }

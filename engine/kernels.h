@@ -52,6 +52,13 @@ void k_wmat_rows(const k_wmat *W, int r0, int r1, float *dst);
 #define K_MAX_BATCH 16
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta);
 
+/* Runs run(arg, i) for i in [0, n) on the pool (the caller takes part);
+ * returns when all are done. Items must be independent. When the pool is
+ * busy with another caller's loop, this caller runs its items alone. */
+void k_parallel(int n, void (*run)(void *arg, int i), void *arg);
+/* Threads of the pool, the caller included (>= 1). */
+int k_threads(void);
+
 /* The instruction set in use: "avx512", "avx2" or "scalar". */
 const char *k_isa(void);
 /* Forces an instruction set ("avx512", "avx2", "scalar"), for tests and

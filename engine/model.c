@@ -12,6 +12,7 @@
  */
 #include "model.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -500,6 +501,9 @@ ms_status ms_model_from_tensors(const ms_tensorfile *tf, const ms_load_opts *opt
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : (ncpu > 0 ? (int)ncpu : 1);
     k_set_threads(m->n_threads);
+    /* Our pool splits prefill GEMMs itself; OpenBLAS's own threads would spin
+     * beside it after every call and slow the next decode step. */
+    openblas_set_num_threads(1);
     *out = m;
     return MS_OK;
 fail_ld:
