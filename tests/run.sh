@@ -28,6 +28,14 @@ run_suite() { # $1 = label, $2 = dir with metastate and unit-tests
     fi
 }
 
+# The Meta-State golden vectors in tests/golden_ms come from the PyTorch
+# reference in tools/reference: regenerate and compare them when Debian's
+# python3-torch is installed (the script says so and passes when it is not).
+if [ -x /usr/bin/python3 ]; then
+    echo "== reference: tests/golden_ms still what tools/reference computes"
+    (cd "$here/.." && /usr/bin/python3 tools/reference/verify_ms_golden.py) || status=1
+fi
+
 run_suite normal "$build"
 run_suite "asan+ubsan" "$build/asan"
 if compgen -G "$san_logs/*" >/dev/null; then
