@@ -939,7 +939,8 @@ char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const c
     return jb_finish(&b);
 }
 
-char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by)
+char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by,
+                     const char *const *states, size_t n_states)
 {
     jbuf b = {0};
     jb_puts(&b, "{\"object\":\"list\",\"data\":[");
@@ -952,6 +953,15 @@ char *oa_models_json(const char *const *names, size_t n, int64_t created, const 
         jb_i64(&b, created);
         jb_puts(&b, ",\"owned_by\":");
         jb_cstr(&b, owned_by ? owned_by : "");
+        if (n_states) {
+            jb_puts(&b, ",\"initial_states\":[");
+            for (size_t k = 0; k < n_states; k++) {
+                if (k)
+                    jb_put(&b, ",", 1);
+                jb_cstr(&b, states[k]);
+            }
+            jb_put(&b, "]", 1);
+        }
         jb_put(&b, "}", 1);
     }
     jb_puts(&b, "]}");

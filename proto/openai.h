@@ -125,8 +125,11 @@ char *oa_chunk_json(oa_kind kind, const char *id, int64_t created, const char *m
 char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
                           const oa_usage *usage);
 
-/* GET /v1/models: names[i] are model ids; created is a Unix time. Invalid
+/* GET /v1/models: names[i] are model ids; created is a Unix time. When
+ * n_states > 0 every entry also lists states[0..n_states) as
+ * "initial_states" (an extension; clients ignore unknown fields). Invalid
  * UTF-8 in any text given to an oa_*_json function is sent as U+FFFD. */
-char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by);
+char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by,
+                     const char *const *states, size_t n_states);
 
 #endif

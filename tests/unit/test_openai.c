@@ -1092,7 +1092,7 @@ Test(openai, usage_chunk)
 Test(openai, models_list)
 {
     const char *names[] = {"rwkv7-g1", "other \"q\""};
-    char *s = oa_models_json(names, 2, 1700000000, "metastate");
+    char *s = oa_models_json(names, 2, 1700000000, "metastate", NULL, 0);
     json_t *j = load(s);
     static const char *const top[] = {"object", "data", NULL};
     static const char *const mk[] = {"id", "object", "created", "owned_by", NULL};
@@ -1111,9 +1111,20 @@ Test(openai, models_list)
     json_decref(j);
     free(s);
 
-    s = oa_models_json(NULL, 0, 0, "x");
+    s = oa_models_json(NULL, 0, 0, "x", NULL, 0);
     j = load(s);
     cr_assert_eq(json_array_size(json_object_get(j, "data")), 0);
+    json_decref(j);
+    free(s);
+
+    /* initial states: listed in every entry */
+    const char *states[] = {"chat", "role-\"x\""};
+    s = oa_models_json(names, 1, 1, "metastate", states, 2);
+    j = load(s);
+    json_t *st = json_object_get(json_array_get(json_object_get(j, "data"), 0), "initial_states");
+    cr_assert(json_is_array(st) && json_array_size(st) == 2, "%s", s);
+    cr_assert_str_eq(json_string_value(json_array_get(st, 0)), "chat");
+    cr_assert_str_eq(json_string_value(json_array_get(st, 1)), states[1]);
     json_decref(j);
     free(s);
 }
