@@ -1,15 +1,18 @@
 /*
- * state_store.c - the native session file (SPEC 4.4, version 1 of this
+ * state_store.c - the native session file (SPEC 4.4, version 2 of this
  * server's variant), little-endian:
  *
- *   magic "RWKVSES\0" | u32 version = 1 | u32 L, C, H, N | u32 flags
+ *   magic "RWKVSES\0" | u32 version = 2 | u32 L, C, H, N | u32 flags
  *   | u8 fingerprint[32] | u64 n_tokens | u64 n_ckpt
+ *   | u32 name_len | name: the initial state's name (name_len bytes, 0 = zero state)
  *   | state: L*C*(N+2) f32 (engine layout: att_shift | S[H][N][N] | ffn_shift per layer)
  *   | checkpoint state, same size (flags bit 5)
  *   | tokens: n_tokens u32
  *   | u32 CRC-32 (IEEE) of every byte before it
  *
  * flags: bit0 meta-state model, bit4 token history known, bit5 checkpoint present.
+ * Version 1 is the same without name_len and name; it is still read (as a
+ * session started from the zero state, the only start it knew).
  * Writes go to a temp file in the same directory, are fsync'd and renamed
  * over the old file, so a crash leaves either the old or the new file, never
  * a torn one; the checksum catches what the file system does not.
@@ -28,8 +31,8 @@
 #include <unistd.h>
 
 #define MAGIC "RWKVSES"
-#define VERSION 1u
-#define HDR_BYTES (8 + 4 * 6 + 32 + 8 + 8)
+#define VERSION 2u
+#define HDR_BYTES (8 + 4 * 6 + 32 + 8 + 8) /* the fixed part, same in versions 1 and 2 */
 #define F_META 1u
 #define F_TOKENS 16u
 #define F_CKPT 32u
@@ -142,8 +145,12 @@ int store_save(const char *dir, const char *id, const store_record *r,
     memcpy(h + 32, fp, 32);
     put_u64(h + 64, r->tokens_known ? r->n_tokens : 0);
     put_u64(h + 72, r->ckpt ? r->n_ckpt : 0);
+    size_t name_len = strnlen(r->init_state, STORE_NAME_MAX);
+    unsigned char nl[4];
+    put_u32(nl, (uint32_t)name_len);
     uint32_t crc = 0;
     int bad = wr(f, h, sizeof h, &crc);
+    bad = bad || wr(f, nl, 4, &crc) || wr(f, r->init_state, name_len, &crc);
     size_t nf = ms_state_nfloats(r->state);
     bad = bad || wr(f, ms_state_cdata(r->state), nf * sizeof(float), &crc);
     if (r->ckpt) bad = bad || wr(f, ms_state_cdata(r->ckpt), nf * sizeof(float), &crc);
@@ -196,6 +203,7 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     r->n_tokens = 0;
     r->n_ckpt = 0;
     r->tokens_known = 0;
+    r->init_state[0] = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
         if (errno == ENOENT) {
@@ -218,8 +226,9 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
         goto out;
     }
     uint32_t ver = get_u32(h + 8);
-    if (ver != VERSION) {
-        fail(err, errcap, "%s: session file version %u, this server reads version %u", path, ver, VERSION);
+    if (ver != 1 && ver != VERSION) {
+        fail(err, errcap, "%s: session file version %u, this server reads versions 1 to %u", path,
+             ver, VERSION);
         goto out;
     }
     uint32_t L = get_u32(h + 12), C = get_u32(h + 16), H = get_u32(h + 20), N = get_u32(h + 24);
@@ -235,8 +244,20 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     }
     uint32_t flags = get_u32(h + 28);
     uint64_t nt = get_u64(h + 64), nc = get_u64(h + 72);
+    char name[STORE_NAME_MAX + 1] = "";
+    uint32_t name_len = 0;
+    if (ver >= 2) {
+        unsigned char nl[4];
+        if (rd(f, nl, 4, &crc) || (name_len = get_u32(nl)) > STORE_NAME_MAX ||
+            rd(f, name, name_len, &crc) || memchr(name, 0, name_len)) {
+            fail(err, errcap, "%s: bad initial-state name (truncated or corrupt)", path);
+            goto out;
+        }
+        name[name_len] = 0;
+    }
     size_t nf = ms_state_nfloats(r->state);
-    uint64_t expect = HDR_BYTES + (uint64_t)nf * 4 * ((flags & F_CKPT) ? 2 : 1) + nt * 4 + 4;
+    uint64_t expect = HDR_BYTES + (ver >= 2 ? 4 + (uint64_t)name_len : 0) +
+                      (uint64_t)nf * 4 * ((flags & F_CKPT) ? 2 : 1) + nt * 4 + 4;
     if (nt > (1u << 30) || (uint64_t)st.st_size != expect || nc > nt) {
         fail(err, errcap, "%s: size %lld bytes, expected %llu (truncated or corrupt)", path,
              (long long)st.st_size, (unsigned long long)expect);
@@ -271,6 +292,7 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     }
     r->n_tokens = (size_t)nt;
     r->tokens_known = (flags & F_TOKENS) != 0;
+    memcpy(r->init_state, name, sizeof name);
     rc = 0;
 out:
     free(scratch);

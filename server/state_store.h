@@ -16,8 +16,12 @@
 
 #include "engine.h"
 
+/* Longest initial-state name a session file holds. */
+#define STORE_NAME_MAX 64
+
 /* What a session file holds besides the state. ckpt is the state after the
- * first n_ckpt tokens (NULL when absent); tokens are unknown after an import. */
+ * first n_ckpt tokens (NULL when absent); tokens are unknown after an import.
+ * init_state names the initial state the session started from ("" = zero). */
 typedef struct store_record {
     ms_state *state;      /* required */
     ms_state *ckpt;       /* may be NULL */
@@ -25,6 +29,7 @@ typedef struct store_record {
     int32_t *tokens;      /* n_tokens ids; NULL when n_tokens == 0 */
     size_t n_tokens;
     int tokens_known;
+    char init_state[STORE_NAME_MAX + 1];
 } store_record;
 
 /* 1 when id matches [A-Za-z0-9._:-]{1,128} and is not "." or "..": safe as a
@@ -39,7 +44,8 @@ int store_save(const char *dir, const char *id, const store_record *r,
 /* Reads <dir>/<id>.state into r->state / r->ckpt (allocated by the caller
  * for the same model; ckpt may be NULL, then a stored checkpoint is dropped)
  * and sets r->tokens (malloc'd, caller frees), n_tokens, n_ckpt (0 when no
- * checkpoint was loaded), tokens_known. Rejects bad magic, version, shape,
+ * checkpoint was loaded), tokens_known and init_state ("" for version-1
+ * files, which predate initial states). Rejects bad magic, version, shape,
  * size or checksum, and states of models other than `model` or one it was
  * expanded from (ms_model_state_compatible); returns 1 when the file does
  * not exist. */
