@@ -3,8 +3,8 @@
  *
  * One table drives getopt_long, the environment fallbacks and --help, so the
  * three cannot drift apart. Precedence: command line > environment > default.
- * Repeated --cors-origin flags accumulate; METASTATE_CORS_ORIGIN takes a
- * comma-separated list.
+ * Repeated --cors-origin and --init-state flags accumulate; their
+ * environment variables take comma-separated lists, which flags replace.
  */
 #include "config.h"
 
@@ -18,7 +18,7 @@ enum {
     O_MODEL = 'm', O_HELP = 'h',
     O_VOCAB = 1000, O_NAME, O_HOST, O_PORT, O_STATE_DIR, O_POOL_MB, O_API_KEY, O_CORS,
     O_PARALLEL, O_QUEUE, O_MAX_BODY, O_MAX_TOKENS, O_DEF_TOKENS, O_DEF_CHAT_TOKENS,
-    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS
+    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE
 };
 
 typedef struct {
@@ -49,6 +49,8 @@ static const opt_spec specs[] = {
     {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per step of a sequence, so streams are not stalled (default 64)"},
     {"threads", O_THREADS, "N", "engine worker threads, 0 = one per core (default 0)"},
     {"max-sessions", O_MAX_SESSIONS, "N", "sessions indexed in memory and on disk (default 100000)"},
+    {"init-state", O_INIT_STATE, "NAME=PATH", "initial state requests select with \"state\": NAME; PATH is a state-tuning file "
+     "(.pth or .safetensors with blocks.{i}.att.time_state, optionally merged into a model); repeatable"},
     {"help", O_HELP, NULL, "show this help"},
 };
 #define N_SPECS (sizeof specs / sizeof specs[0])
@@ -67,7 +69,12 @@ void srv_config_usage(FILE *f)
     }
     fprintf(f, "\nexample:\n  metastate serve --model m.safetensors --port 8080 --state-dir ./sessions\n"
                "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-               "    -d '{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"session_id\":\"s1\"}'\n");
+               "    -d '{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"session_id\":\"s1\"}'\n"
+               "\ninitial states (state tuning): requests with \"state\": NAME start from that state\n"
+               "instead of zero; a session keeps the state it started from (GET /v1/models lists them):\n"
+               "  metastate serve --model m.safetensors --init-state chat=chat-state.pth\n"
+               "  curl http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' \\\n"
+               "    -d '{\"model\":\"m\",\"prompt\":\"Hi\",\"state\":\"chat\"}'\n");
 }
 
 static void env_name(const char *flag, char *out, size_t cap)
@@ -120,6 +127,79 @@ static int add_cors(srv_config *c, const char *v)
     return 0;
 }
 
+/* 1 when name is [A-Za-z0-9._:-]{1,SRV_STATE_NAME_MAX}: it is stored in
+ * session files and echoed in JSON, so it stays short and plain. */
+static int state_name_ok(const char *p, size_t n)
+{
+    if (n < 1 || n > SRV_STATE_NAME_MAX) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int srv_config_init_state(const srv_config *c, const char *name)
+{
+    for (int i = 0; i < c->n_init_states; i++)
+        if (!strcmp(c->init_states[i].name, name)) return i;
+    return -1;
+}
+
+/* Adds NAME=PATH entries (a comma-separated list, as in the environment). */
+static int add_init_states(srv_config *c, const char *v)
+{
+    const char *p = v;
+    while (*p) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        while (n && isspace((unsigned char)*p)) p++, n--;
+        while (n && isspace((unsigned char)p[n - 1])) n--;
+        if (n) {
+            const char *eq = memchr(p, '=', n);
+            size_t nl = eq ? (size_t)(eq - p) : 0;
+            if (!eq || !state_name_ok(p, nl) || nl + 1 == n) {
+                fprintf(stderr, "metastate serve: --init-state: expected NAME=PATH with NAME of 1 to %d "
+                                "characters from [A-Za-z0-9._:-], got '%.*s'\n",
+                        SRV_STATE_NAME_MAX, (int)n, p);
+                return -1;
+            }
+            if (c->n_init_states >= SRV_MAX_INIT_STATES) {
+                fprintf(stderr, "metastate serve: at most %d --init-state values\n", SRV_MAX_INIT_STATES);
+                return -1;
+            }
+            char *name = strndup(p, nl), *path = strndup(eq + 1, n - nl - 1);
+            if (!name || !path) {
+                free(name);
+                free(path);
+                fprintf(stderr, "metastate serve: out of memory\n");
+                return -1;
+            }
+            if (srv_config_init_state(c, name) >= 0) {
+                fprintf(stderr, "metastate serve: --init-state: name '%s' given twice\n", name);
+                free(name);
+                free(path);
+                return -1;
+            }
+            c->init_states[c->n_init_states++] = (srv_init_state){name, path};
+        }
+        if (!e) break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+static void clear_init_states(srv_config *c)
+{
+    for (int i = 0; i < c->n_init_states; i++) {
+        free(c->init_states[i].name);
+        free(c->init_states[i].path);
+    }
+    c->n_init_states = 0;
+}
+
 /* Applies one option value; returns 0 or -1 (message printed). */
 static int apply(srv_config *c, const opt_spec *s, const char *v)
 {
@@ -132,6 +212,7 @@ static int apply(srv_config *c, const opt_spec *s, const char *v)
     case O_STATE_DIR: set_str(&c->state_dir, v); return 0;
     case O_API_KEY: set_str(&c->api_key, v); return 0;
     case O_CORS: return add_cors(c, v);
+    case O_INIT_STATE: return add_init_states(c, v);
     case O_PORT: if (parse_long(s->name, v, 1, 65535, &x)) return -1; c->port = (int)x; return 0;
     case O_POOL_MB: if (parse_long(s->name, v, 1, 1L << 30, &x)) return -1;
         c->pool_bytes = (size_t)x << 20; return 0;
@@ -198,7 +279,7 @@ int srv_config_parse(srv_config *c, int argc, char **argv)
         longopts[i] = (struct option){specs[i].name, specs[i].arg ? required_argument : no_argument,
                                       NULL, specs[i].id};
     longopts[N_SPECS] = (struct option){0, 0, 0, 0};
-    int cors_from_cli = 0;
+    int cors_from_cli = 0, states_from_cli = 0;
     optind = 1;
     opterr = 1;
     for (;;) {
@@ -221,6 +302,10 @@ int srv_config_parse(srv_config *c, int argc, char **argv)
                 for (int k = 0; k < c->n_cors; k++) free(c->cors[k]);
                 c->n_cors = 0;
                 cors_from_cli = 1;
+            }
+            if (o == O_INIT_STATE && !states_from_cli) {
+                clear_init_states(c);
+                states_from_cli = 1;
             }
             if (apply(c, &specs[i], optarg)) {
                 srv_config_free(c);
@@ -261,5 +346,6 @@ void srv_config_free(srv_config *c)
     free(c->state_dir);
     free(c->api_key);
     for (int i = 0; i < c->n_cors; i++) free(c->cors[i]);
+    clear_init_states(c);
     memset(c, 0, sizeof *c);
 }

@@ -12,6 +12,14 @@
 #include <stdio.h>
 
 #define SRV_MAX_CORS 16
+#define SRV_MAX_INIT_STATES 64
+#define SRV_STATE_NAME_MAX 64 /* longest --init-state NAME */
+
+/* A named initial state: a state-tuning file requests select with "state". */
+typedef struct srv_init_state {
+    char *name; /* [A-Za-z0-9._:-]{1,64}, unique */
+    char *path;
+} srv_init_state;
 
 typedef struct srv_config {
     char *model_path;  /* required */
@@ -35,6 +43,8 @@ typedef struct srv_config {
     int prefill_chunk; /* prompt tokens per scheduler iteration per sequence (default 64) */
     int threads;       /* engine threads, 0 = one per core */
     int max_sessions;  /* sessions kept in the index (memory + disk), default 100000 */
+    srv_init_state init_states[SRV_MAX_INIT_STATES]; /* --init-state NAME=PATH, in order */
+    int n_init_states;
 } srv_config;
 
 /* Parses argv (argv[0] = "serve") with env fallbacks into c (allocated
@@ -44,5 +54,7 @@ int srv_config_parse(srv_config *c, int argc, char **argv);
 void srv_config_free(srv_config *c);
 /* The --help text to f. */
 void srv_config_usage(FILE *f);
+/* Index of the --init-state called name, or -1. */
+int srv_config_init_state(const srv_config *c, const char *name);
 
 #endif

@@ -376,6 +376,17 @@ static enum MHD_Result start_completion(http_req *r, oa_kind kind)
         return send_error(r, 404, "invalid_request_error", "model", "model_not_found",
                           "The model '%s' does not exist; this server serves '%s' (see GET /v1/models).",
                           q->model, cfg->model_name);
+    if (q->state && srv_config_init_state(cfg, q->state) < 0) {
+        char have[1024] = "";
+        size_t o = 0;
+        for (int i = 0; i < cfg->n_init_states && o < sizeof have; i++)
+            o += (size_t)snprintf(have + o, sizeof have - o, "%s'%s'", i ? ", " : "",
+                                  cfg->init_states[i].name);
+        return send_error(r, 400, "invalid_request_error", "state", "state_not_found",
+                          "The initial state '%.100s' does not exist; %s%s (see GET /v1/models).",
+                          q->state, cfg->n_init_states ? "this server has " : "this server has none",
+                          have);
+    }
     const char *hdr = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Session-ID");
     const char *sid = q->session_id ? q->session_id : (hdr && *hdr ? hdr : NULL);
     if (sid) {
@@ -517,10 +528,19 @@ static enum MHD_Result do_metrics(http_req *r)
     return send_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", t, n, 1);
 }
 
+/* The --init-state names, for the model entry. */
+static size_t state_names(const srv_config *cfg, const char **out)
+{
+    for (int i = 0; i < cfg->n_init_states; i++) out[i] = cfg->init_states[i].name;
+    return (size_t)cfg->n_init_states;
+}
+
 static enum MHD_Result do_models(http_req *r)
 {
     const char *names[1] = {r->srv->cfg->model_name};
-    return send_json(r, 200, oa_models_json(names, 1, r->srv->started_at, "metastate"));
+    const char *states[SRV_MAX_INIT_STATES];
+    size_t ns = state_names(r->srv->cfg, states);
+    return send_json(r, 200, oa_models_json(names, 1, r->srv->started_at, "metastate", states, ns));
 }
 
 static enum MHD_Result do_model(http_req *r)
@@ -530,6 +550,12 @@ static enum MHD_Result do_model(http_req *r)
                           "The model '%s' does not exist.", r->path_id);
     json_t *o = json_pack("{s:s, s:s, s:I, s:s}", "id", r->srv->cfg->model_name, "object", "model",
                           "created", (json_int_t)r->srv->started_at, "owned_by", "metastate");
+    if (r->srv->cfg->n_init_states) {
+        json_t *a = json_array();
+        for (int i = 0; i < r->srv->cfg->n_init_states; i++)
+            json_array_append_new(a, json_string(r->srv->cfg->init_states[i].name));
+        json_object_set_new(o, "initial_states", a);
+    }
     char *t = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return send_json(r, 200, t);

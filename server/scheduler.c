@@ -21,6 +21,12 @@
  * Spills and restores run on libuv's worker pool (uv_queue_work) so disk I/O
  * never stalls the stepping; they hold the session's lease meanwhile.
  *
+ * Initial states. --init-state files are loaded once at startup; a request
+ * naming one ("state") starts from a copy of it instead of zero. A session
+ * records the one it grew from, so it is only continued by requests with
+ * the same start, and restarts (a miss, or a request naming another state)
+ * copy the right one back in.
+ *
  * Threads. Other threads only touch the inbox (mutex + uv_async_send) and
  * the counters used for 429 and draining. Sink callbacks run here.
  */
@@ -42,6 +48,9 @@
 enum { PH_FREE = 0, PH_LOADING, PH_PREFILL, PH_GEN };
 
 #define TICK_MS 50
+
+/* A config name must fit a session's (and its file's) name field. */
+_Static_assert(SRV_STATE_NAME_MAX <= STORE_NAME_MAX, "initial-state names must fit session files");
 
 typedef struct slot {
     /* allocated once */
@@ -86,6 +95,10 @@ struct sched {
     int32_t V;
     float *base_bias; /* (V) -INFINITY for ids that must never be drawn, else 0 */
     sess_pool *pool;
+    /* --init-state, in config order (index = srv_config_init_state) */
+    ms_state *init[SRV_MAX_INIT_STATES];
+    const char *init_names[SRV_MAX_INIT_STATES];
+    int n_init;
 
     pthread_t thread;
     int thread_started;
@@ -223,14 +236,42 @@ static int same_prefix(const int32_t *a, const int32_t *b, size_t n)
     return n == 0 || !memcmp(a, b, n * sizeof *a);
 }
 
+/* The loaded initial state called name, or NULL for "" and unknown names
+ * (the zero state). */
+static const ms_state *init_of(const sched *s, const char *name)
+{
+    int i = name && *name ? srv_config_init_state(s->cfg, name) : -1;
+    return i >= 0 && i < s->n_init ? s->init[i] : NULL;
+}
+
+/* Empties session se and puts initial state `name` ("" = zero) in it. */
+static void restart_session(sched *s, session *se, const char *name)
+{
+    const ms_state *init = init_of(s, name);
+    if (init) ms_state_copy(se->state, init);
+    else ms_state_reset(se->state);
+    snprintf(se->init_state, sizeof se->init_state, "%s", init ? name : "");
+    se->n_tokens = 0;
+    se->has_ckpt = 0;
+    se->n_ckpt = 0;
+}
+
 /* Chooses where the session's prompt starts: after everything it already
  * holds when that is a prefix of the prompt, else from its checkpoint when
- * that is, else from zero. Returns the number of reused tokens. */
-static size_t match_session(slot *sl)
+ * that is, else from its initial state. A request naming another initial
+ * state than the session's restarts it from that one; a request naming none
+ * keeps the session's. Returns the number of reused tokens. */
+static size_t match_session(sched *s, slot *sl)
 {
     session *se = sl->sess;
     const int32_t *t = sl->toks;
     size_t n = sl->n_toks;
+    const char *want = sl->job->req.state ? sl->job->req.state : se->init_state;
+    if (strcmp(want, se->init_state)) {
+        metrics_add(MET_C_SESSION_MISSES, se->n_tokens || se->has_ckpt ? 1 : 0);
+        restart_session(s, se, want);
+        return 0;
+    }
     if (se->n_tokens < n && same_prefix(se->tokens, t, se->n_tokens)) {
         metrics_add(MET_C_SESSION_HITS, se->n_tokens ? 1 : 0);
         return se->n_tokens;
@@ -243,10 +284,7 @@ static size_t match_session(slot *sl)
         return se->n_ckpt;
     }
     metrics_add(MET_C_SESSION_MISSES, 1);
-    ms_state_reset(se->state);
-    se->n_tokens = 0;
-    se->has_ckpt = 0;
-    se->n_ckpt = 0;
+    restart_session(s, se, want);
     return 0;
 }
 
@@ -263,10 +301,12 @@ static int begin_choice(sched *s, slot *sl, int p, int k)
         }
         sl->res.usage.prompt_tokens += (int)sl->n_toks;
         if (sl->sess) {
-            sl->pos = match_session(sl);
+            sl->pos = match_session(s, sl);
             sl->res.usage.cached_tokens = (int)sl->pos;
         } else {
-            ms_state_reset(sl->st);
+            const ms_state *init = init_of(s, j->req.state);
+            if (init) ms_state_copy(sl->st, init);
+            else ms_state_reset(sl->st);
             sl->pos = 0;
         }
         sl->phase = PH_PREFILL;
@@ -325,6 +365,10 @@ static void start_job(sched *s, slot *sl, sched_job *j)
         if (!has_sep) sl->stops[sl->n_stops++] = (char *)"\n\n";
     }
     metrics_observe(MET_H_QUEUE, sl->t_admit - j->t_submit);
+    if (r->state && !init_of(s, r->state)) { /* http.c checks first; never start from a wrong state */
+        finish_job(s, sl, 400, "invalid_request_error", "unknown initial state");
+        return;
+    }
     j->sink->started(j->ud);
     begin_choice(s, sl, 0, 0);
 }
@@ -837,7 +881,27 @@ static int load_all(sched *s, char *msg, size_t cap)
         snprintf(msg, cap, "out of memory");
         return -1;
     }
-    s->pool = pool_new(s->model, c->pool_bytes, c->state_dir, c->max_sessions);
+    for (int i = 0; i < c->n_init_states; i++) {
+        const srv_init_state *is = &c->init_states[i];
+        ms_tensorfile *tf = NULL;
+        ms_state *st = ms_state_new(s->model);
+        if (!st) {
+            snprintf(msg, cap, "out of memory");
+            return -1;
+        }
+        s->init[s->n_init] = st; /* owned from here, freed by sched_stop */
+        s->init_names[s->n_init++] = is->name;
+        if (ms_tensorfile_open(is->path, &tf, &e) != MS_OK ||
+            ms_state_load_time_state(st, tf, &e) != MS_OK) {
+            ms_tensorfile_close(tf);
+            snprintf(msg, cap, "cannot load initial state '%s': %s", is->name, e.msg);
+            return -1;
+        }
+        ms_tensorfile_close(tf);
+        fprintf(stderr, "metastate serve: initial state '%s' from %s\n", is->name, is->path);
+    }
+    s->pool = pool_new(s->model, c->pool_bytes, c->state_dir, c->max_sessions, s->init_names,
+                       s->n_init);
     if (!s->pool) {
         snprintf(msg, cap, "out of memory");
         return -1;
@@ -992,6 +1056,7 @@ void sched_stop(sched *s)
     free(s->feed_tok);
     free(s->feed_logits);
     pool_free(s->pool);
+    for (int i = 0; i < s->n_init; i++) ms_state_free(s->init[i]);
     free(s->base_bias);
     ms_model_free(s->model);
     ms_tokenizer_free(s->tok);

@@ -35,6 +35,8 @@ struct sess_pool {
     size_t spilling; /* bytes of sessions being written out (freed when done) */
     size_t state_bytes; /* one ms_state */
     int max_sessions, n_sessions, n_mem, n_disk_only;
+    const char *const *init_names;
+    int n_init;
     uint64_t clock;
     session *buckets[N_BUCKETS];
 };
@@ -77,7 +79,7 @@ static void gauges(sess_pool *p)
 }
 
 sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state_dir,
-                    int max_sessions)
+                    int max_sessions, const char *const *init_names, int n_init)
 {
     sess_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
@@ -85,6 +87,8 @@ sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state
     p->model = model;
     p->limit = limit_bytes;
     p->max_sessions = max_sessions;
+    p->init_names = init_names;
+    p->n_init = n_init;
     p->state_dir = state_dir ? strdup(state_dir) : NULL;
     const ms_config *c = ms_model_config(model);
     p->state_bytes = (size_t)c->n_layer * c->n_embd * (c->head_size + 2) * sizeof(float);
@@ -102,6 +106,7 @@ static void free_mem(session *s)
     s->n_tokens = s->cap_tokens = 0;
     s->has_ckpt = 0;
     s->n_ckpt = 0;
+    s->init_state[0] = 0; /* the file (if any) keeps it with the state */
 }
 
 void pool_free(sess_pool *p)
@@ -262,6 +267,13 @@ void pool_release(sess_pool *p, session *s)
     pthread_mutex_unlock(&p->mu);
 }
 
+static int known_init(const sess_pool *p, const char *name)
+{
+    for (int i = 0; i < p->n_init; i++)
+        if (!strcmp(p->init_names[i], name)) return 1;
+    return 0;
+}
+
 int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
 {
     ms_state *st = ms_state_new(p->model), *ck = ms_state_new(p->model);
@@ -273,9 +285,20 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
     }
     store_record r = {.state = st, .ckpt = ck};
     int rc = store_load(p->state_dir, s->id, &r, p->model, err, errcap);
+    if (rc == 0 && r.init_state[0] && !known_init(p, r.init_state)) {
+        /* Continuing would need the initial state it grew from: without it
+         * the session cannot be matched or restarted as its owner expects. */
+        snprintf(err, errcap,
+                 "session %s started from initial state '%s', which this server does not have "
+                 "(--init-state)", s->id, r.init_state);
+        free(r.tokens);
+        r.tokens = NULL;
+        rc = -1;
+    }
     s->state = st;
     s->ckpt = ck;
     if (rc == 0) {
+        memcpy(s->init_state, r.init_state, sizeof s->init_state);
         s->tokens = r.tokens;
         s->n_tokens = s->cap_tokens = r.n_tokens;
         s->has_ckpt = r.n_ckpt > 0 || (r.tokens_known && r.n_tokens == 0);
@@ -284,6 +307,7 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
     }
     /* Rejected (or vanished): the session restarts from the zero state. */
     ms_state_reset(st);
+    s->init_state[0] = 0;
     s->tokens = NULL;
     s->n_tokens = s->cap_tokens = 0;
     s->has_ckpt = 0;
@@ -341,6 +365,7 @@ static int save_session(sess_pool *p, session *s, char *err, size_t errcap)
                       .tokens = s->tokens,
                       .n_tokens = s->n_tokens,
                       .tokens_known = 1};
+    memcpy(r.init_state, s->init_state, sizeof r.init_state);
     return store_save(p->state_dir, s->id, &r, ms_model_config(p->model),
                       ms_model_fingerprint(p->model), err, errcap);
 }
@@ -538,6 +563,7 @@ int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_
                     ms_state_copy(s->state, tmp);
                     ms_state_copy(s->ckpt, tmp);
                     s->has_ckpt = 1; /* the imported state is the start of every miss */
+                    s->init_state[0] = 0;
                     s->n_ckpt = 0;
                     s->n_tokens = 0;
                     s->info_tokens = 0;

@@ -17,14 +17,18 @@
 #include <stdio.h>
 
 #include "engine.h"
+#include "state_store.h"
 
 typedef struct sess_pool sess_pool;
 
 /* What the lease holder may read and change. state is the session after
  * tokens[0..n_tokens); ckpt is the state after tokens[0..n_ckpt) (the prompt
- * of the last request minus its last token), valid when has_ckpt. */
+ * of the last request minus its last token), valid when has_ckpt. Both grew
+ * from the initial state named init_state ("" = the zero state), which is
+ * saved with the session: a continuation must start from the same one. */
 typedef struct session {
     char id[132];
+    char init_state[STORE_NAME_MAX + 1];
     ms_state *state; /* NULL while the state lives only on disk */
     ms_state *ckpt;
     int has_ckpt;
@@ -51,9 +55,11 @@ typedef enum {
     POOL_TOO_MANY      /* --max-sessions reached and nothing evictable */
 } pool_rc;
 
-/* model must outlive the pool; state_dir may be NULL (memory only). */
+/* model must outlive the pool; state_dir may be NULL (memory only).
+ * init_names[0..n_init) are the initial states this server has (they must
+ * outlive the pool): a session file naming another one is rejected. */
 sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state_dir,
-                    int max_sessions);
+                    int max_sessions, const char *const *init_names, int n_init);
 /* Frees every session (does not write them: call pool_persist_all first). */
 void pool_free(sess_pool *p);
 /* Registers the session files found in state_dir (after a restart). Returns
@@ -66,9 +72,10 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out);
 void pool_release(sess_pool *p, session *s);
 
 /* Blocking disk I/O for a leased session, safe on a worker thread. load:
- * reads the file into freshly allocated states; on a corrupt or foreign file
- * it logs, quarantines the file and leaves the session empty (zero state);
- * returns 0 ok, -1 rejected (err filled), -2 out of memory. */
+ * reads the file into freshly allocated states; on a corrupt or foreign file,
+ * or one started from an initial state this server does not have, it
+ * quarantines the file and leaves the session empty (zero state, no initial
+ * state); returns 0 ok, -1 rejected (err filled), -2 out of memory. */
 int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap);
 /* Back on the scheduler thread after pool_load_io (accounts memory). */
 void pool_load_done(sess_pool *p, session *s, int rc);
@@ -99,7 +106,8 @@ int pool_delete(sess_pool *p, const char *id);
 int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap);
 /* Replaces (or creates) session id with the state in the safetensors file at
  * path. Its token history becomes empty: the next request feeds its whole
- * prompt on top of the imported state. 0 ok, 2 busy, -1 error (err). */
+ * prompt on top of the imported state (which stands in for an initial state:
+ * init_state becomes ""). 0 ok, 2 busy, -1 error (err). */
 int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap);
 
 /* Appends one token to a leased session's history (amortized growth);
