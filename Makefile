@@ -12,7 +12,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := all
 
 BUILD   ?= build
-MODEL   ?= $(BUILD)/models/default.safetensors
+MODEL   ?= models/default.safetensors
+VOCAB   ?= $(if $(filter models/default.safetensors,$(MODEL)),models/bytes_vocab.txt,)
 PORT    ?= 8080
 HOST    ?= 127.0.0.1
 SHARED  ?= ../shared
@@ -42,7 +43,7 @@ bench: deps
 
 run: deps
 	@$(MAKE) --no-print-directory build
-	@bash tools/run.sh $(BUILD) $(MODEL) $(HOST) $(PORT)
+	@bash tools/run.sh "$(BUILD)" "$(MODEL)" "$(HOST)" "$(PORT)" "$(VOCAB)"
 
 clean:
 	rm -rf $(BUILD)
