@@ -887,44 +887,70 @@ char *oa_response_json(oa_kind kind, const char *id, int64_t created, const char
     return jb_finish(&b);
 }
 
+static void put_chunk(jbuf *b, oa_kind kind, const char *id, int64_t created, const char *model,
+                      int index, int role_first, const char *text, size_t text_len,
+                      oa_finish finish, int include_usage)
+{
+    if (!text)
+        text_len = 0;
+    int chat = kind == OA_CHAT;
+    put_head(b, id, chat ? "chat.completion.chunk" : "text_completion", created, model);
+    jb_puts(b, ",\"choices\":[");
+    if (chat) {
+        jb_puts(b, "{\"index\":");
+        jb_i64(b, index);
+        jb_puts(b, ",\"delta\":");
+        if (role_first) {
+            jb_puts(b, "{\"role\":\"assistant\",\"content\":");
+            jb_str(b, text ? text : "", text_len);
+            jb_put(b, "}", 1);
+        } else if (text_len == 0 && finish != OA_FINISH_NONE) {
+            jb_puts(b, "{}");
+        } else {
+            jb_puts(b, "{\"content\":");
+            jb_str(b, text ? text : "", text_len);
+            jb_put(b, "}", 1);
+        }
+    } else {
+        jb_puts(b, "{\"text\":");
+        jb_str(b, text ? text : "", text_len);
+        jb_puts(b, ",\"index\":");
+        jb_i64(b, index);
+    }
+    jb_puts(b, ",\"logprobs\":null,\"finish_reason\":");
+    jb_cstr(b, finish_str(finish));
+    jb_puts(b, "}]");
+    if (include_usage)
+        jb_puts(b, ",\"usage\":null");
+    jb_put(b, "}", 1);
+}
+
 char *oa_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
                     int index, int role_first, const char *text, size_t text_len,
                     oa_finish finish, int include_usage)
 {
     jbuf b = {0};
-    if (!text)
-        text_len = 0;
-    int chat = kind == OA_CHAT;
-    put_head(&b, id, chat ? "chat.completion.chunk" : "text_completion", created, model);
-    jb_puts(&b, ",\"choices\":[");
-    if (chat) {
-        jb_puts(&b, "{\"index\":");
-        jb_i64(&b, index);
-        jb_puts(&b, ",\"delta\":");
-        if (role_first) {
-            jb_puts(&b, "{\"role\":\"assistant\",\"content\":");
-            jb_str(&b, text ? text : "", text_len);
-            jb_put(&b, "}", 1);
-        } else if (text_len == 0 && finish != OA_FINISH_NONE) {
-            jb_puts(&b, "{}");
-        } else {
-            jb_puts(&b, "{\"content\":");
-            jb_str(&b, text ? text : "", text_len);
-            jb_put(&b, "}", 1);
-        }
-    } else {
-        jb_puts(&b, "{\"text\":");
-        jb_str(&b, text ? text : "", text_len);
-        jb_puts(&b, ",\"index\":");
-        jb_i64(&b, index);
-    }
-    jb_puts(&b, ",\"logprobs\":null,\"finish_reason\":");
-    jb_cstr(&b, finish_str(finish));
-    jb_puts(&b, "}]");
-    if (include_usage)
-        jb_puts(&b, ",\"usage\":null");
-    jb_put(&b, "}", 1);
+    put_chunk(&b, kind, id, created, model, index, role_first, text, text_len, finish,
+              include_usage);
     return jb_finish(&b);
+}
+
+int oa_chunk_event_append(char **buf, size_t *len, size_t *cap, oa_kind kind, const char *id,
+                          int64_t created, const char *model, int index, const char *text,
+                          size_t text_len, oa_finish finish, int include_usage)
+{
+    /* The compact JSON holds no newline (strings escape it), so the SSE
+     * framing is a prefix and a suffix around it. */
+    jbuf b = {*buf, *len, *cap, 0};
+    jb_puts(&b, "data: ");
+    put_chunk(&b, kind, id, created, model, index, 0, text, text_len, finish, include_usage);
+    jb_puts(&b, "\n\n");
+    *buf = b.p;
+    *cap = b.cap;
+    if (b.oom)
+        return -1;
+    *len = b.len;
+    return 0;
 }
 
 char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,

@@ -121,6 +121,14 @@ char *oa_response_json(oa_kind kind, const char *id, int64_t created, const char
 char *oa_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
                     int index, int role_first, const char *text, size_t text_len,
                     oa_finish finish, int include_usage);
+/* The same chunk (role_first 0) framed as one SSE event ("data: ...\n\n"),
+ * appended to the caller's growable buffer *buf (*len bytes used, *cap
+ * allocated; realloc'd only when too small): the per-token path of a stream
+ * allocates nothing once the buffer has grown. Returns 0, or -1 when out of
+ * memory (*len unchanged). */
+int oa_chunk_event_append(char **buf, size_t *len, size_t *cap, oa_kind kind, const char *id,
+                          int64_t created, const char *model, int index, const char *text,
+                          size_t text_len, oa_finish finish, int include_usage);
 /* The final usage chunk: "choices": [] and the usage object (NULL = zeros). */
 char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const char *model,
                           const oa_usage *usage);

@@ -257,9 +257,9 @@ static void sink_text(void *ud, int idx, const char *text, size_t len)
             append(&c->text, &c->len, &c->cap, text, len);
         } else if (q->kind == OA_CHAT && !r->choices[idx].role_sent) {
             role_chunk(r, idx, text, len);
-        } else {
-            push_event(r, oa_chunk_json(q->kind, r->id, r->created, q->model, idx, 0, text, len,
-                                        OA_FINISH_NONE, q->include_usage));
+        } else { /* the per-token path: appended in place, no allocation */
+            oa_chunk_event_append(&r->out, &r->out_len, &r->out_cap, q->kind, r->id, r->created,
+                                  q->model, idx, text, len, OA_FINISH_NONE, q->include_usage);
         }
         wake(r);
     }
