@@ -248,9 +248,14 @@ static const ms_state *init_of(const sched *s, const char *name)
 static void restart_session(sched *s, session *se, const char *name)
 {
     const ms_state *init = init_of(s, name);
-    if (init) ms_state_copy(se->state, init);
-    else ms_state_reset(se->state);
-    snprintf(se->init_state, sizeof se->init_state, "%s", init ? name : "");
+    if (!init) {
+        ms_state_reset(se->state);
+        se->init_state[0] = 0;
+    } else {
+        ms_state_copy(se->state, init);
+        if (name != se->init_state) /* a miss passes the session's own name */
+            snprintf(se->init_state, sizeof se->init_state, "%s", name);
+    }
     se->n_tokens = 0;
     se->has_ckpt = 0;
     se->n_ckpt = 0;
