@@ -573,9 +573,41 @@ static void spill_after(uv_work_t *w, int status)
     maybe_close(s);
 }
 
+static void persist_after(uv_work_t *w, int status)
+{
+    io_work *x = w->data;
+    sched *s = x->s;
+    if (x->rc) fprintf(stderr, "metastate serve: saving session %s failed: %s\n", x->se->id, x->err);
+    pool_persist_done(s->pool, x->se, x->rc == 0);
+    s->works--;
+    free(x);
+    admit(s); /* a job may have waited for this session */
+    update_idle(s);
+    maybe_close(s);
+}
+
+/* Spills what exceeds the memory budget, then writes behind every session
+ * changed since its file was written (with --state-dir), so the directory
+ * stays current for a restart, a crash or another replica sharing it. */
 static void kick_spills(sched *s)
 {
     session *se;
+    while ((se = pool_next_persist(s->pool))) {
+        io_work *x = calloc(1, sizeof *x);
+        if (!x) {
+            pool_persist_done(s->pool, se, 0);
+            break;
+        }
+        x->s = s;
+        x->se = se;
+        x->w.data = x;
+        if (uv_queue_work(&s->loop, &x->w, spill_work, persist_after)) {
+            pool_persist_done(s->pool, se, 0);
+            free(x);
+            break;
+        }
+        s->works++;
+    }
     while ((se = pool_next_spill(s->pool))) {
         io_work *x = calloc(1, sizeof *x);
         if (!x) { /* keep it in memory; try again on the next release */

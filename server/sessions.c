@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -204,6 +205,17 @@ static int alloc_mem(sess_pool *p, session *s)
     return 0;
 }
 
+/* mtime of <dir>/<id>.state in ns, 0 when absent. */
+static int64_t file_stamp(const sess_pool *p, const char *id)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s.state", p->state_dir, id);
+    if (stat(path, &st))
+        return 0;
+    return (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+}
+
 pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
 {
     pthread_mutex_lock(&p->mu);
@@ -212,6 +224,22 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
     if (s && s->leased) {
         rc = POOL_BUSY;
         goto out;
+    }
+    if (s && s->state && p->state_dir && !s->dirty && s->file_stamp &&
+        file_stamp(p, id) != s->file_stamp) {
+        /* Someone else (another replica) rewrote the file: ours is stale. */
+        p->n_mem--;
+        p->n_disk_only++;
+        free_mem(s);
+        reacct(p, s);
+        s->on_disk = 1;
+    }
+    if (!s && p->state_dir && file_stamp(p, id)) {
+        /* Written by another replica sharing the directory since our scan. */
+        if (p->n_sessions < p->max_sessions && (s = insert(p, id))) {
+            s->on_disk = 1;
+            p->n_disk_only++;
+        }
     }
     if (!s) {
         if (p->n_sessions >= p->max_sessions) {
@@ -297,6 +325,7 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
     }
     s->state = st;
     s->ckpt = ck;
+    s->file_stamp = rc == 0 ? file_stamp(p, s->id) : 0;
     if (rc == 0) {
         memcpy(s->init_state, r.init_state, sizeof s->init_state);
         s->tokens = r.tokens;
@@ -366,8 +395,10 @@ static int save_session(sess_pool *p, session *s, char *err, size_t errcap)
                       .n_tokens = s->n_tokens,
                       .tokens_known = 1};
     memcpy(r.init_state, s->init_state, sizeof r.init_state);
-    return store_save(p->state_dir, s->id, &r, ms_model_config(p->model),
-                      ms_model_fingerprint(p->model), err, errcap);
+    int rc = store_save(p->state_dir, s->id, &r, ms_model_config(p->model),
+                        ms_model_fingerprint(p->model), err, errcap);
+    s->file_stamp = rc == 0 ? file_stamp(p, s->id) : 0;
+    return rc;
 }
 
 int pool_spill_io(sess_pool *p, session *s, char *err, size_t errcap)
@@ -375,6 +406,38 @@ int pool_spill_io(sess_pool *p, session *s, char *err, size_t errcap)
     /* A clean session already matches its file: nothing to write. */
     if (!s->dirty && s->on_disk) return 0;
     return save_session(p, s, err, errcap);
+}
+
+session *pool_next_persist(sess_pool *p)
+{
+    if (!p->state_dir)
+        return NULL;
+    pthread_mutex_lock(&p->mu);
+    session *found = NULL;
+    for (int b = 0; b < N_BUCKETS && !found; b++)
+        for (session *x = p->buckets[b]; x && !found; x = x->next)
+            if (x->state && x->dirty && !x->leased && !x->deleted) {
+                x->leased = 1;
+                found = x;
+            }
+    pthread_mutex_unlock(&p->mu);
+    return found;
+}
+
+void pool_persist_done(sess_pool *p, session *s, int ok)
+{
+    pthread_mutex_lock(&p->mu);
+    s->leased = 0;
+    if (ok) {
+        s->on_disk = 1;
+        s->dirty = 0;
+    }
+    if (s->deleted) {
+        if (s->on_disk) store_remove(p->state_dir, s->id);
+        drop(p, s);
+    }
+    gauges(p);
+    pthread_mutex_unlock(&p->mu);
 }
 
 void pool_spill_done(sess_pool *p, session *s, int ok)

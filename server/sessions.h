@@ -43,6 +43,7 @@ typedef struct session {
     uint64_t last_used;
     size_t acct;        /* bytes this session counts in the pool budget */
     size_t info_tokens; /* n_tokens at last release (what GET shows while leased) */
+    int64_t file_stamp; /* mtime (ns) of the file when we last wrote or read it; 0 unknown */
     double created, updated;
     struct session *next; /* hash chain */
 } session;
@@ -66,7 +67,10 @@ void pool_free(sess_pool *p);
  * the count, or -1 with a message in err. */
 int pool_scan(sess_pool *p, char *err, size_t errcap);
 
-/* Finds or creates session id (id must be store_id_valid) and leases it. */
+/* Finds or creates session id (id must be store_id_valid) and leases it.
+ * With a state_dir, a session this pool does not hold in memory, or holds
+ * unchanged while its file was rewritten since (another replica sharing the
+ * directory served it), comes back as POOL_NEEDS_LOAD: the file wins. */
 pool_rc pool_acquire(sess_pool *p, const char *id, session **out);
 /* Returns the lease; the session becomes the most recently used. */
 void pool_release(sess_pool *p, session *s);
@@ -88,6 +92,14 @@ session *pool_next_spill(sess_pool *p);
 int pool_spill_io(sess_pool *p, session *s, char *err, size_t errcap);
 /* ok: frees the in-memory state (the file has it); else keeps it in memory. */
 void pool_spill_done(sess_pool *p, session *s, int ok);
+
+/* Write-behind: leases and returns an unleased in-memory session whose file
+ * is older than its state, so the caller can write it with pool_spill_io on
+ * a worker thread and call pool_persist_done; NULL when none (or no
+ * state_dir). Keeps the files current for other replicas and crashes. */
+session *pool_next_persist(sess_pool *p);
+/* Unleases s after pool_spill_io; ok: the file now matches memory. */
+void pool_persist_done(sess_pool *p, session *s, int ok);
 
 /* Writes every dirty in-memory session to state_dir (at shutdown). Returns
  * the number that failed. No-op without state_dir. */
