@@ -8,6 +8,8 @@
  */
 #include "config.h"
 
+#include "engine.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -18,7 +20,7 @@ enum {
     O_MODEL = 'm', O_HELP = 'h',
     O_VOCAB = 1000, O_NAME, O_HOST, O_PORT, O_STATE_DIR, O_POOL_MB, O_API_KEY, O_CORS,
     O_PARALLEL, O_QUEUE, O_MAX_BODY, O_MAX_TOKENS, O_DEF_TOKENS, O_DEF_CHAT_TOKENS,
-    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE
+    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS
 };
 
 typedef struct {
@@ -48,6 +50,7 @@ static const opt_spec specs[] = {
     {"idle-timeout", O_IDLE, "SECONDS", "close connections idle (or sending headers/body) this long (default 30)"},
     {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per step of a sequence, so streams are not stalled (default 64)"},
     {"threads", O_THREADS, "N", "engine worker threads, 0 = one per core (default 0)"},
+    {"weights", O_WEIGHTS, "FMT", "weights in memory: auto (bf16 files stay bf16, others f32), f32, bf16, int8 (default auto)"},
     {"max-sessions", O_MAX_SESSIONS, "N", "sessions indexed in memory and on disk (default 100000)"},
     {"init-state", O_INIT_STATE, "NAME=PATH", "initial state requests select with \"state\": NAME; PATH is a state-tuning file "
      "(.pth or .safetensors with blocks.{i}.att.time_state, optionally merged into a model); repeatable"},
@@ -241,6 +244,12 @@ static int apply(srv_config *c, const opt_spec *s, const char *v)
     case O_THREADS: if (parse_long(s->name, v, 0, 1024, &x)) return -1; c->threads = (int)x; return 0;
     case O_MAX_SESSIONS: if (parse_long(s->name, v, 1, 100000000, &x)) return -1;
         c->max_sessions = (int)x; return 0;
+    case O_WEIGHTS:
+        if ((c->weights = ms_weights_parse(v)) < 0) {
+            fprintf(stderr, "metastate serve: --weights: expected auto, f32, bf16 or int8, got '%s'\n", v);
+            return -1;
+        }
+        return 0;
     }
     return 0;
 }

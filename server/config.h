@@ -42,6 +42,7 @@ typedef struct srv_config {
     int idle_timeout_s;/* idle connection timeout (default 30) */
     int prefill_chunk; /* prompt tokens per scheduler iteration per sequence (default 64) */
     int threads;       /* engine threads, 0 = one per core */
+    int weights;       /* ms_weights: in-memory weight format (default auto) */
     int max_sessions;  /* sessions kept in the index (memory + disk), default 100000 */
     srv_init_state init_states[SRV_MAX_INIT_STATES]; /* --init-state NAME=PATH, in order */
     int n_init_states;

@@ -904,7 +904,7 @@ static int load_all(sched *s, char *msg, size_t cap)
         }
     }
     double t0 = sched_now();
-    ms_load_opts o = {.n_threads = c->threads};
+    ms_load_opts o = {.n_threads = c->threads, .weights = (ms_weights)c->weights};
     if (ms_model_load(c->model_path, &o, &s->model, &e) != MS_OK) {
         snprintf(msg, cap, "cannot load model: %s", e.msg);
         return -1;

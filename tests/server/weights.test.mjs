@@ -1,0 +1,27 @@
+// --weights: the server runs in every weight format, and refuses unknown ones.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { startServer, client, tinyModel, BIN, MODEL_NAME } from './lib/server.mjs';
+
+test('serves with f32, bf16 and int8 weights', async () => {
+  const texts = {};
+  for (const w of ['f32', 'bf16', 'int8']) {
+    const srv = await startServer({ args: ['--weights', w] });
+    try {
+      const r = await client(srv).completions.create({ model: MODEL_NAME, prompt: 'Hello', max_tokens: 4,
+        temperature: 0, logit_bias: { 0: -100 } });
+      assert.equal(r.usage.completion_tokens, 4, w);
+      texts[w] = r.choices[0].text;
+    } finally {
+      assert.equal((await srv.stop()).code, 0);
+    }
+  }
+  assert.equal(Object.keys(texts).length, 3);
+});
+
+test('an unknown --weights value is a usage error', () => {
+  const r = spawnSync(BIN, ['serve', '--model', tinyModel(1), '--weights', 'fp4'], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--weights/);
+});
