@@ -76,12 +76,13 @@ def wkv_forward(S0, r, logw, k, v, kk, a, chunk=CHUNK):
     P, Q = PQ[..., :N], PQ[..., N:]
     # sequential over chunks: u rows and the state at every chunk start
     beta_end, k_end = beta * torch.exp(c_end - c), k * torch.exp(c_end - c)
+    # (unbind once: slicing inside the loop would cost O(n^2) in backward)
+    per_chunk = zip(*(z.unbind(2) for z in (P, Q, torch.exp(c_end), beta_end, v, k_end)))
     M, starts, us = S0, [], []
-    for i in range(r.shape[2]):
+    for P_i, Q_i, decay_i, beta_i, v_i, k_i in per_chunk:
         starts.append(M)
-        u = P[:, :, i] @ M.transpose(-1, -2) + Q[:, :, i]
-        M = (M * torch.exp(c_end[:, :, i])
-             + u.transpose(-1, -2) @ beta_end[:, :, i] + v[:, :, i].transpose(-1, -2) @ k_end[:, :, i])
+        u = P_i @ M.transpose(-1, -2) + Q_i
+        M = M * decay_i + u.transpose(-1, -2) @ beta_i + v_i.transpose(-1, -2) @ k_i
         us.append(u)
     ctx = dict(M0=torch.stack(starts, 2), U=torch.stack(us, 2), v=v, k=k, beta=beta, c=c, T=T, L=L)
     return wkv_read(ctx, r, chunked=True), M, ctx
