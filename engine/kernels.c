@@ -594,10 +594,10 @@ void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
         fn(W, X, Y, B, beta, 0, W->rows);
         return;
     }
-    /* Chunks of 64 rows (a few microseconds each), at least 4 per thread. */
-    int per = 64;
-    while (per > 16 && (W->rows + per - 1) / per < 4 * pool.n_threads)
-        per /= 2;
+    /* Four chunks per thread: long enough that each thread reads long
+     * sequential runs (which the prefetchers follow), enough of them that a
+     * thread that starts late leaves its share to the others. */
+    int per = ((W->rows + 4 * pool.n_threads - 1) / (4 * pool.n_threads) + 15) & ~15;
     matmul_job m = {W, X, Y, B, beta, fn, per};
     k_parallel((W->rows + per - 1) / per, matmul_chunk, &m);
 }
