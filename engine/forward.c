@@ -256,6 +256,26 @@ static void token_shift(ms_ctx *c, int T, int l, int att, const float *const *mi
 /* ------------------------------------------------------------------------ */
 /* The block                                                                 */
 
+typedef struct {
+    ms_ctx *c;
+    int l, T;
+} wkv_job;
+
+/* Head h's WKV recurrence over the call's rows, in order (row t reads the
+ * state row t-1 left, or its own sequence's state in a batch). */
+static void wkv_rows_of_head(void *arg, int h)
+{
+    const wkv_job *j = arg;
+    ms_ctx *c = j->c;
+    const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size;
+    for (int t = 0; t < j->T; t++) {
+        const size_t ho = (size_t)t * C + (size_t)h * N;
+        float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
+        wkv_head(S, c->r + ho, c->w + ho, c->k + ho, c->v + ho, c->kk + ho, c->a + ho, c->y + ho,
+                 N);
+    }
+}
+
 static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
     const ms_config *cf = &c->m->cfg;
@@ -305,15 +325,12 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
             p[j] *= inv;
     }
 
-    for (int t = 0; t < T; t++) {
-        const size_t o = (size_t)t * C;
-        float *St = ms_state_wkv(c->row_state[t], l);
-        for (int h = 0; h < H; h++) {
-            const size_t ho = o + (size_t)h * N;
-            wkv_head(St + (size_t)h * N * N, c->r + ho, c->w + ho, c->k + ho, c->v + ho,
-                     c->kk + ho, c->a + ho, c->y + ho, N);
-        }
-    }
+    wkv_job wj = {c, l, T};
+    if (T >= 16) /* prefill: heads are independent recurrences, one per thread */
+        k_parallel(H, wkv_rows_of_head, &wj);
+    else
+        for (int h = 0; h < H; h++)
+            wkv_rows_of_head(&wj, h);
 
     for (size_t hrow = 0; hrow < (size_t)T * H; hrow++) {
         const int h = (int)(hrow % (size_t)H);

@@ -193,6 +193,12 @@ static void finish_job(sched *s, slot *sl, int status, const char *type, const c
     }
     sl->phase = PH_FREE;
     sl->job = NULL;
+    /* The gauge drops before the client hears back, so a client that reads
+     * /metrics right after its response sees itself gone; n_running itself
+     * drops after done, which draining relies on. */
+    pthread_mutex_lock(&s->mu);
+    metrics_set(MET_G_ACTIVE, s->n_running - 1);
+    pthread_mutex_unlock(&s->mu);
     j->sink->done(j->ud, &sl->res);
     pthread_mutex_lock(&s->mu);
     s->n_running--;
