@@ -148,59 +148,78 @@ void k_wmat_row(const k_wmat *W, int r, float *dst) { k_wmat_rows(W, r, r + 1, d
 /* ======================================================================== */
 /* The kernel body                                                           */
 /*
- * For rows [r0, r1) and sequences in blocks of up to 4:
- *   acc_b += widen(W[r][j..j+16)) * X[b][j..j+16)       (16 columns a step)
- * int8 rows sum each group of 64 columns apart and scale it once. Columns
- * past the last multiple of 16 are done in scalar code. Vector vocabulary
- * (defined per ISA): VT, VZERO(), VLOADX(p) (16 floats as one VT or a pair),
- * VW_F32/VW_BF16/VW_I8(p) (16 weights), VFMA(a, b, acc), VMULS(v, s),
- * VADD(a, b), VSUM(v).
+ * Every (row, sequence) dot product is summed the same way, whatever the
+ * batch size and blocking: four accumulators, one per 16-column quarter of
+ * each 64-column step, added up at the end (int8: one 64-column group per
+ * step, scaled once, on two accumulators). Four independent chains keep the
+ * FMA units busy instead of waiting on one chain's latency, and because the
+ * order never depends on B, a sequence decoded in a batch gets bit for bit
+ * what it gets alone. Sequences are taken NB at a time per pass over a row
+ * (NB per ISA, as many as the registers hold), so a batch reads each row of
+ * weights from memory once. Columns past the last multiple of 64 go 16 at a
+ * time into the first accumulator, then scalar. Vector vocabulary (per ISA):
+ * VT, VZERO(), VLOADX(p) (16 floats), VW_*(data, i) (16 weights widened),
+ * VFMA(a, b, acc), VMUL, VADD, VSET1(s), VSUM(v).
  */
-#define KERNEL_BODY(WIDEN, IS_I8)                                                                \
-    const int K = W->cols, K16 = K & ~15;                                                        \
+/* One pass over row r for sequences b0 .. b0+NQ-1 (NQ a constant, so the
+ * accumulators stay in registers). */
+#define ROW_PASS(WIDEN, IS_I8, NQ)                                                               \
+    {                                                                                            \
+        VT c[NQ][4];                                                                             \
+        for (int q = 0; q < NQ; q++)                                                             \
+            c[q][0] = c[q][1] = c[q][2] = c[q][3] = VZERO();                                     \
+        int j = 0;                                                                               \
+        for (; j < K64; j += 64) {                                                               \
+            const VT w0 = WIDEN(W->data, ro + (size_t)j);                                        \
+            const VT w1 = WIDEN(W->data, ro + (size_t)j + 16);                                   \
+            const VT w2 = WIDEN(W->data, ro + (size_t)j + 32);                                   \
+            const VT w3 = WIDEN(W->data, ro + (size_t)j + 48);                                   \
+            if (IS_I8) {                                                                         \
+                const VT sc = VSET1(W->scales[(size_t)r * G + (size_t)j / K_I8_GROUP]);          \
+                for (int q = 0; q < NQ; q++) {                                                   \
+                    const float *x = X + (size_t)(b0 + q) * K + j;                               \
+                    const VT t0 = VFMA(w1, VLOADX(x + 16), VMUL(w0, VLOADX(x)));                 \
+                    const VT t1 = VFMA(w3, VLOADX(x + 48), VMUL(w2, VLOADX(x + 32)));            \
+                    c[q][0] = VFMA(t0, sc, c[q][0]);                                             \
+                    c[q][1] = VFMA(t1, sc, c[q][1]);                                             \
+                }                                                                                \
+            } else {                                                                             \
+                for (int q = 0; q < NQ; q++) {                                                   \
+                    const float *x = X + (size_t)(b0 + q) * K + j;                               \
+                    c[q][0] = VFMA(w0, VLOADX(x), c[q][0]);                                      \
+                    c[q][1] = VFMA(w1, VLOADX(x + 16), c[q][1]);                                 \
+                    c[q][2] = VFMA(w2, VLOADX(x + 32), c[q][2]);                                 \
+                    c[q][3] = VFMA(w3, VLOADX(x + 48), c[q][3]);                                 \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        for (; j < K16; j += 16) {                                                               \
+            VT w = WIDEN(W->data, ro + (size_t)j);                                               \
+            if (IS_I8)                                                                           \
+                w = VMUL(w, VSET1(W->scales[(size_t)r * G + (size_t)j / K_I8_GROUP]));           \
+            for (int q = 0; q < NQ; q++)                                                         \
+                c[q][0] = VFMA(w, VLOADX(X + (size_t)(b0 + q) * K + j), c[q][0]);                \
+        }                                                                                        \
+        for (int q = 0; q < NQ; q++) {                                                           \
+            float sum = VSUM(VADD(VADD(c[q][0], c[q][1]), VADD(c[q][2], c[q][3])));              \
+            const float *x = X + (size_t)(b0 + q) * K;                                           \
+            for (int jj = K16; jj < K; jj++)                                                     \
+                sum += scalar_weight(W, r, jj, G) * x[jj];                                       \
+            float *y = Y + (size_t)(b0 + q) * W->rows + r;                                       \
+            *y = beta == 0.0f ? sum : beta * *y + sum;                                           \
+        }                                                                                        \
+    }
+
+#define KERNEL_BODY(WIDEN, IS_I8, NB)                                                            \
+    const int K = W->cols, K64 = K & ~63, K16 = K & ~15;                                         \
     const size_t G = n_groups(K);                                                                \
     for (int r = r0; r < r1; r++) {                                                              \
         const size_t ro = (size_t)r * (size_t)K;                                                 \
-        for (int b0 = 0; b0 < B; b0 += 4) {                                                      \
-            const int nb = B - b0 < 4 ? B - b0 : 4;                                              \
-            const float *x0 = X + (size_t)b0 * K, *x1 = x0 + K, *x2 = x1 + K, *x3 = x2 + K;       \
-            VT a0 = VZERO(), a1 = VZERO(), a2 = VZERO(), a3 = VZERO();                           \
-            VT g0 = VZERO(), g1 = VZERO(), g2 = VZERO(), g3 = VZERO();                           \
-            for (int j = 0; j < K16; j += 16) {                                                  \
-                const VT w = WIDEN(W->data, ro + (size_t)j);                                     \
-                g0 = VFMA(w, VLOADX(x0 + j), g0);                                                \
-                if (nb > 1)                                                                      \
-                    g1 = VFMA(w, VLOADX(x1 + j), g1);                                            \
-                if (nb > 2)                                                                      \
-                    g2 = VFMA(w, VLOADX(x2 + j), g2);                                            \
-                if (nb > 3)                                                                      \
-                    g3 = VFMA(w, VLOADX(x3 + j), g3);                                            \
-                if (IS_I8 && ((j + 16) % K_I8_GROUP == 0 || j + 16 == K16)) {                    \
-                    const float s = W->scales[(size_t)r * G + (size_t)j / K_I8_GROUP];           \
-                    a0 = VADD(a0, VMULS(g0, s));                                                 \
-                    a1 = VADD(a1, VMULS(g1, s));                                                 \
-                    a2 = VADD(a2, VMULS(g2, s));                                                 \
-                    a3 = VADD(a3, VMULS(g3, s));                                                 \
-                    g0 = g1 = g2 = g3 = VZERO();                                                 \
-                }                                                                                \
-            }                                                                                    \
-            if (!IS_I8) {                                                                        \
-                a0 = g0;                                                                         \
-                a1 = g1;                                                                         \
-                a2 = g2;                                                                         \
-                a3 = g3;                                                                         \
-            }                                                                                    \
-            float sum[4] = {VSUM(a0), VSUM(a1), VSUM(a2), VSUM(a3)};                             \
-            for (int j = K16; j < K; j++) {                                                      \
-                const float w = scalar_weight(W, r, j, G);                                       \
-                for (int b = 0; b < nb; b++)                                                     \
-                    sum[b] += w * X[(size_t)(b0 + b) * K + j];                                   \
-            }                                                                                    \
-            for (int b = 0; b < nb; b++) {                                                       \
-                float *y = Y + (size_t)(b0 + b) * W->rows + r;                                   \
-                *y = beta == 0.0f ? sum[b] : beta * *y + sum[b];                                 \
-            }                                                                                    \
-        }                                                                                        \
+        int b0 = 0;                                                                              \
+        for (; b0 + NB <= B; b0 += NB)                                                           \
+            ROW_PASS(WIDEN, IS_I8, NB)                                                           \
+        for (; b0 < B; b0++)                                                                     \
+            ROW_PASS(WIDEN, IS_I8, 1)                                                            \
     }
 
 static inline float scalar_weight(const k_wmat *W, int r, int j, size_t G)
@@ -264,6 +283,19 @@ static inline v16 s_muls(v16 a, float s)
         a.v[l] *= s;
     return a;
 }
+static inline v16 s_mul(v16 a, v16 b)
+{
+    for (int l = 0; l < 16; l++)
+        a.v[l] *= b.v[l];
+    return a;
+}
+static inline v16 s_set1(float x)
+{
+    v16 r;
+    for (int l = 0; l < 16; l++)
+        r.v[l] = x;
+    return r;
+}
 static inline float s_sum(v16 a)
 {
     float s = 0;
@@ -279,9 +311,11 @@ static inline float s_sum(v16 a)
 #define VADD s_add
 #define VMULS s_muls
 #define VSUM s_sum
-static void mm_scalar_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_f32, 0) }
-static void mm_scalar_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_bf16, 0) }
-static void mm_scalar_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_i8, 1) }
+#define VMUL s_mul
+#define VSET1 s_set1
+static void mm_scalar_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_f32, 0, 1) }
+static void mm_scalar_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_bf16, 0, 1) }
+static void mm_scalar_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_i8, 1, 1) }
 #undef VT
 #undef VZERO
 #undef VLOADX
@@ -289,6 +323,8 @@ static void mm_scalar_i8(const k_wmat *W, const float *X, float *Y, int B, float
 #undef VADD
 #undef VMULS
 #undef VSUM
+#undef VMUL
+#undef VSET1
 
 /* ------------------------------------------------------------------ AVX2 */
 /* 16 columns as a pair of 8-lane registers. */
@@ -333,6 +369,11 @@ AVX2 static inline v2x8 a2_muls(v2x8 a, float s)
     __m256 v = _mm256_set1_ps(s);
     return (v2x8){_mm256_mul_ps(a.lo, v), _mm256_mul_ps(a.hi, v)};
 }
+AVX2 static inline v2x8 a2_mul(v2x8 a, v2x8 b)
+{
+    return (v2x8){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+}
+AVX2 static inline v2x8 a2_set1(float x) { return (v2x8){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
 AVX2 static inline float a2_sum(v2x8 a)
 {
     __m256 s = _mm256_add_ps(a.lo, a.hi);
@@ -349,9 +390,11 @@ AVX2 static inline float a2_sum(v2x8 a)
 #define VADD a2_add
 #define VMULS a2_muls
 #define VSUM a2_sum
-AVX2 static void mm_avx2_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_f32, 0) }
-AVX2 static void mm_avx2_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_bf16, 0) }
-AVX2 static void mm_avx2_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_i8, 1) }
+#define VMUL a2_mul
+#define VSET1 a2_set1
+AVX2 static void mm_avx2_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_f32, 0, 1) }
+AVX2 static void mm_avx2_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_bf16, 0, 1) }
+AVX2 static void mm_avx2_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_i8, 1, 1) }
 #undef VT
 #undef VZERO
 #undef VLOADX
@@ -359,6 +402,8 @@ AVX2 static void mm_avx2_i8(const k_wmat *W, const float *X, float *Y, int B, fl
 #undef VADD
 #undef VMULS
 #undef VSUM
+#undef VMUL
+#undef VSET1
 
 /* --------------------------------------------------------------- AVX-512 */
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
@@ -379,6 +424,8 @@ AVX512 static inline __m512 a5_fma(__m512 a, __m512 b, __m512 c) { return _mm512
 AVX512 static inline __m512 a5_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 AVX512 static inline __m512 a5_muls(__m512 a, float s) { return _mm512_mul_ps(a, _mm512_set1_ps(s)); }
 AVX512 static inline float a5_sum(__m512 a) { return _mm512_reduce_add_ps(a); }
+AVX512 static inline __m512 a5_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+AVX512 static inline __m512 a5_set1(float x) { return _mm512_set1_ps(x); }
 
 #define VT __m512
 #define VZERO a5_zero
@@ -387,9 +434,11 @@ AVX512 static inline float a5_sum(__m512 a) { return _mm512_reduce_add_ps(a); }
 #define VADD a5_add
 #define VMULS a5_muls
 #define VSUM a5_sum
-AVX512 static void mm_avx512_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_f32, 0) }
-AVX512 static void mm_avx512_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_bf16, 0) }
-AVX512 static void mm_avx512_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_i8, 1) }
+#define VMUL a5_mul
+#define VSET1 a5_set1
+AVX512 static void mm_avx512_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_f32, 0, 4) }
+AVX512 static void mm_avx512_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_bf16, 0, 4) }
+AVX512 static void mm_avx512_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_i8, 1, 4) }
 #undef VT
 #undef VZERO
 #undef VLOADX
@@ -397,6 +446,8 @@ AVX512 static void mm_avx512_i8(const k_wmat *W, const float *X, float *Y, int B
 #undef VADD
 #undef VMULS
 #undef VSUM
+#undef VMUL
+#undef VSET1
 
 /* ======================================================================== */
 /* Dispatch                                                                  */

@@ -17,7 +17,7 @@ async function start() {
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = 30000 + Math.floor(Math.random() * 20000);
     const proc = spawn(bin, ['serve', '--model', model, '--weights', weights, '--host', '127.0.0.1',
-      '--port', String(port), '--parallel', '16', '--state-dir', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+      '--port', String(port), '--parallel', '16', '--state-dir', dir, '--model-name', 'bench'], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     proc.stderr.on('data', (d) => { err += d; });
     const url = `http://127.0.0.1:${port}`;
