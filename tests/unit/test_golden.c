@@ -15,11 +15,9 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "golden_check.h"
 #include "kernels.h"
 
-#define TOL_LOGITS 1e-4
-#define TOL_WKV 1e-4
-#define TOL_SHIFT 5e-5
 
 static const char *shared_dir(void)
 {
@@ -44,37 +42,7 @@ static void skip_if_no_golden(void)
         cr_skip_test("golden outputs not found at %s/golden (set METASTATE_SHARED)", shared_dir());
 }
 
-static int32_t *json_tokens(json_t *root, const char *key, size_t *n)
-{
-    json_t *a = json_object_get(root, key);
-    cr_assert(json_is_array(a), "manifest has no '%s'", key);
-    *n = json_array_size(a);
-    int32_t *v = malloc((*n ? *n : 1) * sizeof *v);
-    cr_assert_not_null(v);
-    for (size_t i = 0; i < *n; i++)
-        v[i] = (int32_t)json_integer_value(json_array_get(a, i));
-    return v;
-}
 
-/* Max |a - ref| over n floats where ref is a tensor of the reference file. */
-static double max_diff(const float *a, const ms_tensorfile *ref, const char *name, size_t n)
-{
-    const ms_tensor *t = ms_tensorfile_find(ref, name);
-    cr_assert_not_null(t, "reference tensor %s missing", name);
-    cr_assert_eq((size_t)ms_tensor_numel(t), n, "%s: %lld elements, engine has %zu", name,
-                 (long long)ms_tensor_numel(t), n);
-    float *r = malloc(n * sizeof *r);
-    cr_assert_not_null(r);
-    ms_tensor_to_f32(t, r);
-    double m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - r[i]);
-        if (!(d <= m)) /* also catches NaN */
-            m = isnan(d) ? INFINITY : d;
-    }
-    free(r);
-    return m;
-}
 
 typedef enum { FROM_ZERO, FROM_OWN_PREFIX, FROM_STORED_STATE } start;
 
