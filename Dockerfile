@@ -5,16 +5,16 @@
 #   docker run -p 8080:8080 -v $PWD/models:/models -v metastate-sessions:/var/lib/metastate \
 #       -e METASTATE_MODEL=/models/rwkv7-g1-0.1b.pth -e METASTATE_VOCAB=/models/rwkv_vocab_v20230424.txt metastate
 #
-# Without METASTATE_MODEL the image serves its built-in demo model (random
-# weights, tiny shapes, byte vocabulary): enough to check a deployment.
+# Without METASTATE_MODEL the image serves the demo model from models/ (a tiny
+# RWKV-7 trained on fortunes, with its byte vocabulary): enough to check a
+# deployment. Set METASTATE_MODEL and METASTATE_VOCAB together.
 
 FROM debian:12-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends make ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN make deps && make build \
-    && build/metastate gen-model --preset tiny --dtype bf16 --seed 1 --out /src/build/demo.safetensors
+RUN make deps && make build
 
 FROM debian:12-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
@@ -24,12 +24,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     && mkdir -p /models /var/lib/metastate/sessions /opt/metastate \
     && chown -R metastate:metastate /var/lib/metastate
 COPY --from=build /src/build/metastate /usr/local/bin/metastate
-COPY --from=build /src/build/demo.safetensors /opt/metastate/demo.safetensors
+COPY --from=build /src/models/default.safetensors /src/models/bytes_vocab.txt /opt/metastate/
 USER metastate
 VOLUME ["/models", "/var/lib/metastate"]
 ENV METASTATE_HOST=0.0.0.0 \
     METASTATE_PORT=8080 \
-    METASTATE_MODEL=/opt/metastate/demo.safetensors \
+    METASTATE_MODEL=/opt/metastate/default.safetensors \
+    METASTATE_VOCAB=/opt/metastate/bytes_vocab.txt \
     METASTATE_STATE_DIR=/var/lib/metastate/sessions
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
