@@ -215,14 +215,14 @@ ms_status ms_state_write_safetensors(FILE *f, const ms_state *s,
  * buffer, sized for `max_chunk` tokens per internal step, allocated once. */
 typedef struct ms_ctx ms_ctx;
 
-/* max_chunk = 0 picks a default (64). NULL on OOM. The ctx keeps a pointer to
+/* max_chunk = 0 picks a default (128). NULL on OOM. The ctx keeps a pointer to
  * m: free the ctx before the model. */
 ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk);
 void ms_ctx_free(ms_ctx *c);
 
 /* Runs tokens[0..n) from state s (updated in place), as prefill: projections
- * as GEMMs over chunks of up to max_chunk tokens, the WKV recurrence per
- * token. logits: NULL (none wanted), V floats (after the last token), or n*V
+ * as GEMMs over chunks of up to max_chunk tokens (chunks of up to 16 tokens
+ * use the matrix-vector kernels), the WKV recurrence per token. logits: NULL (none wanted), V floats (after the last token), or n*V
  * floats when all_logits (row t = after token t). Fails with MS_ERR_INVALID
  * for an id >= V; s is then unchanged. */
 ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n,
@@ -236,7 +236,7 @@ ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits,
  * sessions): every weight matrix is read once for the whole batch, so n
  * sequences cost far less than n calls of ms_step. states[i] advances by
  * tokens[i]; logits[i] is NULL or V floats. The states must be distinct.
- * Results equal ms_step's up to summation order. */
+ * Results are bit for bit those of ms_step on each sequence alone. */
 ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
                         float *const *logits, ms_error *err);
 
