@@ -48,7 +48,7 @@ static const opt_spec specs[] = {
     {"default-chat-max-tokens", O_DEF_CHAT_TOKENS, "N", "max_tokens of chat completions that give none (default 1024)"},
     {"timeout", O_TIMEOUT, "SECONDS", "per-request deadline: queued requests fail with 503, generation ends with finish_reason length (default 600)"},
     {"idle-timeout", O_IDLE, "SECONDS", "close connections idle (or sending headers/body) this long (default 30)"},
-    {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per step of a sequence, so streams are not stalled (default 64)"},
+    {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per step of a sequence, so streams are not stalled (default 128)"},
     {"threads", O_THREADS, "N", "engine worker threads, 0 = one per core (default 0)"},
     {"weights", O_WEIGHTS, "FMT", "weights in memory: auto (bf16 files stay bf16, others f32), f32, bf16, int8 (default auto)"},
     {"max-sessions", O_MAX_SESSIONS, "N", "sessions indexed in memory and on disk (default 100000)"},
@@ -267,7 +267,7 @@ int srv_config_parse(srv_config *c, int argc, char **argv)
     c->default_chat_max_tokens = 1024;
     c->timeout_s = 600;
     c->idle_timeout_s = 30;
-    c->prefill_chunk = 64;
+    c->prefill_chunk = 128; /* sgemm on 128 rows: 727 tok/s vs 574 at 64 (0.1B f32) */
     c->max_sessions = 100000;
 
     /* Environment first, so that flags override it. */

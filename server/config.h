@@ -40,7 +40,7 @@ typedef struct srv_config {
     int default_chat_max_tokens;
     double timeout_s;  /* per-request deadline in seconds (default 600) */
     int idle_timeout_s;/* idle connection timeout (default 30) */
-    int prefill_chunk; /* prompt tokens per scheduler iteration per sequence (default 64) */
+    int prefill_chunk; /* prompt tokens per scheduler iteration per sequence (default 128) */
     int threads;       /* engine threads, 0 = one per core */
     int weights;       /* ms_weights: in-memory weight format (default auto) */
     int max_sessions;  /* sessions kept in the index (memory + disk), default 100000 */
