@@ -20,7 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define LN_EPS 1e-5f
 
 /* ------------------------------------------------------------------------ */
 /* Binding table                                                             */
@@ -360,7 +359,6 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
         free(tmp);
         return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory for the weights", path);
     }
-    m->arena_floats = vec_floats;
     m->weight_bytes = vec_floats * sizeof(float);
     for (size_t i = 0, off = 0; i < ld->n; i++) {
         const binding *b = &ld->b[i];

@@ -44,7 +44,6 @@ struct ms_model {
     float *arena;      /* owns every float vector above */
     k_wfmt wfmt;       /* format of the big matrices */
     int *sse_heads;    /* owns every layer's sse_head list (L*H ints) */
-    size_t arena_floats;
     size_t weight_bytes;
     size_t bytes_per_token;
     uint8_t fingerprint[32];

@@ -295,37 +295,26 @@ static void select_top_k(cand *c, int32_t n, int32_t k)
 }
 
 /* Draws one index of w[0..k) with probability proportional to w (k >= 1,
- * weights >= 0, total > 0). */
-static int32_t draw_weighted(uint64_t rng[4], const double *w, int32_t k, double total)
-{
-    double target = uniform(rng) * total, acc = 0;
-    int32_t last = 0;
-    for (int32_t i = 0; i < k; i++) {
-        if (w[i] <= 0)
-            continue;
-        acc += w[i];
-        last = i;
-        if (acc > target)
-            return i;
+ * weights >= 0, total > 0). One body for the double and the float weight
+ * arrays; the running sum is double either way. */
+#define DRAW_WEIGHTED(NAME, T)                                                                   \
+    static int32_t NAME(uint64_t rng[4], const T *w, int32_t k, double total)                    \
+    {                                                                                            \
+        double target = uniform(rng) * total, acc = 0;                                           \
+        int32_t last = 0;                                                                        \
+        for (int32_t i = 0; i < k; i++) {                                                        \
+            if (w[i] <= 0)                                                                       \
+                continue;                                                                        \
+            acc += w[i];                                                                         \
+            last = i;                                                                            \
+            if (acc > target)                                                                    \
+                return i;                                                                        \
+        }                                                                                        \
+        return last; /* rounding left target just above the sum */                              \
     }
-    return last; /* rounding left target just above the sum */
-}
-
-/* Same, for float weights. */
-static int32_t draw_weighted_f(uint64_t rng[4], const float *w, int32_t k, double total)
-{
-    double target = uniform(rng) * total, acc = 0;
-    int32_t last = 0;
-    for (int32_t i = 0; i < k; i++) {
-        if (w[i] <= 0)
-            continue;
-        acc += w[i];
-        last = i;
-        if (acc > target)
-            return i;
-    }
-    return last;
-}
+DRAW_WEIGHTED(draw_weighted, double)
+DRAW_WEIGHTED(draw_weighted_f, float)
+#undef DRAW_WEIGHTED
 
 /* The draw weight of a token whose softmax numerator is e = exp(l - m),
  * i.e. its probability relative to the top token's: p^(1/T) up to a common
