@@ -11,22 +11,10 @@
 #include <string.h>
 
 #include "cli.h"
+#include "tmpdir.h"
 #include "engine.h"
 
-static char dir[256];
-
-static void make_dir(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/ms-test-meta-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
-}
-
-static void remove_dir(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    cr_assert_eq(system(cmd), 0);
-}
+TEST_TMPDIR("meta")
 
 TestSuite(metastate, .init = make_dir, .fini = remove_dir, .timeout = 120);
 
