@@ -3,6 +3,7 @@
 #   make run     install what is missing, build, start the server on the default model
 #   make test    install, build, run every test, then the whole suite again under ASan+UBSan
 #   make bench   benchmarks (not part of make test)
+#   make fuzz    every libFuzzer target for FUZZ_SECONDS each (make test runs each briefly)
 #
 # Every user-facing target first runs `deps`, which apt-get installs the Debian
 # packages that are missing (and nothing when all are there). The real work is
@@ -21,9 +22,9 @@ SHARED  ?= ../shared
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
               libopenblas-dev libuv1-dev libssl-dev
-TEST_PKGS  := libcriterion-dev curl nodejs npm
+TEST_PKGS  := libcriterion-dev curl nodejs npm clang libclang-rt-14-dev
 
-.PHONY: all deps deps-test build unit-bin check test bench run clean asan
+.PHONY: all deps deps-test build unit-bin check test bench run clean asan fuzz fuzz-bin fuzz-run
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -40,6 +41,12 @@ test: deps-test
 bench: deps
 	@$(MAKE) --no-print-directory build
 	@bash tools/bench.sh $(BUILD)
+
+# libFuzzer targets (tests/fuzz), each for FUZZ_SECONDS; new inputs collect
+# in $(BUILD)/fuzz/corpus, crashes in $(BUILD)/fuzz/artifacts.
+FUZZ_SECONDS ?= 300
+fuzz: deps-test
+	@$(MAKE) --no-print-directory fuzz-run
 
 run: deps
 	@$(MAKE) --no-print-directory build
@@ -97,8 +104,30 @@ $(BUILD)/asan/metastate: $(call objs,$(BUILD)/asan,$(LIB_SRC) server/main.c)
 $(BUILD)/asan/unit-tests: $(call objs,$(BUILD)/asan,$(LIB_SRC) $(UNIT_SRC))
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 
+# Fuzz targets: the library sources built with clang's libFuzzer, ASan and
+# UBSan, one binary per tests/fuzz/fuzz_*.c.
+FUZZ_CC    := clang
+FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+              -fno-sanitize-recover=all -Wno-unused-function
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS  := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(filter-out tests/fuzz/fuzz_util.c,$(FUZZ_SRC)))
+fuzz-bin: $(FUZZ_BINS) $(BUILD)/metastate
+.SECONDARY: $(call objs,$(BUILD)/fuzz,$(LIB_SRC) $(FUZZ_SRC))
+
+$(BUILD)/fuzz/obj/%.o: %.c $(HEADERS) tests/fuzz/fuzz_util.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(BASEFLAGS) -Itests/fuzz $(FUZZ_FLAGS) -c $< -o $@
+
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/fuzz/obj/tests/fuzz/fuzz_%.o $(BUILD)/fuzz/obj/tests/fuzz/fuzz_util.o \
+                      $(call objs,$(BUILD)/fuzz,$(LIB_SRC))
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+fuzz-run: fuzz-bin
+	@bash tests/fuzz/run.sh $(BUILD) $(FUZZ_SECONDS) long
+
 # The test suite: unit tests (Criterion) and the server tests (node's test
 # runner with the official openai package), first with the normal build, then
 # everything again with the sanitizer build. Any sanitizer report fails.
-check: $(BUILD)/metastate $(BUILD)/unit-tests $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests
-	@bash tests/run.sh $(BUILD) $(SHARED)
+# Each fuzz target first runs a few seconds over its committed corpus.
+check: $(BUILD)/metastate $(BUILD)/unit-tests $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests fuzz-bin
+	@st=0; bash tests/fuzz/run.sh $(BUILD) 5 smoke || st=1; bash tests/run.sh $(BUILD) $(SHARED) || st=1; exit $$st
