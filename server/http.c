@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -641,20 +642,24 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         MHD_destroy_response(resp);
         return ok;
     }
-    /* PUT: the engine reads tensor files by path, so stage the body in one. */
-    char tmpl[] = "/tmp/metastate-import-XXXXXX";
-    int fd = mkstemp(tmpl);
-    if (fd < 0) return send_error(r, 500, "server_error", NULL, NULL, "cannot create a temp file: %s", strerror(errno));
+    /* PUT: the engine reads tensor files by path, so the body is staged in
+     * an anonymous in-memory file: nothing on disk to leak or leave behind,
+     * and no server path in any message. */
+    int fd = memfd_create("metastate-import", MFD_CLOEXEC);
+    if (fd < 0)
+        return send_error(r, 500, "server_error", NULL, NULL, "cannot stage the upload: %s",
+                          strerror(errno));
     size_t off = 0;
     while (off < r->body_len) {
         ssize_t w = write(fd, r->body + off, r->body_len - off);
         if (w <= 0) break;
         off += (size_t)w;
     }
+    char staged[64];
+    snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
+    int rc = off == r->body_len ? pool_import(p, r->path_id, staged, err, sizeof err) : -1;
+    if (off != r->body_len) snprintf(err, sizeof err, "cannot stage the upload");
     close(fd);
-    int rc = off == r->body_len ? pool_import(p, r->path_id, tmpl, err, sizeof err) : -1;
-    if (off != r->body_len) snprintf(err, sizeof err, "cannot write a temp file");
-    unlink(tmpl);
     if (rc == 2) return session_409(r);
     if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
     char *t = pool_info_json(p, r->path_id);
@@ -813,6 +818,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             (void)real;
             return preflight(r, allow);
         }
+        /* The key is checked before the route is judged: without it, 404
+         * and 405 would tell which routes exist. */
+        if (r->route != R_HEALTH && !authorized(h->cfg, conn))
+            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
+                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if (r->route == R_NONE)
             return send_error(r, 404, "invalid_request_error", NULL, "not_found",
                               "Unknown route %s %s.", method, url);
@@ -821,9 +831,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                             "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
             return ok;
         }
-        if (r->route != R_HEALTH && !authorized(h->cfg, conn))
-            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
-                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
             !oa_session_id_valid(r->path_id, strlen(r->path_id)))
             return bad_session_id(r);
