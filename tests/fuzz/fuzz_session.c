@@ -3,7 +3,8 @@
  * file in a scratch directory, for a real (tiny) model. An accepted file
  * must yield in-range token ids, a checkpoint no longer than the history,
  * and finite state values; a rejected one must leave the caller's state as
- * it was.
+ * it was. Each input is tried as given and once more with its trailing
+ * CRC-32 recomputed, so mutations also reach the checks behind the checksum.
  */
 #include <math.h>
 #include <stdio.h>
@@ -34,7 +35,17 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static uint32_t crc32_ieee(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    }
+    return ~c;
+}
+
+static void try_load(const uint8_t *data, size_t size)
 {
     FILE *f = fopen(path, "wb");
     if (!f || (size && fwrite(data, 1, size, f) != size) || fclose(f)) abort();
@@ -57,5 +68,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (x[i] != 0.0f) abort(); /* a rejected file touched the state */
     }
     (void)store_peek_tokens(dir, "f");
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    try_load(data, size);
+    if (size >= 4) {
+        uint8_t *copy = malloc(size);
+        if (!copy) abort();
+        memcpy(copy, data, size);
+        uint32_t c = crc32_ieee(copy, size - 4);
+        for (int i = 0; i < 4; i++) copy[size - 4 + (size_t)i] = (uint8_t)(c >> (8 * i));
+        try_load(copy, size);
+        free(copy);
+    }
     return 0;
 }
