@@ -1,5 +1,5 @@
 /*
- * cli_generate.c - `metastate generate`: prompt in, text streamed to stdout
+ * generate.c - `metastate generate`: prompt in, text streamed to stdout
  * as it is sampled (whole UTF-8 characters only), statistics to stderr.
  */
 #include "cli.h"
