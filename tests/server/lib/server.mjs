@@ -57,7 +57,9 @@ export async function startServer(opts = {}) {
     const port = 20000 + Math.floor(Math.random() * 40000);
     const args = ['serve', '--model', model, '--host', '127.0.0.1', '--port', String(port),
       ...(opts.args || [])];
-    const proc = spawn(BIN, args, {
+    // opts.prefix: a command that runs the server, e.g. ['unshare', '--pid', ...].
+    const cmd = opts.prefix ? [...opts.prefix, BIN, ...args] : [BIN, ...args];
+    const proc = spawn(cmd[0], cmd.slice(1), {
       env: { ...process.env, OPENBLAS_NUM_THREADS: '1', ...(opts.env || {}) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
