@@ -32,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -98,6 +100,7 @@ typedef struct http_req {
     sched_result result;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
+    int backlogged;      /* unsent output went over the bound; cleared below a quarter of it */
 } http_req;
 
 /* ======================================================================== */
@@ -370,7 +373,30 @@ static int sink_alive(void *ud)
     return alive;
 }
 
-static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive};
+/* 1 while the client is not taking its stream fast enough: its output not
+ * yet taken went over --stream-backlog-kb and has not yet drained below a
+ * quarter of it. The scheduler pauses the sequence meanwhile, so a client
+ * that stops reading costs a bounded buffer, not all it would generate.
+ * "Not taken" counts our buffer and the socket's send queue (SIOCOUTQ): the
+ * kernel grows a send buffer to megabytes before our own one fills. */
+static int sink_backlogged(void *ud)
+{
+    http_req *r = ud;
+    size_t bound = r->srv->cfg->stream_backlog;
+    pthread_mutex_lock(&r->mu);
+    size_t unsent = r->out_len - r->out_off;
+    int queued = 0;
+    if (r->conn && r->fd >= 0 && ioctl(r->fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+        unsent += (size_t)queued;
+    if (unsent > bound) r->backlogged = 1;
+    else if (unsent < bound / 4) r->backlogged = 0;
+    int b = r->backlogged && r->job.req.stream;
+    pthread_mutex_unlock(&r->mu);
+    return b;
+}
+
+static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive,
+                                sink_backlogged};
 
 /* ======================================================================== */
 /* Streaming response reader (MHD thread)                                    */
@@ -385,7 +411,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (n > max) n = max;
         memcpy(buf, r->out + r->out_off, n);
         r->out_off += n;
-        if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
+        if (r->out_off == r->out_len) {
+            r->out_off = r->out_len = 0;
+        } else if (r->out_off >= (64u << 10) && r->out_off * 2 >= r->out_len) {
+            /* A reader that never quite catches up would otherwise keep the
+             * buffer growing: move the unsent tail to the front. */
+            memmove(r->out, r->out + r->out_off, r->out_len - r->out_off);
+            r->out_len -= r->out_off;
+            r->out_off = 0;
+            r->out[r->out_len] = 0; /* kept terminated, as append() leaves it */
+        }
         pthread_mutex_unlock(&r->mu);
         return (ssize_t)n;
     }

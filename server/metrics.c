@@ -56,6 +56,7 @@ static const char *counter_name[MET_C_COUNT][2] = {
     {"metastate_cancelled_total", "Requests whose client disconnected before the end."},
     {"metastate_session_hits_total", "Session requests whose prompt continued the session."},
     {"metastate_session_misses_total", "Session requests that restarted the session from the zero state."},
+    {"metastate_stream_pauses_total", "Times a stream's generation paused because its client was not reading (--stream-backlog-kb)."},
 };
 static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_sessions_in_memory", "Sessions whose state is in the memory pool."},
@@ -66,6 +67,7 @@ static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_active_sequences", "Requests being processed (prompt or generation)."},
     {"metastate_slots", "Sequence slots (--parallel)."},
     {"metastate_model_loaded", "1 once the model is loaded and the server answers requests."},
+    {"metastate_streams_paused", "Streams whose generation waits for their client to read."},
 };
 
 void metrics_init(void)
