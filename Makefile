@@ -20,8 +20,8 @@ SHARED  ?= ../shared
 
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
-              libopenblas-dev libuv1-dev libssl-dev
-TEST_PKGS  := libcriterion-dev curl nodejs npm
+              libopenblas-dev libuv1-dev libssl-dev libhiredis-dev
+TEST_PKGS  := libcriterion-dev curl nodejs npm redis-server
 
 .PHONY: all deps deps-test build unit-bin check test bench run clean asan
 
@@ -52,7 +52,7 @@ clean:
 # Everything below runs in the sub-make, with the packages installed.
 
 CC       ?= cc
-PKGS     := openblas libmicrohttpd jansson libuv libcrypto
+PKGS     := openblas libmicrohttpd jansson libuv libcrypto hiredis
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
