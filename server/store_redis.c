@@ -309,8 +309,10 @@ static const char RELEASE[] =
     "return 1\n";
 
 static const char SAVE[] =
-    "if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'r', ARGV[2], 'v', ARGV[3])\n"
+    "if ARGV[1] == '' then\n"
+    "  if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end\n"
+    "elseif redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'r', ARGV[2], 'v', ARGV[3], 'n', ARGV[5])\n"
     "if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4])\n"
     "else redis.call('PERSIST', KEYS[1]) end\n"
     "return 1\n";
@@ -401,16 +403,53 @@ int redis_load(redis_store *rs, const char *id, unsigned char **buf, size_t *len
 }
 
 int redis_save(redis_store *rs, const char *id, const char *tok, const unsigned char *buf,
-               size_t len, long ttl_s, char *ver, char *err, size_t errcap)
+               size_t len, long long n_tokens, long ttl_s, char *ver, char *err, size_t errcap)
 {
-    char nv[REDIS_TOKEN_MAX], s[24];
+    char nv[REDIS_TOKEN_MAX], s[24], nt[24];
     redis_new_token(nv);
     snprintf(s, sizeof s, "%ld", ttl_s);
-    const char *args[] = {tok ? tok : "", (const char *)buf, nv, s};
-    size_t lens[] = {tok ? strlen(tok) : 0, len, strlen(nv), strlen(s)};
-    int rc = int_reply(eval2(rs, SAVE, id, 4, args, lens, err, errcap), err, errcap);
+    snprintf(nt, sizeof nt, "%lld", n_tokens);
+    const char *args[] = {tok ? tok : "", (const char *)buf, nv, s, nt};
+    size_t lens[] = {tok ? strlen(tok) : 0, len, strlen(nv), strlen(s), strlen(nt)};
+    int rc = int_reply(eval2(rs, SAVE, id, 5, args, lens, err, errcap), err, errcap);
     if (rc == 1) memcpy(ver, nv, sizeof nv);
     return rc;
+}
+
+int redis_info(redis_store *rs, const char *id, long long *n_tokens, long *ttl_s, int *leased,
+               char *err, size_t errcap)
+{
+    char ks[512], kl[512];
+    keys_of(rs, id, ks, kl, sizeof ks);
+    static const char INFO[] =
+        "local n = redis.call('HGET', KEYS[1], 'n')\n"
+        "if not n then return false end\n"
+        "return {n, redis.call('TTL', KEYS[1]), redis.call('EXISTS', KEYS[2])}\n";
+    redisReply *r = eval2(rs, INFO, id, 0, NULL, NULL, err, errcap);
+    if (!r) return -1;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_STRING) {
+        *n_tokens = strtoll(r->element[0]->str, NULL, 10);
+        *ttl_s = r->element[1]->type == REDIS_REPLY_INTEGER ? (long)r->element[1]->integer : -1;
+        *leased = r->element[2]->type == REDIS_REPLY_INTEGER && r->element[2]->integer == 1;
+        rc = 1;
+    } else if (r->type != REDIS_REPLY_NIL) {
+        rc = fail(err, errcap, "state store: unexpected reply to the info script");
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int redis_set_aside(redis_store *rs, const char *id, char *err, size_t errcap)
+{
+    char ks[512], kl[512], kr[520];
+    keys_of(rs, id, ks, kl, sizeof ks);
+    snprintf(kr, sizeof kr, "%s{%s}:rejected", rs->prefix, id);
+    const char *argv[] = {"RENAME", ks, kr};
+    redisReply *r = run(rs, 3, argv, NULL, err, errcap);
+    if (!r) return -1;
+    freeReplyObject(r);
+    return 0;
 }
 
 int redis_delete(redis_store *rs, const char *id, char *err, size_t errcap)

@@ -62,12 +62,20 @@ int redis_lease_release(redis_store *rs, const char *id, const char *tok, char *
  * Returns 1 found, 0 no value, -1 error. */
 int redis_load(redis_store *rs, const char *id, unsigned char **buf, size_t *len, char *ver,
                char *err, size_t errcap);
-/* Stores a record under a new version (written to ver) if tok still owns the
- * lease (tok NULL: no lease check, for imports); sets the expiry to ttl_s
- * seconds (0 = none). Returns 1 saved, 0 lease lost (nothing written), -1
- * error. */
+/* Stores a record (n_tokens: its token count, for listings) under a new
+ * version (written to ver) if tok still owns the lease; tok NULL (imports):
+ * only while nobody holds the lease. Sets the expiry to ttl_s seconds (0 =
+ * none). Returns 1 saved, 0 lease lost, 2 leased by someone (tok NULL),
+ * -1 error; nothing is written unless 1. */
 int redis_save(redis_store *rs, const char *id, const char *tok, const unsigned char *buf,
-               size_t len, long ttl_s, char *ver, char *err, size_t errcap);
+               size_t len, long long n_tokens, long ttl_s, char *ver, char *err, size_t errcap);
+/* Token count, seconds to expiry (-1 none) and whether a turn holds the
+ * lease, without reading the record. 1 found, 0 no value, -1 error. */
+int redis_info(redis_store *rs, const char *id, long long *n_tokens, long *ttl_s, int *leased,
+               char *err, size_t errcap);
+/* Renames a rejected value to <prefix>{<id>}:rejected (kept for inspection;
+ * the session restarts). 0 ok, -1 error. */
+int redis_set_aside(redis_store *rs, const char *id, char *err, size_t errcap);
 /* Deletes session id unless a turn holds its lease: 1 deleted, 0 no such
  * session, 2 leased (busy), -1 error. */
 int redis_delete(redis_store *rs, const char *id, char *err, size_t errcap);

@@ -281,18 +281,18 @@ Test(store_redis, saves_are_fenced_by_the_lease_and_get_new_versions)
         v2[REDIS_VERSION_MAX], vl[REDIS_VERSION_MAX], err[256];
     redis_new_token(a);
     redis_new_token(t2);
-    cr_assert_eq(redis_save(rs, "s", a, b, n, 0, v1, err, sizeof err), 0, "no lease: not saved");
+    cr_assert_eq(redis_save(rs, "s", a, b, n, 3, 0, v1, err, sizeof err), 0, "no lease: not saved");
     unsigned char *got = NULL;
     size_t gl = 0;
     cr_assert_eq(redis_load(rs, "s", &got, &gl, vl, err, sizeof err), 0, "nothing stored");
     cr_assert_eq(redis_lease_acquire(rs, "s", a, 10000, 0, v0, err, sizeof err), 1);
-    cr_assert_eq(redis_save(rs, "s", a, b, n, 0, v1, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(redis_save(rs, "s", a, b, n, 3, 0, v1, err, sizeof err), 1, "%s", err);
     cr_assert_eq(redis_load(rs, "s", &got, &gl, vl, err, sizeof err), 1, "%s", err);
     cr_assert_eq(gl, n);
     cr_assert_eq(memcmp(got, b, n), 0, "binary value round trip");
     cr_assert_str_eq(vl, v1);
     free(got);
-    cr_assert_eq(redis_save(rs, "s", a, b, n, 0, v2, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(redis_save(rs, "s", a, b, n, 3, 0, v2, err, sizeof err), 1, "%s", err);
     cr_assert_str_neq(v1, v2, "every save is a new version");
     cr_assert_eq(redis_lease_release(rs, "s", a, err, sizeof err), 1);
     /* the next turn sees the version of the last save */
@@ -300,7 +300,7 @@ Test(store_redis, saves_are_fenced_by_the_lease_and_get_new_versions)
     cr_assert_str_eq(v0, v2);
     /* the old owner, late, cannot overwrite */
     b[100] ^= 1;
-    cr_assert_eq(redis_save(rs, "s", a, b, n, 0, v1, err, sizeof err), 0);
+    cr_assert_eq(redis_save(rs, "s", a, b, n, 3, 0, v1, err, sizeof err), 0);
     cr_assert_eq(redis_load(rs, "s", &got, &gl, vl, err, sizeof err), 1);
     cr_assert_str_eq(vl, v2);
     cr_assert_neq(memcmp(got, b, n), 0);
@@ -318,11 +318,20 @@ Test(store_redis, delete_waits_for_the_lease_and_versions_differ_after_it)
     const unsigned char val[] = "x";
     cr_assert_eq(redis_delete(rs, "d", err, sizeof err), 0, "unknown");
     cr_assert_eq(redis_lease_acquire(rs, "d", a, 10000, 0, v1, err, sizeof err), 1);
-    cr_assert_eq(redis_save(rs, "d", a, val, 1, 0, v1, err, sizeof err), 1);
+    cr_assert_eq(redis_save(rs, "d", a, val, 1, 3, 0, v1, err, sizeof err), 1);
     cr_assert_eq(redis_delete(rs, "d", err, sizeof err), 2, "busy while leased");
     cr_assert_eq(redis_lease_release(rs, "d", a, err, sizeof err), 1);
     cr_assert_eq(redis_delete(rs, "d", err, sizeof err), 1);
-    cr_assert_eq(redis_save(rs, "d", NULL, val, 1, 0, v2, err, sizeof err), 1, "import: no lease");
+    cr_assert_eq(redis_lease_acquire(rs, "d", a, 10000, 0, v2, err, sizeof err), 1);
+    cr_assert_eq(redis_save(rs, "d", NULL, val, 1, 3, 0, v2, err, sizeof err), 2, "import: busy while leased");
+    cr_assert_eq(redis_lease_release(rs, "d", a, err, sizeof err), 1);
+    cr_assert_eq(redis_save(rs, "d", NULL, val, 1, 3, 0, v2, err, sizeof err), 1, "import: no lease needed");
+    long long nt = 0;
+    long ttl = 0;
+    int leased = 1;
+    cr_assert_eq(redis_info(rs, "d", &nt, &ttl, &leased, err, sizeof err), 1, "%s", err);
+    cr_assert(nt == 3 && ttl == -1 && !leased);
+    cr_assert_eq(redis_info(rs, "nope", &nt, &ttl, &leased, err, sizeof err), 0);
     cr_assert_str_neq(v1, v2, "a cache holding the deleted session's version must not match");
     redis_store_free(rs);
 }
@@ -341,9 +350,9 @@ Test(store_redis, scan_lists_sessions_of_this_prefix_only_and_ttl_is_set)
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", redis_port);
     redis_store *other_prefix = redis_store_new(url, "u*:", 1000, err, sizeof err);
     const unsigned char val[] = "x";
-    cr_assert_eq(redis_save(rs, "a.b:c-1", NULL, val, 1, 0, ver, err, sizeof err), 1, "%s", err);
-    cr_assert_eq(redis_save(rs, "z", NULL, val, 1, 100, ver, err, sizeof err), 1, "%s", err);
-    cr_assert_eq(redis_save(other_prefix, "nope", NULL, val, 1, 0, ver, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(redis_save(rs, "a.b:c-1", NULL, val, 1, 3, 0, ver, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(redis_save(rs, "z", NULL, val, 1, 3, 100, ver, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(redis_save(other_prefix, "nope", NULL, val, 1, 3, 0, ver, err, sizeof err), 1, "%s", err);
     char acc[256] = "";
     cr_assert_eq(redis_scan(rs, collect, acc, err, sizeof err), 2, "%s", err);
     cr_assert(strstr(acc, "a.b:c-1,") && strstr(acc, "z,") && !strstr(acc, "nope"), "%s", acc);
@@ -414,7 +423,7 @@ Test(store_redis_auth, password_and_database_from_the_url)
     cr_assert(strstr(redis_store_where(rs), "/3"), "%s", redis_store_where(rs));
     cr_assert_null(strstr(redis_store_where(rs), "pw"));
     const unsigned char val[] = "x";
-    cr_assert_eq(redis_save(rs, "k", NULL, val, 1, 0, ver, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(redis_save(rs, "k", NULL, val, 1, 3, 0, ver, err, sizeof err), 1, "%s", err);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "redis-cli -p %d -a pw --no-auth-warning -n 3 EXISTS 't:{k}:state'", redis_port);
     FILE *p = popen(cmd, "r");
