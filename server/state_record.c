@@ -161,6 +161,18 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
                     what, len, (unsigned long long)expect);
     if (get_u32(buf + len - 4) != crc32_of(buf, len - 4))
         return fail(err, errcap, "%s: checksum mismatch (value corrupt)", what);
+    {
+        /* The floats may sit at any alignment in buf: check a copy's worth at a time. */
+        float chunk[1024];
+        size_t total = nf * (has_ckpt ? 2 : 1);
+        for (size_t i = 0; i < total; i += 1024) {
+            size_t k = total - i < 1024 ? total - i : 1024;
+            memcpy(chunk, buf + off + i * 4, k * 4);
+            if (!store_values_ok(chunk, k))
+                return fail(err, errcap, "%s: state values not finite or beyond +-%g (corrupt)", what,
+                            (double)STORE_VALUE_MAX);
+        }
+    }
     const unsigned char *toks = buf + off + nf * 4 * (has_ckpt ? 2 : 1);
     for (uint64_t i = 0; i < nt; i++) {
         int32_t t = (int32_t)get_u32(toks + 4 * i);

@@ -369,6 +369,12 @@ static int redis_imp(sstore *st, const char *id, const char *path, char *err, si
         snprintf(err, errcap, "%s", e.msg);
         return SSTORE_INVALID;
     }
+    if (!store_values_ok(ms_state_cdata(tmp), ms_state_nfloats(tmp))) {
+        ms_state_free(tmp);
+        snprintf(err, errcap, "the state holds values that are not finite or beyond +-%g",
+                 (double)STORE_VALUE_MAX);
+        return SSTORE_INVALID;
+    }
     /* As pool_import: no history, the imported state is also the checkpoint
      * every miss restarts from, and it stands in for an initial state. */
     store_record r = {.state = tmp, .ckpt = tmp, .n_ckpt = 0, .tokens_known = 1};
