@@ -20,9 +20,9 @@ SHARED  ?= ../shared
 
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
-              libopenblas-dev libuv1-dev libssl-dev
+              libopenblas-dev libuv1-dev libssl-dev libhiredis-dev
 RUN_PKGS   := curl
-TEST_PKGS  := libcriterion-dev curl nodejs npm
+TEST_PKGS  := libcriterion-dev curl nodejs npm redis-server
 # CI (.ci/run) requires the reference checks, so it installs what they need;
 # a user's make test skips them without it, saying so.
 REF_PKGS   := $(if $(filter-out 0,$(METASTATE_REQUIRE_REFERENCE)),python3-torch python3-numpy,)
@@ -63,7 +63,7 @@ clean:
 # Everything below runs in the sub-make, with the packages installed.
 
 CC       ?= cc
-PKGS     := openblas libmicrohttpd jansson libuv libcrypto
+PKGS     := openblas libmicrohttpd jansson libuv libcrypto hiredis
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
