@@ -209,6 +209,7 @@ static void error_from_status(oa_error *e, const srv_error *err)
     case SRV_ERR_UNAVAILABLE: st = 503; break;
     case SRV_ERR_LOADING: st = 503, code = "model_loading"; break;
     case SRV_ERR_SHUTTING_DOWN: st = 503, code = "shutting_down"; break;
+    case SRV_ERR_STORE_UNAVAILABLE: st = 503, code = "store_unavailable"; break;
     }
     oa_error_set(e, st, type, NULL, code, "%s", err->msg[0] ? err->msg : srv_status_str(err->code));
 }
@@ -567,7 +568,13 @@ static enum MHD_Result do_health(http_req *r)
     if (atomic_load(&r->srv->draining))
         return send_json(r, 503, strdup("{\"status\":\"shutting_down\"}"));
     if (!sched_ready(r->srv->s)) return send_json(r, 503, strdup("{\"status\":\"loading\"}"));
-    return send_json(r, 200, strdup("{\"status\":\"ok\"}"));
+    /* A store that is down does not make the replica unhealthy: requests
+     * without a session are still served; the body says so. */
+    sstore *st = sched_store(r->srv->s);
+    char body[128];
+    snprintf(body, sizeof body, "{\"status\":\"ok\",\"store\":\"%s\",\"store_kind\":\"%s\"}",
+             sstore_up(st) ? "ok" : "unavailable", sstore_kind(st));
+    return send_json(r, 200, strdup(body));
 }
 
 static enum MHD_Result do_metrics(http_req *r)
@@ -629,18 +636,29 @@ static enum MHD_Result session_409(http_req *r)
                       "Session '%s' is in use by a running request; retry when it is done.", r->path_id);
 }
 
+static enum MHD_Result store_503(http_req *r)
+{
+    return send_error(r, 503, "server_error", NULL, "store_unavailable",
+                      "The session store is unavailable; retry shortly.");
+}
+
 static enum MHD_Result do_sessions(http_req *r, const char *method)
 {
     enum MHD_Result out;
     if (!need_ready(r, &out)) return out;
-    sess_pool *p = sched_pool(r->srv->s);
-    if (r->route == R_SESSIONS) return send_json(r, 200, pool_list_json(p));
+    sstore *p = sched_store(r->srv->s);
+    int src = SSTORE_OK;
+    if (r->route == R_SESSIONS) {
+        char *t = sstore_list_json(p, &src);
+        return t ? send_json(r, 200, t) : store_503(r);
+    }
     if (r->route == R_SESSION) {
         if (!strcmp(method, "GET")) {
-            char *t = pool_info_json(p, r->path_id);
-            return t ? send_json(r, 200, t) : session_404(r);
+            char *t = sstore_info_json(p, r->path_id, &src);
+            return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
         }
-        int rc = pool_delete(p, r->path_id);
+        int rc = sstore_delete(p, r->path_id);
+        if (rc == SSTORE_DOWN) return store_503(r);
         if (rc == 1) return session_404(r);
         if (rc == 2) return session_409(r);
         json_t *o = json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "session.deleted",
@@ -655,10 +673,11 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         size_t len = 0;
         FILE *f = open_memstream(&buf, &len);
         if (!f) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
-        int rc = pool_export(p, r->path_id, f, err, sizeof err);
+        int rc = sstore_export(p, r->path_id, f, err, sizeof err);
         fclose(f);
         if (rc) {
             free(buf);
+            if (rc == SSTORE_DOWN) return store_503(r);
             if (rc == 1) return session_404(r);
             if (rc == 2) return session_409(r);
             return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", err);
@@ -689,13 +708,14 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         off += (size_t)w;
     }
     close(fd);
-    int rc = off == r->body_len ? pool_import(p, r->path_id, tmpl, err, sizeof err) : -1;
+    int rc = off == r->body_len ? sstore_import(p, r->path_id, tmpl, err, sizeof err) : -1;
     if (off != r->body_len) snprintf(err, sizeof err, "cannot write a temp file");
     unlink(tmpl);
+    if (rc == SSTORE_DOWN) return store_503(r);
     if (rc == 2) return session_409(r);
     if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
-    char *t = pool_info_json(p, r->path_id);
-    return t ? send_json(r, 200, t) : session_404(r);
+    char *t = sstore_info_json(p, r->path_id, &src);
+    return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
 }
 
 /* ======================================================================== */

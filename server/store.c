@@ -235,6 +235,15 @@ int sstore_turn_end(sstore *st, session *se, sstore_turn *t, char *err, size_t e
     return out;
 }
 
+void sstore_turn_abort(sstore *st, const char *id, sstore_turn *t)
+{
+    if (!st->ops->shared || !t->held) return;
+    char err[256];
+    double t0 = now_s();
+    seen(st, t0, redis_lease_release(st->rs, id, t->tok, err, sizeof err));
+    t->held = 0;
+}
+
 int sstore_turn_renew(sstore *st, const char *id, const sstore_turn *t, char *err, size_t errcap)
 {
     if (!st->ops->shared || !t->held) return SSTORE_OK;

@@ -80,6 +80,8 @@ int sstore_turn_begin(sstore *st, session *se, sstore_turn *t, char *note, size_
  * taken: nothing written, the memory copy is no longer trusted) or
  * SSTORE_DOWN. Either way t no longer holds the lease. */
 int sstore_turn_end(sstore *st, session *se, sstore_turn *t, char *err, size_t errcap);
+/* Releases the lease without storing anything (the turn never started). */
+void sstore_turn_abort(sstore *st, const char *id, sstore_turn *t);
 /* Extends a running turn's lease: SSTORE_OK, SSTORE_BUSY (lost), SSTORE_DOWN. */
 int sstore_turn_renew(sstore *st, const char *id, const sstore_turn *t, char *err, size_t errcap);
 
