@@ -47,6 +47,7 @@ struct http_srv {
     const srv_config *cfg;
     sched *s;
     struct MHD_Daemon *d;
+    struct MHD_Daemon *md; /* --metrics-port: /metrics only, no API key */
     atomic_int draining;
     atomic_int in_flight; /* live http_req objects */
     int64_t started_at;
@@ -948,6 +949,40 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 /* Server lifetime                                                           */
 /* ======================================================================== */
 
+/* The --metrics-port listener: GET /metrics without the API key, for
+ * scrapers that cannot send one (Prometheus annotation scraping); nothing
+ * else is served there, so that port can stay inside the cluster. */
+static enum MHD_Result metrics_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                       const char *method, const char *version,
+                                       const char *upload_data, size_t *upload_data_size,
+                                       void **con_cls)
+{
+    static int headers_seen;
+    if (!*con_cls) {
+        *con_cls = &headers_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    int ok = !strcmp(url, "/metrics") && (!strcmp(method, "GET") || !strcmp(method, "HEAD"));
+    size_t n = 0;
+    char *t = ok ? metrics_render(&n) : strdup("only GET /metrics is served on this port\n");
+    if (!t) return MHD_NO;
+    if (!ok) n = strlen(t);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, t, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(t);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type",
+                            ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8");
+    enum MHD_Result rc = MHD_queue_response(conn, ok ? 200 : 404, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
 http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
 {
     struct addrinfo hints = {0}, *ai = NULL;
@@ -982,6 +1017,23 @@ http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_END);
+    if (h->d && cfg->metrics_port) {
+        ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)cfg->metrics_port); /* same offset in sockaddr_in6 */
+        h->md = MHD_start_daemon(flags & ~(unsigned)MHD_ALLOW_SUSPEND_RESUME, (uint16_t)cfg->metrics_port,
+                                 NULL, NULL, metrics_handler, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        if (!h->md) {
+            MHD_stop_daemon(h->d);
+            h->d = NULL;
+            freeaddrinfo(ai);
+            snprintf(err, errcap, "cannot listen on %s:%d for --metrics-port (address in use or "
+                     "not available)", cfg->host, cfg->metrics_port);
+            free(h);
+            return NULL;
+        }
+    }
     freeaddrinfo(ai);
     if (!h->d) {
         snprintf(err, errcap, "cannot listen on %s:%d (address in use or not available)", cfg->host,
@@ -1012,6 +1064,7 @@ int http_wait_idle(http_srv *h, double timeout_s)
 void http_stop(http_srv *h)
 {
     if (!h) return;
+    if (h->md) MHD_stop_daemon(h->md);
     MHD_stop_daemon(h->d);
     free(h);
 }
