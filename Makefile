@@ -21,7 +21,7 @@ SHARED  ?= ../shared
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
               libopenblas-dev libuv1-dev libssl-dev
-TEST_PKGS  := libcriterion-dev curl nodejs npm
+TEST_PKGS  := libcriterion-dev curl nodejs npm chromium
 
 .PHONY: all deps deps-test build unit-bin check test bench run clean asan
 
@@ -66,7 +66,10 @@ SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 ENGINE_SRC := $(wildcard engine/*.c)
 PROTO_SRC  := $(wildcard proto/*.c)
 SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
-LIB_SRC    := $(ENGINE_SRC) $(PROTO_SRC) $(SERVER_SRC)
+# The chat page (web/) becomes a generated C file of byte arrays.
+WEB_FILES  := $(sort $(wildcard web/*))
+WEB_GEN    := $(BUILD)/gen/web_assets.c
+LIB_SRC    := $(ENGINE_SRC) $(PROTO_SRC) $(SERVER_SRC) $(WEB_GEN)
 UNIT_SRC   := $(wildcard tests/unit/*.c)
 HEADERS    := $(wildcard engine/*.h proto/*.h server/*.h tests/unit/*.h)
 
@@ -76,6 +79,10 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 build: $(BUILD)/metastate
 unit-bin: $(BUILD)/unit-tests
 asan: $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests
+
+$(WEB_GEN): web $(WEB_FILES) tools/embed_web.sh
+	@mkdir -p $(dir $@)
+	@bash tools/embed_web.sh $@ web $(WEB_FILES)
 
 $(BUILD)/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
