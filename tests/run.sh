@@ -26,6 +26,12 @@ run_suite() { # $1 = label, $2 = dir with metastate and unit-tests
         (cd "$here/server" && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } ) || status=1
         METASTATE_BIN="$(cd "$dir" && pwd)/metastate" node --test --test-concurrency=1 "$here"/server/*.test.mjs || status=1
     fi
+    # The chat page in Debian's chromium (puppeteer-core; its server helpers come from server/lib).
+    if compgen -G "$here/web/*.test.mjs" >/dev/null; then
+        echo "== browser tests ($label)"
+        (cd "$here/web" && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } ) || status=1
+        METASTATE_BIN="$(cd "$dir" && pwd)/metastate" node --test --test-concurrency=1 "$here"/web/*.test.mjs || status=1
+    fi
 }
 
 # The Meta-State golden vectors in tests/golden_ms come from the PyTorch

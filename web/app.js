@@ -198,20 +198,28 @@ function newChat() {
 
 // ---------------------------------------------------------------- thread
 
-function fmtStats(st) {
-  if (!st) return '';
+/** The stats line's parts as [text, class]. */
+function statsParts(st) {
+  if (!st) return [];
   const parts = [];
-  if (st.completion_tokens !== undefined) parts.push(`${st.completion_tokens} tokens`);
-  if (st.tps) parts.push(`${st.tps.toFixed(1)} tok/s`);
-  if (st.ttft !== undefined) parts.push(`first token ${Math.round(st.ttft)} ms`);
-  if (st.cached !== undefined) parts.push(`cached ${st.cached} of ${st.prompt_tokens} prompt tokens`);
-  if (st.stopped) parts.push('stopped');
-  if (st.finish === 'length') parts.push('hit max tokens');
-  return parts.join(' · ');
+  if (st.completion_tokens !== undefined) parts.push([`${st.completion_tokens} tokens`]);
+  if (st.tps) parts.push([`${st.tps.toFixed(1)} tok/s`]);
+  if (st.ttft !== undefined) parts.push([`first token ${Math.round(st.ttft)} ms`]);
+  if (st.cached !== undefined)
+    parts.push([`cached ${st.cached} of ${st.prompt_tokens} prompt tokens`, st.cached > 0 ? 'cached' : '']);
+  if (st.stopped) parts.push(['stopped', 'stopped']);
+  if (st.finish === 'length') parts.push(['hit max tokens']);
+  return parts;
 }
 
+const fmtStats = (st) => statsParts(st).map(([t]) => t).join(' · ');
+
 function statsEl(st) {
-  const e = el('div', { class: 'stats', text: fmtStats(st) });
+  const e = el('div', { class: 'stats' });
+  statsParts(st).forEach(([t, cls], i) => {
+    if (i) e.append(' · ');
+    e.append(el('span', { class: cls || '', text: t }));
+  });
   if (st?.cached !== undefined) e.dataset.cached = String(st.cached);
   if (st?.completion_tokens !== undefined) e.dataset.tokens = String(st.completion_tokens);
   return e;
@@ -234,7 +242,7 @@ async function copyText(text, btn) {
 
 /** The element of one message; assistant ones get stats and actions. */
 function messageEl(m, last) {
-  const bubble = el('div', { class: 'bubble', text: m.content });
+  const bubble = el('div', { class: `bubble${m.role === 'assistant' && !m.content.trim() ? ' blank' : ''}`, text: m.content });
   const art = el('article', { class: `msg ${m.role}`, 'aria-label': m.role === 'user' ? 'You' : 'Assistant' },
     el('div', { class: 'who', text: m.role === 'user' ? 'You' : m.role === 'assistant' ? 'Assistant' : m.role }),
     bubble);
@@ -263,6 +271,17 @@ function renderThread() {
   }
   ui.stick = true;
   scrollToEnd();
+}
+
+/**
+ * Tokens per second of a reply: over the span from its first to its last
+ * chunk; when a fast model's reply arrived in one burst (span under 100 ms)
+ * that span says nothing, so over the whole request instead.
+ */
+function rate(n, t0, tFirst, tEnd) {
+  if (!tFirst || !n) return 0;
+  if (n > 1 && tEnd - tFirst >= 100) return (n - 1) / ((tEnd - tFirst) / 1000);
+  return n / ((tEnd - t0) / 1000);
 }
 
 /** show(text) appends text to what the next animation frame passes to fn. */
@@ -350,8 +369,7 @@ async function generate() {
       stats.completion_tokens = usage.completion_tokens;
       stats.prompt_tokens = usage.prompt_tokens;
       stats.cached = usage.prompt_tokens_details?.cached_tokens ?? 0;
-      if (tFirst && usage.completion_tokens > 1 && tEnd > tFirst)
-        stats.tps = (usage.completion_tokens - 1) / ((tEnd - tFirst) / 1000);
+      stats.tps = rate(usage.completion_tokens, t0, tFirst, tEnd);
     }
     stats.finish = finish;
   } catch (e) {
@@ -435,7 +453,7 @@ async function complete() {
     show.flush();
     if (usage) {
       st.completion_tokens = usage.completion_tokens;
-      if (tFirst && usage.completion_tokens > 1 && tEnd > tFirst) st.tps = (usage.completion_tokens - 1) / ((tEnd - tFirst) / 1000);
+      st.tps = rate(usage.completion_tokens, t0, tFirst, tEnd);
     }
     st.finish = finish;
   } catch (e) {
