@@ -358,6 +358,67 @@ test('markup in messages and replies is shown as text', async () => {
   await page.closeAll();
 });
 
+test('copy and regenerate a reply; settings and tabs by keyboard alone', async () => {
+  const page = await open(A);
+  await page.browserContext().overridePermissions(A.url, ['clipboard-read', 'clipboard-write', 'clipboard-sanitized-write']);
+  await connected(page, 'default');
+  // Keyboard only: the composer has focus; Tab reaches Send; the settings dialog opens and closes.
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'input');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'send');
+  await page.focus('#open-settings');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#settings[open]');
+  assert.equal(await page.evaluate(() => document.activeElement.closest('dialog')?.id), 'settings', 'focus moved into the dialog');
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#settings:not([open])');
+  await page.focus('#tab-chat');
+  await page.keyboard.press('ArrowRight');
+  assert.equal(await page.$eval('#panel-complete', (e) => e.hidden), false);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'tab-complete');
+  await page.keyboard.press('ArrowLeft');
+  assert.equal(await page.$eval('#panel-chat', (e) => e.hidden), false);
+
+  await setSettings(page, { temperature: 0, max_tokens: 50 });
+  const first = await chatTurn(page, 'Say something funny.');
+  await page.click('.msg.assistant:last-of-type .actions .btn');
+  await page.waitForFunction(() => document.querySelector('.msg.assistant:last-of-type .actions .btn').textContent === 'Copied');
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), first.text);
+  const n = await doneReplies(page);
+  await page.click('.msg.assistant:last-of-type .regen');
+  await page.waitForFunction((k) => document.querySelectorAll('.msg.assistant:not(.streaming) .stats').length === k &&
+    !document.querySelector('.msg.assistant.streaming'), {}, n);
+  const again = await page.$eval('.msg.assistant:last-of-type', (a) => ({
+    text: a.querySelector('.bubble').textContent, cached: a.querySelector('.stats').dataset.cached,
+  }));
+  assert.equal(await page.$$eval('.msg', (m) => m.length), 2, 'the reply was replaced, not added');
+  assert.equal(again.text, first.text, 'greedy: the same reply again');
+  assert.ok(Number(again.cached) > 0, 'regenerating reuses the state before the reply');
+  assertClean(page, await page.cspViolations());
+  await page.closeAll();
+});
+
+test('auto-scroll follows the reply until the user scrolls up', async () => {
+  const page = await open(B, { width: 900, height: 420 });
+  await connected(page, 'random');
+  await setSettings(page, { temperature: 1, top_p: 1, max_tokens: 4000 });
+  await send(page, 'Fill the screen.');
+  const atBottom = () => page.$eval('#messages', (m) => m.scrollHeight - m.scrollTop - m.clientHeight < 40);
+  await page.waitForFunction(() => {
+    const m = document.getElementById('messages');
+    return document.querySelector('.msg.assistant.streaming') && m.scrollHeight > m.clientHeight + 200;
+  });
+  assert.ok(await atBottom(), 'follows the reply');
+  await page.$eval('#messages', (m) => { m.scrollTop = 0; m.dispatchEvent(new Event('scroll')); });
+  const h0 = await page.$eval('#messages', (m) => m.scrollHeight);
+  await page.waitForFunction((h) => document.getElementById('messages').scrollHeight > h + 100, {}, h0);
+  assert.equal(await page.$eval('#messages', (m) => m.scrollTop), 0, 'stays where the user scrolled');
+  await page.click('#stop');
+  await page.waitForSelector('.msg.assistant:not(.streaming) .stats');
+  assertClean(page, await page.cspViolations());
+  await page.closeAll();
+});
+
 test('screenshots at desktop and phone widths, light and dark', async () => {
   const shots = [
     ['chat-desktop.png', { width: 1280, height: 800 }, 'light'],
