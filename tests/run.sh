@@ -53,11 +53,9 @@ run_suite() { # $1 = label, $2 = dir with metastate and unit-tests
     if compgen -G "$here/server/*.test.mjs" >/dev/null; then
         run_node_suite "server tests ($label)" "$here/server" "$bin" "$here"/server/*.test.mjs
     fi
-    # The chat page in Debian's chromium (puppeteer-core; its server helpers come from server/lib).
+    # The chat page in Debian's chromium (puppeteer-core); its server helpers come from server/lib.
     if compgen -G "$here/web/*.test.mjs" >/dev/null; then
-        echo "== browser tests ($label)"
-        (cd "$here/web" && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } ) || status=1
-        METASTATE_BIN="$(cd "$dir" && pwd)/metastate" node --test --test-concurrency=1 "$here"/web/*.test.mjs || status=1
+        run_node_suite "browser tests ($label)" "$here/web" "$bin" "$here"/web/*.test.mjs
     fi
 }
 
