@@ -507,6 +507,7 @@ function openSettings() {
   const s = settings.get();
   for (const k of SETTING_FIELDS) f.elements[k].value = s[k] ?? '';
   f.elements.api_key.value = apiKey.get();
+  $('settings').returnValue = ''; // Escape keeps the last value: start from "not saved"
   $('settings').showModal();
 }
 
@@ -583,6 +584,7 @@ function wire() {
   });
   $('open-settings').addEventListener('click', openSettings);
   $('settings').addEventListener('close', closeSettings);
+  $('settings-cancel').addEventListener('click', () => $('settings').close('cancel'));
   $('settings-reset').addEventListener('click', () => {
     for (const k of SETTING_FIELDS) $('settings-form').elements[k].value = '';
   });

@@ -370,8 +370,20 @@ test('copy and regenerate a reply; settings and tabs by keyboard alone', async (
   await page.keyboard.press('Enter');
   await page.waitForSelector('#settings[open]');
   assert.equal(await page.evaluate(() => document.activeElement.closest('dialog')?.id), 'settings', 'focus moved into the dialog');
-  await page.keyboard.press('Escape');
+  const saved = () => page.evaluate(() => JSON.parse(localStorage.getItem('metastate.settings') || '{}'));
+  await page.focus('#settings-form [name="max_tokens"]');
+  await page.keyboard.type('50');
+  await page.keyboard.press('Enter'); // Enter in a field saves
   await page.waitForSelector('#settings:not([open])');
+  assert.equal((await saved()).max_tokens, '50');
+  await page.focus('#open-settings');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#settings[open]');
+  await page.focus('#settings-form [name="temperature"]');
+  await page.keyboard.type('2');
+  await page.keyboard.press('Escape'); // Escape discards
+  await page.waitForSelector('#settings:not([open])');
+  assert.deepEqual(await saved(), { max_tokens: '50' });
   await page.focus('#tab-chat');
   await page.keyboard.press('ArrowRight');
   assert.equal(await page.$eval('#panel-complete', (e) => e.hidden), false);
