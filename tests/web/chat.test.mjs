@@ -132,6 +132,8 @@ test('the page and its files are served with CSP, types and ETags; --no-ui and M
     const again = await api(A, 'GET', path, undefined, { 'If-None-Match': etag });
     assert.equal(again.status, 304, path);
     assert.equal(again.text, '');
+    assert.equal((await api(A, 'GET', path, undefined, { 'If-None-Match': `"0000000000000000", W/${etag}` })).status, 304);
+    assert.equal((await api(A, 'GET', path, undefined, { 'If-None-Match': '"0000000000000000"' })).status, 200);
   }
   // The page needs no key (it asks for one); the API still does.
   assert.equal((await api(C, 'GET', '/')).status, 200);
@@ -157,7 +159,7 @@ test('the page loads with no console error and no CSP violation', async () => {
   await page.closeAll();
 });
 
-test('a reply streams in visible steps and equals the API greedy reply', async () => {
+test('a reply streams in visible steps and equals the API greedy reply', async (t) => {
   for (const [srv, model, maxTokens] of [[B, 'random', 24], [A, 'default', 80]]) {
     const page = await open(srv);
     await connected(page, (await api(srv, 'GET', '/v1/models')).json.data[0].id);
@@ -185,6 +187,7 @@ test('a reply streams in visible steps and equals the API greedy reply', async (
     if (srv === B) { // the slow model: the stream is long enough to be seen growing
       const steps = [...new Set(frames.filter((f) => f.length > 0))];
       assert.ok(steps.length >= 2, `saw ${steps.length} distinct partial replies`);
+      t.diagnostic(`${steps.length} distinct partial replies on screen for ${maxTokens} tokens`);
       for (const s of steps) assert.ok(reply.text.startsWith(s), 'each step is a prefix of the reply');
       assert.ok(steps[0].length < reply.text.length, 'the first step came before the end');
     }
@@ -193,7 +196,7 @@ test('a reply streams in visible steps and equals the API greedy reply', async (
   }
 });
 
-test('Stop mid-stream keeps the partial reply and the server stops generating', async () => {
+test('Stop mid-stream keeps the partial reply and the server stops generating', async (t) => {
   const page = await open(B);
   await connected(page, 'random');
   await setSettings(page, { temperature: 1, top_p: 1, max_tokens: 4000 });
@@ -211,6 +214,7 @@ test('Stop mid-stream keeps the partial reply and the server stops generating', 
   }
   const took = Date.now() - tStop;
   assert.equal(active, 0, `still generating ${took} ms after Stop`);
+  t.diagnostic(`no active sequence ${took} ms after Stop`);
   await page.waitForSelector('.msg.assistant:not(.streaming) .stats');
   const shown = await page.$eval('.msg.assistant:last-of-type', (a) => ({
     text: a.querySelector('.bubble').textContent, stats: a.querySelector('.stats').textContent,
@@ -447,6 +451,7 @@ test('screenshots at desktop and phone widths, light and dark', async () => {
   await chatTurn(page, 'Say something funny.');
   await chatTurn(page, 'Give me a fortune.');
   const state = await page.evaluate(() => JSON.stringify(localStorage));
+  const bg = {};
   for (const [name, viewport, scheme] of shots) {
     const p = await newPage(browser, viewport);
     await p.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: scheme }]);
@@ -456,12 +461,14 @@ test('screenshots at desktop and phone widths, light and dark', async () => {
     await connected(p, 'default');
     await p.waitForSelector('.msg.assistant .stats');
     await p.evaluate(() => document.activeElement?.blur());
+    bg[scheme] = await p.evaluate(() => getComputedStyle(document.body).backgroundColor);
     const path = join(SHOTS, name);
     await p.screenshot({ path });
     assert.ok(statSync(path).size > 10000, `${name} written`);
     assertClean(p, await p.cspViolations());
     await p.closeAll();
   }
+  assert.notEqual(bg.dark, bg.light, 'follows prefers-color-scheme');
   // The phone layout fits: nothing wider than the screen.
   const phone = await newPage(browser, { width: 390, height: 844, mobile: true });
   await phone.goto(srv.url + '/', { waitUntil: 'load' });
