@@ -1,9 +1,16 @@
 /*
- * cli_generate.c - `metastate generate`: prompt in, text streamed to stdout
+ * generate.c - `metastate generate`: prompt in, text streamed to stdout
  * as it is sampled (whole UTF-8 characters only), statistics to stderr.
+ *
+ * It loads through the server's runtime and feeds the prompt as the
+ * scheduler does (chunks of RT_PREFILL_CHUNK, the last token on its own),
+ * so with the same seed and sampling parameters it writes the same text as
+ * a /v1/completions request with that prompt.
  */
+#include "chat_format.h"
 #include "cli.h"
 #include "engine.h"
+#include "runtime.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -31,16 +38,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* Bans ids the tokenizer cannot print (SPEC 2.2 choice), except end-of-text. */
-static void ban_unprintable(ms_sampler *smp, const ms_tokenizer *tok, int32_t vocab)
-{
-    for (int32_t id = 1; id < vocab; id++) {
-        size_t len;
-        if (!ms_token_bytes(tok, id, &len))
-            ms_sampler_set_bias(smp, id, -INFINITY);
-    }
 }
 
 int cmd_generate(int argc, char **argv)
@@ -87,29 +84,26 @@ int cmd_generate(int argc, char **argv)
 
     int rc = 1;
     ms_error err = {0};
-    ms_model *m = NULL;
-    ms_tokenizer *tok = NULL;
+    srv_runtime rt = {0};
     ms_state *s = NULL;
     ms_ctx *ctx = NULL;
     ms_sampler *smp = NULL;
     float *logits = NULL;
     int32_t *ids = NULL;
-    if (vocab ? ms_tokenizer_load(vocab, &tok, &err) != MS_OK
-              : !(tok = ms_tokenizer_new_bytes())) {
-        if (!vocab)
-            snprintf(err.msg, sizeof err.msg, "out of memory");
+    rt_opts ro = {.model_path = model_path, .vocab_path = vocab, .weights = weights};
+    srv_error se;
+    if (rt_load(&rt, &ro, &se) != SRV_OK) {
+        snprintf(err.msg, sizeof err.msg, "%s", se.msg);
         goto done;
     }
-    ms_load_opts lo = {.weights = (ms_weights)weights};
-    if (ms_model_load(model_path, &lo, &m, &err))
-        goto done;
-    const ms_config *cfg = ms_model_config(m);
+    const ms_tokenizer *tok = rt.tok;
+    int32_t V = rt.V;
     size_t plen = strlen(prompt);
     size_t n_ids = ms_tokenize(tok, prompt, plen, NULL, 0);
-    s = ms_state_new(m);
-    ctx = ms_ctx_new(m, 0);
-    smp = ms_sampler_new(cfg->vocab_size, &sp);
-    logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
+    s = ms_state_new(rt.model);
+    ctx = ms_ctx_new(rt.model, RT_PREFILL_CHUNK);
+    smp = rt_sampler_new(&rt, &sp);
+    logits = malloc((size_t)V * sizeof *logits);
     ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
     if (!s || !ctx || !smp || !logits || !ids) {
         snprintf(err.msg, sizeof err.msg, "out of memory");
@@ -117,19 +111,26 @@ int cmd_generate(int argc, char **argv)
     }
     ms_tokenize(tok, prompt, plen, ids, n_ids);
     for (size_t i = 0; i < n_ids; i++)
-        if (ids[i] >= cfg->vocab_size) {
+        if (ids[i] >= V) {
             snprintf(err.msg, sizeof err.msg,
                      "the vocabulary has ids up to %d but the model only %d rows",
-                     ms_tokenizer_n_ids(tok) - 1, cfg->vocab_size);
+                     ms_tokenizer_n_ids(tok) - 1, V);
             goto done;
         }
-    ban_unprintable(smp, tok, cfg->vocab_size);
+    /* A completion: the same rules as /v1/completions (no stops given). */
+    gen_policy pol;
+    chat_policy(OA_COMPLETION, NULL, 0, &pol);
+    if (pol.ban_end_of_text)
+        ms_sampler_set_bias(smp, 0, -INFINITY);
     if (n_ids == 0) { /* an empty prompt starts after end-of-text, as documents do */
         ids[0] = 0;
         n_ids = 1;
     }
     double t0 = now_s();
-    if (ms_forward(ctx, s, ids, n_ids, logits, 0, &err))
+    /* As the scheduler: all but the last token in chunks, then the last one
+     * alone (the chunk and matrix-vector kernels round differently). */
+    if ((n_ids > 1 && ms_forward(ctx, s, ids, n_ids - 1, NULL, 0, &err)) ||
+        ms_forward(ctx, s, ids + n_ids - 1, 1, logits, 0, &err))
         goto done;
     double t1 = now_s();
     ms_detok dt;
@@ -162,7 +163,6 @@ done:
     ms_sampler_free(smp);
     ms_ctx_free(ctx);
     ms_state_free(s);
-    ms_model_free(m);
-    ms_tokenizer_free(tok);
+    rt_free(&rt);
     return rc;
 }

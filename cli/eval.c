@@ -1,5 +1,5 @@
 /*
- * cli_eval.c - `metastate eval`: run token ids through a model and write the
+ * eval.c - `metastate eval`: run token ids through a model and write the
  * logits after every token and the final state as one safetensors file, all
  * F32 (`logits` (T, V), `state.<i>.att_x_prev|att_kv|ffn_x_prev`). Other
  * tools compare these files with reference outputs, so the names and
