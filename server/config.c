@@ -15,12 +15,13 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum {
     O_MODEL = 'm', O_HELP = 'h',
     O_VOCAB = 1000, O_NAME, O_HOST, O_PORT, O_STATE_DIR, O_POOL_MB, O_API_KEY, O_CORS,
     O_PARALLEL, O_QUEUE, O_MAX_BODY, O_MAX_TOKENS, O_DEF_TOKENS, O_DEF_CHAT_TOKENS,
-    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS,
+    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS, O_NO_UI,
     O_STATE_STORE, O_STORE_PREFIX, O_SESSION_TTL, O_LEASE_MS, O_METRICS_PORT
 };
 
@@ -60,6 +61,7 @@ static const opt_spec specs[] = {
     {"max-sessions", O_MAX_SESSIONS, "N", "sessions indexed in memory and on disk (default 100000)"},
     {"init-state", O_INIT_STATE, "NAME=PATH", "initial state requests select with \"state\": NAME; PATH is a state-tuning file "
      "(.pth or .safetensors with blocks.{i}.att.time_state, optionally merged into a model); repeatable"},
+    {"no-ui", O_NO_UI, NULL, "do not serve the chat page at / (environment: METASTATE_NO_UI=1)"},
     {"help", O_HELP, NULL, "show this help"},
 };
 #define N_SPECS (sizeof specs / sizeof specs[0])
@@ -255,6 +257,11 @@ static int apply(srv_config *c, const opt_spec *s, const char *v)
     case O_THREADS: if (parse_long(s->name, v, 0, 1024, &x)) return -1; c->threads = (int)x; return 0;
     case O_MAX_SESSIONS: if (parse_long(s->name, v, 1, 100000000, &x)) return -1;
         c->max_sessions = (int)x; return 0;
+    case O_NO_UI: /* a switch: no value from the command line; 1/0 (true/false) from the environment */
+        if (!v || !strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes")) return c->no_ui = 1, 0;
+        if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no")) return c->no_ui = 0, 0;
+        fprintf(stderr, "metastate serve: --no-ui: expected 1 or 0, got '%s'\n", v);
+        return -1;
     case O_WEIGHTS:
         if ((c->weights = ms_weights_parse(v)) < 0) {
             fprintf(stderr, "metastate serve: --weights: expected auto, f32, bf16 or int8, got '%s'\n", v);

@@ -51,6 +51,7 @@ typedef struct srv_config {
     int max_sessions;  /* sessions kept in the index (memory + disk), default 100000 */
     srv_init_state init_states[SRV_MAX_INIT_STATES]; /* --init-state NAME=PATH, in order */
     int n_init_states;
+    int no_ui;         /* --no-ui: GET / and the page's files answer 404 */
 } srv_config;
 
 /* Parses argv (argv[0] = "serve") with env fallbacks into c (allocated

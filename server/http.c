@@ -42,6 +42,7 @@
 #include "sessions.h"
 #include "sse.h"
 #include "state_store.h"
+#include "web_ui.h"
 
 struct http_srv {
     const srv_config *cfg;
@@ -55,13 +56,13 @@ struct http_srv {
 
 typedef enum {
     R_NONE = 0, R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_SESSIONS,
-    R_SESSION, R_SESSION_STATE, R_PREFLIGHT
+    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI
 } route_id;
 
 static const char *route_label[] = {
     "unknown", "/health", "/metrics", "/v1/models", "/v1/models/{id}", "/v1/completions",
     "/v1/chat/completions", "/v1/sessions", "/v1/sessions/{id}", "/v1/sessions/{id}/state",
-    "OPTIONS"};
+    "OPTIONS", "ui"};
 
 typedef struct choice_buf {
     char *text;
@@ -857,6 +858,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         *con_cls = r;
         const char *allow = NULL;
         r->route = route_of(url, r->path_id, sizeof r->path_id, &allow);
+        if (r->route == R_NONE && !h->cfg->no_ui && web_ui_find(url)) r->route = R_UI, allow = "GET, HEAD";
         r->allow = allow;
         r->origin = cors_origin(h->cfg, conn);
         r->body_limit = h->cfg->max_body;
@@ -879,7 +881,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                             "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
             return ok;
         }
-        if (r->route != R_HEALTH && !authorized(h->cfg, conn))
+        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
             return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
                               "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
@@ -915,6 +917,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                           "Request body exceeds the limit of %zu bytes.", r->body_limit);
     switch (r->route) {
     case R_HEALTH: return do_health(r);
+    case R_UI: return web_ui_respond(conn, web_ui_find(url), &r->status);
     case R_METRICS: return do_metrics(r);
     case R_MODELS: return do_models(r);
     case R_MODEL: return do_model(r);
