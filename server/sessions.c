@@ -624,20 +624,12 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
     return 0;
 }
 
-/* The engine's messages start with the file's path; an upload's staging
- * path means nothing to the client (and shows server internals): drop it. */
-static const char *without_path(const char *msg, const char *path)
-{
-    size_t n = strlen(path);
-    return !strncmp(msg, path, n) && !strncmp(msg + n, ": ", 2) ? msg + n + 2 : msg;
-}
-
 int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap)
 {
     ms_tensorfile *tf = NULL;
     ms_error e = {0};
     if (ms_tensorfile_open(path, &tf, &e) != MS_OK) {
-        snprintf(err, errcap, "not a safetensors state: %s", without_path(e.msg, path));
+        snprintf(err, errcap, "not a safetensors state: %s", e.msg);
         return -1;
     }
     ms_state *tmp = ms_state_new(p->model);
@@ -650,7 +642,7 @@ int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_
     ms_tensorfile_close(tf);
     if (st != MS_OK) {
         ms_state_free(tmp);
-        snprintf(err, errcap, "%s", without_path(e.msg, path));
+        snprintf(err, errcap, "%s", e.msg);
         return -1;
     }
     if (!store_values_ok(ms_state_cdata(tmp), ms_state_nfloats(tmp))) {
