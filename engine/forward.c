@@ -65,27 +65,25 @@ static void gemm_share(void *arg, int i)
     const int r0 = i * g->per, r1 = r0 + g->per < out ? r0 + g->per : out;
     if (r0 >= r1)
         return;
-    if (W->fmt == K_W_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->T, r1 - r0, in, 1.0f, g->X, in,
-                    (const float *)W->data + (size_t)r0 * in, in, g->beta, g->Y + r0, out);
-        return;
-    }
-    /* bf16/int8: widen a panel of rows at a time into this share's buffer. */
+    /* Widen and transpose a panel of rows at a time (the packed blocks are
+     * column-major already) into this share's buffer. */
     float *panel = g->c->panel + (size_t)i * PANEL_ROWS * g->c->panel_cols;
     for (int p0 = r0; p0 < r1; p0 += PANEL_ROWS) {
         const int p1 = p0 + PANEL_ROWS < r1 ? p0 + PANEL_ROWS : r1;
-        k_wmat_rows(W, p0, p1, panel);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->T, p1 - p0, in, 1.0f, g->X, in,
-                    panel, in, g->beta, g->Y + p0, out);
+        k_wmat_panel(W, p0, p1, panel);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->T, p1 - p0, in, 1.0f, g->X, in,
+                    panel, p1 - p0, g->beta, g->Y + p0, out);
     }
 }
 
 /* Y (T, out) = beta * Y + X (T, in) * W^T. Up to K_MAX_BATCH rows (decoding,
- * or a batch of sequences) stream every weight once through our kernels;
- * longer chunks (prefill) are compute-bound and go to sgemm. */
+ * or a batch of sequences) stream every weight once through our kernels, as
+ * do chunks of any length for the integer and bf16-dot formats (their dot
+ * products beat sgemm on widened weights); longer chunks of the exact
+ * formats (prefill) are compute-bound and go to sgemm. */
 static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, float beta)
 {
-    if (T <= K_MAX_BATCH) {
+    if (T <= K_MAX_BATCH || k_matmul_any_rows(W)) {
         k_matmul(W, X, Y, T, beta);
         return;
     }
