@@ -472,7 +472,7 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
  *   VPAIR(p, e, o)      64 bytes of bf16 pairs -> even / odd column (exact)
  *   VBW, VBLOAD(p), VDPBF(acc, w, pair)   bf16 dot product of a pair
  *   VSTORE(acc, y, nr, beta)   y[i] = beta*y[i] + acc[i] for i < nr
- *   IZERO() ICVT(i)
+ *   IZERO() ICVT(i) IADD(a, b)
  *   IW8, ILOAD8(p), IDOT8(acc, w, x4), IFIX8(acc, xqs)  int8: sum q*x
  *   IWU, IQ4(p, lo, hi), IDOTU(acc, w, x4)             q4: sum q*x
  * x4 is four int8 inputs packed in an int32 (little-endian column order).
@@ -488,96 +488,119 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
     return v;
 }
 
-#define ACC_ZERO(NB)                                                                             \
-    VT acc[NB];                                                                                  \
-    UNROLL for (int q = 0; q < NB; q++) acc[q] = VZERO();
+#define ACC_ZERO(NR, NB)                                                                         \
+    VT acc[NR * NB];                                                                             \
+    UNROLL for (int q = 0; q < NR * NB; q++) acc[q] = VZERO();
 
-#define ACC_STORE(NB)                                                                            \
-    UNROLL for (int q = 0; q < NB; q++) VSTORE(acc[q], Y + (size_t)(b0 + q) * W->rows + r, nr, beta);
+#define ACC_STORE(NR, NB)                                                                        \
+    UNROLL for (int rb = 0; rb < NR; rb++)                                                       \
+    UNROLL for (int q = 0; q < NB; q++)                                                          \
+        VSTORE(acc[rb * NB + q], Y + (size_t)(b0 + q) * W->rows + r + rb * K_ROWS,               \
+               imin(K_ROWS, r1 - r - rb * K_ROWS), beta);
 
-#define PASS_F32(NB)                                                                             \
+/* NR blocks (1, or 2 for small batches, so that enough independent FMA
+ * chains are in flight) times NB sequences per pass. */
+#define PASS_F32(NR, NB)                                                                         \
     {                                                                                            \
-        ACC_ZERO(NB)                                                                             \
-        const float *wp = (const float *)W->data + blk * (size_t)W->kp * K_ROWS;                 \
+        ACC_ZERO(NR, NB)                                                                         \
+        const size_t bs = (size_t)W->kp * K_ROWS;                                                \
+        const float *wp = (const float *)W->data + blk * bs;                                     \
         const float *xp = A->x + (size_t)b0 * A->ldx;                                            \
         for (int j = 0; j < W->cols; j++) {                                                      \
-            const VT w = VLOAD(wp + (size_t)j * K_ROWS);                                         \
-            UNROLL for (int q = 0; q < NB; q++)                                                  \
-                acc[q] = VFMA(w, VSET1(xp[(size_t)q * A->ldx + j]), acc[q]);                    \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                const VT w = VLOAD(wp + rb * bs + (size_t)j * K_ROWS);                           \
+                UNROLL for (int q = 0; q < NB; q++)                                              \
+                    acc[rb * NB + q] = VFMA(w, VSET1(xp[(size_t)q * A->ldx + j]), acc[rb * NB + q]); \
+            }                                                                                    \
         }                                                                                        \
-        ACC_STORE(NB)                                                                            \
+        ACC_STORE(NR, NB)                                                                        \
     }
 
-#define PASS_BF16(NB)                                                                            \
+#define PASS_BF16(NR, NB)                                                                        \
     {                                                                                            \
-        ACC_ZERO(NB)                                                                             \
-        const uint16_t *wp = (const uint16_t *)W->data + blk * (size_t)W->kp * K_ROWS;           \
+        ACC_ZERO(NR, NB)                                                                         \
+        const size_t bs = (size_t)W->kp * K_ROWS;                                                \
+        const uint16_t *wp = (const uint16_t *)W->data + blk * bs;                               \
         const float *xp = A->x + (size_t)b0 * A->ldx;                                            \
         const int K = W->cols;                                                                   \
         int j = 0;                                                                               \
         for (; j + 1 < K; j += 2) {                                                              \
-            VT we, wo;                                                                           \
-            VPAIR(wp + (size_t)j * K_ROWS, we, wo);                                              \
-            UNROLL for (int q = 0; q < NB; q++) {                                                \
-                const float *x = xp + (size_t)q * A->ldx + j;                                    \
-                acc[q] = VFMA(we, VSET1(x[0]), acc[q]);                                          \
-                acc[q] = VFMA(wo, VSET1(x[1]), acc[q]);                                          \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                VT we, wo;                                                                       \
+                VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we, wo);                                \
+                UNROLL for (int q = 0; q < NB; q++) {                                            \
+                    const float *x = xp + (size_t)q * A->ldx + j;                                \
+                    acc[rb * NB + q] = VFMA(we, VSET1(x[0]), acc[rb * NB + q]);                  \
+                    acc[rb * NB + q] = VFMA(wo, VSET1(x[1]), acc[rb * NB + q]);                  \
+                }                                                                                \
             }                                                                                    \
         }                                                                                        \
         if (j < K) {                                                                             \
-            VT we, wo;                                                                           \
-            VPAIR(wp + (size_t)j * K_ROWS, we, wo);                                              \
-            (void)wo;                                                                            \
-            UNROLL for (int q = 0; q < NB; q++)                                                  \
-                acc[q] = VFMA(we, VSET1(xp[(size_t)q * A->ldx + j]), acc[q]);                   \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                VT we, wo;                                                                       \
+                VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we, wo);                                \
+                (void)wo;                                                                        \
+                UNROLL for (int q = 0; q < NB; q++)                                              \
+                    acc[rb * NB + q] = VFMA(we, VSET1(xp[(size_t)q * A->ldx + j]), acc[rb * NB + q]); \
+            }                                                                                    \
         }                                                                                        \
-        ACC_STORE(NB)                                                                            \
+        ACC_STORE(NR, NB)                                                                        \
     }
 
-#define PASS_DBF(NB)                                                                             \
+#define PASS_DBF(NR, NB)                                                                         \
     {                                                                                            \
-        ACC_ZERO(NB)                                                                             \
-        const uint16_t *wp = (const uint16_t *)W->data + blk * (size_t)W->kp * K_ROWS;           \
+        ACC_ZERO(NR, NB)                                                                         \
+        const size_t bs = (size_t)W->kp * K_ROWS;                                                \
+        const uint16_t *wp = (const uint16_t *)W->data + blk * bs;                               \
         const size_t np = (size_t)W->kp / 2;                                                     \
         const uint32_t *xb = A->xb + (size_t)b0 * np;                                            \
         for (size_t p = 0; p < np; p++) {                                                        \
-            const VBW w = VBLOAD(wp + p * 2 * K_ROWS);                                           \
-            UNROLL for (int q = 0; q < NB; q++) acc[q] = VDPBF(acc[q], w, xb[q * np + p]);       \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                const VBW w = VBLOAD(wp + rb * bs + p * 2 * K_ROWS);                             \
+                UNROLL for (int q = 0; q < NB; q++)                                              \
+                    acc[rb * NB + q] = VDPBF(acc[rb * NB + q], w, xb[q * np + p]);               \
+            }                                                                                    \
         }                                                                                        \
-        ACC_STORE(NB)                                                                            \
+        ACC_STORE(NR, NB)                                                                        \
     }
 
-#define PASS_I8(NB)                                                                              \
+/* Integer sums are exact, so two accumulators per sequence (even / odd
+ * quads, or low / high nibbles) shorten the dependency chains without
+ * changing any result. */
+#define PASS_I8(NR, NB)                                                                          \
     {                                                                                            \
-        ACC_ZERO(NB)                                                                             \
+        ACC_ZERO(1, NB)                                                                          \
         const uint8_t *wp = (const uint8_t *)W->data + blk * (size_t)W->kp * K_ROWS;             \
         const float *sp = W->scales + blk * A->G * K_ROWS;                                       \
         for (size_t g = 0; g < A->G; g++) {                                                      \
-            IT ia[NB];                                                                           \
-            UNROLL for (int q = 0; q < NB; q++) ia[q] = IZERO();                                 \
+            IT ia[NB], ib[NB];                                                                   \
+            UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
             const uint8_t *wg = wp + g * GRP * K_ROWS;                                           \
-            for (int qd = 0; qd < GRP / 4; qd++) {                                               \
-                const IW8 w = ILOAD8(wg + qd * 64);                                              \
-                UNROLL for (int q = 0; q < NB; q++)                                              \
-                    ia[q] = IDOT8(ia[q], w, x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd));       \
+            for (int qd = 0; qd < GRP / 4; qd += 2) {                                            \
+                const IW8 w0 = ILOAD8(wg + qd * 64), w1 = ILOAD8(wg + qd * 64 + 64);             \
+                UNROLL for (int q = 0; q < NB; q++) {                                            \
+                    ia[q] = IDOT8(ia[q], w0, x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd));      \
+                    ib[q] = IDOT8(ib[q], w1, x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd + 1));  \
+                }                                                                                \
             }                                                                                    \
             const VT s = VLOAD(sp + g * K_ROWS);                                                 \
             UNROLL for (int q = 0; q < NB; q++) {                                                \
                 const size_t i = (size_t)(b0 + q) * A->G + g;                                    \
-                acc[q] = VFMA(ICVT(IFIX8(ia[q], A->xqs[i])), VMUL(s, VSET1(A->xs[i])), acc[q]);  \
+                acc[q] = VFMA(ICVT(IFIX8(IADD(ia[q], ib[q]), A->xqs[i])),                        \
+                              VMUL(s, VSET1(A->xs[i])), acc[q]);                                 \
             }                                                                                    \
         }                                                                                        \
-        ACC_STORE(NB)                                                                            \
+        ACC_STORE(1, NB)                                                                         \
     }
 
-#define PASS_Q4(NB)                                                                              \
+#define PASS_Q4(NR, NB)                                                                          \
     {                                                                                            \
-        ACC_ZERO(NB)                                                                             \
+        ACC_ZERO(1, NB)                                                                          \
         const uint8_t *wp = (const uint8_t *)W->data + blk * (size_t)W->kp * K_ROWS / 2;         \
         const float *sp = W->scales + blk * A->G * K_ROWS, *mp = W->mins + blk * A->G * K_ROWS;  \
         for (size_t g = 0; g < A->G; g++) {                                                      \
-            IT ia[NB];                                                                           \
-            UNROLL for (int q = 0; q < NB; q++) ia[q] = IZERO();                                 \
+            IT ia[NB], ib[NB];                                                                   \
+            UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
             const uint8_t *wg = wp + g * GRP * K_ROWS / 2;                                       \
             const size_t x0 = g * (GRP / 4);                                                     \
             for (int v = 0; v < GRP / 8; v++) {                                                  \
@@ -585,34 +608,43 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
                 IQ4(wg + v * 64, lo, hi);                                                        \
                 UNROLL for (int q = 0; q < NB; q++) {                                            \
                     ia[q] = IDOTU(ia[q], lo, x4_at(A, b0 + q, x0 + (size_t)v));                 \
-                    ia[q] = IDOTU(ia[q], hi, x4_at(A, b0 + q, x0 + (size_t)v + GRP / 8));       \
+                    ib[q] = IDOTU(ib[q], hi, x4_at(A, b0 + q, x0 + (size_t)v + GRP / 8));       \
                 }                                                                                \
             }                                                                                    \
             const VT s = VLOAD(sp + g * K_ROWS), mn = VLOAD(mp + g * K_ROWS);                    \
             UNROLL for (int q = 0; q < NB; q++) {                                                \
                 const size_t i = (size_t)(b0 + q) * A->G + g;                                    \
-                acc[q] = VFMA(ICVT(ia[q]), VMUL(s, VSET1(A->xs[i])), acc[q]);                    \
+                acc[q] = VFMA(ICVT(IADD(ia[q], ib[q])), VMUL(s, VSET1(A->xs[i])), acc[q]);       \
                 acc[q] = VFMA(mn, VSET1(A->xsum[i]), acc[q]);                                    \
             }                                                                                    \
         }                                                                                        \
-        ACC_STORE(NB)                                                                            \
+        ACC_STORE(1, NB)                                                                         \
     }
 
-/* Rows [r0, r1) (r0 a multiple of K_ROWS, r1 one too or W->rows). */
-#define BLOCKS(PASS, NBMAX)                                                                      \
-    for (int r = r0; r < r1; r += K_ROWS) {                                                      \
+/* Rows [r0, r1) (r0 a multiple of K_ROWS, r1 one too or W->rows). Batches
+ * under 4 take two blocks per pass (PAIRS = 1, exact formats). */
+#define BLOCKS(PASS, NBMAX, PAIRS)                                                               \
+    for (int r = r0; r < r1;) {                                                                  \
         const size_t blk = (size_t)r / K_ROWS;                                                   \
-        const int nr = imin(K_ROWS, r1 - r);                                                     \
         int b0 = 0;                                                                              \
+        if (PAIRS && B < 4 && r + K_ROWS < r1) {                                                 \
+            for (; b0 + 2 <= B; b0 += 2)                                                         \
+                PASS(2, 2)                                                                       \
+            for (; b0 < B; b0++)                                                                 \
+                PASS(2, 1)                                                                       \
+            r += 2 * K_ROWS;                                                                     \
+            continue;                                                                            \
+        }                                                                                        \
         if (NBMAX >= 8)                                                                          \
             for (; b0 + 8 <= B; b0 += 8)                                                         \
-                PASS(8)                                                                          \
+                PASS(1, 8)                                                                       \
         for (; b0 + 4 <= B; b0 += 4)                                                             \
-            PASS(4)                                                                              \
+            PASS(1, 4)                                                                           \
         for (; b0 + 2 <= B; b0 += 2)                                                             \
-            PASS(2)                                                                              \
+            PASS(1, 2)                                                                           \
         for (; b0 < B; b0++)                                                                     \
-            PASS(1)                                                                              \
+            PASS(1, 1)                                                                           \
+        r += K_ROWS;                                                                             \
     }
 
 #define KSIG(name)                                                                               \
@@ -633,6 +665,7 @@ typedef struct {
 typedef struct {
     uint8_t v[64];
 } u64b;
+typedef const uint8_t *u8p;
 
 static inline v16 s_zero(void) { return (v16){{0}}; }
 static inline v16 s_load(const float *p)
@@ -705,6 +738,12 @@ static inline i16v s_dot8(i16v acc, const uint8_t *w, int32_t x4)
     return acc;
 }
 static inline i16v s_fix8(i16v a, int32_t xqs) { (void)xqs; return a; }
+static inline i16v s_iadd(i16v a, i16v b)
+{
+    for (int l = 0; l < 16; l++)
+        a.v[l] += b.v[l];
+    return a;
+}
 static inline void s_q4(const uint8_t *p, u64b *lo, u64b *hi)
 {
     for (int i = 0; i < 64; i++) {
@@ -736,18 +775,19 @@ static inline i16v s_dotu(i16v acc, u64b w, int32_t x4)
 #define IT i16v
 #define IZERO s_izero
 #define ICVT s_icvt
-#define IW8 const uint8_t *
+#define IW8 u8p
 #define ILOAD8 s_load8
 #define IDOT8 s_dot8
 #define IFIX8 s_fix8
+#define IADD s_iadd
 #define IWU u64b
 #define IQ4(p, lo, hi) s_q4(p, &(lo), &(hi))
 #define IDOTU s_dotu
-static KSIG(mm_scalar_f32) { BLOCKS(PASS_F32, 4) }
-static KSIG(mm_scalar_bf16) { BLOCKS(PASS_BF16, 4) }
-static KSIG(mm_scalar_dbf) { BLOCKS(PASS_DBF, 4) }
-static KSIG(mm_scalar_i8) { BLOCKS(PASS_I8, 4) }
-static KSIG(mm_scalar_q4) { BLOCKS(PASS_Q4, 4) }
+static KSIG(mm_scalar_f32) { BLOCKS(PASS_F32, 4, 1) }
+static KSIG(mm_scalar_bf16) { BLOCKS(PASS_BF16, 4, 1) }
+static KSIG(mm_scalar_dbf) { BLOCKS(PASS_DBF, 4, 1) }
+static KSIG(mm_scalar_i8) { BLOCKS(PASS_I8, 4, 0) }
+static KSIG(mm_scalar_q4) { BLOCKS(PASS_Q4, 4, 0) }
 #include "kernels_undef.h"
 
 /* ------------------------------------------------------------------ AVX2 */
@@ -827,6 +867,10 @@ AVX2 static inline i2x8 a2_dot8(i2x8 acc, w8x2 w, int32_t x4)
     return acc;
 }
 AVX2 static inline i2x8 a2_fix8(i2x8 a, int32_t xqs) { (void)xqs; return a; }
+AVX2 static inline i2x8 a2_iadd(i2x8 a, i2x8 b)
+{
+    return (i2x8){_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
+}
 AVX2 static inline void a2_q4(const uint8_t *p, i2x8 *lo, i2x8 *hi)
 {
     const __m256i m = _mm256_set1_epi8(15);
@@ -863,14 +907,15 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
 #define ILOAD8 a2_load8
 #define IDOT8 a2_dot8
 #define IFIX8 a2_fix8
+#define IADD a2_iadd
 #define IWU i2x8
 #define IQ4(p, lo, hi) a2_q4(p, &(lo), &(hi))
 #define IDOTU a2_dotu
-AVX2 static KSIG(mm_avx2_f32) { BLOCKS(PASS_F32, 4) }
-AVX2 static KSIG(mm_avx2_bf16) { BLOCKS(PASS_BF16, 4) }
-AVX2 static KSIG(mm_avx2_dbf) { BLOCKS(PASS_DBF, 4) }
-AVX2 static KSIG(mm_avx2_i8) { BLOCKS(PASS_I8, 2) }
-AVX2 static KSIG(mm_avx2_q4) { BLOCKS(PASS_Q4, 2) }
+AVX2 static KSIG(mm_avx2_f32) { BLOCKS(PASS_F32, 4, 1) }
+AVX2 static KSIG(mm_avx2_bf16) { BLOCKS(PASS_BF16, 4, 1) }
+AVX2 static KSIG(mm_avx2_dbf) { BLOCKS(PASS_DBF, 4, 1) }
+AVX2 static KSIG(mm_avx2_i8) { BLOCKS(PASS_I8, 2, 0) }
+AVX2 static KSIG(mm_avx2_q4) { BLOCKS(PASS_Q4, 2, 0) }
 #include "kernels_undef.h"
 
 /* --------------------------------------------------------------- AVX-512 */
@@ -881,43 +926,43 @@ AVX2 static KSIG(mm_avx2_q4) { BLOCKS(PASS_Q4, 2) }
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512vnni")))
 #define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512bf16")))
-#define AVX512ALL __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512vnni,avx512bf16")))
 
-AVX512ALL static inline __m512 a5_zero(void) { return _mm512_setzero_ps(); }
-AVX512ALL static inline __m512 a5_load(const float *p) { return _mm512_loadu_ps(p); }
-AVX512ALL static inline __m512 a5_set1(float x) { return _mm512_set1_ps(x); }
-AVX512ALL static inline __m512 a5_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-AVX512ALL static inline __m512 a5_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
-AVX512ALL static inline void a5_pair(const uint16_t *p, __m512 *e, __m512 *o)
+AVX512 static inline __m512 a5_zero(void) { return _mm512_setzero_ps(); }
+AVX512 static inline __m512 a5_load(const float *p) { return _mm512_loadu_ps(p); }
+AVX512 static inline __m512 a5_set1(float x) { return _mm512_set1_ps(x); }
+AVX512 static inline __m512 a5_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+AVX512 static inline __m512 a5_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+AVX512 static inline void a5_pair(const uint16_t *p, __m512 *e, __m512 *o)
 {
     const __m512i a = _mm512_loadu_si512(p);
     *e = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
     *o = _mm512_castsi512_ps(_mm512_and_si512(a, _mm512_set1_epi32((int)0xFFFF0000u)));
 }
-AVX512ALL static inline __m512i a5_bload(const uint16_t *p) { return _mm512_loadu_si512(p); }
+AVX512 static inline __m512i a5_bload(const uint16_t *p) { return _mm512_loadu_si512(p); }
 AVX512BF16 static inline __m512 a5_dpbf(__m512 acc, __m512i w, uint32_t x)
 {
     return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32((int)x));
 }
-AVX512ALL static inline void a5_store(__m512 a, float *y, int nr, float beta)
+AVX512 static inline void a5_store(__m512 a, float *y, int nr, float beta)
 {
     const __mmask16 m = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
     if (beta != 0.0f)
         a = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, y)), a);
     _mm512_mask_storeu_ps(y, m, a);
 }
-AVX512ALL static inline __m512i a5_izero(void) { return _mm512_setzero_si512(); }
-AVX512ALL static inline __m512 a5_icvt(__m512i a) { return _mm512_cvtepi32_ps(a); }
-AVX512ALL static inline __m512i a5_load8(const uint8_t *p) { return _mm512_loadu_si512(p); }
+AVX512 static inline __m512i a5_izero(void) { return _mm512_setzero_si512(); }
+AVX512 static inline __m512 a5_icvt(__m512i a) { return _mm512_cvtepi32_ps(a); }
+AVX512 static inline __m512i a5_load8(const uint8_t *p) { return _mm512_loadu_si512(p); }
 AVX512VNNI static inline __m512i a5_dot8(__m512i acc, __m512i w, int32_t x4)
 {
     return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x4));
 }
-AVX512ALL static inline __m512i a5_fix8(__m512i a, int32_t xqs)
+AVX512 static inline __m512i a5_fix8(__m512i a, int32_t xqs)
 {
     return _mm512_sub_epi32(a, _mm512_set1_epi32(128 * xqs));
 }
-AVX512ALL static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
+AVX512 static inline __m512i a5_iadd(__m512i a, __m512i b) { return _mm512_add_epi32(a, b); }
+AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
 {
     const __m512i m = _mm512_set1_epi8(15), v = _mm512_loadu_si512(p);
     *lo = _mm512_and_si512(v, m);
@@ -942,14 +987,15 @@ AVX512ALL static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
 #define ILOAD8 a5_load8
 #define IDOT8 a5_dot8
 #define IFIX8 a5_fix8
+#define IADD a5_iadd
 #define IWU __m512i
 #define IQ4(p, lo, hi) a5_q4(p, &(lo), &(hi))
 #define IDOTU a5_dot8
-AVX512 static KSIG(mm_avx512_f32) { BLOCKS(PASS_F32, 8) }
-AVX512 static KSIG(mm_avx512_bf16) { BLOCKS(PASS_BF16, 8) }
-AVX512BF16 static KSIG(mm_avx512_dbf) { BLOCKS(PASS_DBF, 8) }
-AVX512VNNI static KSIG(mm_avx512_i8) { BLOCKS(PASS_I8, 8) }
-AVX512VNNI static KSIG(mm_avx512_q4) { BLOCKS(PASS_Q4, 8) }
+AVX512 static KSIG(mm_avx512_f32) { BLOCKS(PASS_F32, 8, 1) }
+AVX512 static KSIG(mm_avx512_bf16) { BLOCKS(PASS_BF16, 8, 1) }
+AVX512BF16 static KSIG(mm_avx512_dbf) { BLOCKS(PASS_DBF, 8, 1) }
+AVX512VNNI static KSIG(mm_avx512_i8) { BLOCKS(PASS_I8, 8, 0) }
+AVX512VNNI static KSIG(mm_avx512_q4) { BLOCKS(PASS_Q4, 8, 0) }
 #include "kernels_undef.h"
 
 /* ======================================================================== */

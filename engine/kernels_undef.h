@@ -19,6 +19,7 @@
 #undef ILOAD8
 #undef IDOT8
 #undef IFIX8
+#undef IADD
 #undef IWU
 #undef IQ4
 #undef IDOTU
