@@ -21,7 +21,7 @@ SHARED  ?= ../shared
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
               libopenblas-dev libuv1-dev libssl-dev
-TEST_PKGS  := libcriterion-dev curl nodejs npm
+TEST_PKGS  := libcriterion-dev curl nodejs npm fortunes python3-numpy
 
 .PHONY: all deps deps-test build unit-bin check test bench run clean asan
 

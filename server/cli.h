@@ -15,5 +15,6 @@ int cmd_gen_model(int argc, char **argv);  /* cli_gen_model.c */
 int cmd_serve(int argc, char **argv);      /* serve.c */
 int cmd_bench(int argc, char **argv);      /* cli_bench.c */
 int cmd_expand(int argc, char **argv);     /* cli_expand.c */
+int cmd_perplexity(int argc, char **argv); /* cli_perplexity.c */
 
 #endif
