@@ -21,9 +21,13 @@ SHARED  ?= ../shared
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
               libopenblas-dev libuv1-dev libssl-dev
+RUN_PKGS   := curl
 TEST_PKGS  := libcriterion-dev curl nodejs npm fortunes python3-numpy
+# CI (.ci/run) requires the reference checks, so it installs what they need;
+# a user's make test skips them without it, saying so.
+REF_PKGS   := $(if $(filter-out 0,$(METASTATE_REQUIRE_REFERENCE)),python3-torch python3-numpy,)
 
-.PHONY: all deps deps-test build unit-bin check test bench run clean asan
+.PHONY: all deps deps-test deps-run fresh-debian build unit-bin check test bench run clean asan
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -32,7 +36,10 @@ deps:
 	@bash tools/deps.sh $(BUILD_PKGS)
 
 deps-test:
-	@bash tools/deps.sh $(BUILD_PKGS) $(TEST_PKGS)
+	@bash tools/deps.sh $(BUILD_PKGS) $(TEST_PKGS) $(REF_PKGS)
+
+deps-run:
+	@bash tools/deps.sh $(BUILD_PKGS) $(RUN_PKGS)
 
 test: deps-test
 	@$(MAKE) --no-print-directory check
@@ -41,9 +48,13 @@ bench: deps
 	@$(MAKE) --no-print-directory build
 	@bash tools/bench.sh $(BUILD)
 
-run: deps
+run: deps-run
 	@$(MAKE) --no-print-directory build
 	@bash tools/run.sh "$(BUILD)" "$(MODEL)" "$(HOST)" "$(PORT)" "$(VOCAB)"
+
+# Proves the README in a minbase Debian 12 root (debootstrap): see the script.
+fresh-debian:
+	@bash tools/fresh_debian.sh
 
 clean:
 	rm -rf $(BUILD)

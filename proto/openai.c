@@ -610,9 +610,9 @@ static int parse_logit_bias(json_t *root, oa_request *r, oa_error *e)
     return 0;
 }
 
-static int valid_session_id(const char *s, size_t n)
+int oa_session_id_valid(const char *s, size_t n)
 {
-    if (n < 1 || n > 128)
+    if (!s || n < 1 || n > OA_SESSION_ID_MAX)
         return 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
@@ -621,7 +621,8 @@ static int valid_session_id(const char *s, size_t n)
         if (!ok)
             return 0;
     }
-    return 1;
+    /* "." and ".." name directories, not files. */
+    return !(s[0] == '.' && (n == 1 || (n == 2 && s[1] == '.')));
 }
 
 /* Everything after the JSON is parsed; -1 with *e filled on any failure. */
@@ -698,9 +699,10 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
     if (get_str(root, "user", &r->user, e) < 0 || get_str(root, "state", &r->state, e) < 0 ||
         get_str(root, "session_id", &r->session_id, e) < 0)
         return -1;
-    if (r->session_id && !valid_session_id(r->session_id, strlen(r->session_id)))
+    if (r->session_id && !oa_session_id_valid(r->session_id, strlen(r->session_id)))
         return bad(e, "session_id",
-                   "Invalid 'session_id': expected 1 to 128 characters from [A-Za-z0-9._:-].");
+                   "Invalid 'session_id': expected 1 to 128 characters from [A-Za-z0-9._:-], "
+                   "not '.' or '..'.");
     return 0;
 }
 

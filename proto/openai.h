@@ -35,6 +35,19 @@ int oa_error_set(oa_error *e, int status, const char *type, const char *param,
 /* {"error":{"message","type","param","code"}} */
 char *oa_error_json(const oa_error *e);
 
+/* ------------------------------------------------------------ session ids */
+
+/* Longest session id (bytes). */
+#define OA_SESSION_ID_MAX 128
+
+/* THE session-id check, for every place an id enters (body session_id,
+ * X-Session-ID, /v1/sessions/{id} paths, names found in --state-dir): 1 when
+ * id[0..len) is 1 to OA_SESSION_ID_MAX bytes of [A-Za-z0-9._:-] and is not
+ * "." or "..", so it is safe as a file name, a URL path segment and a header
+ * value. len is explicit so that an embedded NUL (which would otherwise cut
+ * the id short) makes the id invalid. Reentrant. */
+int oa_session_id_valid(const char *id, size_t len);
+
 /* --------------------------------------------------------------- requests */
 
 typedef enum { OA_COMPLETION, OA_CHAT } oa_kind;

@@ -203,6 +203,14 @@ static enum MHD_Result send_error(http_req *r, int status, const char *type, con
     return send_error_obj(r, &e);
 }
 
+/* Every way an id enters ends here when oa_session_id_valid says no. */
+static enum MHD_Result bad_session_id(http_req *r)
+{
+    return send_error(r, 400, "invalid_request_error", "session_id", "invalid_session_id",
+                      "Invalid session id: expected 1 to %d characters from [A-Za-z0-9._:-], "
+                      "not '.' or '..'.", OA_SESSION_ID_MAX);
+}
+
 /* ======================================================================== */
 /* Scheduler sink (runs on the scheduler thread)                             */
 /* ======================================================================== */
@@ -387,12 +395,16 @@ static enum MHD_Result start_completion(http_req *r, oa_kind kind)
                           q->state, cfg->n_init_states ? "this server has " : "this server has none",
                           have);
     }
-    const char *hdr = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Session-ID");
-    const char *sid = q->session_id ? q->session_id : (hdr && *hdr ? hdr : NULL);
+    /* The header's length too: a NUL inside it must not cut the id short. */
+    const char *hdr = NULL;
+    size_t hdr_len = 0;
+    if (MHD_lookup_connection_value_n(r->conn, MHD_HEADER_KIND, "X-Session-ID", 12, &hdr,
+                                      &hdr_len) != MHD_YES || !hdr_len)
+        hdr = NULL;
+    const char *sid = q->session_id ? q->session_id : hdr;
     if (sid) {
-        if (!store_id_valid(sid))
-            return send_error(r, 400, "invalid_request_error", "session_id", "invalid_session_id",
-                              "Invalid session id: expected 1 to 128 characters from [A-Za-z0-9._:-].");
+        if (!oa_session_id_valid(sid, sid == hdr ? hdr_len : strlen(sid)))
+            return bad_session_id(r);
         size_t n_out = (kind == OA_CHAT ? 1 : q->n_prompts) * (size_t)q->n;
         if (n_out > 1)
             return send_error(r, 400, "invalid_request_error", q->n > 1 ? "n" : "prompt", NULL,
@@ -653,6 +665,33 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
 /* Routing, auth, CORS                                                       */
 /* ======================================================================== */
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* URL unescaping as libmicrohttpd's own (%HH), except that %00 stays as
+ * written: a decoded NUL would end the C string MHD hands the handler and
+ * silently change the target ("/v1/sessions/a%00b/state" would name "a"). */
+static size_t unescape_url(void *cls, struct MHD_Connection *c, char *s)
+{
+    char *w = s;
+    for (const char *p = s; *p;) {
+        int hi, lo;
+        if (p[0] == '%' && (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0 && (hi | lo)) {
+            *w++ = (char)(hi << 4 | lo);
+            p += 3;
+        } else {
+            *w++ = *p++;
+        }
+    }
+    *w = 0;
+    return (size_t)(w - s);
+}
+
 /* Maps url to a route and the methods it allows ("GET, POST"...). */
 static route_id route_of(const char *url, char *id, size_t idcap, const char **allow)
 {
@@ -670,9 +709,11 @@ static route_id route_of(const char *url, char *id, size_t idcap, const char **a
     if (!strncmp(url, "/v1/sessions/", 13)) {
         const char *p = url + 13, *slash = strchr(p, '/');
         size_t n = slash ? (size_t)(slash - p) : strlen(p);
-        if (n == 0 || n >= idcap) return R_NONE;
-        memcpy(id, p, n);
-        id[n] = 0;
+        /* Empty or too long: left empty, so the id check answers 400. */
+        if (n < idcap) {
+            memcpy(id, p, n);
+            id[n] = 0;
+        }
         if (!slash) return *allow = "GET, DELETE", R_SESSION;
         if (!strcmp(slash, "/state")) return *allow = "GET, PUT", R_SESSION_STATE;
     }
@@ -783,6 +824,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         if (r->route != R_HEALTH && !authorized(h->cfg, conn))
             return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
                               "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
+        if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
+            !oa_session_id_valid(r->path_id, strlen(r->path_id)))
+            return bad_session_id(r);
         if (atomic_load(&h->draining) && r->route != R_HEALTH && r->route != R_METRICS)
             return send_error(r, 503, "server_error", NULL, "shutting_down", "The server is shutting down.");
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
@@ -875,6 +919,7 @@ http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
     h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, handler, h,
                             MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_NOTIFY_COMPLETED, completed, h,
+                            MHD_OPTION_UNESCAPE_CALLBACK, unescape_url, NULL,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)1024,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),

@@ -48,7 +48,7 @@ typedef struct sched_job {
     oa_request req;          /* parsed request (owned by the submitter) */
     char *prompt;            /* chat: rendered conversation (NULL for completions) */
     size_t prompt_len;
-    const char *session_id;  /* NULL or store_id_valid */
+    const char *session_id;  /* NULL or oa_session_id_valid */
     int max_tokens;          /* resolved (default, cap) */
     double deadline;         /* monotonic seconds */
     double t_submit;

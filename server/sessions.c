@@ -30,6 +30,7 @@
 
 struct sess_pool {
     pthread_mutex_t mu;
+    pthread_cond_t io_cv; /* signalled when a background I/O lease ends */
     const ms_model *model;
     char *state_dir;
     size_t limit, bytes;
@@ -85,6 +86,7 @@ sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state
     sess_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->io_cv, NULL);
     p->model = model;
     p->limit = limit_bytes;
     p->max_sessions = max_sessions;
@@ -123,6 +125,7 @@ void pool_free(sess_pool *p)
         }
     }
     free(p->state_dir);
+    pthread_cond_destroy(&p->io_cv);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
@@ -132,6 +135,33 @@ static session *find(sess_pool *p, const char *id)
     for (session *s = p->buckets[hash_id(id)]; s; s = s->next)
         if (!strcmp(s->id, id)) return s;
     return NULL;
+}
+
+/* Ends a background I/O lease (caller holds mu) and wakes HTTP-side callers
+ * waiting for it. */
+static void end_io(sess_pool *p, session *s)
+{
+    s->leased = 0;
+    s->io = 0;
+    pthread_cond_broadcast(&p->io_cv);
+}
+
+/* Longest an HTTP-side operation waits for a background write (seconds). */
+#define IO_WAIT_S 10
+
+/* find(), but first waits (bounded) while id is leased only for background
+ * I/O: a session written behind the request that just ended is not "in use"
+ * for its client. Caller holds mu; the session may change while we wait, so
+ * it is looked up again each time. */
+static session *find_settled(sess_pool *p, const char *id)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += IO_WAIT_S;
+    session *s;
+    while ((s = find(p, id)) && s->leased && s->io)
+        if (pthread_cond_timedwait(&p->io_cv, &p->mu, &until) != 0) break;
+    return s;
 }
 
 static session *insert(sess_pool *p, const char *id)
@@ -181,9 +211,21 @@ int pool_scan(sess_pool *p, char *err, size_t errcap)
 {
     if (!p->state_dir) return 0;
     pthread_mutex_lock(&p->mu);
-    int n = store_scan(p->state_dir, scan_cb, p, err, errcap);
+    int quarantined = 0;
+    int n = store_scan(p->state_dir, scan_cb, p, &quarantined, err, errcap);
     gauges(p);
     pthread_mutex_unlock(&p->mu);
+    if (n < 0) return n;
+    /* Temps of writers killed mid-write; those of live writers (another
+     * replica) are locked and stay. */
+    int cleaned = store_clean_temps(p->state_dir, 600);
+    if (cleaned > 0)
+        fprintf(stderr, "metastate serve: removed %d stale temp file(s) from %s\n", cleaned,
+                p->state_dir);
+    if (quarantined)
+        fprintf(stderr, "metastate serve: %d '*.state' entr%s in %s not a regular file: moved "
+                        "aside as *.state.rejected\n", quarantined, quarantined == 1 ? "y" : "ies",
+                p->state_dir);
     return n;
 }
 
@@ -375,6 +417,7 @@ session *pool_next_spill(sess_pool *p)
         metrics_add(MET_C_EVICTIONS, 1);
         if (p->state_dir) {
             victim->leased = 1;
+            victim->io = 1;
             p->spilling += victim->acct;
             break;
         }
@@ -418,6 +461,7 @@ session *pool_next_persist(sess_pool *p)
         for (session *x = p->buckets[b]; x && !found; x = x->next)
             if (x->state && x->dirty && !x->leased && !x->deleted) {
                 x->leased = 1;
+                x->io = 1;
                 found = x;
             }
     pthread_mutex_unlock(&p->mu);
@@ -427,7 +471,7 @@ session *pool_next_persist(sess_pool *p)
 void pool_persist_done(sess_pool *p, session *s, int ok)
 {
     pthread_mutex_lock(&p->mu);
-    s->leased = 0;
+    end_io(p, s);
     if (ok) {
         s->on_disk = 1;
         s->dirty = 0;
@@ -443,7 +487,7 @@ void pool_persist_done(sess_pool *p, session *s, int ok)
 void pool_spill_done(sess_pool *p, session *s, int ok)
 {
     pthread_mutex_lock(&p->mu);
-    s->leased = 0;
+    end_io(p, s);
     p->spilling -= s->acct;
     if (ok) {
         p->n_mem--;
@@ -489,7 +533,7 @@ static json_t *info_obj(sess_pool *p, const session *s)
 {
     return json_pack("{s:s, s:s, s:I, s:b, s:b, s:b, s:I, s:I, s:I}", "id", s->id, "object",
                      "session", "tokens", (json_int_t)s->info_tokens, "in_memory", s->state != NULL,
-                     "on_disk", s->on_disk, "busy", s->leased, "state_bytes",
+                     "on_disk", s->on_disk, "busy", s->leased && !s->io, "state_bytes",
                      (json_int_t)p->state_bytes, "created", (json_int_t)s->created, "last_used",
                      (json_int_t)s->updated);
 }
@@ -522,7 +566,7 @@ char *pool_info_json(sess_pool *p, const char *id)
 int pool_delete(sess_pool *p, const char *id)
 {
     pthread_mutex_lock(&p->mu);
-    session *s = find(p, id);
+    session *s = find_settled(p, id);
     int rc = 0;
     if (!s) rc = 1;
     else if (s->leased) rc = 2;
@@ -543,13 +587,14 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
         return -1;
     }
     pthread_mutex_lock(&p->mu);
-    session *s = find(p, id);
+    session *s = find_settled(p, id);
     int rc = 0, from_disk = 0;
     if (!s) rc = 1;
     else if (s->leased) rc = 2;
     else if (s->state) ms_state_copy(tmp, s->state);
     else {
         s->leased = 1; /* keep the scheduler off while the file is read */
+        s->io = 1;
         from_disk = 1;
     }
     pthread_mutex_unlock(&p->mu);
@@ -562,7 +607,7 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
         int lr = store_load(p->state_dir, id, &r, p->model, err, errcap);
         free(r.tokens);
         pthread_mutex_lock(&p->mu);
-        s->leased = 0;
+        end_io(p, s);
         pthread_mutex_unlock(&p->mu);
         if (lr) {
             ms_state_free(tmp);
@@ -600,9 +645,15 @@ int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_
         snprintf(err, errcap, "%s", e.msg);
         return -1;
     }
+    if (!store_values_ok(ms_state_cdata(tmp), ms_state_nfloats(tmp))) {
+        ms_state_free(tmp);
+        snprintf(err, errcap, "the state holds values that are not finite or beyond +-%g",
+                 (double)STORE_VALUE_MAX);
+        return -1;
+    }
     pthread_mutex_lock(&p->mu);
     int rc = 0;
-    session *s = find(p, id);
+    session *s = find_settled(p, id);
     if (s && s->leased) rc = 2;
     else {
         if (!s && p->n_sessions >= p->max_sessions) {

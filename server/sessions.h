@@ -37,6 +37,9 @@ typedef struct session {
     size_t n_tokens, cap_tokens;
     /* pool bookkeeping below: owned by sessions.c */
     int leased;
+    int io;           /* the lease is background I/O (write-behind, spill,
+                         export from disk), not a request: HTTP-side
+                         operations wait for it instead of answering busy */
     int on_disk;      /* a file for this id exists in state_dir */
     int dirty;        /* memory is newer than the file */
     int deleted;      /* DELETE arrived while leased: drop on release */
@@ -67,7 +70,7 @@ void pool_free(sess_pool *p);
  * the count, or -1 with a message in err. */
 int pool_scan(sess_pool *p, char *err, size_t errcap);
 
-/* Finds or creates session id (id must be store_id_valid) and leases it.
+/* Finds or creates session id (id must be oa_session_id_valid) and leases it.
  * With a state_dir, a session this pool does not hold in memory, or holds
  * unchanged while its file was rewritten since (another replica sharing the
  * directory served it), comes back as POOL_NEEDS_LOAD: the file wins. */
@@ -111,7 +114,9 @@ int pool_persist_all(sess_pool *p);
  * pool_info_json when the id is unknown. */
 char *pool_list_json(sess_pool *p);
 char *pool_info_json(sess_pool *p, const char *id);
-/* 0 deleted, 1 unknown id, 2 leased (busy). */
+/* pool_delete, pool_export and pool_import first wait (up to 10 s) for a
+ * background write of the session to finish; "busy" means a request holds it.
+ * 0 deleted, 1 unknown id, 2 leased (busy). */
 int pool_delete(sess_pool *p, const char *id);
 /* Writes the session's state as safetensors ("state.<i>.*") to f.
  * 0 ok, 1 unknown, 2 busy, -1 error (err). */

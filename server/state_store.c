@@ -15,9 +15,18 @@
  * session started from the zero state, the only start it knew).
  * Writes go to a temp file in the same directory, are fsync'd and renamed
  * over the old file, so a crash leaves either the old or the new file, never
- * a torn one; the checksum catches what the file system does not.
+ * a torn one; the checksum catches what the file system does not. Temp
+ * names come from mkstemp (".<id>.state.tmp.XXXXXX"): replicas sharing the
+ * directory may all be PID 1 in their containers, so a PID in the name is
+ * not unique. The writer holds an flock on its temp file while it writes,
+ * so start-up can tell a stale temp (left by kill -9) from a live one.
+ *
+ * Files are opened without blocking and must be regular: a FIFO or a device
+ * named "*.state" would otherwise hang the reader for good.
  */
 #include "state_store.h"
+
+#include "openai.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -27,7 +36,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAGIC "RWKVSES"
@@ -74,18 +86,6 @@ static uint32_t crc_update(uint32_t crc, const void *p, size_t n)
 
 /* ------------------------------------------------------------ names, ids */
 
-int store_id_valid(const char *id)
-{
-    size_t n = 0;
-    for (const char *p = id; *p; p++, n++) {
-        char c = *p;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == ':' || c == '-'))
-            return 0;
-    }
-    return n >= 1 && n <= 128 && strcmp(id, ".") && strcmp(id, "..");
-}
-
 static void path_of(char *out, size_t cap, const char *dir, const char *id, const char *suffix)
 {
     snprintf(out, cap, "%s/%s.state%s", dir, id, suffix);
@@ -118,14 +118,35 @@ static int wr(FILE *f, const void *p, size_t n, uint32_t *crc)
     return 0;
 }
 
+/* Creates and locks a fresh temp file for id in dir; its name goes to tmp.
+ * A start-up cleaner may remove a temp between its creation and our lock
+ * (it only removes files it can lock): then the file is unlinked and a new
+ * one is made. Returns the fd or -1 (errno set). */
+static int make_temp(const char *dir, const char *id, char *tmp, size_t cap)
+{
+    for (int attempt = 0; attempt < 8; attempt++) {
+        snprintf(tmp, cap, "%s/.%s.state.tmp.XXXXXX", dir, id);
+        int fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0) return -1;
+        /* Not every file system has locks (ENOLCK, EOPNOTSUPP): write anyway;
+         * the cleaner then only removes temps that are old. */
+        while (flock(fd, LOCK_EX) != 0 && errno == EINTR) {
+        }
+        struct stat st;
+        if (fstat(fd, &st) == 0 && st.st_nlink > 0) return fd;
+        close(fd);
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
 int store_save(const char *dir, const char *id, const store_record *r,
                const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap)
 {
     char path[4096], tmp[4200];
     path_of(path, sizeof path, dir, id, "");
-    snprintf(tmp, sizeof tmp, "%s/.%s.state.tmp.%ld", dir, id, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) return fail(err, errcap, "%s: %s", tmp, strerror(errno));
+    int fd = make_temp(dir, id, tmp, sizeof tmp);
+    if (fd < 0) return fail(err, errcap, "cannot create a temp file in %s: %s", dir, strerror(errno));
     FILE *f = fdopen(fd, "wb");
     if (!f) {
         close(fd);
@@ -186,6 +207,41 @@ int store_save(const char *dir, const char *id, const store_record *r,
 
 /* ------------------------------------------------------------------ load */
 
+/* Opens path for reading without blocking on FIFOs or devices, and only
+ * when it is a regular file (symlinks are not followed). NULL with errno set
+ * (ENOENT when absent, EINVAL when not a regular file). */
+static FILE *open_regular(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ELOOP) errno = EINVAL; /* a symlink */
+        return NULL;
+    }
+    struct stat st;
+    int fl;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (fl = fcntl(fd, F_GETFL)) < 0 ||
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        int e = errno;
+        close(fd);
+        errno = S_ISREG(st.st_mode) ? e : EINVAL;
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return f;
+}
+
+int store_values_ok(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabsf(x[i]) <= STORE_VALUE_MAX)) return 0; /* also false for NaN */
+    return 1;
+}
+
 static int rd(FILE *f, void *p, size_t n, uint32_t *crc)
 {
     if (n && fread(p, 1, n, f) != n) return -1;
@@ -204,12 +260,13 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     r->n_ckpt = 0;
     r->tokens_known = 0;
     r->init_state[0] = 0;
-    FILE *f = fopen(path, "rb");
+    FILE *f = open_regular(path);
     if (!f) {
         if (errno == ENOENT) {
             fail(err, errcap, "%s: no such file", path);
             return 1;
         }
+        if (errno == EINVAL) return fail(err, errcap, "%s: not a regular file", path);
         return fail(err, errcap, "%s: %s", path, strerror(errno));
     }
     struct stat st;
@@ -258,7 +315,22 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     size_t nf = ms_state_nfloats(r->state);
     uint64_t expect = HDR_BYTES + (ver >= 2 ? 4 + (uint64_t)name_len : 0) +
                       (uint64_t)nf * 4 * ((flags & F_CKPT) ? 2 : 1) + nt * 4 + 4;
-    if (nt > (1u << 30) || (uint64_t)st.st_size != expect || nc > nt) {
+    if (nt > (1u << 30)) {
+        fail(err, errcap, "%s: token count %llu is implausible (corrupt header)", path,
+             (unsigned long long)nt);
+        goto out;
+    }
+    if (nc > nt) {
+        fail(err, errcap, "%s: checkpoint after %llu tokens of %llu (corrupt header)", path,
+             (unsigned long long)nc, (unsigned long long)nt);
+        goto out;
+    }
+    if (!(flags & F_CKPT) && nc) {
+        fail(err, errcap, "%s: checkpoint count %llu without a checkpoint (corrupt header)", path,
+             (unsigned long long)nc);
+        goto out;
+    }
+    if ((uint64_t)st.st_size != expect) {
         fail(err, errcap, "%s: size %lld bytes, expected %llu (truncated or corrupt)", path,
              (long long)st.st_size, (unsigned long long)expect);
         goto out;
@@ -278,6 +350,11 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     unsigned char tail[4];
     if (fread(tail, 1, 4, f) != 4 || get_u32(tail) != crc) {
         fail(err, errcap, "%s: checksum mismatch (file corrupt)", path);
+        goto out;
+    }
+    if (!store_values_ok(scratch, nf * ((flags & F_CKPT) ? 2 : 1))) {
+        fail(err, errcap, "%s: state values not finite or beyond +-%g (corrupt)", path,
+             (double)STORE_VALUE_MAX);
         goto out;
     }
     for (uint64_t i = 0; i < nt; i++)
@@ -309,7 +386,7 @@ long long store_peek_tokens(const char *dir, const char *id)
 {
     char path[4096];
     path_of(path, sizeof path, dir, id, "");
-    FILE *f = fopen(path, "rb");
+    FILE *f = open_regular(path);
     if (!f) return -1;
     unsigned char h[HDR_BYTES];
     long long n = fread(h, 1, sizeof h, f) == sizeof h && !memcmp(h, MAGIC, 8) ? (long long)get_u64(h + 64) : -1;
@@ -332,9 +409,48 @@ void store_quarantine(const char *dir, const char *id)
     if (rename(a, b) != 0) (void)unlink(a);
 }
 
-int store_scan(const char *dir, void (*fn)(const char *id, void *ud), void *ud,
-               char *err, size_t errcap)
+/* 1 for ".<id>.state.tmp.<anything>" (this and earlier versions' temps). */
+static int is_temp_name(const char *name)
 {
+    return name[0] == '.' && strstr(name, ".state.tmp.") != NULL;
+}
+
+int store_clean_temps(const char *dir, int min_age_s)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int removed = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!is_temp_name(e->d_name)) continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) != 0) continue;
+        if (!S_ISREG(st.st_mode)) { /* no writer makes these */
+            removed += unlink(path) == 0;
+            continue;
+        }
+        int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) continue;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            /* No live writer holds it: stale. Unlinked while we hold the lock,
+             * so a writer that just created it sees nlink 0 and starts over. */
+            removed += unlink(path) == 0;
+        } else if (errno != EWOULDBLOCK && errno != EINTR) {
+            /* No locks on this file system: only temps untouched for long. */
+            if (time(NULL) - st.st_mtime >= min_age_s) removed += unlink(path) == 0;
+        }
+        close(fd);
+    }
+    closedir(d);
+    return removed;
+}
+
+int store_scan(const char *dir, void (*fn)(const char *id, void *ud), void *ud,
+               int *quarantined, char *err, size_t errcap)
+{
+    if (quarantined) *quarantined = 0;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return fail(err, errcap, "cannot create state dir %s: %s", dir, strerror(errno));
     DIR *d = opendir(dir);
@@ -348,7 +464,16 @@ int store_scan(const char *dir, void (*fn)(const char *id, void *ud), void *ud,
         if (len - 6 >= sizeof id) continue;
         memcpy(id, e->d_name, len - 6);
         id[len - 6] = 0;
-        if (!store_id_valid(id)) continue;
+        if (!oa_session_id_valid(id, len - 6)) continue;
+        char path[4096];
+        struct stat st;
+        path_of(path, sizeof path, dir, id, "");
+        if (lstat(path, &st) != 0) continue;
+        if (!S_ISREG(st.st_mode)) { /* FIFO, device, symlink, directory */
+            store_quarantine(dir, id);
+            if (quarantined) (*quarantined)++;
+            continue;
+        }
         fn(id, ud);
         n++;
     }

@@ -32,11 +32,10 @@ typedef struct store_record {
     char init_state[STORE_NAME_MAX + 1];
 } store_record;
 
-/* 1 when id matches [A-Za-z0-9._:-]{1,128} and is not "." or "..": safe as a
- * file name and as a URL path segment. */
-int store_id_valid(const char *id);
-
-/* Writes <dir>/<id>.state atomically (temp file in dir, fsync, rename, fsync
+/* Session ids given to these functions must pass oa_session_id_valid
+ * (proto/openai.h), the one validator.
+ *
+ * Writes <dir>/<id>.state atomically (temp file in dir, fsync, rename, fsync
  * dir). cfg and fp (32 bytes) describe the model the state belongs to. */
 int store_save(const char *dir, const char *id, const store_record *r,
                const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap);
@@ -63,9 +62,26 @@ int store_remove(const char *dir, const char *id);
  * the session restarts cleanly and the evidence stays for inspection. */
 void store_quarantine(const char *dir, const char *id);
 
-/* Calls fn(id, ud) for every valid "<id>.state" in dir; returns the count or
- * -1 when dir cannot be read. Creates dir when missing. */
+/* Calls fn(id, ud) for every valid "<id>.state" regular file in dir; other
+ * kinds of file with such a name (FIFO, device, symlink, directory) are
+ * quarantined and counted in *quarantined (may be NULL). Returns the count
+ * or -1 when dir cannot be read. Creates dir when missing. Never blocks on
+ * what it finds. */
 int store_scan(const char *dir, void (*fn)(const char *id, void *ud), void *ud,
-               char *err, size_t errcap);
+               int *quarantined, char *err, size_t errcap);
+
+/* Removes temp files that no live writer holds (left by a kill -9 during a
+ * write): writers flock their temp, so a temp we can lock is stale. Where the
+ * file system has no locks, only temps older than min_age_s go. Returns the
+ * number removed, -1 when dir cannot be read. */
+int store_clean_temps(const char *dir, int min_age_s);
+
+/* Largest |value| a stored or imported state may hold. Real states stay
+ * many orders of magnitude below; beyond it (or NaN/Inf) the file is corrupt
+ * or hostile and the model would only produce garbage or nothing. */
+#define STORE_VALUE_MAX 1e6f
+
+/* 1 when all n values are finite and within +-STORE_VALUE_MAX. */
+int store_values_ok(const float *x, size_t n);
 
 #endif

@@ -1,52 +1,104 @@
 #!/usr/bin/env bash
 # Runs the whole test suite twice: with the normal build, then with the
-# ASan+UBSan build. Usage: tests/run.sh BUILD_DIR SHARED_DIR
+# ASan+UBSan build, and closes with what was skipped and why and one total
+# line. Usage: tests/run.sh BUILD_DIR SHARED_DIR
+#
+# Tests that need third-party reference data (../shared), python3-torch or
+# the World vocabulary skip without them, saying so; with
+# METASTATE_REQUIRE_REFERENCE=1 (set by .ci/run) they fail instead.
 set -uo pipefail
 build=${1:-build}; shared=${2:-../shared}
 here=$(cd "$(dirname "$0")" && pwd)
 export METASTATE_SHARED=$(cd "$shared" 2>/dev/null && pwd || echo "$shared")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 # Sanitizer reports go to files, one per process, so a report from any
 # process (a forked Criterion worker, a server started by a node test) fails
 # the run even when that process's exit status is not looked at.
-san_logs=$(mktemp -d)
-trap 'rm -rf "$san_logs"' EXIT
-export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:log_path=$san_logs/asan
-export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$san_logs/ubsan
+mkdir -p "$work/san"
+export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:log_path=$work/san/asan
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$work/san/ubsan
 # OpenBLAS spins up its own threads per call: keep it to one per test run
 # so parallel test workers do not oversubscribe the cores.
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+export TAP_TOTALS=$work/totals
+summaries=()
 status=0
 
+summarize() { # $1 = label, $2 = TAP file: prints now and again at the end
+    local s
+    s=$(bash "$here/tap_summary.sh" "$1" "$2")
+    echo "$s"
+    summaries+=("$s")
+}
+
+# node's test runner over FILES in DIR (npm ci first), reporting to TAP too.
+run_node_suite() { # $1 = label, $2 = dir, $3 = metastate binary, rest = test files
+    local label=$1 dir=$2 bin=$3; shift 3
+    local tap="$work/$(echo "$label" | tr -c 'a-z0-9' '_').tap"
+    echo "== $label"
+    (cd "$dir" && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; }) || status=1
+    METASTATE_BIN="$bin" node --test --test-concurrency=1 \
+        --test-reporter=spec --test-reporter-destination=stdout \
+        --test-reporter=tap --test-reporter-destination="$tap" "$@" || status=1
+    summarize "$label" "$tap"
+}
+
 run_suite() { # $1 = label, $2 = dir with metastate and unit-tests
-    local label=$1 dir=$2
+    local label=$1 dir=$2 bin
+    bin="$(cd "$dir" && pwd)/metastate"
     echo "== unit tests ($label)"
-    METASTATE_BIN="$dir/metastate" "$dir/unit-tests" --jobs 2 || status=1
+    METASTATE_BIN="$bin" "$dir/unit-tests" --jobs 2 --tap="$work/unit-$label.tap" || status=1
+    summarize "unit tests ($label)" "$work/unit-$label.tap"
     if compgen -G "$here/server/*.test.mjs" >/dev/null; then
-        echo "== server tests ($label)"
-        (cd "$here/server" && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } ) || status=1
-        METASTATE_BIN="$(cd "$dir" && pwd)/metastate" node --test --test-concurrency=1 "$here"/server/*.test.mjs || status=1
+        run_node_suite "server tests ($label)" "$here/server" "$bin" "$here"/server/*.test.mjs
     fi
 }
 
-# The Meta-State golden vectors in tests/golden_ms come from the PyTorch
-# reference in tools/reference: regenerate and compare them when Debian's
-# python3-torch is installed (the script says so and passes when it is not).
-# Each script prints SKIP and passes when torch, ../shared or the binary is
-# missing: the reference against ../shared/golden, the stored MS-v0 vectors,
-# the reference's own checks (SPEC 3.6), and `metastate expand` against the
-# reference's expansion.
-if [ -x /usr/bin/python3 ]; then
-    echo "== reference (tools/reference, PyTorch)"
+# The reference checks (tools/reference, PyTorch): the reference against
+# ../shared/golden, the stored MS-v0 vectors, the reference's own checks
+# (SPEC 3.6), and `metastate expand` against the reference's expansion. Each
+# prints "SKIP: <why>" and passes when torch or ../shared is missing.
+run_reference() {
+    local tap="$work/reference.tap" n=0 out rc
+    echo "== reference checks (tools/reference, PyTorch)"
+    echo "TAP version 13" >"$tap"
     for s in check_shared_golden verify_ms_golden selftest check_c_expand; do
-        (cd "$here/.." && METASTATE_BIN="$build/metastate" /usr/bin/python3 "tools/reference/$s.py") || status=1
+        n=$((n + 1))
+        out=$(cd "$here/.." && METASTATE_BIN="$build/metastate" /usr/bin/python3 "tools/reference/$s.py" 2>&1)
+        rc=$?
+        echo "$out"
+        if ((rc != 0)); then
+            echo "not ok $n - $s" >>"$tap"; status=1
+        elif skip=$(grep -m1 '^SKIP: ' <<<"$out"); then
+            echo "ok $n - $s # SKIP ${skip#SKIP: }" >>"$tap"
+        else
+            echo "ok $n - $s" >>"$tap"
+        fi
     done
-fi
+    summarize "reference checks" "$tap"
+}
 
+if [ -x /usr/bin/python3 ]; then
+    run_reference
+else
+    tap="$work/reference.tap"
+    printf 'ok 1 - reference checks # SKIP python3 not installed; /usr/bin/python3 missing\n' >"$tap"
+    [[ -n ${METASTATE_REQUIRE_REFERENCE:-} && $METASTATE_REQUIRE_REFERENCE != 0 ]] && { echo "not ok 2 - python3 required" >>"$tap"; status=1; }
+    summarize "reference checks" "$tap"
+fi
 run_suite normal "$build"
 run_suite "asan+ubsan" "$build/asan"
-if compgen -G "$san_logs/*" >/dev/null; then
+if compgen -G "$work/san/*" >/dev/null; then
     echo "== sanitizer reports (the run fails):"
-    cat "$san_logs"/*
+    cat "$work"/san/*
     status=1
 fi
+
+echo
+echo "== summary"
+printf '%s\n' "${summaries[@]}"
+read -r p f s < <(awk '{ p += $1; f += $2; s += $3 } END { print p + 0, f + 0, s + 0 }' "$TAP_TOTALS")
+((f > 0)) && status=1
+echo "total: $p passed, $f failed, $s skipped"
 exit $status

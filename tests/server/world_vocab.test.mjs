@@ -2,12 +2,11 @@
 // multi-byte tokens, sessions over a chat, and UTF-8-safe streaming.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { startServer, client, api, SHARED, MODEL_NAME } from './lib/server.mjs';
+import { startServer, client, api, SHARED, MODEL_NAME, referenceSkip } from './lib/server.mjs';
 
 const VOCAB = join(SHARED, 'vocab', 'rwkv_vocab_v20230424.txt');
-const skip = existsSync(VOCAB) ? false : `World vocabulary not found at ${VOCAB} (set METASTATE_SHARED)`;
+const skip = referenceSkip(VOCAB);
 
 test('World vocab: chat sessions match the full conversation; streams never split a character', { skip }, async () => {
   const srv = await startServer({ args: ['--vocab', VOCAB] });

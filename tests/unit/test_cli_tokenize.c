@@ -12,22 +12,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "shared_ref.h"
 static const char *bin_or_skip(void)
 {
     const char *bin = getenv("METASTATE_BIN");
     if (!bin || !*bin)
-        cr_skip_test("METASTATE_BIN is not set");
+        cr_skip_test("METASTATE_BIN not set; run through make test");
     if (access(bin, X_OK) != 0)
-        cr_skip_test("METASTATE_BIN=%s is not executable", bin);
+        cr_skip_test("METASTATE_BIN not executable; %s", bin);
     return bin;
 }
 
 static void vocab_or_skip(char *path, size_t cap, const char *file)
 {
-    const char *dir = getenv("METASTATE_SHARED");
-    snprintf(path, cap, "%s/vocab/%s", dir && *dir ? dir : "../shared", file);
-    if (access(path, R_OK) != 0)
-        cr_skip_test("%s: ../shared/vocab not found (set METASTATE_SHARED)", path);
+    shared_file(path, cap, "vocab", file);
 }
 
 /* Appends s to the command line, single-quoted for /bin/sh. */

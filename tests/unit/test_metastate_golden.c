@@ -29,7 +29,7 @@ typedef enum { FROM_ZERO, FROM_OWN_PREFIX, FROM_STORED_STATE } start;
 /* Runs one case in one mode and checks logits and state against
  * "<mode>.logits" / "<mode>.state.*" of the reference. The model file is the
  * first one the manifest lists. */
-static void check(const char *case_name, int rnn, start from)
+static void check_with(const char *case_name, int rnn, start from, int chunk, ms_weights w)
 {
     char manifest[512], refpath[512], path[512];
     snprintf(manifest, sizeof manifest, "%s/%s.ref.json", GOLDEN_MS_DIR, case_name);
@@ -48,14 +48,15 @@ static void check(const char *case_name, int rnn, start from)
 
     ms_error err = {0};
     ms_model *m;
-    cr_assert_eq(ms_model_load(path, NULL, &m, &err), MS_OK, "%s", err.msg);
+    ms_load_opts lo = {.weights = w};
+    cr_assert_eq(ms_model_load(path, &lo, &m, &err), MS_OK, "%s", err.msg);
     ms_tensorfile *ref;
     cr_assert_eq(ms_tensorfile_open(refpath, &ref, &err), MS_OK, "%s", err.msg);
     const ms_config *c = ms_model_config(m);
     cr_expect_eq(c->meta_state, 1, "%s: not detected as a Meta-State model", model_file);
     const size_t V = (size_t)c->vocab_size;
     ms_state *s = ms_state_new(m);
-    ms_ctx *ctx = ms_ctx_new(m, 16); /* small chunks: the longer cases span several */
+    ms_ctx *ctx = ms_ctx_new(m, chunk);
     float *logits = malloc(n * V * sizeof *logits);
     cr_assert(s && ctx && logits);
 
@@ -90,9 +91,10 @@ static void check(const char *case_name, int rnn, start from)
         ds = fmax(ds, max_diff(ms_state_ffn_shift(s, l), ref, name, C));
     }
     /* Printed so the measured agreement can be quoted, not only asserted. */
-    fprintf(stderr, "golden_ms %-22s %s%s: logits %.2e  wkv %.2e  shift %.2e", case_name, mode,
+    fprintf(stderr, "golden_ms %-22s %s%s [chunk %d, weights %d]: logits %.2e  wkv %.2e  shift %.2e",
+            case_name, mode,
             from == FROM_OWN_PREFIX ? " (own prefix)" : from == FROM_STORED_STATE ? " (in.state)" : "",
-            dl, dw, ds);
+            chunk, (int)w, dl, dw, ds);
     if (prefix)
         fprintf(stderr, "  prefix logits %.2e", dp);
     fputc('\n', stderr);
@@ -111,8 +113,17 @@ static void check(const char *case_name, int rnn, start from)
     json_decref(root);
 }
 
+/* Small chunks, so the longer cases span several; the server's chunk size
+ * (--prefill-chunk 128) is checked too, below. */
+static void check(const char *case_name, int rnn, start from)
+{
+    check_with(case_name, rnn, from, 16, MS_WEIGHTS_AUTO);
+}
+
 #define GOLDEN_MS(id, case_name, rnn, from) \
     Test(golden_ms, id, .timeout = 120) { check(case_name, rnn, from); }
+#define GOLDEN_MS_SERVE(id, case_name, from, w) \
+    Test(golden_ms, id, .timeout = 120) { check_with(case_name, 0, from, 128, w); }
 
 /* 2 layers, fp32; SSE heads {0} in layer 0, {0,1} in layer 1; 64 tokens */
 GOLDEN_MS(l2_fp32_seq, "ms_l2_d128_fp32", 0, FROM_ZERO)
@@ -132,3 +143,13 @@ GOLDEN_MS(l2_bf16_rnn, "ms_l2_d128_bf16", 1, FROM_ZERO)
  * has no ms_gamma tensor, {0,1} in layer 2; 100 tokens */
 GOLDEN_MS(l3_bf16_seq, "ms_l3_d128_bf16", 0, FROM_ZERO)
 GOLDEN_MS(l3_bf16_rnn, "ms_l3_d128_bf16", 1, FROM_ZERO)
+
+/* The server's prefill chunk (128) for every exact weight format: 300 tokens
+ * are three chunks, the last one partial. */
+GOLDEN_MS_SERVE(serve_chunk_l2_fp32, "ms_l2_d128_fp32", FROM_ZERO, MS_WEIGHTS_AUTO)
+GOLDEN_MS_SERVE(serve_chunk_l2_fp32_cont_prefix, "ms_l2_d128_fp32_cont", FROM_OWN_PREFIX, MS_WEIGHTS_AUTO)
+GOLDEN_MS_SERVE(serve_chunk_l2_fp32_cont_state, "ms_l2_d128_fp32_cont", FROM_STORED_STATE, MS_WEIGHTS_AUTO)
+GOLDEN_MS_SERVE(serve_chunk_l2_bf16, "ms_l2_d128_bf16", FROM_ZERO, MS_WEIGHTS_AUTO)
+GOLDEN_MS_SERVE(serve_chunk_l2_bf16_f32_weights, "ms_l2_d128_bf16", FROM_ZERO, MS_WEIGHTS_F32)
+GOLDEN_MS_SERVE(serve_chunk_l3_bf16, "ms_l3_d128_bf16", FROM_ZERO, MS_WEIGHTS_AUTO)
+GOLDEN_MS_SERVE(serve_chunk_l3_bf16_f32_weights, "ms_l3_d128_bf16", FROM_ZERO, MS_WEIGHTS_F32)

@@ -534,6 +534,29 @@ Test(openai, session_id_charset_and_length)
     expect_400(OA_CHAT, "\"session_id\":\"a/b\"", "session_id", NULL);
     expect_400(OA_CHAT, "\"session_id\":\"caf\xc3\xa9\"", "session_id", NULL);
     expect_400(OA_CHAT, "\"session_id\":\"a\\nb\"", "session_id", NULL);
+    expect_400(OA_CHAT, "\"session_id\":\".\"", "session_id", NULL);
+    expect_400(OA_CHAT, "\"session_id\":\"..\"", "session_id", NULL);
+}
+
+/* The one validator every door uses (body, X-Session-ID, paths, file names). */
+Test(openai, session_id_validator)
+{
+    cr_assert(oa_session_id_valid("a", 1));
+    cr_assert(oa_session_id_valid("...", 3));
+    cr_assert(oa_session_id_valid(".a", 2));
+    cr_assert(oa_session_id_valid("A-z_0.9:x", 9));
+    cr_assert_not(oa_session_id_valid(".", 1));
+    cr_assert_not(oa_session_id_valid("..", 2));
+    cr_assert_not(oa_session_id_valid("", 0));
+    cr_assert_not(oa_session_id_valid(NULL, 0));
+    cr_assert_not(oa_session_id_valid("a\0b", 3), "an embedded NUL must not cut the id short");
+    cr_assert_not(oa_session_id_valid("a\r\nX", 4));
+    cr_assert_not(oa_session_id_valid("a%00b", 5));
+    cr_assert_not(oa_session_id_valid("\xff", 1));
+    char id[OA_SESSION_ID_MAX + 2];
+    memset(id, 'k', sizeof id);
+    cr_assert(oa_session_id_valid(id, OA_SESSION_ID_MAX));
+    cr_assert_not(oa_session_id_valid(id, OA_SESSION_ID_MAX + 1));
 }
 
 /* ------------------------------------------------------------------------ */

@@ -12,6 +12,7 @@
  */
 #include <criterion/criterion.h>
 
+#include "shared_ref.h"
 #include "engine.h"
 #include "tensorfile_internal.h"
 
@@ -264,12 +265,10 @@ static const char PK_GOOD[] = PK_HEAD PK_STYPE("FloatStorage")
 /* Path of a golden file, or skips the test when the set is not installed. */
 static void golden(char *out, size_t cap, const char *name)
 {
-    const char *s = getenv("METASTATE_SHARED");
-    snprintf(out, cap, "%s/golden/%s", s && *s ? s : "../shared", name);
-    if (access(out, R_OK) != 0) {
+    snprintf(out, cap, "%s/golden/%s", shared_dir(), name);
+    if (access(out, R_OK) != 0)
         teardown(); /* a skipped test does not reach .fini */
-        cr_skip_test("golden file %s not found (set METASTATE_SHARED to the shared folder)", out);
-    }
+    require_reference_file(out);
 }
 
 static void compare_pth_st(const char *model)

@@ -16,24 +16,18 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "shared_ref.h"
 #include "engine.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void shared_path(char *buf, size_t cap, const char *file)
-{
-    const char *dir = getenv("METASTATE_SHARED");
-    snprintf(buf, cap, "%s/vocab/%s", dir && *dir ? dir : "../shared", file);
-}
 
 static ms_tokenizer *load_world(void)
 {
     char path[1024];
-    shared_path(path, sizeof path, "rwkv_vocab_v20230424.txt");
-    if (access(path, R_OK) != 0)
-        cr_skip_test("World vocab: ../shared/vocab not found (set METASTATE_SHARED)");
+    shared_file(path, sizeof path, "vocab", "rwkv_vocab_v20230424.txt");
     ms_tokenizer *t = NULL;
     ms_error err = { 0 };
     ms_status st = ms_tokenizer_load(path, &t, &err);
@@ -51,9 +45,7 @@ static ms_tokenizer *load_world(void)
 static json_t *load_cases(void)
 {
     char path[1024];
-    shared_path(path, sizeof path, "tokenizer_cases.json");
-    if (access(path, R_OK) != 0)
-        cr_skip_test("tokenizer cases: ../shared/vocab not found (set METASTATE_SHARED)");
+    shared_file(path, sizeof path, "vocab", "tokenizer_cases.json");
     FILE *f = fopen(path, "rb");
     cr_assert_not_null(f, "%s", path);
     size_t cap = 1 << 16, n = 0;

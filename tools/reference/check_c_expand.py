@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
+from skip import NO_BINARY, NO_SHARED, NO_TORCH, skip  # noqa: E402
 
 # model, FFN rows to add, SSE heads to add {layer: heads}
 CASES = [
@@ -42,12 +43,10 @@ def main():
         import rwkv7_ref
         import tensorio
     except ImportError as e:
-        print(f"SKIP: {e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)")
-        return 0
+        return skip(NO_TORCH, f"{e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)")
     binary = os.environ.get("METASTATE_BIN", os.path.join(REPO, "build", "metastate"))
     if not os.access(binary, os.X_OK):
-        print(f"SKIP: no metastate binary at {binary} (make build, or set METASTATE_BIN)")
-        return 0
+        return skip(NO_BINARY, f"no metastate binary at {binary} (make build, or set METASTATE_BIN)")
     torch.set_num_threads(1)
     errors = []
     with tempfile.TemporaryDirectory(prefix="expand.") as tmp:

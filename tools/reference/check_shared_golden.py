@@ -16,13 +16,13 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, HERE)
+from skip import NO_BINARY, NO_SHARED, NO_TORCH, skip  # noqa: E402
 try:
     import torch
     import rwkv7_ref
     import tensorio
 except ImportError as e:  # e.g. the pyenv python3 instead of /usr/bin/python3
-    print(f"SKIP: {e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)")
-    sys.exit(0)
+    sys.exit(skip(NO_TORCH, f"{e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)"))
 
 TOL_LOGITS, TOL_WKV, TOL_SHIFT = 1e-4, 1e-4, 5e-5
 
@@ -63,8 +63,7 @@ def main():
         "METASTATE_SHARED", os.path.join(repo, "..", "shared"))
     gdir = os.path.join(shared, "golden")
     if not os.path.isdir(gdir):
-        print(f"SKIP: no golden folder at {gdir} (pass SHARED_DIR or set METASTATE_SHARED)")
-        return 0
+        return skip(NO_SHARED, f"no golden folder at {gdir} (pass SHARED_DIR or set METASTATE_SHARED)")
     torch.set_num_threads(1)
     cases = sorted(f[:-len(".ref.json")] for f in os.listdir(gdir) if f.endswith(".ref.json"))
     failed = 0

@@ -18,6 +18,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
+from skip import NO_BINARY, NO_SHARED, NO_TORCH, skip  # noqa: E402
 try:
     import numpy as np
     import torch
@@ -26,8 +27,7 @@ try:
     import rwkv7_ref
     import tensorio
 except ImportError as e:
-    print(f"SKIP: {e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)")
-    sys.exit(0)
+    sys.exit(skip(NO_TORCH, f"{e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)"))
 
 failures = []
 

@@ -19,6 +19,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
+from skip import NO_BINARY, NO_SHARED, NO_TORCH, skip  # noqa: E402
 TOL = 1e-6
 
 
@@ -69,8 +70,7 @@ def main():
         import torch  # noqa: F401
         import make_ms_golden
     except ImportError as e:
-        print(f"SKIP: {e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)")
-        return 0
+        return skip(NO_TORCH, f"{e} (apt-get install python3-torch python3-numpy; run /usr/bin/python3)")
     golden = sys.argv[1] if len(sys.argv) > 1 else make_ms_golden.DEFAULT_OUT
     errors = []
     with tempfile.TemporaryDirectory(prefix="golden_ms.") as tmp:

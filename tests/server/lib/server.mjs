@@ -11,6 +11,15 @@ import OpenAI from 'openai';
 const here = dirname(fileURLToPath(import.meta.url));
 export const BIN = process.env.METASTATE_BIN || resolve(here, '../../../build/metastate');
 export const SHARED = process.env.METASTATE_SHARED || resolve(here, '../../../../shared');
+// A test that needs third-party reference data (../shared) skips without it,
+// with a reason that starts with the category tests/summary.sh counts; under
+// METASTATE_REQUIRE_REFERENCE=1 (CI) the missing file is an error instead.
+export function referenceSkip(path) {
+  if (existsSync(path)) return false;
+  const r = process.env.METASTATE_REQUIRE_REFERENCE;
+  if (r && r !== '0') throw new Error(`${path} missing and METASTATE_REQUIRE_REFERENCE=1`);
+  return `../shared not present; ${path} missing (set METASTATE_SHARED)`;
+}
 export const IS_ASAN = /\/asan\//.test(BIN);
 // Generous time budgets: the ASan build is several times slower.
 export const SLOW = IS_ASAN ? 4 : 1;
@@ -48,7 +57,9 @@ export async function startServer(opts = {}) {
     const port = 20000 + Math.floor(Math.random() * 40000);
     const args = ['serve', '--model', model, '--host', '127.0.0.1', '--port', String(port),
       ...(opts.args || [])];
-    const proc = spawn(BIN, args, {
+    // opts.prefix: a command that runs the server, e.g. ['unshare', '--pid', ...].
+    const cmd = opts.prefix ? [...opts.prefix, BIN, ...args] : [BIN, ...args];
+    const proc = spawn(cmd[0], cmd.slice(1), {
       env: { ...process.env, OPENBLAS_NUM_THREADS: '1', ...(opts.env || {}) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
