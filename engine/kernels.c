@@ -564,9 +564,10 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
         ACC_STORE(NR, NB)                                                                        \
     }
 
-/* Integer sums are exact, so two accumulators per sequence (even / odd
- * quads, or low / high nibbles) shorten the dependency chains without
- * changing any result. */
+/* Integer sums are exact, so small batches use two accumulators per
+ * sequence (even / odd quads, or low / high nibbles) to shorten the
+ * dependency chains without changing any result; larger ones need the
+ * registers for more sequences. */
 #define PASS_I8(NR, NB)                                                                          \
     {                                                                                            \
         ACC_ZERO(1, NB)                                                                          \
@@ -580,7 +581,11 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
                 const IW8 w0 = ILOAD8(wg + qd * 64), w1 = ILOAD8(wg + qd * 64 + 64);             \
                 UNROLL for (int q = 0; q < NB; q++) {                                            \
                     ia[q] = IDOT8(ia[q], w0, x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd));      \
-                    ib[q] = IDOT8(ib[q], w1, x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd + 1));  \
+                    const int32_t x1 = x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd + 1);         \
+                    if (NB <= 2)                                                                 \
+                        ib[q] = IDOT8(ib[q], w1, x1);                                            \
+                    else                                                                         \
+                        ia[q] = IDOT8(ia[q], w1, x1);                                            \
                 }                                                                                \
             }                                                                                    \
             const VT s = VLOAD(sp + g * K_ROWS);                                                 \
@@ -608,7 +613,11 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
                 IQ4(wg + v * 64, lo, hi);                                                        \
                 UNROLL for (int q = 0; q < NB; q++) {                                            \
                     ia[q] = IDOTU(ia[q], lo, x4_at(A, b0 + q, x0 + (size_t)v));                 \
-                    ib[q] = IDOTU(ib[q], hi, x4_at(A, b0 + q, x0 + (size_t)v + GRP / 8));       \
+                    const int32_t x1 = x4_at(A, b0 + q, x0 + (size_t)v + GRP / 8);               \
+                    if (NB <= 2)                                                                 \
+                        ib[q] = IDOTU(ib[q], hi, x1);                                            \
+                    else                                                                         \
+                        ia[q] = IDOTU(ia[q], hi, x1);                                            \
                 }                                                                                \
             }                                                                                    \
             const VT s = VLOAD(sp + g * K_ROWS), mn = VLOAD(mp + g * K_ROWS);                    \
