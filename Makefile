@@ -69,17 +69,18 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O3 -g
-BASEFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-math-errno -fno-trapping-math $(WARN) $(PKG_CFLAGS) -Iengine -Iproto -Iserver
+BASEFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-math-errno -fno-trapping-math $(WARN) $(PKG_CFLAGS) -Iengine -Iproto -Iserver -Icli
 LDLIBS    = $(PKG_LIBS) -lm -pthread
 
 SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 ENGINE_SRC := $(wildcard engine/*.c)
 PROTO_SRC  := $(wildcard proto/*.c)
-SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
-LIB_SRC    := $(ENGINE_SRC) $(PROTO_SRC) $(SERVER_SRC)
+SERVER_SRC := $(wildcard server/*.c)
+CLI_SRC    := $(filter-out cli/main.c,$(wildcard cli/*.c))
+LIB_SRC    := $(ENGINE_SRC) $(PROTO_SRC) $(SERVER_SRC) $(CLI_SRC)
 UNIT_SRC   := $(wildcard tests/unit/*.c)
-HEADERS    := $(wildcard engine/*.h proto/*.h server/*.h tests/unit/*.h)
+HEADERS    := $(wildcard engine/*.h proto/*.h server/*.h cli/*.h tests/unit/*.h)
 
 # $(call objs,DIR,SOURCES)
 objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
@@ -96,13 +97,13 @@ $(BUILD)/asan/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) $(SAN_FLAGS) -c $< -o $@
 
-$(BUILD)/metastate: $(call objs,$(BUILD),$(LIB_SRC) server/main.c)
+$(BUILD)/metastate: $(call objs,$(BUILD),$(LIB_SRC) cli/main.c)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/unit-tests: $(call objs,$(BUILD),$(LIB_SRC) $(UNIT_SRC))
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 
-$(BUILD)/asan/metastate: $(call objs,$(BUILD)/asan,$(LIB_SRC) server/main.c)
+$(BUILD)/asan/metastate: $(call objs,$(BUILD)/asan,$(LIB_SRC) cli/main.c)
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/asan/unit-tests: $(call objs,$(BUILD)/asan,$(LIB_SRC) $(UNIT_SRC))

@@ -142,3 +142,16 @@ size_t chat_reply_skip(const char *text, size_t len)
 {
     return (len > 0 && text[0] == ' ') ? 1 : 0;
 }
+
+void chat_policy(oa_kind kind, char *const *stops, size_t n_stops, gen_policy *p)
+{
+    int has_sep = 0;
+    p->n_stops = 0;
+    for (size_t i = 0; i < n_stops && i < OA_MAX_STOP; i++) {
+        p->stops[p->n_stops++] = stops[i];
+        if (!strcmp(stops[i], "\n\n")) has_sep = 1;
+    }
+    p->ban_end_of_text = kind == OA_CHAT;
+    p->skip_leading_space = kind == OA_CHAT;
+    if (kind == OA_CHAT && !has_sep) p->stops[p->n_stops++] = (char *)"\n\n";
+}

@@ -33,4 +33,21 @@ char *chat_render(const oa_message *msgs, size_t n, size_t *out_len);
  * it to the reply's first non-empty piece only. */
 size_t chat_reply_skip(const char *text, size_t len);
 
+/* What a request kind adds to the request's own parameters when generating
+ * (SPEC 2.3/2.4), in one place for every caller. Chat, as ChatRWKV: the
+ * turn separator "\n\n" always ends the reply, end-of-text (id 0) is never
+ * drawn (a reply ends at the separator, not at a document end), and the
+ * reply's one leading space is dropped (chat_reply_skip). Completions:
+ * only the request's own stops; end-of-text ends the text. */
+typedef struct gen_policy {
+    char *stops[OA_MAX_STOP + 1]; /* the request's, then the kind's; borrowed, not written */
+    size_t n_stops;
+    int ban_end_of_text;
+    int skip_leading_space;
+} gen_policy;
+
+/* Fills p for a request of `kind` whose own stops are stops[0..n_stops)
+ * (n_stops <= OA_MAX_STOP; strings borrowed, must outlive p). */
+void chat_policy(oa_kind kind, char *const *stops, size_t n_stops, gen_policy *p);
+
 #endif

@@ -187,6 +187,39 @@ static enum MHD_Result send_error_obj(http_req *r, const oa_error *e)
     return send_json(r, e->status, oa_error_json(e));
 }
 
+/* The one place where a server status becomes an HTTP status, an OpenAI
+ * error type and code; the message is err's (or the status's own name). */
+static void error_from_status(oa_error *e, const srv_error *err)
+{
+    int st = 500;
+    const char *type = "server_error", *code = NULL;
+    switch (err->code) {
+    case SRV_OK: /* not an error; never sent as one */
+    case SRV_ERR_NOMEM:
+    case SRV_ERR_IO:
+    case SRV_ERR_ENGINE:
+    case SRV_ERR_REJECTED: break;
+    case SRV_ERR_INVALID: st = 400, type = "invalid_request_error"; break;
+    case SRV_ERR_NOT_FOUND: st = 404, type = "invalid_request_error", code = "session_not_found"; break;
+    case SRV_ERR_BUSY: st = 409, type = "invalid_request_error", code = "session_busy"; break;
+    case SRV_ERR_CANCELLED: st = 499, type = "invalid_request_error"; break;
+    case SRV_ERR_TIMEOUT: st = 503, code = "timeout"; break;
+    case SRV_ERR_SESSIONS_FULL: st = 503, code = "sessions_full"; break;
+    case SRV_ERR_QUEUE_FULL: st = 429, type = "rate_limit_error", code = "queue_full"; break;
+    case SRV_ERR_UNAVAILABLE: st = 503; break;
+    case SRV_ERR_LOADING: st = 503, code = "model_loading"; break;
+    case SRV_ERR_SHUTTING_DOWN: st = 503, code = "shutting_down"; break;
+    }
+    oa_error_set(e, st, type, NULL, code, "%s", err->msg[0] ? err->msg : srv_status_str(err->code));
+}
+
+static enum MHD_Result send_status(http_req *r, const srv_error *err)
+{
+    oa_error e;
+    error_from_status(&e, err);
+    return send_error_obj(r, &e);
+}
+
 static enum MHD_Result send_error(http_req *r, int status, const char *type, const char *param,
                                   const char *code, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
@@ -300,13 +333,15 @@ static void sink_done(void *ud, const sched_result *res)
     r->done = 1;
     r->job_live = 0;
     if (q->stream && r->started) {
-        if (res->status == 0) {
+        if (res->err.code == SRV_OK) {
             if (q->include_usage)
                 push_event(r, oa_usage_chunk_json(q->kind, r->id, r->created, q->model, &res->usage));
             append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN);
         } else {
             size_t n = 0;
-            char *ev = sse_error_event(&res->err, &n);
+            oa_error e;
+            error_from_status(&e, &res->err);
+            char *ev = sse_error_event(&e, &n);
             if (ev) append(&r->out, &r->out_len, &r->out_cap, ev, n);
             free(ev);
         }
@@ -444,17 +479,19 @@ static enum MHD_Result start_completion(http_req *r, oa_kind kind)
     atomic_fetch_add(&r->refs, 1); /* the scheduler's reference */
     pthread_mutex_lock(&r->mu);
     r->job_live = 1;
-    sched_rc rc = sched_submit(h->s, &r->job);
-    if (rc != SCHED_OK) {
+    srv_status rc = sched_submit(h->s, &r->job);
+    if (rc != SRV_OK) {
         r->job_live = 0;
         pthread_mutex_unlock(&r->mu);
         atomic_fetch_sub(&r->refs, 1);
-        if (rc == SCHED_FULL)
-            return send_error(r, 429, "rate_limit_error", NULL, "queue_full",
-                              "The server is busy (all sequence slots and the queue are full); retry shortly.");
-        if (rc == SCHED_LOADING)
-            return send_error(r, 503, "server_error", NULL, "model_loading", "The model is still loading.");
-        return send_error(r, 503, "server_error", NULL, "shutting_down", "The server is shutting down.");
+        srv_error why = {rc, ""};
+        if (rc == SRV_ERR_QUEUE_FULL)
+            srv_fail(&why, rc, "The server is busy (all sequence slots and the queue are full); retry shortly.");
+        else if (rc == SRV_ERR_LOADING)
+            srv_fail(&why, rc, "The model is still loading.");
+        else
+            srv_fail(&why, rc, "The server is shutting down.");
+        return send_status(r, &why);
     }
     /* Wait for the scheduler; callbacks resume us. */
     if (!r->done && !(q->stream && r->started)) {
@@ -507,7 +544,7 @@ static enum MHD_Result continue_completion(http_req *r)
         MHD_destroy_response(resp);
         return ok;
     }
-    if (res.status) return send_error_obj(r, &res.err);
+    if (res.err.code != SRV_OK) return send_status(r, &res.err);
     oa_choice *ch = calloc((size_t)r->n_choices, sizeof *ch);
     if (!ch) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
     for (int i = 0; i < r->n_choices; i++)

@@ -18,14 +18,18 @@
  * consistent session. Before the last prompt token the state is copied to
  * the session's checkpoint: the next request can resume from there even
  * when the reply it got back was re-tokenized or cleaned differently.
- * Spills and restores run on libuv's worker pool (uv_queue_work) so disk I/O
- * never stalls the stepping; they hold the session's lease meanwhile.
+ * Spills, write-behind and loads run on libuv's worker pool (session_io.c)
+ * so disk I/O never stalls the stepping; they hold the session's lease.
  *
  * Initial states. --init-state files are loaded once at startup; a request
  * naming one ("state") starts from a copy of it instead of zero. A session
  * records the one it grew from, so it is only continued by requests with
  * the same start, and restarts (a miss, or a request naming another state)
  * copy the right one back in.
+ *
+ * What is loaded (model, vocabulary, initial states, sampler tables) is the
+ * runtime (runtime.c), shared with `generate`; what a chat request implies
+ * (stops, end-of-text ban, leading space) is chat_policy (chat_format.c).
  *
  * Threads. Other threads only touch the inbox (mutex + uv_async_send) and
  * the counters used for 429 and draining. Sink callbacks run here.
@@ -42,10 +46,30 @@
 
 #include "chat_format.h"
 #include "metrics.h"
+#include "runtime.h"
+#include "session_io.h"
 #include "sse.h"
 #include "state_store.h"
 
-enum { PH_FREE = 0, PH_LOADING, PH_PREFILL, PH_GEN };
+/* A slot's life, one job at a time (every transition on the scheduler
+ * thread):
+ *
+ *   FREE -> LOADING   admitted; its session's state is on disk and being read
+ *   FREE -> PREFILL   admitted; session (if any) in memory
+ *   LOADING -> PREFILL  the file was read (or rejected: the session restarts)
+ *   PREFILL -> GENERATE  the last prompt token produced logits
+ *   GENERATE -> GENERATE  a choice ended and the next one of the same prompt
+ *                         starts from the forked state (n > 1)
+ *   GENERATE -> PREFILL   a choice ended and the next prompt starts
+ *   any -> FREE       the job ended (finish_job: done, error, cancelled)
+ *
+ * Only PREFILL and GENERATE slots need the loop's idle callback. */
+typedef enum slot_state {
+    SLOT_FREE = 0,
+    SLOT_LOADING,
+    SLOT_PREFILL,
+    SLOT_GENERATE
+} slot_state;
 
 #define TICK_MS 50
 
@@ -53,6 +77,7 @@ enum { PH_FREE = 0, PH_LOADING, PH_PREFILL, PH_GEN };
 _Static_assert(SRV_STATE_NAME_MAX <= STORE_NAME_MAX, "initial-state names must fit session files");
 
 typedef struct slot {
+    struct sched *owner;
     /* allocated once */
     ms_ctx *ctx;
     ms_sampler *sampler;
@@ -65,13 +90,12 @@ typedef struct slot {
     ms_detok detok;
     char piece[1024];
     /* per request */
-    int phase;
+    slot_state state;
     sched_job *job;
     session *sess;
     ms_state *st;       /* sess->state or own */
     sse_stop *stop;
-    char *stops[OA_MAX_STOP + 1];
-    size_t n_stops;
+    gen_policy pol;     /* stops, bans and text rules of the request's kind */
     int n_prompts, n_choices, prompt_i, choice_k;
     size_t pos;         /* next prompt token to feed */
     int n_gen;
@@ -89,16 +113,10 @@ struct sched {
     const srv_config *cfg;
     void (*on_fatal)(void *, const char *);
     void *fatal_ud;
-    ms_model *model;
-    ms_tokenizer *tok;
-    const ms_config *mc;
-    int32_t V;
-    float *base_bias; /* (V) -INFINITY for ids that must never be drawn, else 0 */
+    srv_runtime rt;   /* model, tokenizer, initial states, sampler tables */
+    int32_t V;        /* rt.V */
     sess_pool *pool;
-    /* --init-state, in config order (index = srv_config_init_state) */
-    ms_state *init[SRV_MAX_INIT_STATES];
-    const char *init_names[SRV_MAX_INIT_STATES];
-    int n_init;
+    sess_io *io;      /* the pool's disk I/O on the worker pool */
 
     pthread_t thread;
     int thread_started;
@@ -118,7 +136,6 @@ struct sched {
     sched_job *pend_head, *pend_tail; /* scheduler thread only */
     slot *slots;
     int n_slots;
-    int works; /* outstanding uv_queue_work requests */
     /* the batched decode step: one context and per-slot arrays, allocated once */
     ms_ctx *batch_ctx;
     slot **feed_slot;
@@ -147,12 +164,10 @@ static void gauges(sched *s)
 }
 
 /* Ends a job that never got a slot. */
-static void fail_queued(sched *s, sched_job *j, int status, const char *type, const char *code,
-                        const char *msg)
+static void fail_queued(sched *s, sched_job *j, srv_status why, const char *msg)
 {
     sched_result r = {0};
-    r.status = status;
-    oa_error_set(&r.err, status, type, NULL, code, "%s", msg);
+    srv_fail(&r.err, why, "%s", msg);
     j->sink->done(j->ud, &r);
     pthread_mutex_lock(&s->mu);
     s->n_queued--;
@@ -160,21 +175,18 @@ static void fail_queued(sched *s, sched_job *j, int status, const char *type, co
     pthread_mutex_unlock(&s->mu);
 }
 
-static void kick_spills(sched *s);
-
 /* Undoes the request's sampler settings so the slot's sampler is as new. */
 static void restore_bias(sched *s, slot *sl)
 {
     const oa_request *r = &sl->job->req;
-    for (size_t i = 0; i < r->n_logit_bias; i++) {
-        int32_t t = r->logit_bias[i].token;
-        if (t >= 0 && t < s->V) ms_sampler_set_bias(sl->sampler, t, s->base_bias[t]);
-    }
-    if (r->kind == OA_CHAT) ms_sampler_set_bias(sl->sampler, 0, s->base_bias[0]);
+    for (size_t i = 0; i < r->n_logit_bias; i++)
+        rt_sampler_unbias(&s->rt, sl->sampler, r->logit_bias[i].token);
+    if (sl->pol.ban_end_of_text) rt_sampler_unbias(&s->rt, sl->sampler, 0);
 }
 
-/* Ends the slot's job (status 0 = success) and frees the slot. */
-static void finish_job(sched *s, slot *sl, int status, const char *type, const char *msg)
+/* Ends the slot's job (SRV_OK = success, else why it failed, msg saying
+ * more) and frees the slot. */
+static void finish_job(sched *s, slot *sl, srv_status why, const char *msg)
 {
     sched_job *j = sl->job;
     restore_bias(s, sl);
@@ -184,14 +196,14 @@ static void finish_job(sched *s, slot *sl, int status, const char *type, const c
     }
     sse_stop_free(sl->stop);
     sl->stop = NULL;
-    sl->res.status = status;
-    if (status) oa_error_set(&sl->res.err, status, type, NULL, NULL, "%s", msg);
+    if (why != SRV_OK) srv_fail(&sl->res.err, why, "%s", msg);
     else {
+        sl->res.err.code = SRV_OK;
         metrics_add(MET_C_PROMPT_TOKENS, (uint64_t)sl->res.usage.prompt_tokens);
         metrics_add(MET_C_CACHED_TOKENS, (uint64_t)sl->res.usage.cached_tokens);
         metrics_add(MET_C_COMPLETION_TOKENS, (uint64_t)sl->res.usage.completion_tokens);
     }
-    sl->phase = PH_FREE;
+    sl->state = SLOT_FREE;
     sl->job = NULL;
     /* The gauge drops before the client hears back, so a client that reads
      * /metrics right after its response sees itself gone; n_running itself
@@ -204,7 +216,7 @@ static void finish_job(sched *s, slot *sl, int status, const char *type, const c
     s->n_running--;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    kick_spills(s);
+    sio_kick(s->io);
 }
 
 /* ======================================================================== */
@@ -218,7 +230,7 @@ static int tokenize_prompt(sched *s, slot *sl, int p)
     const sched_job *j = sl->job;
     const char *text = j->prompt ? j->prompt : j->req.prompts[p];
     size_t len = j->prompt ? j->prompt_len : strlen(text);
-    size_t need = ms_tokenize(s->tok, text, len, sl->toks, sl->cap_toks);
+    size_t need = ms_tokenize(s->rt.tok, text, len, sl->toks, sl->cap_toks);
     if (need > sl->cap_toks) {
         size_t nc = sl->cap_toks * 2;
         while (nc < need) nc *= 2;
@@ -226,7 +238,7 @@ static int tokenize_prompt(sched *s, slot *sl, int p)
         if (!nt) return -1;
         sl->toks = nt;
         sl->cap_toks = nc;
-        ms_tokenize(s->tok, text, len, sl->toks, sl->cap_toks);
+        ms_tokenize(s->rt.tok, text, len, sl->toks, sl->cap_toks);
     }
     sl->n_toks = need;
     if (!need) {
@@ -242,18 +254,10 @@ static int same_prefix(const int32_t *a, const int32_t *b, size_t n)
     return n == 0 || !memcmp(a, b, n * sizeof *a);
 }
 
-/* The loaded initial state called name, or NULL for "" and unknown names
- * (the zero state). */
-static const ms_state *init_of(const sched *s, const char *name)
-{
-    int i = name && *name ? srv_config_init_state(s->cfg, name) : -1;
-    return i >= 0 && i < s->n_init ? s->init[i] : NULL;
-}
-
 /* Empties session se and puts initial state `name` ("" = zero) in it. */
 static void restart_session(sched *s, session *se, const char *name)
 {
-    const ms_state *init = init_of(s, name);
+    const ms_state *init = rt_init_state(&s->rt, name);
     if (!init) {
         ms_state_reset(se->state);
         se->init_state[0] = 0;
@@ -307,7 +311,7 @@ static int begin_choice(sched *s, slot *sl, int p, int k)
     sl->choice_k = k;
     if (k == 0) {
         if (tokenize_prompt(s, sl, p)) {
-            finish_job(s, sl, 500, "server_error", "out of memory tokenizing the prompt");
+            finish_job(s, sl, SRV_ERR_NOMEM, "out of memory tokenizing the prompt");
             return -1;
         }
         sl->res.usage.prompt_tokens += (int)sl->n_toks;
@@ -315,29 +319,29 @@ static int begin_choice(sched *s, slot *sl, int p, int k)
             sl->pos = match_session(s, sl);
             sl->res.usage.cached_tokens = (int)sl->pos;
         } else {
-            const ms_state *init = init_of(s, j->req.state);
+            const ms_state *init = rt_init_state(&s->rt, j->req.state);
             if (init) ms_state_copy(sl->st, init);
             else ms_state_reset(sl->st);
             sl->pos = 0;
         }
-        sl->phase = PH_PREFILL;
+        sl->state = SLOT_PREFILL;
     } else {
         ms_state_copy(sl->st, sl->fork);
         memcpy(sl->logits, sl->fork_logits, (size_t)s->V * sizeof(float));
-        sl->phase = PH_GEN;
+        sl->state = SLOT_GENERATE;
     }
     ms_sampler_params sp = j->req.sampling;
     sp.seed = sl->seed + (uint64_t)(p * sl->n_choices + k);
     ms_sampler_reset(sl->sampler, &sp);
     ms_detok_init(&sl->detok);
     sse_stop_free(sl->stop);
-    sl->stop = sse_stop_new(sl->stops, sl->n_stops);
+    sl->stop = sse_stop_new(sl->pol.stops, sl->pol.n_stops);
     if (!sl->stop) {
-        finish_job(s, sl, 500, "server_error", "out of memory");
+        finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
         return -1;
     }
     sl->n_gen = 0;
-    sl->skip_pending = j->req.kind == OA_CHAT;
+    sl->skip_pending = sl->pol.skip_leading_space;
     return 0;
 }
 
@@ -360,24 +364,14 @@ static void start_job(sched *s, slot *sl, sched_job *j)
     }
     for (size_t i = 0; i < r->n_logit_bias; i++) {
         int32_t t = r->logit_bias[i].token;
-        if (t >= 0 && t < s->V && s->base_bias[t] == 0)
+        if (t >= 0 && t < s->V && s->rt.base_bias[t] == 0)
             ms_sampler_set_bias(sl->sampler, t, r->logit_bias[i].bias);
     }
-    /* Chat: end-of-text is banned and "\n\n" (the turn separator) always
-     * ends the reply, as ChatRWKV does (SPEC 2.3/2.4). */
-    sl->n_stops = 0;
-    int has_sep = 0;
-    for (size_t i = 0; i < r->n_stop; i++) {
-        sl->stops[sl->n_stops++] = r->stop[i];
-        if (!strcmp(r->stop[i], "\n\n")) has_sep = 1;
-    }
-    if (r->kind == OA_CHAT) {
-        ms_sampler_set_bias(sl->sampler, 0, -INFINITY);
-        if (!has_sep) sl->stops[sl->n_stops++] = (char *)"\n\n";
-    }
+    chat_policy(r->kind, r->stop, r->n_stop, &sl->pol);
+    if (sl->pol.ban_end_of_text) ms_sampler_set_bias(sl->sampler, 0, -INFINITY);
     metrics_observe(MET_H_QUEUE, sl->t_admit - j->t_submit);
-    if (r->state && !init_of(s, r->state)) { /* http.c checks first; never start from a wrong state */
-        finish_job(s, sl, 400, "invalid_request_error", "unknown initial state");
+    if (r->state && !rt_init_state(&s->rt, r->state)) { /* http.c checks first; never start from a wrong state */
+        finish_job(s, sl, SRV_ERR_INVALID, "unknown initial state");
         return;
     }
     j->sink->started(j->ud);
@@ -422,15 +416,13 @@ static void finish_choice(sched *s, slot *sl, oa_finish f, int stop_hit)
     j->sink->choice_done(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, f);
     if (sl->choice_k + 1 < sl->n_choices) begin_choice(s, sl, sl->prompt_i, sl->choice_k + 1);
     else if (sl->prompt_i + 1 < sl->n_prompts) begin_choice(s, sl, sl->prompt_i + 1, 0);
-    else finish_job(s, sl, 0, NULL, NULL);
+    else finish_job(s, sl, SRV_OK, NULL);
 }
 
 static void engine_fail(sched *s, slot *sl, const ms_error *e)
 {
     fprintf(stderr, "metastate serve: engine error: %s\n", e->msg);
-    int bad_input = e->code == MS_ERR_INVALID;
-    finish_job(s, sl, bad_input ? 400 : 500, bad_input ? "invalid_request_error" : "server_error",
-               e->msg);
+    finish_job(s, sl, e->code == MS_ERR_INVALID ? SRV_ERR_INVALID : SRV_ERR_ENGINE, e->msg);
 }
 
 /* One prompt chunk. The last prompt token is fed on its own, after the
@@ -447,7 +439,7 @@ static void step_prefill(sched *s, slot *sl)
             return;
         }
         if (sl->sess && session_push_tokens(sl->sess, sl->toks + sl->pos, m)) {
-            finish_job(s, sl, 500, "server_error", "out of memory");
+            finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
             return;
         }
         sl->pos += m;
@@ -463,7 +455,7 @@ static void step_prefill(sched *s, slot *sl)
         return;
     }
     if (sl->sess && session_push_token(sl->sess, sl->toks[last])) {
-        finish_job(s, sl, 500, "server_error", "out of memory");
+        finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
         return;
     }
     sl->pos = sl->n_toks;
@@ -471,7 +463,7 @@ static void step_prefill(sched *s, slot *sl)
         ms_state_copy(sl->fork, sl->st);
         memcpy(sl->fork_logits, sl->logits, (size_t)s->V * sizeof(float));
     }
-    sl->phase = PH_GEN;
+    sl->state = SLOT_GENERATE;
 }
 
 /* One generated token, first half: sample and emit it, then either finish
@@ -496,7 +488,7 @@ static int gen_pick(sched *s, slot *sl)
     }
     sl->n_gen++;
     sl->res.usage.completion_tokens++;
-    size_t n = ms_detok_push(&sl->detok, s->tok, t, sl->piece);
+    size_t n = ms_detok_push(&sl->detok, s->rt.tok, t, sl->piece);
     int hit = n ? emit(sl, sl->piece, n, 0) : 0;
     int last = hit || sl->n_gen >= sl->job->max_tokens;
     if (last && !sl->sess) {
@@ -533,7 +525,7 @@ static void gen_feed(sched *s, int n)
             continue;
         }
         if (sl->sess && session_push_token(sl->sess, s->feed_tok[k])) {
-            finish_job(s, sl, 500, "server_error", "out of memory");
+            finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
             continue;
         }
         metrics_observe(MET_H_TOKEN, sched_now() - sl->t_step);
@@ -546,129 +538,40 @@ static void gen_feed(sched *s, int n)
 /* Admission and background I/O                                              */
 /* ======================================================================== */
 
-typedef struct io_work {
-    uv_work_t w;
-    sched *s;
-    session *se;
-    slot *sl; /* load: the slot waiting for it */
-    int rc;
-    char err[512];
-} io_work;
-
-static void maybe_close(sched *s);
-
-static void spill_work(uv_work_t *w)
-{
-    io_work *x = w->data;
-    x->rc = pool_spill_io(x->s->pool, x->se, x->err, sizeof x->err);
-}
-
 static void admit(sched *s);
 static void update_idle(sched *s);
+static void maybe_close(sched *s);
 
-static void spill_after(uv_work_t *w, int status)
+/* After any background I/O: a job may have waited for that session. */
+static void io_wake(void *ud)
 {
-    io_work *x = w->data;
-    sched *s = x->s;
-    if (x->rc) fprintf(stderr, "metastate serve: spilling session %s failed: %s\n", x->se->id, x->err);
-    pool_spill_done(s->pool, x->se, x->rc == 0);
-    s->works--;
-    free(x);
-    admit(s); /* a job may have waited for this session */
-    update_idle(s);
-    maybe_close(s);
-}
-
-static void persist_after(uv_work_t *w, int status)
-{
-    io_work *x = w->data;
-    sched *s = x->s;
-    if (x->rc) fprintf(stderr, "metastate serve: saving session %s failed: %s\n", x->se->id, x->err);
-    pool_persist_done(s->pool, x->se, x->rc == 0);
-    s->works--;
-    free(x);
-    admit(s); /* a job may have waited for this session */
-    update_idle(s);
-    maybe_close(s);
-}
-
-/* Spills what exceeds the memory budget, then writes behind every session
- * changed since its file was written (with --state-dir), so the directory
- * stays current for a restart, a crash or another replica sharing it. */
-static void kick_spills(sched *s)
-{
-    session *se;
-    while ((se = pool_next_persist(s->pool))) {
-        io_work *x = calloc(1, sizeof *x);
-        if (!x) {
-            pool_persist_done(s->pool, se, 0);
-            break;
-        }
-        x->s = s;
-        x->se = se;
-        x->w.data = x;
-        if (uv_queue_work(&s->loop, &x->w, spill_work, persist_after)) {
-            pool_persist_done(s->pool, se, 0);
-            free(x);
-            break;
-        }
-        s->works++;
-    }
-    while ((se = pool_next_spill(s->pool))) {
-        io_work *x = calloc(1, sizeof *x);
-        if (!x) { /* keep it in memory; try again on the next release */
-            pool_spill_done(s->pool, se, 0);
-            return;
-        }
-        x->s = s;
-        x->se = se;
-        x->w.data = x;
-        if (uv_queue_work(&s->loop, &x->w, spill_work, spill_after)) {
-            pool_spill_done(s->pool, se, 0);
-            free(x);
-            return;
-        }
-        s->works++;
-    }
-}
-
-static void load_work(uv_work_t *w)
-{
-    io_work *x = w->data;
-    x->rc = pool_load_io(x->s->pool, x->se, x->err, sizeof x->err);
-}
-
-static void load_after(uv_work_t *w, int status)
-{
-    io_work *x = w->data;
-    sched *s = x->s;
-    slot *sl = x->sl;
-    s->works--;
-    pool_load_done(s->pool, x->se, x->rc);
-    if (x->rc == -1) {
-        fprintf(stderr, "metastate serve: session %s: state file rejected, the session restarts "
-                        "from the zero state: %s\n", x->se->id, x->err);
-        snprintf(sl->res.session_note, sizeof sl->res.session_note,
-                 "state file rejected, session restarted: %s", x->err);
-    }
-    sched_job *j = sl->job;
-    if (x->rc == -2 || !x->se->state || atomic_load(&s->cancel_all) || !j->sink->alive(j->ud)) {
-        sl->job = j;
-        if (x->rc == -2) finish_job(s, sl, 503, "server_error", x->err);
-        else finish_job(s, sl, 499, "invalid_request_error", "client disconnected");
-    } else {
-        start_job(s, sl, j);
-    }
-    free(x);
+    sched *s = ud;
     admit(s);
     update_idle(s);
     maybe_close(s);
 }
 
+/* The session of LOADING slot sl was read (or not). */
+static void session_loaded(void *arg, session *se, const srv_error *err)
+{
+    slot *sl = arg;
+    sched *s = sl->owner;
+    sched_job *j = sl->job;
+    if (err->code == SRV_ERR_REJECTED)
+        snprintf(sl->res.session_note, sizeof sl->res.session_note,
+                 "state file rejected, session restarted: %s", err->msg);
+    if (err->code != SRV_OK && err->code != SRV_ERR_REJECTED)
+        finish_job(s, sl, err->code, err->msg);
+    else if (atomic_load(&s->cancel_all) || !j->sink->alive(j->ud))
+        finish_job(s, sl, SRV_ERR_CANCELLED, "client disconnected");
+    else
+        start_job(s, sl, j);
+}
+
 static slot *free_slot(sched *s)
 {
     for (int i = 0; i < s->n_slots; i++)
-        if (s->slots[i].phase == PH_FREE) return &s->slots[i];
+        if (s->slots[i].state == SLOT_FREE) return &s->slots[i];
     return NULL;
 }
 
@@ -714,12 +617,12 @@ static void admit(sched *s)
         j->next = NULL;
         if (gone) {
             metrics_add(MET_C_CANCELLED, 1);
-            fail_queued(s, j, 499, "invalid_request_error", NULL, "client disconnected");
+            fail_queued(s, j, SRV_ERR_CANCELLED, "client disconnected");
         } else if (late) {
-            fail_queued(s, j, 503, "server_error", "timeout",
+            fail_queued(s, j, SRV_ERR_TIMEOUT,
                         "the request waited longer than the server's --timeout for a free slot");
         } else if (rc == POOL_NOMEM || rc == POOL_TOO_MANY) {
-            fail_queued(s, j, 503, "server_error", "sessions_full",
+            fail_queued(s, j, SRV_ERR_SESSIONS_FULL,
                         rc == POOL_NOMEM ? "out of memory for a new session"
                                          : "too many sessions (--max-sessions), all in use");
         } else {
@@ -731,26 +634,14 @@ static void admit(sched *s)
             sl->sess = se;
             sl->job = j;
             if (rc == POOL_NEEDS_LOAD) {
-                io_work *x = calloc(1, sizeof *x);
-                sl->phase = PH_LOADING;
-                if (!x) {
-                    finish_job(s, sl, 503, "server_error", "out of memory");
-                } else {
-                    x->s = s;
-                    x->se = se;
-                    x->sl = sl;
-                    x->w.data = x;
-                    if (uv_queue_work(&s->loop, &x->w, load_work, load_after)) {
-                        free(x);
-                        finish_job(s, sl, 500, "server_error", "cannot queue session load");
-                    } else {
-                        s->works++;
-                    }
-                }
+                srv_error e;
+                sl->state = SLOT_LOADING;
+                if (sio_load(s->io, se, session_loaded, sl, &e) != SRV_OK)
+                    finish_job(s, sl, e.code, e.msg);
             } else {
                 start_job(s, sl, j);
             }
-            kick_spills(s);
+            sio_kick(s->io);
         }
         j = next;
     }
@@ -763,11 +654,13 @@ static void admit(sched *s)
 
 static void idle_cb(uv_idle_t *h);
 
+static int stepping(const slot *sl) { return sl->state == SLOT_PREFILL || sl->state == SLOT_GENERATE; }
+
 static void update_idle(sched *s)
 {
     int work = 0;
     for (int i = 0; i < s->n_slots; i++)
-        if (s->slots[i].phase == PH_PREFILL || s->slots[i].phase == PH_GEN) work = 1;
+        if (stepping(&s->slots[i])) work = 1;
     if (work && !s->idle_on && !s->closing) {
         uv_idle_start(&s->idle, idle_cb);
         s->idle_on = 1;
@@ -785,14 +678,14 @@ static void idle_cb(uv_idle_t *h)
     int n_feed = 0;
     for (int i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
-        if (sl->phase != PH_PREFILL && sl->phase != PH_GEN) continue;
+        if (!stepping(sl)) continue;
         sched_job *j = sl->job;
         if (atomic_load(&s->cancel_all) || !j->sink->alive(j->ud)) {
             metrics_add(MET_C_CANCELLED, 1);
-            finish_job(s, sl, 499, "invalid_request_error", "client disconnected");
+            finish_job(s, sl, SRV_ERR_CANCELLED, "client disconnected");
             continue;
         }
-        if (sl->phase == PH_PREFILL) step_prefill(s, sl);
+        if (sl->state == SLOT_PREFILL) step_prefill(s, sl);
         else n_feed += gen_pick(s, sl);
     }
     gen_feed(s, n_feed);
@@ -805,9 +698,9 @@ static void close_cb(uv_handle_t *h) { (void)h; }
 /* Closes the loop's handles once stopping and nothing is left to do. */
 static void maybe_close(sched *s)
 {
-    if (!atomic_load(&s->stopping) || s->closing || s->works) return;
+    if (!atomic_load(&s->stopping) || s->closing || sio_pending(s->io)) return;
     for (int i = 0; i < s->n_slots; i++)
-        if (s->slots[i].phase != PH_FREE) return;
+        if (s->slots[i].state != SLOT_FREE) return;
     if (s->pend_head) return;
     s->closing = 1;
     if (s->idle_on) uv_idle_stop(&s->idle);
@@ -838,46 +731,22 @@ static void tick_cb(uv_timer_t *h)
 /* Setup and teardown                                                        */
 /* ======================================================================== */
 
-/* Ids the sampler must never draw: beyond the vocabulary, or without bytes
- * (end-of-text, id 0, stays drawable: it ends a completion). Also marks the
- * penalty-exempt ids (runs of spaces, tabs, digits, as pip's PIPELINE). */
-static int build_bias(sched *s)
-{
-    s->base_bias = calloc((size_t)s->V, sizeof(float));
-    if (!s->base_bias) return -1;
-    int32_t n_ids = ms_tokenizer_n_ids(s->tok);
-    for (int32_t id = 1; id < s->V; id++) {
-        size_t len = 0;
-        const char *b = id < n_ids ? ms_token_bytes(s->tok, id, &len) : NULL;
-        if (!b || !len) s->base_bias[id] = -INFINITY;
-    }
-    return 0;
-}
-
 static int init_slot(sched *s, slot *sl)
 {
     size_t V = (size_t)s->V;
-    sl->ctx = ms_ctx_new(s->model, s->cfg->prefill_chunk);
+    sl->owner = s;
+    sl->ctx = ms_ctx_new(s->rt.model, s->cfg->prefill_chunk);
     ms_sampler_params dp = ms_sampler_defaults();
-    sl->sampler = ms_sampler_new(s->V, &dp);
+    sl->sampler = rt_sampler_new(&s->rt, &dp);
     sl->logits = malloc(V * sizeof(float));
     sl->fork_logits = malloc(V * sizeof(float));
-    sl->own = ms_state_new(s->model);
-    sl->fork = ms_state_new(s->model);
+    sl->own = ms_state_new(s->rt.model);
+    sl->fork = ms_state_new(s->rt.model);
     sl->cap_toks = 4096;
     sl->toks = malloc(sl->cap_toks * sizeof(int32_t));
     if (!sl->ctx || !sl->sampler || !sl->logits || !sl->fork_logits || !sl->own || !sl->fork ||
         !sl->toks)
         return -1;
-    int32_t n_ids = ms_tokenizer_n_ids(s->tok);
-    static const char exempt_chars[] = " \t0123456789";
-    for (int32_t id = 0; id < s->V; id++) {
-        if (s->base_bias[id] != 0) ms_sampler_set_bias(sl->sampler, id, s->base_bias[id]);
-        size_t len = 0;
-        const char *b = id < n_ids ? ms_token_bytes(s->tok, id, &len) : NULL;
-        if (b && len && memmem(exempt_chars, sizeof exempt_chars - 1, b, len))
-            ms_sampler_set_exempt(sl->sampler, id);
-    }
     return 0;
 }
 
@@ -895,57 +764,20 @@ static void free_slot_mem(slot *sl)
 
 static int load_all(sched *s, char *msg, size_t cap)
 {
-    ms_error e = {0};
     const srv_config *c = s->cfg;
-    if (c->vocab_path) {
-        if (ms_tokenizer_load(c->vocab_path, &s->tok, &e) != MS_OK) {
-            snprintf(msg, cap, "cannot load vocabulary: %s", e.msg);
-            return -1;
-        }
-    } else {
-        s->tok = ms_tokenizer_new_bytes();
-        if (!s->tok) {
-            snprintf(msg, cap, "out of memory");
-            return -1;
-        }
-    }
-    double t0 = sched_now();
-    ms_load_opts o = {.n_threads = c->threads, .weights = (ms_weights)c->weights};
-    if (ms_model_load(c->model_path, &o, &s->model, &e) != MS_OK) {
-        snprintf(msg, cap, "cannot load model: %s", e.msg);
+    rt_opts o = {.model_path = c->model_path, .vocab_path = c->vocab_path, .threads = c->threads,
+                 .weights = c->weights, .compute = c->compute, .init_states = c->init_states,
+                 .n_init_states = c->n_init_states, .log_prefix = "metastate serve"};
+    srv_error e;
+    if (rt_load(&s->rt, &o, &e) != SRV_OK) {
+        snprintf(msg, cap, "%s", e.msg);
         return -1;
     }
-    s->mc = ms_model_config(s->model);
-    s->V = s->mc->vocab_size;
-    fprintf(stderr, "metastate serve: loaded %s (L=%d C=%d V=%d%s) in %.2f s\n", c->model_path,
-            s->mc->n_layer, s->mc->n_embd, s->mc->vocab_size,
-            s->mc->meta_state ? ", meta-state" : "", sched_now() - t0);
-    if (build_bias(s)) {
-        snprintf(msg, cap, "out of memory");
-        return -1;
-    }
-    for (int i = 0; i < c->n_init_states; i++) {
-        const srv_init_state *is = &c->init_states[i];
-        ms_tensorfile *tf = NULL;
-        ms_state *st = ms_state_new(s->model);
-        if (!st) {
-            snprintf(msg, cap, "out of memory");
-            return -1;
-        }
-        s->init[s->n_init] = st; /* owned from here, freed by sched_stop */
-        s->init_names[s->n_init++] = is->name;
-        if (ms_tensorfile_open(is->path, &tf, &e) != MS_OK ||
-            ms_state_load_time_state(st, tf, &e) != MS_OK) {
-            ms_tensorfile_close(tf);
-            snprintf(msg, cap, "cannot load initial state '%s': %s", is->name, e.msg);
-            return -1;
-        }
-        ms_tensorfile_close(tf);
-        fprintf(stderr, "metastate serve: initial state '%s' from %s\n", is->name, is->path);
-    }
-    s->pool = pool_new(s->model, c->pool_bytes, c->state_dir, c->max_sessions, s->init_names,
-                       s->n_init);
-    if (!s->pool) {
+    s->V = s->rt.V;
+    s->pool = pool_new(s->rt.model, c->pool_bytes, c->state_dir, c->max_sessions,
+                       s->rt.init_names, s->rt.n_init);
+    s->io = s->pool ? sio_new(&s->loop, s->pool, io_wake, s) : NULL;
+    if (!s->io) {
         snprintf(msg, cap, "out of memory");
         return -1;
     }
@@ -969,7 +801,7 @@ static int load_all(sched *s, char *msg, size_t cap)
             return -1;
         }
     /* One context for the batched decode step, sized for every slot. */
-    s->batch_ctx = ms_ctx_new(s->model, s->n_slots);
+    s->batch_ctx = ms_ctx_new(s->rt.model, s->n_slots);
     s->feed_slot = calloc((size_t)s->n_slots, sizeof *s->feed_slot);
     s->feed_state = calloc((size_t)s->n_slots, sizeof *s->feed_state);
     s->feed_tok = calloc((size_t)s->n_slots, sizeof *s->feed_tok);
@@ -1030,17 +862,17 @@ sched *sched_start(const srv_config *cfg, void (*on_fatal)(void *, const char *)
 
 int sched_ready(const sched *s) { return atomic_load(&s->ready); }
 sess_pool *sched_pool(sched *s) { return s->pool; }
-const ms_model *sched_model(const sched *s) { return s->model; }
+const ms_model *sched_model(const sched *s) { return s->rt.model; }
 
-sched_rc sched_submit(sched *s, sched_job *j)
+srv_status sched_submit(sched *s, sched_job *j)
 {
-    if (!atomic_load(&s->ready)) return SCHED_LOADING;
-    if (atomic_load(&s->draining) || atomic_load(&s->stopping)) return SCHED_DRAINING;
+    if (!atomic_load(&s->ready)) return SRV_ERR_LOADING;
+    if (atomic_load(&s->draining) || atomic_load(&s->stopping)) return SRV_ERR_SHUTTING_DOWN;
     pthread_mutex_lock(&s->mu);
     if (s->n_queued + s->n_running >= s->n_slots + s->cfg->queue) {
         pthread_mutex_unlock(&s->mu);
         metrics_add(MET_C_REJECTED_429, 1);
-        return SCHED_FULL;
+        return SRV_ERR_QUEUE_FULL;
     }
     j->next = NULL;
     if (s->inbox_tail) s->inbox_tail->next = j;
@@ -1049,7 +881,7 @@ sched_rc sched_submit(sched *s, sched_job *j)
     s->n_queued++;
     pthread_mutex_unlock(&s->mu);
     uv_async_send(&s->wake);
-    return SCHED_OK;
+    return SRV_OK;
 }
 
 void sched_drain(sched *s, double timeout_s)
@@ -1098,11 +930,9 @@ void sched_stop(sched *s)
     free(s->feed_state);
     free(s->feed_tok);
     free(s->feed_logits);
+    sio_free(s->io);
     pool_free(s->pool);
-    for (int i = 0; i < s->n_init; i++) ms_state_free(s->init[i]);
-    free(s->base_bias);
-    ms_model_free(s->model);
-    ms_tokenizer_free(s->tok);
+    rt_free(&s->rt);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);

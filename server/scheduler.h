@@ -21,13 +21,15 @@
 #include "engine.h"
 #include "openai.h"
 #include "sessions.h"
+#include "status.h"
 
 typedef struct sched sched;
 
+/* How a job ended. err.code is SRV_OK on success, else the reason (the
+ * caller maps it to a protocol status; the scheduler knows no HTTP). */
 typedef struct sched_result {
     oa_usage usage;
-    int status;   /* 0 = success; else the HTTP status of err */
-    oa_error err;
+    srv_error err;
     char session_note[640]; /* non-empty when a session file was rejected */
 } sched_result;
 
@@ -58,16 +60,15 @@ typedef struct sched_job {
     struct sched_job *next;
 } sched_job;
 
-typedef enum { SCHED_OK = 0, SCHED_FULL, SCHED_LOADING, SCHED_DRAINING } sched_rc;
-
 /* Starts the scheduler thread, which loads the model and tokenizer (cfg must
  * outlive the scheduler). on_fatal(ud, message) is called from that thread
  * when loading fails. NULL on setup failure. */
 sched *sched_start(const srv_config *cfg, void (*on_fatal)(void *ud, const char *msg), void *ud);
 /* 1 once the model is loaded and requests are served. Any thread. */
 int sched_ready(const sched *s);
-/* Queues a job. Any thread. Not OK: the job was not taken (no callbacks). */
-sched_rc sched_submit(sched *s, sched_job *j);
+/* Queues a job. Any thread. SRV_OK, or (the job was not taken, no
+ * callbacks) SRV_ERR_QUEUE_FULL, SRV_ERR_LOADING or SRV_ERR_SHUTTING_DOWN. */
+srv_status sched_submit(sched *s, sched_job *j);
 /* Stops taking jobs, lets queued and running ones finish for up to
  * timeout_s seconds, then cancels the rest; returns when all are done. */
 void sched_drain(sched *s, double timeout_s);

@@ -1,5 +1,5 @@
 /*
- * cli_bench.c - `metastate bench`: speed of one model in one weight format
+ * bench.c - `metastate bench`: speed of one model in one weight format
  * on this machine, as ratios to limits measured in the same run (machines
  * are shared and noisy, so absolute numbers alone say little).
  *

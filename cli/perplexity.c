@@ -1,5 +1,5 @@
 /*
- * cli_perplexity.c - `metastate perplexity`: how well a model predicts a
+ * perplexity.c - `metastate perplexity`: how well a model predicts a
  * text, in bits per byte and bits per token (the mean of -log2 p(next
  * token)), like llama.cpp's perplexity tool. The text runs as one sequence
  * with the state carried along, as the engine runs it, in chunks whose

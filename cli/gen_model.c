@@ -1,5 +1,5 @@
 /*
- * cli_gen_model.c - `metastate gen-model`: a random-weight RWKV-7 checkpoint
+ * gen_model.c - `metastate gen-model`: a random-weight RWKV-7 checkpoint
  * with the tensor names and shapes of a real one (SPEC 1.1 table).
  *
  * The values imitate a trained model's magnitudes (layer norms near 1,

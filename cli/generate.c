@@ -1,9 +1,16 @@
 /*
- * cli_generate.c - `metastate generate`: prompt in, text streamed to stdout
+ * generate.c - `metastate generate`: prompt in, text streamed to stdout
  * as it is sampled (whole UTF-8 characters only), statistics to stderr.
+ *
+ * It loads through the server's runtime and feeds the prompt as the
+ * scheduler does (chunks of RT_PREFILL_CHUNK, the last token on its own),
+ * so with the same seed and sampling parameters it writes the same text as
+ * a /v1/completions request with that prompt.
  */
+#include "chat_format.h"
 #include "cli.h"
 #include "engine.h"
+#include "runtime.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -18,12 +25,13 @@ static void usage(FILE *f)
             "usage: metastate generate --model PATH [--vocab PATH] --prompt TEXT [-n N]\n"
             "         [--temperature T] [--top-p P] [--top-k K] [--presence-penalty X]\n"
             "         [--frequency-penalty X] [--penalty-decay D] [--seed S]\n"
-            "         [--weights auto|f32|bf16|int8]\n"
+            "         [--weights auto|f32|bf16|int8|q4] [--compute f32|bf16]\n"
             "Streams up to N (default 200) generated tokens to stdout; stops early at\n"
             "end-of-text. Without --vocab, a byte-level vocabulary is used (ids 1..256).\n"
             "Sampling defaults: temperature 1.0, top-p 0.3, top-k 0, penalties 0.5/0.5,\n"
             "decay 0.996; --temperature 0 is greedy. --weights picks the in-memory\n"
-            "format (auto: bf16 files stay bf16, others fp32).\n");
+            "format (auto: bf16 files stay bf16, others fp32); --compute bf16 multiplies\n"
+            "bf16 weights with bf16 dot products (faster, not exact).\n");
 }
 
 static double now_s(void)
@@ -33,19 +41,9 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Bans ids the tokenizer cannot print (SPEC 2.2 choice), except end-of-text. */
-static void ban_unprintable(ms_sampler *smp, const ms_tokenizer *tok, int32_t vocab)
-{
-    for (int32_t id = 1; id < vocab; id++) {
-        size_t len;
-        if (!ms_token_bytes(tok, id, &len))
-            ms_sampler_set_bias(smp, id, -INFINITY);
-    }
-}
-
 int cmd_generate(int argc, char **argv)
 {
-    enum { O_T = 256, O_P, O_K, O_PRES, O_FREQ, O_DECAY, O_SEED, O_W };
+    enum { O_T = 256, O_P, O_K, O_PRES, O_FREQ, O_DECAY, O_SEED, O_W, O_C };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"vocab", required_argument, 0, 'v'},
         {"prompt", required_argument, 0, 'p'}, {"tokens", required_argument, 0, 'n'},
@@ -53,11 +51,11 @@ int cmd_generate(int argc, char **argv)
         {"top-k", required_argument, 0, O_K}, {"presence-penalty", required_argument, 0, O_PRES},
         {"frequency-penalty", required_argument, 0, O_FREQ},
         {"penalty-decay", required_argument, 0, O_DECAY}, {"seed", required_argument, 0, O_SEED},
-        {"weights", required_argument, 0, O_W},
+        {"weights", required_argument, 0, O_W}, {"compute", required_argument, 0, O_C},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_path = NULL, *vocab = NULL, *prompt = NULL;
     long n_gen = 200;
-    int weights = MS_WEIGHTS_AUTO;
+    int weights = MS_WEIGHTS_AUTO, compute = MS_COMPUTE_F32;
     ms_sampler_params sp = ms_sampler_defaults();
     sp.seed = (uint64_t)time(NULL);
     int c;
@@ -76,40 +74,39 @@ int cmd_generate(int argc, char **argv)
         case O_DECAY: sp.penalty_decay = strtof(optarg, NULL); break;
         case O_SEED: sp.seed = strtoull(optarg, NULL, 10); break;
         case O_W: weights = ms_weights_parse(optarg); break;
+        case O_C: compute = ms_compute_parse(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!model_path || !prompt || n_gen < 0 || weights < 0 || optind != argc) {
+    if (!model_path || !prompt || n_gen < 0 || weights < 0 || compute < 0 || optind != argc) {
         usage(stderr);
         return 2;
     }
 
     int rc = 1;
     ms_error err = {0};
-    ms_model *m = NULL;
-    ms_tokenizer *tok = NULL;
+    srv_runtime rt = {0};
     ms_state *s = NULL;
     ms_ctx *ctx = NULL;
     ms_sampler *smp = NULL;
     float *logits = NULL;
     int32_t *ids = NULL;
-    if (vocab ? ms_tokenizer_load(vocab, &tok, &err) != MS_OK
-              : !(tok = ms_tokenizer_new_bytes())) {
-        if (!vocab)
-            snprintf(err.msg, sizeof err.msg, "out of memory");
+    rt_opts ro = {.model_path = model_path, .vocab_path = vocab, .weights = weights,
+                  .compute = compute};
+    srv_error se;
+    if (rt_load(&rt, &ro, &se) != SRV_OK) {
+        snprintf(err.msg, sizeof err.msg, "%s", se.msg);
         goto done;
     }
-    ms_load_opts lo = {.weights = (ms_weights)weights};
-    if (ms_model_load(model_path, &lo, &m, &err))
-        goto done;
-    const ms_config *cfg = ms_model_config(m);
+    const ms_tokenizer *tok = rt.tok;
+    int32_t V = rt.V;
     size_t plen = strlen(prompt);
     size_t n_ids = ms_tokenize(tok, prompt, plen, NULL, 0);
-    s = ms_state_new(m);
-    ctx = ms_ctx_new(m, 0);
-    smp = ms_sampler_new(cfg->vocab_size, &sp);
-    logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
+    s = ms_state_new(rt.model);
+    ctx = ms_ctx_new(rt.model, RT_PREFILL_CHUNK);
+    smp = rt_sampler_new(&rt, &sp);
+    logits = malloc((size_t)V * sizeof *logits);
     ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
     if (!s || !ctx || !smp || !logits || !ids) {
         snprintf(err.msg, sizeof err.msg, "out of memory");
@@ -117,19 +114,26 @@ int cmd_generate(int argc, char **argv)
     }
     ms_tokenize(tok, prompt, plen, ids, n_ids);
     for (size_t i = 0; i < n_ids; i++)
-        if (ids[i] >= cfg->vocab_size) {
+        if (ids[i] >= V) {
             snprintf(err.msg, sizeof err.msg,
                      "the vocabulary has ids up to %d but the model only %d rows",
-                     ms_tokenizer_n_ids(tok) - 1, cfg->vocab_size);
+                     ms_tokenizer_n_ids(tok) - 1, V);
             goto done;
         }
-    ban_unprintable(smp, tok, cfg->vocab_size);
+    /* A completion: the same rules as /v1/completions (no stops given). */
+    gen_policy pol;
+    chat_policy(OA_COMPLETION, NULL, 0, &pol);
+    if (pol.ban_end_of_text)
+        ms_sampler_set_bias(smp, 0, -INFINITY);
     if (n_ids == 0) { /* an empty prompt starts after end-of-text, as documents do */
         ids[0] = 0;
         n_ids = 1;
     }
     double t0 = now_s();
-    if (ms_forward(ctx, s, ids, n_ids, logits, 0, &err))
+    /* As the scheduler: all but the last token in chunks, then the last one
+     * alone (the chunk and matrix-vector kernels round differently). */
+    if ((n_ids > 1 && ms_forward(ctx, s, ids, n_ids - 1, NULL, 0, &err)) ||
+        ms_forward(ctx, s, ids + n_ids - 1, 1, logits, 0, &err))
         goto done;
     double t1 = now_s();
     ms_detok dt;
@@ -162,7 +166,6 @@ done:
     ms_sampler_free(smp);
     ms_ctx_free(ctx);
     ms_state_free(s);
-    ms_model_free(m);
-    ms_tokenizer_free(tok);
+    rt_free(&rt);
     return rc;
 }

@@ -1,5 +1,5 @@
 /*
- * cli_tokenize.c - `metastate tokenize` and `metastate detokenize`: the
+ * tokenize.c - `metastate tokenize` and `metastate detokenize`: the
  * World tokenizer from the command line, for scripts and for checking our
  * ids against the Python tokenizer.
  *

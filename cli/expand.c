@@ -1,5 +1,5 @@
 /*
- * cli_expand.c - `metastate expand`: Meta-State progressive scaling as an
+ * expand.c - `metastate expand`: Meta-State progressive scaling as an
  * offline checkpoint transform (SPEC 3.4), exact by construction:
  *
  *  S1 parameter tokens: every layer's channel-mix gets N more rows in
