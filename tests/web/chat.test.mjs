@@ -450,6 +450,16 @@ test('screenshots at desktop and phone widths, light and dark', async () => {
   await page.click('#new-chat');
   await chatTurn(page, 'Say something funny.');
   await chatTurn(page, 'Give me a fortune.');
+  // Switch conversations through the sidebar, and back.
+  const funny = await currentId(page);
+  const userText = () => page.$eval('.msg.user .bubble', (b) => b.textContent);
+  await page.click('#conv-list li:not([aria-current]) .conv-open');
+  await page.waitForFunction((f) => localStorage.getItem('metastate.current') !== f, {}, funny);
+  assert.equal(await userText(), 'Write a haiku about the sea.');
+  await page.click(`#conv-list li[data-id="${funny}"] .conv-open`);
+  await page.waitForFunction((f) => localStorage.getItem('metastate.current') === f, {}, funny);
+  assert.equal(await userText(), 'Say something funny.');
+  assert.equal(await page.$$eval('.msg', (m) => m.length), 4);
   const state = await page.evaluate(() => JSON.stringify(localStorage));
   const bg = {};
   for (const [name, viewport, scheme] of shots) {
