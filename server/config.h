@@ -27,7 +27,12 @@ typedef struct srv_config {
     char *model_name;  /* id in /v1/models; default: model file name without extension */
     char *host;        /* default 127.0.0.1 */
     int port;          /* default 8080 */
-    char *state_dir;   /* NULL = sessions live in memory only */
+    char *state_dir;   /* NULL = sessions live in memory only (or in state_store) */
+    char *state_store; /* redis://... : sessions shared by replicas; NULL = none */
+    char *store_prefix;/* key prefix in state_store (default "metastate:") */
+    long session_ttl_s;/* expiry of unused sessions in state_store, 0 = none */
+    long lease_ms;     /* a turn's lease in state_store (default 10000) */
+    int metrics_port;  /* 0 = off; else /metrics without the API key on this port */
     size_t pool_bytes; /* --pool-mb, default 1024 MiB */
     char *api_key;     /* NULL = no auth */
     char *cors[SRV_MAX_CORS];
@@ -35,6 +40,7 @@ typedef struct srv_config {
     int parallel;      /* sequence slots stepped together (default 8) */
     int queue;         /* requests waiting for a slot before 429 (default 64) */
     size_t max_body;   /* request body limit in bytes (default 4 MiB) */
+    size_t stream_backlog; /* unsent stream bytes that pause generation (default 1 MiB) */
     int max_tokens_cap;     /* larger max_tokens are clamped to this (default 4096) */
     int default_max_tokens; /* when the request gives none (default 16 completions, 512 chat) */
     int default_chat_max_tokens;
@@ -43,6 +49,7 @@ typedef struct srv_config {
     int prefill_chunk; /* prompt tokens per scheduler iteration per sequence (default 128) */
     int threads;       /* engine threads, 0 = one per core */
     int weights;       /* ms_weights: in-memory weight format (default auto) */
+    int compute;       /* ms_compute: bf16 weights' product arithmetic (default f32) */
     int max_sessions;  /* sessions kept in the index (memory + disk), default 100000 */
     srv_init_state init_states[SRV_MAX_INIT_STATES]; /* --init-state NAME=PATH, in order */
     int n_init_states;

@@ -32,6 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -48,6 +51,7 @@ struct http_srv {
     const srv_config *cfg;
     sched *s;
     struct MHD_Daemon *d;
+    struct MHD_Daemon *md; /* --metrics-port: /metrics only, no API key */
     atomic_int draining;
     atomic_int in_flight; /* live http_req objects */
     int64_t started_at;
@@ -98,6 +102,7 @@ typedef struct http_req {
     sched_result result;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
+    int backlogged;      /* unsent output went over the bound; cleared below a quarter of it */
 } http_req;
 
 /* ======================================================================== */
@@ -210,6 +215,7 @@ static void error_from_status(oa_error *e, const srv_error *err)
     case SRV_ERR_UNAVAILABLE: st = 503; break;
     case SRV_ERR_LOADING: st = 503, code = "model_loading"; break;
     case SRV_ERR_SHUTTING_DOWN: st = 503, code = "shutting_down"; break;
+    case SRV_ERR_STORE_UNAVAILABLE: st = 503, code = "store_unavailable"; break;
     }
     oa_error_set(e, st, type, NULL, code, "%s", err->msg[0] ? err->msg : srv_status_str(err->code));
 }
@@ -370,7 +376,30 @@ static int sink_alive(void *ud)
     return alive;
 }
 
-static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive};
+/* 1 while the client is not taking its stream fast enough: its output not
+ * yet taken went over --stream-backlog-kb and has not yet drained below a
+ * quarter of it. The scheduler pauses the sequence meanwhile, so a client
+ * that stops reading costs a bounded buffer, not all it would generate.
+ * "Not taken" counts our buffer and the socket's send queue (SIOCOUTQ): the
+ * kernel grows a send buffer to megabytes before our own one fills. */
+static int sink_backlogged(void *ud)
+{
+    http_req *r = ud;
+    size_t bound = r->srv->cfg->stream_backlog;
+    pthread_mutex_lock(&r->mu);
+    size_t unsent = r->out_len - r->out_off;
+    int queued = 0;
+    if (r->conn && r->fd >= 0 && ioctl(r->fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+        unsent += (size_t)queued;
+    if (unsent > bound) r->backlogged = 1;
+    else if (unsent < bound / 4) r->backlogged = 0;
+    int b = r->backlogged && r->job.req.stream;
+    pthread_mutex_unlock(&r->mu);
+    return b;
+}
+
+static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive,
+                                sink_backlogged};
 
 /* ======================================================================== */
 /* Streaming response reader (MHD thread)                                    */
@@ -385,7 +414,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (n > max) n = max;
         memcpy(buf, r->out + r->out_off, n);
         r->out_off += n;
-        if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
+        if (r->out_off == r->out_len) {
+            r->out_off = r->out_len = 0;
+        } else if (r->out_off >= (64u << 10) && r->out_off * 2 >= r->out_len) {
+            /* A reader that never quite catches up would otherwise keep the
+             * buffer growing: move the unsent tail to the front. */
+            memmove(r->out, r->out + r->out_off, r->out_len - r->out_off);
+            r->out_len -= r->out_off;
+            r->out_off = 0;
+            r->out[r->out_len] = 0; /* kept terminated, as append() leaves it */
+        }
         pthread_mutex_unlock(&r->mu);
         return (ssize_t)n;
     }
@@ -568,7 +606,13 @@ static enum MHD_Result do_health(http_req *r)
     if (atomic_load(&r->srv->draining))
         return send_json(r, 503, strdup("{\"status\":\"shutting_down\"}"));
     if (!sched_ready(r->srv->s)) return send_json(r, 503, strdup("{\"status\":\"loading\"}"));
-    return send_json(r, 200, strdup("{\"status\":\"ok\"}"));
+    /* A store that is down does not make the replica unhealthy: requests
+     * without a session are still served; the body says so. */
+    sstore *st = sched_store(r->srv->s);
+    char body[128];
+    snprintf(body, sizeof body, "{\"status\":\"ok\",\"store\":\"%s\",\"store_kind\":\"%s\"}",
+             sstore_up(st) ? "ok" : "unavailable", sstore_kind(st));
+    return send_json(r, 200, strdup(body));
 }
 
 static enum MHD_Result do_metrics(http_req *r)
@@ -630,18 +674,29 @@ static enum MHD_Result session_409(http_req *r)
                       "Session '%s' is in use by a running request; retry when it is done.", r->path_id);
 }
 
+static enum MHD_Result store_503(http_req *r)
+{
+    return send_error(r, 503, "server_error", NULL, "store_unavailable",
+                      "The session store is unavailable; retry shortly.");
+}
+
 static enum MHD_Result do_sessions(http_req *r, const char *method)
 {
     enum MHD_Result out;
     if (!need_ready(r, &out)) return out;
-    sess_pool *p = sched_pool(r->srv->s);
-    if (r->route == R_SESSIONS) return send_json(r, 200, pool_list_json(p));
+    sstore *p = sched_store(r->srv->s);
+    int src = SSTORE_OK;
+    if (r->route == R_SESSIONS) {
+        char *t = sstore_list_json(p, &src);
+        return t ? send_json(r, 200, t) : store_503(r);
+    }
     if (r->route == R_SESSION) {
         if (!strcmp(method, "GET")) {
-            char *t = pool_info_json(p, r->path_id);
-            return t ? send_json(r, 200, t) : session_404(r);
+            char *t = sstore_info_json(p, r->path_id, &src);
+            return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
         }
-        int rc = pool_delete(p, r->path_id);
+        int rc = sstore_delete(p, r->path_id);
+        if (rc == SSTORE_DOWN) return store_503(r);
         if (rc == 1) return session_404(r);
         if (rc == 2) return session_409(r);
         json_t *o = json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "session.deleted",
@@ -656,10 +711,11 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         size_t len = 0;
         FILE *f = open_memstream(&buf, &len);
         if (!f) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
-        int rc = pool_export(p, r->path_id, f, err, sizeof err);
+        int rc = sstore_export(p, r->path_id, f, err, sizeof err);
         fclose(f);
         if (rc) {
             free(buf);
+            if (rc == SSTORE_DOWN) return store_503(r);
             if (rc == 1) return session_404(r);
             if (rc == 2) return session_409(r);
             return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", err);
@@ -679,24 +735,36 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         MHD_destroy_response(resp);
         return ok;
     }
-    /* PUT: the engine reads tensor files by path, so stage the body in one. */
-    char tmpl[] = "/tmp/metastate-import-XXXXXX";
-    int fd = mkstemp(tmpl);
-    if (fd < 0) return send_error(r, 500, "server_error", NULL, NULL, "cannot create a temp file: %s", strerror(errno));
+    /* PUT: the engine reads tensor files by path, so the body is staged in
+     * an anonymous in-memory file: nothing on disk to leak or leave behind,
+     * and no server path in any message. */
+    int fd = memfd_create("metastate-import", MFD_CLOEXEC);
+    if (fd < 0)
+        return send_error(r, 500, "server_error", NULL, NULL, "cannot stage the upload: %s",
+                          strerror(errno));
     size_t off = 0;
     while (off < r->body_len) {
         ssize_t w = write(fd, r->body + off, r->body_len - off);
         if (w <= 0) break;
         off += (size_t)w;
     }
+    char staged[64];
+    snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
+    int rc = off == r->body_len ? sstore_import(p, r->path_id, staged, err, sizeof err) : -1;
+    if (off != r->body_len) snprintf(err, sizeof err, "cannot stage the upload");
     close(fd);
-    int rc = off == r->body_len ? pool_import(p, r->path_id, tmpl, err, sizeof err) : -1;
-    if (off != r->body_len) snprintf(err, sizeof err, "cannot write a temp file");
-    unlink(tmpl);
+    /* The engine names the file it read; the staging path means nothing to
+     * the client and shows server internals. */
+    for (char *at; (at = strstr(err, staged));) {
+        size_t n = strlen(staged) + (at[strlen(staged)] == ':' ? 1 : 0);
+        while (at[n] == ' ') n++;
+        memmove(at, at + n, strlen(at + n) + 1);
+    }
+    if (rc == SSTORE_DOWN) return store_503(r);
     if (rc == 2) return session_409(r);
     if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
-    char *t = pool_info_json(p, r->path_id);
-    return t ? send_json(r, 200, t) : session_404(r);
+    char *t = sstore_info_json(p, r->path_id, &src);
+    return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
 }
 
 /* ======================================================================== */
@@ -852,6 +920,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             (void)real;
             return preflight(r, allow);
         }
+        /* The key is checked before the route is judged: without it, 404
+         * and 405 would tell which routes exist. */
+        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
+            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
+                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if (r->route == R_NONE)
             return send_error(r, 404, "invalid_request_error", NULL, "not_found",
                               "Unknown route %s %s.", method, url);
@@ -860,9 +933,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                             "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
             return ok;
         }
-        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
-            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
-                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
             !oa_session_id_valid(r->path_id, strlen(r->path_id)))
             return bad_session_id(r);
@@ -931,6 +1001,40 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 /* Server lifetime                                                           */
 /* ======================================================================== */
 
+/* The --metrics-port listener: GET /metrics without the API key, for
+ * scrapers that cannot send one (Prometheus annotation scraping); nothing
+ * else is served there, so that port can stay inside the cluster. */
+static enum MHD_Result metrics_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                       const char *method, const char *version,
+                                       const char *upload_data, size_t *upload_data_size,
+                                       void **con_cls)
+{
+    static int headers_seen;
+    if (!*con_cls) {
+        *con_cls = &headers_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    int ok = !strcmp(url, "/metrics") && (!strcmp(method, "GET") || !strcmp(method, "HEAD"));
+    size_t n = 0;
+    char *t = ok ? metrics_render(&n) : strdup("only GET /metrics is served on this port\n");
+    if (!t) return MHD_NO;
+    if (!ok) n = strlen(t);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, t, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(t);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type",
+                            ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8");
+    enum MHD_Result rc = MHD_queue_response(conn, ok ? 200 : 404, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
 http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
 {
     struct addrinfo hints = {0}, *ai = NULL;
@@ -965,6 +1069,23 @@ http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_END);
+    if (h->d && cfg->metrics_port) {
+        ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)cfg->metrics_port); /* same offset in sockaddr_in6 */
+        h->md = MHD_start_daemon(flags & ~(unsigned)MHD_ALLOW_SUSPEND_RESUME, (uint16_t)cfg->metrics_port,
+                                 NULL, NULL, metrics_handler, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        if (!h->md) {
+            MHD_stop_daemon(h->d);
+            h->d = NULL;
+            freeaddrinfo(ai);
+            snprintf(err, errcap, "cannot listen on %s:%d for --metrics-port (address in use or "
+                     "not available)", cfg->host, cfg->metrics_port);
+            free(h);
+            return NULL;
+        }
+    }
     freeaddrinfo(ai);
     if (!h->d) {
         snprintf(err, errcap, "cannot listen on %s:%d (address in use or not available)", cfg->host,
@@ -995,6 +1116,7 @@ int http_wait_idle(http_srv *h, double timeout_s)
 void http_stop(http_srv *h)
 {
     if (!h) return;
+    if (h->md) MHD_stop_daemon(h->md);
     MHD_stop_daemon(h->d);
     free(h);
 }

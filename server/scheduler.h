@@ -22,6 +22,7 @@
 #include "openai.h"
 #include "sessions.h"
 #include "status.h"
+#include "store.h"
 
 typedef struct sched sched;
 
@@ -43,6 +44,10 @@ typedef struct sched_sink {
     void (*done)(void *ud, const sched_result *r);
     /* 0 once the client is gone: the job is dropped within one step. */
     int (*alive)(void *ud);
+    /* May be NULL. 1 while the client has not taken enough of the output
+     * already produced: the job's generation pauses (checked every step and
+     * every tick) instead of buffering without bound. */
+    int (*backlogged)(void *ud);
 } sched_sink;
 
 typedef struct sched_job {
@@ -58,6 +63,7 @@ typedef struct sched_job {
     void *ud;
     /* Scheduler-private. */
     struct sched_job *next;
+    double retry_at;         /* its session's lease was taken elsewhere: try again then */
 } sched_job;
 
 /* Starts the scheduler thread, which loads the model and tokenizer (cfg must
@@ -78,6 +84,8 @@ void sched_stop(sched *s);
 /* For the HTTP side once sched_ready: the pool (thread-safe) and the model. */
 sess_pool *sched_pool(sched *s);
 const ms_model *sched_model(const sched *s);
+/* The session store (memory, directory or redis), for the HTTP side. */
+sstore *sched_store(sched *s);
 /* Seconds since an arbitrary start (CLOCK_MONOTONIC). */
 double sched_now(void);
 
