@@ -15,5 +15,6 @@ int cmd_gen_model(int argc, char **argv);  /* gen_model.c */
 int cmd_serve(int argc, char **argv);      /* serve.c */
 int cmd_bench(int argc, char **argv);      /* bench.c */
 int cmd_expand(int argc, char **argv);     /* expand.c */
+int cmd_bench_constraint(int argc, char **argv); /* bench_constraint.c */
 
 #endif
