@@ -23,6 +23,7 @@
 #include "openai.h"
 #include "sessions.h"
 #include "status.h"
+#include "store.h"
 
 typedef struct sched sched;
 
@@ -63,6 +64,7 @@ typedef struct sched_job {
     void *ud;
     /* Scheduler-private. */
     struct sched_job *next;
+    double retry_at;         /* its session's lease was taken elsewhere: try again then */
 } sched_job;
 
 /* Starts the scheduler thread, which loads the model and tokenizer (cfg must
@@ -85,6 +87,8 @@ void sched_stop(sched *s);
 sess_pool *sched_pool(sched *s);
 const ms_model *sched_model(const sched *s);
 const ms_tokenizer *sched_tokenizer(const sched *s);
+/* The session store (memory, directory or redis), for the HTTP side. */
+sstore *sched_store(sched *s);
 /* Seconds since an arbitrary start (CLOCK_MONOTONIC). */
 double sched_now(void);
 
