@@ -32,6 +32,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -120,6 +123,7 @@ typedef struct http_req {
     sched_result result;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
+    int backlogged;      /* unsent output went over the bound; cleared below a quarter of it */
 } http_req;
 
 /* ======================================================================== */
@@ -710,8 +714,30 @@ static int sink_alive(void *ud)
     return alive;
 }
 
+/* 1 while the client is not taking its stream fast enough: its output not
+ * yet taken went over --stream-backlog-kb and has not yet drained below a
+ * quarter of it. The scheduler pauses the sequence meanwhile, so a client
+ * that stops reading costs a bounded buffer, not all it would generate.
+ * "Not taken" counts our buffer and the socket's send queue (SIOCOUTQ): the
+ * kernel grows a send buffer to megabytes before our own one fills. */
+static int sink_backlogged(void *ud)
+{
+    http_req *r = ud;
+    size_t bound = r->srv->cfg->stream_backlog;
+    pthread_mutex_lock(&r->mu);
+    size_t unsent = r->out_len - r->out_off;
+    int queued = 0;
+    if (r->conn && r->fd >= 0 && ioctl(r->fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+        unsent += (size_t)queued;
+    if (unsent > bound) r->backlogged = 1;
+    else if (unsent < bound / 4) r->backlogged = 0;
+    int b = r->backlogged && r->job.req.stream;
+    pthread_mutex_unlock(&r->mu);
+    return b;
+}
+
 static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive,
-                                sink_logprob};
+                                sink_backlogged, sink_logprob};
 
 /* ======================================================================== */
 /* Streaming response reader (MHD thread)                                    */
@@ -726,7 +752,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (n > max) n = max;
         memcpy(buf, r->out + r->out_off, n);
         r->out_off += n;
-        if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
+        if (r->out_off == r->out_len) {
+            r->out_off = r->out_len = 0;
+        } else if (r->out_off >= (64u << 10) && r->out_off * 2 >= r->out_len) {
+            /* A reader that never quite catches up would otherwise keep the
+             * buffer growing: move the unsent tail to the front. */
+            memmove(r->out, r->out + r->out_off, r->out_len - r->out_off);
+            r->out_len -= r->out_off;
+            r->out_off = 0;
+            r->out[r->out_len] = 0; /* kept terminated, as append() leaves it */
+        }
         pthread_mutex_unlock(&r->mu);
         return (ssize_t)n;
     }
@@ -1160,20 +1195,31 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         MHD_destroy_response(resp);
         return ok;
     }
-    /* PUT: the engine reads tensor files by path, so stage the body in one. */
-    char tmpl[] = "/tmp/metastate-import-XXXXXX";
-    int fd = mkstemp(tmpl);
-    if (fd < 0) return send_error(r, 500, "server_error", NULL, NULL, "cannot create a temp file: %s", strerror(errno));
+    /* PUT: the engine reads tensor files by path, so the body is staged in
+     * an anonymous in-memory file: nothing on disk to leak or leave behind,
+     * and no server path in any message. */
+    int fd = memfd_create("metastate-import", MFD_CLOEXEC);
+    if (fd < 0)
+        return send_error(r, 500, "server_error", NULL, NULL, "cannot stage the upload: %s",
+                          strerror(errno));
     size_t off = 0;
     while (off < r->body_len) {
         ssize_t w = write(fd, r->body + off, r->body_len - off);
         if (w <= 0) break;
         off += (size_t)w;
     }
+    char staged[64];
+    snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
+    int rc = off == r->body_len ? sstore_import(p, r->path_id, staged, err, sizeof err) : -1;
+    if (off != r->body_len) snprintf(err, sizeof err, "cannot stage the upload");
     close(fd);
-    int rc = off == r->body_len ? sstore_import(p, r->path_id, tmpl, err, sizeof err) : -1;
-    if (off != r->body_len) snprintf(err, sizeof err, "cannot write a temp file");
-    unlink(tmpl);
+    /* The engine names the file it read; the staging path means nothing to
+     * the client and shows server internals. */
+    for (char *at; (at = strstr(err, staged));) {
+        size_t n = strlen(staged) + (at[strlen(staged)] == ':' ? 1 : 0);
+        while (at[n] == ' ') n++;
+        memmove(at, at + n, strlen(at + n) + 1);
+    }
     if (rc == SSTORE_DOWN) return store_503(r);
     if (rc == 2) return session_409(r);
     if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
@@ -1342,6 +1388,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             (void)real;
             return preflight(r, allow);
         }
+        /* The key is checked before the route is judged: without it, 404
+         * and 405 would tell which routes exist. */
+        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
+            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
+                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if (r->route == R_NONE)
             return send_error(r, 404, "invalid_request_error", NULL, "not_found",
                               "Unknown route %s %s.", method, url);
@@ -1350,9 +1401,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                             "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
             return ok;
         }
-        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
-            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
-                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
             !oa_session_id_valid(r->path_id, strlen(r->path_id)))
             return bad_session_id(r);
