@@ -38,15 +38,18 @@ test('a stream whose client stops reading pauses, is counted, and resumes intact
     `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
   await until(() => got.length > 0, 30000 * SLOW, 'the stream to start');
   sock.pause(); // stop reading: the kernel buffers fill, then the server's
-  const rss0 = rssKiB(srv.proc.pid);
+  after(() => sock.destroy());
   await until(async () => (await metrics(srv)).metastate_streams_paused === 1, 60000 * SLOW, 'the pause');
+  // Measured while paused only: the sanitizer build's allocator keeps freed
+  // memory for a while, so growth before the pause says nothing.
+  const rss0 = rssKiB(srv.proc.pid);
   const m1 = await metrics(srv);
   assert.ok(m1.metastate_stream_pauses_total >= 1);
   await sleep(1000);
   const m2 = await metrics(srv);
   assert.equal(m2.metastate_streams_paused, 1, 'still paused while the client does not read');
   assert.equal(m2.metastate_active_sequences, 1);
-  assert.ok(rssKiB(srv.proc.pid) - rss0 < 32 * 1024, 'server memory grew while paused');
+  assert.ok(rssKiB(srv.proc.pid) - rss0 < 8 * 1024, 'server memory grew while paused');
   sock.resume();
   await until(() => got.includes('data: [DONE]'), 120000 * SLOW, 'the end of the stream');
   sock.destroy();
