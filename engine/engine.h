@@ -181,6 +181,9 @@ void ms_state_free(ms_state *s);
 void ms_state_reset(ms_state *s);
 /* dst and src must come from models of the same config. */
 void ms_state_copy(ms_state *dst, const ms_state *src);
+/* Bytes of one state of model m (L*C*(N+2) floats): what every sequence and
+ * every session costs, known before any state is made. */
+size_t ms_state_bytes(const ms_model *m);
 /* Raw access in the layout above (for serialization). */
 size_t ms_state_nfloats(const ms_state *s);
 float *ms_state_data(ms_state *s);

@@ -3,8 +3,9 @@
  *
  * Design: one code path serves prefill and decoding. Tokens are processed in
  * chunks of up to max_chunk rows; every projection of a chunk is one matrix
- * product (OpenBLAS sgemm, or sgemv when the chunk is one token, where a
- * GEMM would run at a fraction of the memory bandwidth). Only the WKV
+ * product: OpenBLAS sgemm for long chunks (compute-bound), our own kernels
+ * for up to K_MAX_BATCH rows (decoding, batched sequences, short chunks),
+ * where a GEMM would run at a fraction of the memory bandwidth. Only the WKV
  * recurrence walks the tokens one by one. All activations live in the
  * ms_ctx, allocated once in ms_ctx_new: nothing allocates per token.
  * Arithmetic is fp32 throughout (SPEC 1.7); LayerNorm statistics in double.

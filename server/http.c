@@ -840,14 +840,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->origin = cors_origin(h->cfg, conn);
         r->body_limit = h->cfg->max_body;
         if (r->route == R_SESSION_STATE && sched_ready(h->s)) {
-            const ms_config *mc = ms_model_config(sched_model(h->s));
-            size_t sb = (size_t)mc->n_layer * mc->n_embd * (mc->head_size + 2) * 4 + (1u << 20);
+            /* an upload is one state plus its safetensors header */
+            size_t sb = ms_state_bytes(sched_model(h->s)) + (1u << 20);
             if (sb > r->body_limit) r->body_limit = sb;
         }
         if (!strcmp(method, "OPTIONS") && r->route != R_NONE) {
-            route_id real = r->route;
             r->route = R_PREFLIGHT;
-            (void)real;
             return preflight(r, allow);
         }
         if (r->route == R_NONE)

@@ -93,8 +93,7 @@ sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state
     p->init_names = init_names;
     p->n_init = n_init;
     p->state_dir = state_dir ? strdup(state_dir) : NULL;
-    const ms_config *c = ms_model_config(model);
-    p->state_bytes = (size_t)c->n_layer * c->n_embd * (c->head_size + 2) * sizeof(float);
+    p->state_bytes = ms_state_bytes(model);
     gauges(p);
     return p;
 }
@@ -329,10 +328,6 @@ void pool_release(sess_pool *p, session *s)
     s->updated = now_wall();
     s->dirty = 1;
     reacct(p, s); /* the token history may have grown */
-    if (s->deleted) {
-        if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
-        drop(p, s);
-    }
     gauges(p);
     pthread_mutex_unlock(&p->mu);
 }
@@ -459,7 +454,7 @@ session *pool_next_persist(sess_pool *p)
     session *found = NULL;
     for (int b = 0; b < N_BUCKETS && !found; b++)
         for (session *x = p->buckets[b]; x && !found; x = x->next)
-            if (x->state && x->dirty && !x->leased && !x->deleted) {
+            if (x->state && x->dirty && !x->leased) {
                 x->leased = 1;
                 x->io = 1;
                 found = x;
@@ -475,10 +470,6 @@ void pool_persist_done(sess_pool *p, session *s, int ok)
     if (ok) {
         s->on_disk = 1;
         s->dirty = 0;
-    }
-    if (s->deleted) {
-        if (s->on_disk) store_remove(p->state_dir, s->id);
-        drop(p, s);
     }
     gauges(p);
     pthread_mutex_unlock(&p->mu);
@@ -497,10 +488,6 @@ void pool_spill_done(sess_pool *p, session *s, int ok)
         s->on_disk = 1;
         s->dirty = 0;
         metrics_add(MET_C_SPILLS, 1);
-    }
-    if (s->deleted) {
-        if (s->on_disk) store_remove(p->state_dir, s->id);
-        drop(p, s);
     }
     gauges(p);
     pthread_mutex_unlock(&p->mu);

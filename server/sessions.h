@@ -42,7 +42,6 @@ typedef struct session {
                          operations wait for it instead of answering busy */
     int on_disk;      /* a file for this id exists in state_dir */
     int dirty;        /* memory is newer than the file */
-    int deleted;      /* DELETE arrived while leased: drop on release */
     uint64_t last_used;
     size_t acct;        /* bytes this session counts in the pool budget */
     size_t info_tokens; /* n_tokens at last release (what GET shows while leased) */
