@@ -20,7 +20,7 @@ SHARED  ?= ../shared
 
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
-              libopenblas-dev libuv1-dev libssl-dev
+              libopenblas-dev libuv1-dev libssl-dev zlib1g-dev
 RUN_PKGS   := curl
 TEST_PKGS  := libcriterion-dev curl nodejs npm
 # CI (.ci/run) requires the reference checks, so it installs what they need;
@@ -63,7 +63,7 @@ clean:
 # Everything below runs in the sub-make, with the packages installed.
 
 CC       ?= cc
-PKGS     := openblas libmicrohttpd jansson libuv libcrypto
+PKGS     := openblas libmicrohttpd jansson libuv libcrypto zlib
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

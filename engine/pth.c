@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define SIG_LOCAL 0x04034b50u
 #define SIG_CENTRAL 0x02014b50u
@@ -1131,7 +1132,6 @@ typedef struct zw {
     uint64_t off;
     int ok;
     int err_no;
-    uint32_t crc_table[256];
     int force64;
 } zw;
 
@@ -1141,24 +1141,6 @@ typedef struct cdrec {
     uint64_t size, lho;
     int z64;
 } cdrec;
-
-static void crc_init(uint32_t *t)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
-        t[i] = c;
-    }
-}
-
-static uint32_t crc32_of(const uint32_t *t, const uint8_t *d, size_t n)
-{
-    uint32_t c = 0xffffffffu;
-    for (size_t i = 0; i < n; i++)
-        c = t[(c ^ d[i]) & 0xff] ^ (c >> 8);
-    return c ^ 0xffffffffu;
-}
 
 static void zwrite(zw *z, const void *d, size_t n)
 {
@@ -1178,7 +1160,7 @@ static void zip_entry(zw *z, cdrec *r, const char *name, const void *data, size_
     buf h = {0};
     size_t nl = strlen(name);
     snprintf(r->name, sizeof r->name, "%s", name);
-    r->crc = crc32_of(z->crc_table, data, size);
+    r->crc = (uint32_t)crc32_z(0, data, size); /* zlib's CRC-32, as zip wants */
     r->size = size;
     r->lho = z->off;
     r->z64 = z->force64 || size >= U32_MAX_FIELD || z->off >= U32_MAX_FIELD;
@@ -1312,7 +1294,6 @@ static ms_status pth_write(const char *path, const ms_tensor *ts, size_t n, int 
         return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory", path);
     }
     zw z = {.ok = 1, .force64 = force64};
-    crc_init(z.crc_table);
     if (!(z.f = fopen(path, "wb"))) {
         free(w.b.p);
         free(recs);
