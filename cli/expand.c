@@ -57,8 +57,7 @@ static void put(void *dst, ms_dtype d, float f)
     memcpy(&u, &f, 4);
     uint16_t h;
     if (d == MS_BF16) {
-        u += 0x7FFF + ((u >> 16) & 1);
-        h = (uint16_t)(u >> 16);
+        h = ms_bf16_from_f32(f);
     } else { /* F16, for finite values of modest size: what a key row holds */
         uint32_t sign = (u >> 16) & 0x8000;
         int e = (int)((u >> 23) & 0xff) - 127 + 15;

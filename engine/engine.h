@@ -59,6 +59,10 @@ const char *ms_status_str(ms_status s);
 
 typedef enum { MS_F32 = 0, MS_F16 = 1, MS_BF16 = 2 } ms_dtype;
 
+/* fp32 -> bf16 rounded to nearest even (NaN stays NaN): the one rounding
+ * every bf16 the engine or a tool writes goes through. Reentrant. */
+uint16_t ms_bf16_from_f32(float f);
+
 #define MS_MAX_DIMS 4
 
 /* A view of one tensor. `data` points into the mapped file (or caller memory

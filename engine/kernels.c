@@ -18,6 +18,7 @@
  *    briefly between products (a token is ~100 back-to-back products, too
  *    short to sleep between) and sleep on a condition variable when idle.
  */
+#include "engine.h"
 #include "kernels.h"
 
 #include <immintrin.h>
@@ -47,6 +48,8 @@ static inline uint16_t f32_to_bf16(float f)
     u += 0x7FFF + ((u >> 16) & 1);
     return (uint16_t)(u >> 16);
 }
+
+uint16_t ms_bf16_from_f32(float f) { return f32_to_bf16(f); }
 
 static size_t n_groups(int cols) { return ((size_t)cols + K_I8_GROUP - 1) / K_I8_GROUP; }
 
