@@ -165,6 +165,26 @@ const uint8_t *ms_model_fingerprint(const ms_model *m);
  * (parameter tokens and SSE heads with zero gain keep states exact, SPEC
  * 3.4), as listed in its "ms_ancestors" metadata. */
 int ms_model_state_compatible(const ms_model *m, const uint8_t fp[32]);
+/* ---- Expansion (SPEC 3.4): grow a checkpoint keeping its function ---- */
+
+typedef struct ms_sse_head {
+    int layer, head;
+} ms_sse_head;
+
+typedef struct ms_expand_opts {
+    int add_param_tokens;         /* S1: FFN key rows / value columns per layer, 0..2^20 */
+    int key_init_random;          /* new key rows random at the existing rows' RMS, else zero */
+    uint64_t seed;                /* for key_init_random */
+    const ms_sse_head *sse_heads; /* S2: heads joining their layer's SSE with gain 0 */
+    size_t n_sse_heads;
+} ms_expand_opts;
+
+/* Reads the checkpoint at in, writes it grown as o says to out (safetensors,
+ * the same dtypes), with "ms_ancestors" metadata = in's ancestors plus in's
+ * own fingerprint, so states made on in stay valid on out. MS_ERR_INVALID
+ * for a head or layer the model does not have, or a count out of range. */
+ms_status ms_expand(const char *in, const char *out, const ms_expand_opts *o, ms_error *err);
+
 /* Bytes of weights as held in memory, and bytes read per generated token. */
 size_t ms_model_weight_bytes(const ms_model *m);
 size_t ms_model_bytes_per_token(const ms_model *m);
