@@ -22,7 +22,6 @@
 #include "http.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -38,6 +37,7 @@
 #include <unistd.h>
 
 #include "chat_format.h"
+#include "json_write.h"
 #include "metrics.h"
 #include "sessions.h"
 #include "sse.h"
@@ -505,12 +505,15 @@ static enum MHD_Result start_completion(http_req *r, oa_kind kind)
 static char *session_extra(http_req *r)
 {
     if (!r->session_id[0]) return NULL;
-    json_t *o = json_pack("{s:s}", "session_id", r->session_id);
-    if (r->result.session_note[0])
-        json_object_set_new(o, "session_warning", json_string(r->result.session_note));
-    char *t = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return t;
+    jbuf b = {0};
+    jb_puts(&b, "{\"session_id\":");
+    jb_cstr(&b, r->session_id);
+    if (r->result.session_note[0]) {
+        jb_puts(&b, ",\"session_warning\":");
+        jb_cstr(&b, r->result.session_note);
+    }
+    jb_puts(&b, "}");
+    return jb_finish(&b);
 }
 
 /* Called when the connection is resumed (or immediately) for a completion. */
@@ -597,17 +600,10 @@ static enum MHD_Result do_model(http_req *r)
     if (strcmp(r->path_id, r->srv->cfg->model_name))
         return send_error(r, 404, "invalid_request_error", "model", "model_not_found",
                           "The model '%s' does not exist.", r->path_id);
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s}", "id", r->srv->cfg->model_name, "object", "model",
-                          "created", (json_int_t)r->srv->started_at, "owned_by", "metastate");
-    if (r->srv->cfg->n_init_states) {
-        json_t *a = json_array();
-        for (int i = 0; i < r->srv->cfg->n_init_states; i++)
-            json_array_append_new(a, json_string(r->srv->cfg->init_states[i].name));
-        json_object_set_new(o, "initial_states", a);
-    }
-    char *t = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return send_json(r, 200, t);
+    const char *states[SRV_MAX_INIT_STATES];
+    size_t ns = state_names(r->srv->cfg, states);
+    return send_json(r, 200, oa_model_json(r->srv->cfg->model_name, r->srv->started_at, "metastate",
+                                           states, ns));
 }
 
 static int need_ready(http_req *r, enum MHD_Result *out)
@@ -643,11 +639,7 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         int rc = pool_delete(p, r->path_id);
         if (rc == 1) return session_404(r);
         if (rc == 2) return session_409(r);
-        json_t *o = json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "session.deleted",
-                              "deleted", 1);
-        char *t = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        return send_json(r, 200, t);
+        return send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));
     }
     char err[600] = "";
     if (!strcmp(method, "GET")) {

@@ -15,7 +15,6 @@
  */
 #include "sessions.h"
 
-#include <jansson.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json_write.h"
 #include "metrics.h"
 #include "state_store.h"
 
@@ -516,38 +516,79 @@ int pool_persist_all(sess_pool *p)
 
 /* ------------------------------------------------------------ HTTP side */
 
-static json_t *info_obj(sess_pool *p, const session *s)
+/* What a listing shows of one session, copied under the mutex so that the
+ * JSON is written after it is released. */
+typedef struct sess_info {
+    char id[sizeof ((session *)0)->id];
+    size_t tokens;
+    int in_memory, on_disk, busy;
+    double created, updated;
+} sess_info;
+
+static void info_of(const session *s, sess_info *out)
 {
-    return json_pack("{s:s, s:s, s:I, s:b, s:b, s:b, s:I, s:I, s:I}", "id", s->id, "object",
-                     "session", "tokens", (json_int_t)s->info_tokens, "in_memory", s->state != NULL,
-                     "on_disk", s->on_disk, "busy", s->leased && !s->io, "state_bytes",
-                     (json_int_t)p->state_bytes, "created", (json_int_t)s->created, "last_used",
-                     (json_int_t)s->updated);
+    memcpy(out->id, s->id, sizeof out->id);
+    out->tokens = s->info_tokens;
+    out->in_memory = s->state != NULL;
+    out->on_disk = s->on_disk;
+    out->busy = s->leased && !s->io;
+    out->created = s->created;
+    out->updated = s->updated;
+}
+
+static void info_json(jbuf *b, const sess_info *s, size_t state_bytes)
+{
+    jb_puts(b, "{\"id\":");
+    jb_cstr(b, s->id);
+    jb_puts(b, ",\"object\":\"session\",\"tokens\":");
+    jb_i64(b, (int64_t)s->tokens);
+    jb_puts(b, ",\"in_memory\":");
+    jb_bool(b, s->in_memory);
+    jb_puts(b, ",\"on_disk\":");
+    jb_bool(b, s->on_disk);
+    jb_puts(b, ",\"busy\":");
+    jb_bool(b, s->busy);
+    jb_puts(b, ",\"state_bytes\":");
+    jb_i64(b, (int64_t)state_bytes);
+    jb_puts(b, ",\"created\":");
+    jb_i64(b, (int64_t)s->created);
+    jb_puts(b, ",\"last_used\":");
+    jb_i64(b, (int64_t)s->updated);
+    jb_puts(b, "}");
 }
 
 char *pool_list_json(sess_pool *p)
 {
-    json_t *arr = json_array();
     pthread_mutex_lock(&p->mu);
-    for (int b = 0; b < N_BUCKETS; b++)
-        for (session *s = p->buckets[b]; s; s = s->next) json_array_append_new(arr, info_obj(p, s));
+    size_t n = 0, cap = (size_t)p->n_sessions;
+    sess_info *all = malloc((cap + 1) * sizeof *all);
+    if (all)
+        for (int b = 0; b < N_BUCKETS; b++)
+            for (session *s = p->buckets[b]; s && n < cap; s = s->next) info_of(s, &all[n++]);
     pthread_mutex_unlock(&p->mu);
-    json_t *o = json_pack("{s:s, s:o}", "object", "list", "data", arr);
-    char *txt = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return txt;
+    if (!all) return NULL;
+    jbuf b = {0};
+    jb_puts(&b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i) jb_puts(&b, ",");
+        info_json(&b, &all[i], p->state_bytes);
+    }
+    jb_puts(&b, "]}");
+    free(all);
+    return jb_finish(&b);
 }
 
 char *pool_info_json(sess_pool *p, const char *id)
 {
+    sess_info one;
     pthread_mutex_lock(&p->mu);
     session *s = find(p, id);
-    json_t *o = s ? info_obj(p, s) : NULL;
+    if (s) info_of(s, &one);
     pthread_mutex_unlock(&p->mu);
-    if (!o) return NULL;
-    char *txt = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return txt;
+    if (!s) return NULL;
+    jbuf b = {0};
+    info_json(&b, &one, p->state_bytes);
+    return jb_finish(&b);
 }
 
 int pool_delete(sess_pool *p, const char *id)
