@@ -94,6 +94,8 @@ typedef struct http_req {
     int n_choices;
     /* shared with the scheduler (under mu) */
     int suspended, started, done, gone, queued_response;
+    int lost;            /* some output could not be kept (out of memory): the reply fails */
+    int broken;          /* ... and not even the error event fit: the stream is cut */
     sched_result result;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
@@ -257,15 +259,14 @@ static void wake(http_req *r)
     }
 }
 
-/* Appends one SSE event carrying payload (which is freed); caller holds mu. */
+/* Appends one SSE event carrying payload (which is freed); caller holds mu.
+ * Out of memory anywhere marks the reply lost. */
 static void push_event(http_req *r, char *payload)
 {
-    if (!payload) return;
     size_t n = 0;
-    char *ev = sse_event(payload, strlen(payload), &n);
+    char *ev = payload ? sse_event(payload, strlen(payload), &n) : NULL;
     free(payload);
-    if (!ev) return;
-    append(&r->out, &r->out_len, &r->out_cap, ev, n);
+    if (!ev || append(&r->out, &r->out_len, &r->out_cap, ev, n)) r->lost = 1;
     free(ev);
 }
 
@@ -287,7 +288,7 @@ static void sink_started(void *ud)
     pthread_mutex_unlock(&r->mu);
 }
 
-static void sink_text(void *ud, int idx, const char *text, size_t len)
+static int sink_text(void *ud, int idx, const char *text, size_t len)
 {
     http_req *r = ud;
     const oa_request *q = &r->job.req;
@@ -295,16 +296,19 @@ static void sink_text(void *ud, int idx, const char *text, size_t len)
     if (idx >= 0 && idx < r->n_choices) {
         if (!q->stream) {
             choice_buf *c = &r->choices[idx];
-            append(&c->text, &c->len, &c->cap, text, len);
+            if (append(&c->text, &c->len, &c->cap, text, len)) r->lost = 1;
         } else if (q->kind == OA_CHAT && !r->choices[idx].role_sent) {
             role_chunk(r, idx, text, len);
         } else { /* the per-token path: appended in place, no allocation */
-            oa_chunk_event_append(&r->out, &r->out_len, &r->out_cap, q->kind, r->id, r->created,
-                                  q->model, idx, text, len, OA_FINISH_NONE, q->include_usage);
+            if (oa_chunk_event_append(&r->out, &r->out_len, &r->out_cap, q->kind, r->id, r->created,
+                                      q->model, idx, text, len, OA_FINISH_NONE, q->include_usage))
+                r->lost = 1;
         }
         wake(r);
     }
+    int lost = r->lost;
     pthread_mutex_unlock(&r->mu);
+    return lost ? -1 : 0;
 }
 
 static void sink_choice_done(void *ud, int idx, oa_finish f)
@@ -332,19 +336,24 @@ static void sink_done(void *ud, const sched_result *res)
     r->result = *res;
     r->done = 1;
     r->job_live = 0;
-    if (q->stream && r->started) {
-        if (res->err.code == SRV_OK) {
-            if (q->include_usage)
-                push_event(r, oa_usage_chunk_json(q->kind, r->id, r->created, q->model, &res->usage));
-            append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN);
-        } else {
-            size_t n = 0;
-            oa_error e;
-            error_from_status(&e, &res->err);
-            char *ev = sse_error_event(&e, &n);
-            if (ev) append(&r->out, &r->out_len, &r->out_cap, ev, n);
-            free(ev);
-        }
+    if (q->stream && r->started && r->result.err.code == SRV_OK) {
+        if (q->include_usage)
+            push_event(r, oa_usage_chunk_json(q->kind, r->id, r->created, q->model, &res->usage));
+        if (!r->lost && append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN))
+            r->lost = 1;
+    }
+    /* Output that could not be kept fails the request: a reply that lost
+     * text must never end as if it were whole. */
+    if (r->lost && r->result.err.code == SRV_OK)
+        srv_fail(&r->result.err, SRV_ERR_NOMEM, "out of memory: the reply could not be kept whole");
+    if (q->stream && r->started && r->result.err.code != SRV_OK) {
+        size_t n = 0;
+        oa_error e;
+        error_from_status(&e, &r->result.err);
+        char *ev = sse_error_event(&e, &n);
+        /* Not even the error event fits: cut the stream (no [DONE]). */
+        if (!ev || append(&r->out, &r->out_len, &r->out_cap, ev, n)) r->broken = 1;
+        free(ev);
     }
     wake(r);
     pthread_mutex_unlock(&r->mu);
@@ -389,8 +398,9 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         return (ssize_t)n;
     }
     if (r->done || !r->conn) {
+        int broken = r->broken;
         pthread_mutex_unlock(&r->mu);
-        return MHD_CONTENT_READER_END_OF_STREAM;
+        return broken ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
     }
     /* Nothing yet: park the connection until the scheduler has output. */
     r->suspended = 1;

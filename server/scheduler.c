@@ -383,14 +383,16 @@ static void start_job(sched *s, slot *sl, sched_job *j)
 /* ======================================================================== */
 
 /* Sends text of the current choice through the stop matcher. Returns 1 when
- * a stop string was hit. */
+ * a stop string was hit, 0 when not, -1 when the text could not be kept
+ * (out of memory here or in the sink): the reply is incomplete, so the
+ * caller fails the job rather than let it end as if whole. */
 static int emit(slot *sl, const char *text, size_t len, int flush)
 {
     const char *e = NULL;
     size_t elen = 0;
     int hit = 0;
     if (flush) elen = sse_stop_flush(sl->stop, &e);
-    else if (len) hit = sse_stop_push(sl->stop, text, len, &e, &elen) == 1;
+    else if (len && (hit = sse_stop_push(sl->stop, text, len, &e, &elen)) < 0) return -1;
     if (elen && sl->skip_pending) {
         size_t k = chat_reply_skip(e, elen);
         e += k;
@@ -399,9 +401,14 @@ static int emit(slot *sl, const char *text, size_t len, int flush)
     }
     if (elen) {
         sched_job *j = sl->job;
-        j->sink->text(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, e, elen);
+        if (j->sink->text(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, e, elen)) return -1;
     }
-    return hit;
+    return hit == 1;
+}
+
+static void lost_text(sched *s, slot *sl)
+{
+    finish_job(s, sl, SRV_ERR_NOMEM, "out of memory: the reply could not be kept whole");
 }
 
 /* Ends the current choice and moves to the next one (or ends the job). */
@@ -409,8 +416,13 @@ static void finish_choice(sched *s, slot *sl, oa_finish f, int stop_hit)
 {
     if (!stop_hit) {
         size_t n = ms_detok_flush(&sl->detok, sl->piece);
-        if (n && emit(sl, sl->piece, n, 0)) f = OA_FINISH_STOP;
-        else emit(sl, NULL, 0, 1);
+        int h = n ? emit(sl, sl->piece, n, 0) : 0;
+        if (h == 0) h = emit(sl, NULL, 0, 1);
+        if (h < 0) {
+            lost_text(s, sl);
+            return;
+        }
+        if (h == 1) f = OA_FINISH_STOP;
     }
     sched_job *j = sl->job;
     j->sink->choice_done(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, f);
@@ -490,6 +502,10 @@ static int gen_pick(sched *s, slot *sl)
     sl->res.usage.completion_tokens++;
     size_t n = ms_detok_push(&sl->detok, s->rt.tok, t, sl->piece);
     int hit = n ? emit(sl, sl->piece, n, 0) : 0;
+    if (hit < 0) {
+        lost_text(s, sl);
+        return 0;
+    }
     int last = hit || sl->n_gen >= sl->job->max_tokens;
     if (last && !sl->sess) {
         metrics_observe(MET_H_TOKEN, sched_now() - t0);

@@ -36,8 +36,9 @@ typedef struct sched_result {
 typedef struct sched_sink {
     /* The job got a slot and its session (if any) is ready: output starts. */
     void (*started)(void *ud);
-    /* Generated text of choice idx: whole UTF-8 characters, stop strings cut. */
-    void (*text)(void *ud, int idx, const char *text, size_t len);
+    /* Generated text of choice idx: whole UTF-8 characters, stop strings cut.
+     * Nonzero when it could not be kept (out of memory): the job then fails. */
+    int (*text)(void *ud, int idx, const char *text, size_t len);
     void (*choice_done)(void *ud, int idx, oa_finish finish);
     /* Last call: success or error; the job may be freed once it returns. */
     void (*done)(void *ud, const sched_result *r);
