@@ -259,6 +259,11 @@ static int64_t file_stamp(const sess_pool *p, const char *id)
 
 pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
 {
+    /* The file's stamp is read before locking: no disk access under the
+     * mutex. A file rewritten between this stat and the lock is seen on
+     * the next acquire, as one rewritten just after the lock would be. */
+    const int64_t stamp = p->state_dir ? file_stamp(p, id) : 0;
+    char gone[sizeof ((session *)0)->id] = "";
     pthread_mutex_lock(&p->mu);
     pool_rc rc = POOL_OK;
     session *s = find(p, id);
@@ -267,7 +272,7 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
         goto out;
     }
     if (s && s->state && p->state_dir && !s->dirty && s->file_stamp &&
-        file_stamp(p, id) != s->file_stamp) {
+        stamp != s->file_stamp) {
         /* Someone else (another replica) rewrote the file: ours is stale. */
         p->n_mem--;
         p->n_disk_only++;
@@ -275,7 +280,7 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
         reacct(p, s);
         s->on_disk = 1;
     }
-    if (!s && p->state_dir && file_stamp(p, id)) {
+    if (!s && p->state_dir && stamp) {
         /* Written by another replica sharing the directory since our scan. */
         if (p->n_sessions < p->max_sessions && (s = insert(p, id))) {
             s->on_disk = 1;
@@ -293,7 +298,9 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
                 rc = POOL_TOO_MANY;
                 goto out;
             }
-            if (victim->on_disk && p->state_dir) store_remove(p->state_dir, victim->id);
+            /* Its file goes after unlocking: only this (the scheduler) thread
+             * acquires, so nothing can bring the id back in between. */
+            if (victim->on_disk && p->state_dir) snprintf(gone, sizeof gone, "%s", victim->id);
             metrics_add(MET_C_EVICTIONS, 1);
             drop(p, victim);
         }
@@ -316,6 +323,7 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
 out:
     gauges(p);
     pthread_mutex_unlock(&p->mu);
+    if (gone[0]) store_remove(p->state_dir, gone);
     return rc;
 }
 
@@ -501,9 +509,17 @@ int pool_persist_all(sess_pool *p)
     for (int b = 0; b < N_BUCKETS; b++)
         for (session *s = p->buckets[b]; s; s = s->next) {
             if (!s->state || s->leased || (!s->dirty && s->on_disk)) continue;
+            /* Leased while written, so the file I/O runs without the mutex
+             * and nobody drops s meanwhile; s->next is read after relocking. */
+            s->leased = 1;
+            s->io = 1;
+            pthread_mutex_unlock(&p->mu);
             char err[512];
-            if (save_session(p, s, err, sizeof err)) {
-                fprintf(stderr, "metastate serve: could not persist session %s: %s\n", s->id, err);
+            int rc = save_session(p, s, err, sizeof err);
+            if (rc) fprintf(stderr, "metastate serve: could not persist session %s: %s\n", s->id, err);
+            pthread_mutex_lock(&p->mu);
+            end_io(p, s);
+            if (rc) {
                 failed++;
             } else {
                 s->on_disk = 1;
@@ -599,7 +615,16 @@ int pool_delete(sess_pool *p, const char *id)
     if (!s) rc = 1;
     else if (s->leased) rc = 2;
     else {
-        if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
+        if (s->on_disk && p->state_dir) {
+            /* Held (as background I/O, which others wait for) while the
+             * file goes, so the unlink runs without the mutex. */
+            s->leased = 1;
+            s->io = 1;
+            pthread_mutex_unlock(&p->mu);
+            store_remove(p->state_dir, id);
+            pthread_mutex_lock(&p->mu);
+            end_io(p, s);
+        }
         drop(p, s);
     }
     gauges(p);
@@ -712,7 +737,14 @@ int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_
                     s->dirty = 1;
                     s->updated = now_wall();
                     s->last_used = ++p->clock;
-                    if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
+                    if (s->on_disk && p->state_dir) { /* the old file goes, outside the mutex */
+                        s->leased = 1;
+                        s->io = 1;
+                        pthread_mutex_unlock(&p->mu);
+                        store_remove(p->state_dir, id);
+                        pthread_mutex_lock(&p->mu);
+                        end_io(p, s);
+                    }
                     s->on_disk = 0;
                 }
             }

@@ -72,7 +72,9 @@ int pool_scan(sess_pool *p, char *err, size_t errcap);
 /* Finds or creates session id (id must be oa_session_id_valid) and leases it.
  * With a state_dir, a session this pool does not hold in memory, or holds
  * unchanged while its file was rewritten since (another replica sharing the
- * directory served it), comes back as POOL_NEEDS_LOAD: the file wins. */
+ * directory served it), comes back as POOL_NEEDS_LOAD: the file wins.
+ * Called by one thread only (the scheduler's): an evicted session's file is
+ * removed after the mutex is released, which relies on that. */
 pool_rc pool_acquire(sess_pool *p, const char *id, session **out);
 /* Returns the lease; the session becomes the most recently used. */
 void pool_release(sess_pool *p, session *s);
