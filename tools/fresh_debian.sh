@@ -40,6 +40,15 @@ deb $mirror bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
 SRC
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# A network whose TLS goes through an intercepting proxy (as this workplace's
+# does) signs with a local CA: carry the host's local CAs over, so that the
+# root's ca-certificates (installed by the prerequisite line) trusts them as
+# the host does. A machine on an open network has none and needs none.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+    stamp "carried over the host's local CAs: $(cd /usr/local/share/ca-certificates && echo *.crt)"
+fi
 git clone -q --no-local "$repo" "$root/root/metastate"
 stamp "clean clone of $(git -C "$repo" rev-parse --short HEAD) in /root/metastate; no ../shared"
 
