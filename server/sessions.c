@@ -5,13 +5,15 @@
  * (state + prompt checkpoint allocated), on disk only (state == NULL,
  * on_disk), or both (after a restore: the file stays valid until the state
  * changes). The memory budget counts both states and the token history of
- * in-memory sessions. Eviction is LRU by a logical clock; sessions are few
- * (thousands), so a linear scan for the victim costs less than keeping a
- * list in order under concurrent leases.
+ * in-memory sessions. Eviction is LRU: two intrusive lists in order of use
+ * (every session; the in-memory ones) give the victim from their tail, so
+ * nothing scans all sessions (up to 100,000) under the mutex.
  *
  * Locking: one mutex guards the index and the bookkeeping fields. The state,
  * checkpoint and tokens of a leased session belong to the lease holder, so
- * disk I/O and model work never run under the mutex.
+ * model work never runs under the mutex, and neither does disk I/O: file
+ * work holds the session's lease instead (as background I/O, which the HTTP
+ * side waits for), except the start-up scan, which runs before serving.
  */
 #include "sessions.h"
 
@@ -41,6 +43,10 @@ struct sess_pool {
     int n_init;
     uint64_t clock;
     session *buckets[N_BUCKETS];
+    /* LRU order, so that finding a victim does not scan every session:
+     * LRU_ALL holds every session (--max-sessions evicts from its tail),
+     * LRU_MEM the ones whose state is in memory (spills come from its tail). */
+    session *lru_head[2], *lru_tail[2];
 };
 
 static double now_wall(void)
@@ -129,6 +135,47 @@ void pool_free(sess_pool *p)
     free(p);
 }
 
+enum { LRU_ALL = 0, LRU_MEM = 1 };
+
+/* Takes s out of list k (caller holds mu). */
+static void lru_remove(sess_pool *p, session *s, int k)
+{
+    if (!s->in_lru[k]) return;
+    if (s->lru_prev[k]) s->lru_prev[k]->lru_next[k] = s->lru_next[k];
+    else p->lru_head[k] = s->lru_next[k];
+    if (s->lru_next[k]) s->lru_next[k]->lru_prev[k] = s->lru_prev[k];
+    else p->lru_tail[k] = s->lru_prev[k];
+    s->lru_prev[k] = s->lru_next[k] = NULL;
+    s->in_lru[k] = 0;
+}
+
+/* Puts s first (most recently used) in list k (caller holds mu). */
+static void lru_front(sess_pool *p, session *s, int k)
+{
+    lru_remove(p, s, k);
+    s->lru_next[k] = p->lru_head[k];
+    if (p->lru_head[k]) p->lru_head[k]->lru_prev[k] = s;
+    else p->lru_tail[k] = s;
+    p->lru_head[k] = s;
+    s->in_lru[k] = 1;
+}
+
+/* s was just used: most recent in both lists it belongs to. */
+static void touch(sess_pool *p, session *s)
+{
+    s->last_used = ++p->clock;
+    lru_front(p, s, LRU_ALL);
+    if (s->state) lru_front(p, s, LRU_MEM);
+}
+
+/* The least recently used unleased session of list k, or NULL. */
+static session *lru_victim(sess_pool *p, int k)
+{
+    for (session *x = p->lru_tail[k]; x; x = x->lru_prev[k])
+        if (!x->leased) return x;
+    return NULL;
+}
+
 static session *find(sess_pool *p, const char *id)
 {
     for (session *s = p->buckets[hash_id(id)]; s; s = s->next)
@@ -173,6 +220,7 @@ static session *insert(sess_pool *p, const char *id)
     p->buckets[h] = s;
     s->created = s->updated = now_wall();
     p->n_sessions++;
+    lru_front(p, s, LRU_ALL);
     return s;
 }
 
@@ -190,6 +238,8 @@ static void drop(sess_pool *p, session *s)
         p->n_disk_only--;
     }
     p->n_sessions--;
+    lru_remove(p, s, LRU_ALL);
+    lru_remove(p, s, LRU_MEM);
     free_mem(s);
     free(s);
 }
@@ -243,6 +293,7 @@ static int alloc_mem(sess_pool *p, session *s)
     s->n_tokens = 0;
     reacct(p, s);
     p->n_mem++;
+    lru_front(p, s, LRU_MEM);
     return 0;
 }
 
@@ -276,6 +327,7 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
         /* Someone else (another replica) rewrote the file: ours is stale. */
         p->n_mem--;
         p->n_disk_only++;
+        lru_remove(p, s, LRU_MEM);
         free_mem(s);
         reacct(p, s);
         s->on_disk = 1;
@@ -290,10 +342,7 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
     if (!s) {
         if (p->n_sessions >= p->max_sessions) {
             /* Make room by forgetting the least recently used idle session. */
-            session *victim = NULL;
-            for (int b = 0; b < N_BUCKETS; b++)
-                for (session *x = p->buckets[b]; x; x = x->next)
-                    if (!x->leased && (!victim || x->last_used < victim->last_used)) victim = x;
+            session *victim = lru_victim(p, LRU_ALL);
             if (!victim) {
                 rc = POOL_TOO_MANY;
                 goto out;
@@ -312,13 +361,13 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
         }
     } else if (!s->state) {
         s->leased = 1;
-        s->last_used = ++p->clock;
+        touch(p, s);
         rc = POOL_NEEDS_LOAD;
         *out = s;
         goto out;
     }
     s->leased = 1;
-    s->last_used = ++p->clock;
+    touch(p, s);
     *out = s;
 out:
     gauges(p);
@@ -331,7 +380,7 @@ void pool_release(sess_pool *p, session *s)
 {
     pthread_mutex_lock(&p->mu);
     s->leased = 0;
-    s->last_used = ++p->clock;
+    touch(p, s);
     s->info_tokens = s->n_tokens;
     s->updated = now_wall();
     s->dirty = 1;
@@ -396,6 +445,7 @@ void pool_load_done(sess_pool *p, session *s, int rc)
     if (s->state) {
         p->n_disk_only--;
         p->n_mem++;
+        lru_front(p, s, LRU_MEM);
         reacct(p, s);
         if (rc != 0) s->on_disk = 0;
         s->dirty = rc != 0;
@@ -411,11 +461,7 @@ session *pool_next_spill(sess_pool *p)
     pthread_mutex_lock(&p->mu);
     session *victim = NULL;
     while (p->bytes - p->spilling > p->limit) {
-        victim = NULL;
-        for (int b = 0; b < N_BUCKETS; b++)
-            for (session *x = p->buckets[b]; x; x = x->next)
-                if (x->state && !x->leased && (!victim || x->last_used < victim->last_used))
-                    victim = x;
+        victim = lru_victim(p, LRU_MEM);
         if (!victim) break;
         metrics_add(MET_C_EVICTIONS, 1);
         if (p->state_dir) {
@@ -460,13 +506,12 @@ session *pool_next_persist(sess_pool *p)
         return NULL;
     pthread_mutex_lock(&p->mu);
     session *found = NULL;
-    for (int b = 0; b < N_BUCKETS && !found; b++)
-        for (session *x = p->buckets[b]; x && !found; x = x->next)
-            if (x->state && x->dirty && !x->leased) {
-                x->leased = 1;
-                x->io = 1;
-                found = x;
-            }
+    for (session *x = p->lru_tail[LRU_MEM]; x && !found; x = x->lru_prev[LRU_MEM])
+        if (x->dirty && !x->leased) {
+            x->leased = 1;
+            x->io = 1;
+            found = x;
+        }
     pthread_mutex_unlock(&p->mu);
     return found;
 }
@@ -491,6 +536,7 @@ void pool_spill_done(sess_pool *p, session *s, int ok)
     if (ok) {
         p->n_mem--;
         p->n_disk_only++;
+        lru_remove(p, s, LRU_MEM);
         free_mem(s);
         reacct(p, s);
         s->on_disk = 1;
@@ -736,7 +782,7 @@ int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_
                     s->info_tokens = 0;
                     s->dirty = 1;
                     s->updated = now_wall();
-                    s->last_used = ++p->clock;
+                    touch(p, s);
                     if (s->on_disk && p->state_dir) { /* the old file goes, outside the mutex */
                         s->leased = 1;
                         s->io = 1;

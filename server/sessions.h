@@ -48,6 +48,9 @@ typedef struct session {
     int64_t file_stamp; /* mtime (ns) of the file when we last wrote or read it; 0 unknown */
     double created, updated;
     struct session *next; /* hash chain */
+    /* LRU lists (most recent first): [0] every session, [1] those in memory */
+    struct session *lru_prev[2], *lru_next[2];
+    int in_lru[2];
 } session;
 
 typedef enum {
