@@ -69,6 +69,20 @@ typedef struct choice_buf {
     int role_sent;
 } choice_buf;
 
+/* A session request that touches files (DELETE, export, import): it runs on
+ * the scheduler's work queue (sched_run_io), never on the polling thread,
+ * which serves every connection; the connection waits suspended. */
+typedef enum { OP_NONE = 0, OP_DELETE, OP_EXPORT, OP_IMPORT } sess_op_kind;
+
+typedef struct sess_op {
+    sess_op_kind kind;
+    int finished;  /* under the request's mu */
+    int rc;        /* pool_delete / pool_export / pool_import result */
+    char err[600];
+    char *buf;     /* export: the safetensors bytes (malloc'd) */
+    size_t len;
+} sess_op;
+
 typedef struct http_req {
     atomic_int refs;
     http_srv *srv;
@@ -97,6 +111,7 @@ typedef struct http_req {
     int lost;            /* some output could not be kept (out of memory): the reply fails */
     int broken;          /* ... and not even the error event fit: the stream is cut */
     sched_result result;
+    sess_op op;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
 } http_req;
@@ -115,6 +130,7 @@ static void req_unref(http_req *r)
     free(r->choices);
     free(r->body);
     free(r->out);
+    free(r->op.buf);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -635,6 +651,122 @@ static enum MHD_Result session_409(http_req *r)
                       "Session '%s' is in use by a running request; retry when it is done.", r->path_id);
 }
 
+/* Worker thread: the file work of r's session operation. r is referenced
+ * and its connection suspended, so nothing else touches its fields. */
+static void sess_op_work(void *arg)
+{
+    http_req *r = arg;
+    sess_pool *p = sched_pool(r->srv->s);
+    sess_op *op = &r->op;
+    if (op->kind == OP_DELETE) {
+        op->rc = pool_delete(p, r->path_id);
+    } else if (op->kind == OP_EXPORT) {
+        FILE *f = open_memstream(&op->buf, &op->len);
+        if (!f) {
+            op->rc = -1;
+            snprintf(op->err, sizeof op->err, "out of memory");
+            return;
+        }
+        op->rc = pool_export(p, r->path_id, f, op->err, sizeof op->err);
+        fclose(f);
+        if (op->rc) {
+            free(op->buf);
+            op->buf = NULL;
+        }
+    } else {
+        /* The engine reads tensor files by path, so stage the body in one. */
+        char tmpl[] = "/tmp/metastate-import-XXXXXX";
+        int fd = mkstemp(tmpl);
+        if (fd < 0) {
+            op->rc = -2;
+            snprintf(op->err, sizeof op->err, "cannot create a temp file: %s", strerror(errno));
+            return;
+        }
+        size_t off = 0;
+        while (off < r->body_len) {
+            ssize_t w = write(fd, r->body + off, r->body_len - off);
+            if (w <= 0) break;
+            off += (size_t)w;
+        }
+        close(fd);
+        if (off == r->body_len) {
+            op->rc = pool_import(p, r->path_id, tmpl, op->err, sizeof op->err);
+        } else {
+            op->rc = -2;
+            snprintf(op->err, sizeof op->err, "cannot write a temp file");
+        }
+        unlink(tmpl);
+    }
+}
+
+/* Scheduler thread: the work is done; resume the connection. */
+static void sess_op_done(void *arg)
+{
+    http_req *r = arg;
+    pthread_mutex_lock(&r->mu);
+    r->op.finished = 1;
+    wake(r);
+    pthread_mutex_unlock(&r->mu);
+    req_unref(r); /* the work queue's reference */
+}
+
+static enum MHD_Result start_sess_op(http_req *r, sess_op_kind kind)
+{
+    r->op.kind = kind;
+    atomic_fetch_add(&r->refs, 1); /* the work queue's reference */
+    pthread_mutex_lock(&r->mu);
+    srv_status st = sched_run_io(r->srv->s, sess_op_work, sess_op_done, r);
+    if (st != SRV_OK) {
+        r->op.kind = OP_NONE;
+        pthread_mutex_unlock(&r->mu);
+        atomic_fetch_sub(&r->refs, 1);
+        srv_error why = {st, ""};
+        return send_status(r, &why);
+    }
+    r->suspended = 1;
+    MHD_suspend_connection(r->conn);
+    pthread_mutex_unlock(&r->mu);
+    return MHD_YES;
+}
+
+/* Called when the connection is resumed: answer with the operation's result. */
+static enum MHD_Result finish_sess_op(http_req *r)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!r->op.finished) { /* spurious wake-up: wait again */
+        r->suspended = 1;
+        MHD_suspend_connection(r->conn);
+        pthread_mutex_unlock(&r->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&r->mu);
+    sess_op *op = &r->op;
+    if (op->rc == 1) return session_404(r);
+    if (op->rc == 2) return session_409(r);
+    if (op->kind == OP_DELETE)
+        return send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));
+    if (op->kind == OP_EXPORT) {
+        if (op->rc) return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", op->err);
+        char disp[256];
+        snprintf(disp, sizeof disp, "attachment; filename=\"%s.safetensors\"", r->path_id);
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(op->len, op->buf, MHD_RESPMEM_MUST_FREE);
+        if (!resp) return MHD_NO;
+        op->buf = NULL; /* the response owns it now */
+        MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+        MHD_add_response_header(resp, "Content-Disposition", disp);
+        add_common_headers(r, resp);
+        r->status = 200;
+        enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+        MHD_destroy_response(resp);
+        return ok;
+    }
+    if (op->rc == -2) return send_error(r, 500, "server_error", NULL, NULL, "%s", op->err);
+    if (op->rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", op->err);
+    char *t = pool_info_json(sched_pool(r->srv->s), r->path_id);
+    return t ? send_json(r, 200, t) : session_404(r);
+}
+
 static enum MHD_Result do_sessions(http_req *r, const char *method)
 {
     enum MHD_Result out;
@@ -646,58 +778,9 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
             char *t = pool_info_json(p, r->path_id);
             return t ? send_json(r, 200, t) : session_404(r);
         }
-        int rc = pool_delete(p, r->path_id);
-        if (rc == 1) return session_404(r);
-        if (rc == 2) return session_409(r);
-        return send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));
+        return start_sess_op(r, OP_DELETE);
     }
-    char err[600] = "";
-    if (!strcmp(method, "GET")) {
-        char *buf = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&buf, &len);
-        if (!f) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
-        int rc = pool_export(p, r->path_id, f, err, sizeof err);
-        fclose(f);
-        if (rc) {
-            free(buf);
-            if (rc == 1) return session_404(r);
-            if (rc == 2) return session_409(r);
-            return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", err);
-        }
-        char disp[256];
-        snprintf(disp, sizeof disp, "attachment; filename=\"%s.safetensors\"", r->path_id);
-        struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-        if (!resp) {
-            free(buf);
-            return MHD_NO;
-        }
-        MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-        MHD_add_response_header(resp, "Content-Disposition", disp);
-        add_common_headers(r, resp);
-        r->status = 200;
-        enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
-        MHD_destroy_response(resp);
-        return ok;
-    }
-    /* PUT: the engine reads tensor files by path, so stage the body in one. */
-    char tmpl[] = "/tmp/metastate-import-XXXXXX";
-    int fd = mkstemp(tmpl);
-    if (fd < 0) return send_error(r, 500, "server_error", NULL, NULL, "cannot create a temp file: %s", strerror(errno));
-    size_t off = 0;
-    while (off < r->body_len) {
-        ssize_t w = write(fd, r->body + off, r->body_len - off);
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    close(fd);
-    int rc = off == r->body_len ? pool_import(p, r->path_id, tmpl, err, sizeof err) : -1;
-    if (off != r->body_len) snprintf(err, sizeof err, "cannot write a temp file");
-    unlink(tmpl);
-    if (rc == 2) return session_409(r);
-    if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
-    char *t = pool_info_json(p, r->path_id);
-    return t ? send_json(r, 200, t) : session_404(r);
+    return start_sess_op(r, !strcmp(method, "GET") ? OP_EXPORT : OP_IMPORT);
 }
 
 /* ======================================================================== */
@@ -889,6 +972,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     /* Whole request received (or resumed after a suspend). */
     if (r->job.sink) return continue_completion(r);
+    if (r->op.kind != OP_NONE) return finish_sess_op(r);
     if (r->too_large)
         return send_error(r, 413, "invalid_request_error", NULL, "request_too_large",
                           "Request body exceeds the limit of %zu bytes.", r->body_limit);

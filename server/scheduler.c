@@ -125,6 +125,8 @@ struct sched {
     uv_idle_t idle;
     uv_timer_t tick;
     int idle_on, closing;
+    struct sched_io *io_inbox; /* sched_run_io requests not yet queued (under mu) */
+    int io_running;            /* queued on the work queue, not yet done (loop thread) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -714,7 +716,11 @@ static void close_cb(uv_handle_t *h) { (void)h; }
 /* Closes the loop's handles once stopping and nothing is left to do. */
 static void maybe_close(sched *s)
 {
-    if (!atomic_load(&s->stopping) || s->closing || sio_pending(s->io)) return;
+    if (!atomic_load(&s->stopping) || s->closing || sio_pending(s->io) || s->io_running) return;
+    pthread_mutex_lock(&s->mu);
+    int io_waiting = s->io_inbox != NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (io_waiting) return;
     for (int i = 0; i < s->n_slots; i++)
         if (s->slots[i].state != SLOT_FREE) return;
     if (s->pend_head) return;
@@ -725,9 +731,83 @@ static void maybe_close(sched *s)
     uv_close((uv_handle_t *)&s->wake, close_cb);
 }
 
+/* ======================================================================== */
+/* Other threads' file work on the loop's work queue                         */
+/* ======================================================================== */
+
+typedef struct sched_io {
+    uv_work_t w;
+    sched *s;
+    void (*work)(void *arg);
+    void (*done)(void *arg);
+    void *arg;
+    struct sched_io *next;
+} sched_io;
+
+static void run_io_work(uv_work_t *w)
+{
+    sched_io *x = w->data;
+    x->work(x->arg);
+}
+
+static void run_io_after(uv_work_t *w, int status)
+{
+    sched_io *x = w->data;
+    sched *s = x->s;
+    s->io_running--;
+    x->done(x->arg);
+    free(x);
+    maybe_close(s);
+}
+
+/* Moves sched_run_io requests from the inbox onto the work queue. */
+static void queue_io(sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    sched_io *x = NULL, *in = s->io_inbox;
+    s->io_inbox = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (in) { /* the inbox is newest first: reverse, to run in arrival order */
+        sched_io *n = in->next;
+        in->next = x;
+        x = in;
+        in = n;
+    }
+    while (x) {
+        sched_io *next = x->next;
+        x->w.data = x;
+        if (uv_queue_work(&s->loop, &x->w, run_io_work, run_io_after)) {
+            x->work(x->arg); /* cannot happen on a live loop; never lose the request */
+            x->done(x->arg);
+            free(x);
+        } else {
+            s->io_running++;
+        }
+        x = next;
+    }
+}
+
+srv_status sched_run_io(sched *s, void (*work)(void *arg), void (*done)(void *arg), void *arg)
+{
+    if (atomic_load(&s->stopping)) return SRV_ERR_SHUTTING_DOWN;
+    sched_io *x = calloc(1, sizeof *x);
+    if (!x) return SRV_ERR_NOMEM;
+    x->s = s;
+    x->work = work;
+    x->done = done;
+    x->arg = arg;
+    pthread_mutex_lock(&s->mu);
+    x->next = s->io_inbox;
+    s->io_inbox = x;
+    pthread_mutex_unlock(&s->mu);
+    uv_async_send(&s->wake);
+    return SRV_OK;
+}
+
 static void wake_cb(uv_async_t *h)
 {
     sched *s = h->data;
+    queue_io(s);
     admit(s);
     update_idle(s);
     maybe_close(s);

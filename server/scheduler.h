@@ -73,6 +73,12 @@ srv_status sched_submit(sched *s, sched_job *j);
 /* Stops taking jobs, lets queued and running ones finish for up to
  * timeout_s seconds, then cancels the rest; returns when all are done. */
 void sched_drain(sched *s, double timeout_s);
+/* Runs work(arg) on the loop's work queue (a libuv worker thread), then
+ * done(arg) on the scheduler thread: for file work of other threads (session
+ * export, import, DELETE), so that neither they nor the model wait for disk.
+ * Any thread, before sched_stop. SRV_OK, else (nothing will be called)
+ * SRV_ERR_SHUTTING_DOWN or SRV_ERR_NOMEM. */
+srv_status sched_run_io(sched *s, void (*work)(void *arg), void (*done)(void *arg), void *arg);
 /* Stops the thread, writes every session to --state-dir, frees everything. */
 void sched_stop(sched *s);
 
