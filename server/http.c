@@ -77,7 +77,7 @@ typedef enum { OP_NONE = 0, OP_DELETE, OP_EXPORT, OP_IMPORT } sess_op_kind;
 typedef struct sess_op {
     sess_op_kind kind;
     int finished;  /* under the request's mu */
-    int rc;        /* pool_delete / pool_export / pool_import result */
+    srv_status rc; /* pool_delete / pool_export / pool_import result */
     char err[600];
     char *buf;     /* export: the safetensors bytes (malloc'd) */
     size_t len;
@@ -663,7 +663,7 @@ static void sess_op_work(void *arg)
     } else if (op->kind == OP_EXPORT) {
         FILE *f = open_memstream(&op->buf, &op->len);
         if (!f) {
-            op->rc = -1;
+            op->rc = SRV_ERR_NOMEM;
             snprintf(op->err, sizeof op->err, "out of memory");
             return;
         }
@@ -678,7 +678,7 @@ static void sess_op_work(void *arg)
         char tmpl[] = "/tmp/metastate-import-XXXXXX";
         int fd = mkstemp(tmpl);
         if (fd < 0) {
-            op->rc = -2;
+            op->rc = SRV_ERR_IO;
             snprintf(op->err, sizeof op->err, "cannot create a temp file: %s", strerror(errno));
             return;
         }
@@ -692,7 +692,7 @@ static void sess_op_work(void *arg)
         if (off == r->body_len) {
             op->rc = pool_import(p, r->path_id, tmpl, op->err, sizeof op->err);
         } else {
-            op->rc = -2;
+            op->rc = SRV_ERR_IO;
             snprintf(op->err, sizeof op->err, "cannot write a temp file");
         }
         unlink(tmpl);
@@ -741,12 +741,13 @@ static enum MHD_Result finish_sess_op(http_req *r)
     }
     pthread_mutex_unlock(&r->mu);
     sess_op *op = &r->op;
-    if (op->rc == 1) return session_404(r);
-    if (op->rc == 2) return session_409(r);
+    if (op->rc == SRV_ERR_NOT_FOUND) return session_404(r);
+    if (op->rc == SRV_ERR_BUSY) return session_409(r);
     if (op->kind == OP_DELETE)
         return send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));
     if (op->kind == OP_EXPORT) {
-        if (op->rc) return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", op->err);
+        if (op->rc != SRV_OK)
+            return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", op->err);
         char disp[256];
         snprintf(disp, sizeof disp, "attachment; filename=\"%s.safetensors\"", r->path_id);
         struct MHD_Response *resp =
@@ -761,8 +762,13 @@ static enum MHD_Result finish_sess_op(http_req *r)
         MHD_destroy_response(resp);
         return ok;
     }
-    if (op->rc == -2) return send_error(r, 500, "server_error", NULL, NULL, "%s", op->err);
-    if (op->rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", op->err);
+    if (op->rc == SRV_ERR_INVALID)
+        return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", op->err);
+    if (op->rc != SRV_OK) {
+        srv_error why = {op->rc, ""};
+        snprintf(why.msg, sizeof why.msg, "%.500s", op->err);
+        return send_status(r, &why);
+    }
     char *t = pool_info_json(sched_pool(r->srv->s), r->path_id);
     return t ? send_json(r, 200, t) : session_404(r);
 }

@@ -396,14 +396,14 @@ static int known_init(const sess_pool *p, const char *name)
     return 0;
 }
 
-int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
+srv_status pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
 {
     ms_state *st = ms_state_new(p->model), *ck = ms_state_new(p->model);
     if (!st || !ck) {
         ms_state_free(st);
         ms_state_free(ck);
         snprintf(err, errcap, "out of memory loading session %s", s->id);
-        return -2;
+        return SRV_ERR_UNAVAILABLE;
     }
     store_record r = {.state = st, .ckpt = ck};
     int rc = store_load(p->state_dir, s->id, &r, p->model, err, errcap);
@@ -426,7 +426,7 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
         s->n_tokens = s->cap_tokens = r.n_tokens;
         s->has_ckpt = r.n_ckpt > 0 || (r.tokens_known && r.n_tokens == 0);
         s->n_ckpt = r.n_ckpt;
-        return 0;
+        return SRV_OK;
     }
     /* Rejected (or vanished): the session restarts from the zero state. */
     ms_state_reset(st);
@@ -436,10 +436,10 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
     s->has_ckpt = 0;
     s->n_ckpt = 0;
     if (rc < 0) store_quarantine(p->state_dir, s->id);
-    return rc < 0 ? -1 : 0;
+    return rc < 0 ? SRV_ERR_REJECTED : SRV_OK; /* a vanished file restarts the session too */
 }
 
-void pool_load_done(sess_pool *p, session *s, int rc)
+void pool_load_done(sess_pool *p, session *s, srv_status rc)
 {
     pthread_mutex_lock(&p->mu);
     if (s->state) {
@@ -447,10 +447,10 @@ void pool_load_done(sess_pool *p, session *s, int rc)
         p->n_mem++;
         lru_front(p, s, LRU_MEM);
         reacct(p, s);
-        if (rc != 0) s->on_disk = 0;
-        s->dirty = rc != 0;
+        if (rc != SRV_OK) s->on_disk = 0;
+        s->dirty = rc != SRV_OK;
     }
-    if (rc == 0) metrics_add(MET_C_RESTORES, 1);
+    if (rc == SRV_OK) metrics_add(MET_C_RESTORES, 1);
     else metrics_add(MET_C_STATE_ERRORS, 1);
     gauges(p);
     pthread_mutex_unlock(&p->mu);
@@ -653,13 +653,13 @@ char *pool_info_json(sess_pool *p, const char *id)
     return jb_finish(&b);
 }
 
-int pool_delete(sess_pool *p, const char *id)
+srv_status pool_delete(sess_pool *p, const char *id)
 {
     pthread_mutex_lock(&p->mu);
     session *s = find_settled(p, id);
-    int rc = 0;
-    if (!s) rc = 1;
-    else if (s->leased) rc = 2;
+    srv_status rc = SRV_OK;
+    if (!s) rc = SRV_ERR_NOT_FOUND;
+    else if (s->leased) rc = SRV_ERR_BUSY;
     else {
         if (s->on_disk && p->state_dir) {
             /* Held (as background I/O, which others wait for) while the
@@ -678,18 +678,19 @@ int pool_delete(sess_pool *p, const char *id)
     return rc;
 }
 
-int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
+srv_status pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
 {
     ms_state *tmp = ms_state_new(p->model);
     if (!tmp) {
         snprintf(err, errcap, "out of memory");
-        return -1;
+        return SRV_ERR_NOMEM;
     }
     pthread_mutex_lock(&p->mu);
     session *s = find_settled(p, id);
-    int rc = 0, from_disk = 0;
-    if (!s) rc = 1;
-    else if (s->leased) rc = 2;
+    srv_status rc = SRV_OK;
+    int from_disk = 0;
+    if (!s) rc = SRV_ERR_NOT_FOUND;
+    else if (s->leased) rc = SRV_ERR_BUSY;
     else if (s->state) ms_state_copy(tmp, s->state);
     else {
         s->leased = 1; /* keep the scheduler off while the file is read */
@@ -710,7 +711,7 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
         pthread_mutex_unlock(&p->mu);
         if (lr) {
             ms_state_free(tmp);
-            return -1;
+            return SRV_ERR_IO;
         }
     }
     ms_error e = {0};
@@ -718,57 +719,57 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
     ms_state_free(tmp);
     if (st != MS_OK) {
         snprintf(err, errcap, "%s", e.msg);
-        return -1;
+        return SRV_ERR_IO;
     }
-    return 0;
+    return SRV_OK;
 }
 
-int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap)
+srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap)
 {
     ms_tensorfile *tf = NULL;
     ms_error e = {0};
     if (ms_tensorfile_open(path, &tf, &e) != MS_OK) {
         snprintf(err, errcap, "not a safetensors state: %s", e.msg);
-        return -1;
+        return SRV_ERR_INVALID;
     }
     ms_state *tmp = ms_state_new(p->model);
     if (!tmp) {
         ms_tensorfile_close(tf);
         snprintf(err, errcap, "out of memory");
-        return -1;
+        return SRV_ERR_NOMEM;
     }
     ms_status st = ms_state_load_tensors(tmp, tf, "state.", &e);
     ms_tensorfile_close(tf);
     if (st != MS_OK) {
         ms_state_free(tmp);
         snprintf(err, errcap, "%s", e.msg);
-        return -1;
+        return SRV_ERR_INVALID;
     }
     if (!store_values_ok(ms_state_cdata(tmp), ms_state_nfloats(tmp))) {
         ms_state_free(tmp);
         snprintf(err, errcap, "the state holds values that are not finite or beyond +-%g",
                  (double)STORE_VALUE_MAX);
-        return -1;
+        return SRV_ERR_INVALID;
     }
     pthread_mutex_lock(&p->mu);
-    int rc = 0;
+    srv_status rc = SRV_OK;
     session *s = find_settled(p, id);
-    if (s && s->leased) rc = 2;
+    if (s && s->leased) rc = SRV_ERR_BUSY;
     else {
         if (!s && p->n_sessions >= p->max_sessions) {
-            rc = -1;
+            rc = SRV_ERR_SESSIONS_FULL;
             snprintf(err, errcap, "too many sessions (--max-sessions)");
         } else {
             if (!s) s = insert(p, id);
             if (!s) {
-                rc = -1;
+                rc = SRV_ERR_NOMEM;
                 snprintf(err, errcap, "out of memory");
             } else {
                 if (!s->state) {
                     if (s->on_disk) p->n_disk_only--;
                     if (alloc_mem(p, s)) {
                         drop(p, s);
-                        rc = -1;
+                        rc = SRV_ERR_NOMEM;
                         snprintf(err, errcap, "out of memory");
                     }
                 }
