@@ -20,9 +20,9 @@ SHARED  ?= ../shared
 
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
-              libopenblas-dev libuv1-dev libssl-dev zlib1g-dev
+              libopenblas-dev libuv1-dev libssl-dev libhiredis-dev zlib1g-dev
 RUN_PKGS   := curl
-TEST_PKGS  := libcriterion-dev curl nodejs npm
+TEST_PKGS  := libcriterion-dev curl nodejs npm chromium redis-server
 # CI (.ci/run) requires the reference checks, so it installs what they need;
 # a user's make test skips them without it, saying so.
 REF_PKGS   := $(if $(filter-out 0,$(METASTATE_REQUIRE_REFERENCE)),python3-torch python3-numpy,)
@@ -63,7 +63,7 @@ clean:
 # Everything below runs in the sub-make, with the packages installed.
 
 CC       ?= cc
-PKGS     := openblas libmicrohttpd jansson libuv libcrypto zlib
+PKGS     := openblas libmicrohttpd jansson libuv libcrypto hiredis zlib
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -78,7 +78,10 @@ ENGINE_SRC := $(wildcard engine/*.c)
 PROTO_SRC  := $(wildcard proto/*.c)
 SERVER_SRC := $(wildcard server/*.c)
 CLI_SRC    := $(filter-out cli/main.c,$(wildcard cli/*.c))
-LIB_SRC    := $(ENGINE_SRC) $(PROTO_SRC) $(SERVER_SRC) $(CLI_SRC)
+# The chat page (web/) becomes a generated C file of byte arrays.
+WEB_FILES  := $(sort $(wildcard web/*))
+WEB_GEN    := $(BUILD)/gen/web_assets.c
+LIB_SRC    := $(ENGINE_SRC) $(PROTO_SRC) $(SERVER_SRC) $(CLI_SRC) $(WEB_GEN)
 UNIT_SRC   := $(wildcard tests/unit/*.c)
 HEADERS    := $(wildcard engine/*.h proto/*.h server/*.h cli/*.h tests/unit/*.h)
 
@@ -88,6 +91,10 @@ objs = $(patsubst %.c,$(1)/obj/%.o,$(2))
 build: $(BUILD)/metastate
 unit-bin: $(BUILD)/unit-tests
 asan: $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests
+
+$(WEB_GEN): web $(WEB_FILES) tools/embed_web.sh
+	@mkdir -p $(dir $@)
+	@bash tools/embed_web.sh $@ web $(WEB_FILES)
 
 $(BUILD)/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)

@@ -80,6 +80,7 @@ int cmd_serve(int argc, char **argv)
            "\"max_tokens\":32}'\n",
            host, cfg.port, cfg.api_key ? " -H 'Authorization: Bearer " : "",
            cfg.api_key ? "$METASTATE_API_KEY" : "", cfg.api_key ? "'" : "", cfg.model_name);
+    if (!cfg.no_ui) printf("  or open http://%s:%d/ in a browser to chat\n", host, cfg.port);
     fflush(stdout);
 
     int sig = 0;

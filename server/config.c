@@ -15,12 +15,14 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum {
     O_MODEL = 'm', O_HELP = 'h',
     O_VOCAB = 1000, O_NAME, O_HOST, O_PORT, O_STATE_DIR, O_POOL_MB, O_API_KEY, O_CORS,
     O_PARALLEL, O_QUEUE, O_MAX_BODY, O_MAX_TOKENS, O_DEF_TOKENS, O_DEF_CHAT_TOKENS,
-    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS
+    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS, O_NO_UI,
+    O_STATE_STORE, O_STORE_PREFIX, O_SESSION_TTL, O_LEASE_MS, O_METRICS_PORT
 };
 
 typedef struct {
@@ -37,8 +39,13 @@ static const opt_spec specs[] = {
     {"host", O_HOST, "ADDR", "address to listen on (default 127.0.0.1)"},
     {"port", O_PORT, "N", "TCP port (default 8080)"},
     {"state-dir", O_STATE_DIR, "DIR", "directory where session states spill and persist across restarts"},
+    {"state-store", O_STATE_STORE, "URL", "keep sessions in Redis/Valkey, shared by replicas: redis://[user:password@]host:port[/db] (instead of --state-dir)"},
+    {"store-prefix", O_STORE_PREFIX, "PREFIX", "key prefix in the --state-store (default metastate:)"},
+    {"session-ttl", O_SESSION_TTL, "SECONDS", "sessions unused this long expire from the --state-store, 0 = never (default 0)"},
+    {"lease-ms", O_LEASE_MS, "MS", "a turn's lease on its session in the --state-store, renewed while it runs; a crashed replica's sessions are free after it (default 10000)"},
     {"pool-mb", O_POOL_MB, "N", "memory for session states in MiB; least recently used spill to --state-dir (default 1024)"},
     {"api-key", O_API_KEY, "KEY", "require 'Authorization: Bearer KEY' on every route but /health"},
+    {"metrics-port", O_METRICS_PORT, "N", "also serve /metrics (only) on port N without the API key, for scrapers (default: off)"},
     {"cors-origin", O_CORS, "ORIGIN", "allow browser requests from ORIGIN (repeatable; '*' allows any)"},
     {"parallel", O_PARALLEL, "N", "sequences generated together (default 8)"},
     {"queue", O_QUEUE, "N", "requests that may wait for a free sequence before 429 (default 64)"},
@@ -54,6 +61,7 @@ static const opt_spec specs[] = {
     {"max-sessions", O_MAX_SESSIONS, "N", "sessions indexed in memory and on disk (default 100000)"},
     {"init-state", O_INIT_STATE, "NAME=PATH", "initial state requests select with \"state\": NAME; PATH is a state-tuning file "
      "(.pth or .safetensors with blocks.{i}.att.time_state, optionally merged into a model); repeatable"},
+    {"no-ui", O_NO_UI, NULL, "do not serve the chat page at / (environment: METASTATE_NO_UI=1)"},
     {"help", O_HELP, NULL, "show this help"},
 };
 #define N_SPECS (sizeof specs / sizeof specs[0])
@@ -213,6 +221,11 @@ static int apply(srv_config *c, const opt_spec *s, const char *v)
     case O_NAME: set_str(&c->model_name, v); return 0;
     case O_HOST: set_str(&c->host, v); return 0;
     case O_STATE_DIR: set_str(&c->state_dir, v); return 0;
+    case O_STATE_STORE: set_str(&c->state_store, v); return 0;
+    case O_STORE_PREFIX: set_str(&c->store_prefix, v); return 0;
+    case O_SESSION_TTL: if (parse_long(s->name, v, 0, 1L << 31, &x)) return -1; c->session_ttl_s = x; return 0;
+    case O_LEASE_MS: if (parse_long(s->name, v, 100, 3600000, &x)) return -1; c->lease_ms = x; return 0;
+    case O_METRICS_PORT: if (parse_long(s->name, v, 0, 65535, &x)) return -1; c->metrics_port = (int)x; return 0;
     case O_API_KEY: set_str(&c->api_key, v); return 0;
     case O_CORS: return add_cors(c, v);
     case O_INIT_STATE: return add_init_states(c, v);
@@ -244,6 +257,11 @@ static int apply(srv_config *c, const opt_spec *s, const char *v)
     case O_THREADS: if (parse_long(s->name, v, 0, 1024, &x)) return -1; c->threads = (int)x; return 0;
     case O_MAX_SESSIONS: if (parse_long(s->name, v, 1, 100000000, &x)) return -1;
         c->max_sessions = (int)x; return 0;
+    case O_NO_UI: /* a switch: no value from the command line; 1/0 (true/false) from the environment */
+        if (!v || !strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes")) return c->no_ui = 1, 0;
+        if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no")) return c->no_ui = 0, 0;
+        fprintf(stderr, "metastate serve: --no-ui: expected 1 or 0, got '%s'\n", v);
+        return -1;
     case O_WEIGHTS:
         if ((c->weights = ms_weights_parse(v)) < 0) {
             fprintf(stderr, "metastate serve: --weights: expected auto, f32, bf16 or int8, got '%s'\n", v);
@@ -269,6 +287,7 @@ int srv_config_parse(srv_config *c, int argc, char **argv)
     c->idle_timeout_s = 30;
     c->prefill_chunk = 128; /* sgemm on 128 rows: 727 tok/s vs 574 at 64 (0.1B f32) */
     c->max_sessions = 100000;
+    c->lease_ms = 10000;
 
     /* Environment first, so that flags override it. */
     for (size_t i = 0; i < N_SPECS; i++) {
@@ -332,6 +351,18 @@ int srv_config_parse(srv_config *c, int argc, char **argv)
         srv_config_free(c);
         return -1;
     }
+    if (c->state_dir && c->state_store) {
+        fprintf(stderr, "metastate serve: --state-dir and --state-store both given: choose one "
+                        "(an empty METASTATE_STATE_DIR= unsets the image's default directory)\n");
+        srv_config_free(c);
+        return -1;
+    }
+    if (c->metrics_port && c->metrics_port == c->port) {
+        fprintf(stderr, "metastate serve: --metrics-port must differ from --port\n");
+        srv_config_free(c);
+        return -1;
+    }
+    if (!c->store_prefix) c->store_prefix = strdup("metastate:");
     if (!c->host) c->host = strdup("127.0.0.1");
     if (!c->model_name) {
         const char *b = strrchr(c->model_path, '/');
@@ -353,6 +384,8 @@ void srv_config_free(srv_config *c)
     free(c->model_name);
     free(c->host);
     free(c->state_dir);
+    free(c->state_store);
+    free(c->store_prefix);
     free(c->api_key);
     for (int i = 0; i < c->n_cors; i++) free(c->cors[i]);
     clear_init_states(c);

@@ -27,7 +27,12 @@ typedef struct srv_config {
     char *model_name;  /* id in /v1/models; default: model file name without extension */
     char *host;        /* default 127.0.0.1 */
     int port;          /* default 8080 */
-    char *state_dir;   /* NULL = sessions live in memory only */
+    char *state_dir;   /* NULL = sessions live in memory only (or in state_store) */
+    char *state_store; /* redis://... : sessions shared by replicas; NULL = none */
+    char *store_prefix;/* key prefix in state_store (default "metastate:") */
+    long session_ttl_s;/* expiry of unused sessions in state_store, 0 = none */
+    long lease_ms;     /* a turn's lease in state_store (default 10000) */
+    int metrics_port;  /* 0 = off; else /metrics without the API key on this port */
     size_t pool_bytes; /* --pool-mb, default 1024 MiB */
     char *api_key;     /* NULL = no auth */
     char *cors[SRV_MAX_CORS];
@@ -46,6 +51,7 @@ typedef struct srv_config {
     int max_sessions;  /* sessions kept in the index (memory + disk), default 100000 */
     srv_init_state init_states[SRV_MAX_INIT_STATES]; /* --init-state NAME=PATH, in order */
     int n_init_states;
+    int no_ui;         /* --no-ui: GET / and the page's files answer 404 */
 } srv_config;
 
 /* Parses argv (argv[0] = "serve") with env fallbacks into c (allocated

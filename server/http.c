@@ -42,11 +42,13 @@
 #include "sessions.h"
 #include "sse.h"
 #include "state_store.h"
+#include "web_ui.h"
 
 struct http_srv {
     const srv_config *cfg;
     sched *s;
     struct MHD_Daemon *d;
+    struct MHD_Daemon *md; /* --metrics-port: /metrics only, no API key */
     atomic_int draining;
     atomic_int in_flight; /* live http_req objects */
     int64_t started_at;
@@ -54,13 +56,13 @@ struct http_srv {
 
 typedef enum {
     R_NONE = 0, R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_SESSIONS,
-    R_SESSION, R_SESSION_STATE, R_PREFLIGHT
+    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI
 } route_id;
 
 static const char *route_label[] = {
     "unknown", "/health", "/metrics", "/v1/models", "/v1/models/{id}", "/v1/completions",
     "/v1/chat/completions", "/v1/sessions", "/v1/sessions/{id}", "/v1/sessions/{id}/state",
-    "OPTIONS"};
+    "OPTIONS", "ui"};
 
 typedef struct choice_buf {
     char *text;
@@ -73,11 +75,12 @@ typedef struct choice_buf {
  * the scheduler's work queue (sched_run_io), never on the polling thread,
  * which serves every connection; the connection waits suspended. */
 typedef enum { OP_NONE = 0, OP_DELETE, OP_EXPORT, OP_IMPORT } sess_op_kind;
+#define OP_FAILED (-100) /* the operation could not run (temp file, memory): 500 */
 
 typedef struct sess_op {
     sess_op_kind kind;
     int finished;  /* under the request's mu */
-    srv_status rc; /* pool_delete / pool_export / pool_import result */
+    int rc;        /* sstore_delete / _export / _import result (SSTORE_*), or OP_FAILED */
     char err[600];
     char *buf;     /* export: the safetensors bytes (malloc'd) */
     size_t len;
@@ -227,6 +230,7 @@ static void error_from_status(oa_error *e, const srv_error *err)
     case SRV_ERR_UNAVAILABLE: st = 503; break;
     case SRV_ERR_LOADING: st = 503, code = "model_loading"; break;
     case SRV_ERR_SHUTTING_DOWN: st = 503, code = "shutting_down"; break;
+    case SRV_ERR_STORE_UNAVAILABLE: st = 503, code = "store_unavailable"; break;
     }
     oa_error_set(e, st, type, NULL, code, "%s", err->msg[0] ? err->msg : srv_status_str(err->code));
 }
@@ -596,7 +600,13 @@ static enum MHD_Result do_health(http_req *r)
     if (atomic_load(&r->srv->draining))
         return send_json(r, 503, strdup("{\"status\":\"shutting_down\"}"));
     if (!sched_ready(r->srv->s)) return send_json(r, 503, strdup("{\"status\":\"loading\"}"));
-    return send_json(r, 200, strdup("{\"status\":\"ok\"}"));
+    /* A store that is down does not make the replica unhealthy: requests
+     * without a session are still served; the body says so. */
+    sstore *st = sched_store(r->srv->s);
+    char body[128];
+    snprintf(body, sizeof body, "{\"status\":\"ok\",\"store\":\"%s\",\"store_kind\":\"%s\"}",
+             sstore_up(st) ? "ok" : "unavailable", sstore_kind(st));
+    return send_json(r, 200, strdup(body));
 }
 
 static enum MHD_Result do_metrics(http_req *r)
@@ -651,23 +661,29 @@ static enum MHD_Result session_409(http_req *r)
                       "Session '%s' is in use by a running request; retry when it is done.", r->path_id);
 }
 
+static enum MHD_Result store_503(http_req *r)
+{
+    return send_error(r, 503, "server_error", NULL, "store_unavailable",
+                      "The session store is unavailable; retry shortly.");
+}
+
 /* Worker thread: the file work of r's session operation. r is referenced
  * and its connection suspended, so nothing else touches its fields. */
 static void sess_op_work(void *arg)
 {
     http_req *r = arg;
-    sess_pool *p = sched_pool(r->srv->s);
+    sstore *p = sched_store(r->srv->s);
     sess_op *op = &r->op;
     if (op->kind == OP_DELETE) {
-        op->rc = pool_delete(p, r->path_id);
+        op->rc = sstore_delete(p, r->path_id);
     } else if (op->kind == OP_EXPORT) {
         FILE *f = open_memstream(&op->buf, &op->len);
         if (!f) {
-            op->rc = SRV_ERR_NOMEM;
+            op->rc = OP_FAILED;
             snprintf(op->err, sizeof op->err, "out of memory");
             return;
         }
-        op->rc = pool_export(p, r->path_id, f, op->err, sizeof op->err);
+        op->rc = sstore_export(p, r->path_id, f, op->err, sizeof op->err);
         fclose(f);
         if (op->rc) {
             free(op->buf);
@@ -678,7 +694,7 @@ static void sess_op_work(void *arg)
         char tmpl[] = "/tmp/metastate-import-XXXXXX";
         int fd = mkstemp(tmpl);
         if (fd < 0) {
-            op->rc = SRV_ERR_IO;
+            op->rc = OP_FAILED;
             snprintf(op->err, sizeof op->err, "cannot create a temp file: %s", strerror(errno));
             return;
         }
@@ -690,9 +706,9 @@ static void sess_op_work(void *arg)
         }
         close(fd);
         if (off == r->body_len) {
-            op->rc = pool_import(p, r->path_id, tmpl, op->err, sizeof op->err);
+            op->rc = sstore_import(p, r->path_id, tmpl, op->err, sizeof op->err);
         } else {
-            op->rc = SRV_ERR_IO;
+            op->rc = OP_FAILED;
             snprintf(op->err, sizeof op->err, "cannot write a temp file");
         }
         unlink(tmpl);
@@ -741,12 +757,14 @@ static enum MHD_Result finish_sess_op(http_req *r)
     }
     pthread_mutex_unlock(&r->mu);
     sess_op *op = &r->op;
-    if (op->rc == SRV_ERR_NOT_FOUND) return session_404(r);
-    if (op->rc == SRV_ERR_BUSY) return session_409(r);
+    if (op->rc == SSTORE_DOWN) return store_503(r);
+    if (op->rc == SSTORE_UNKNOWN) return session_404(r);
+    if (op->rc == SSTORE_BUSY) return session_409(r);
+    if (op->rc == OP_FAILED) return send_error(r, 500, "server_error", NULL, NULL, "%s", op->err);
     if (op->kind == OP_DELETE)
         return send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));
     if (op->kind == OP_EXPORT) {
-        if (op->rc != SRV_OK)
+        if (op->rc != SSTORE_OK)
             return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", op->err);
         char disp[256];
         snprintf(disp, sizeof disp, "attachment; filename=\"%s.safetensors\"", r->path_id);
@@ -762,27 +780,27 @@ static enum MHD_Result finish_sess_op(http_req *r)
         MHD_destroy_response(resp);
         return ok;
     }
-    if (op->rc == SRV_ERR_INVALID)
+    if (op->rc != SSTORE_OK)
         return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", op->err);
-    if (op->rc != SRV_OK) {
-        srv_error why = {op->rc, ""};
-        snprintf(why.msg, sizeof why.msg, "%.500s", op->err);
-        return send_status(r, &why);
-    }
-    char *t = pool_info_json(sched_pool(r->srv->s), r->path_id);
-    return t ? send_json(r, 200, t) : session_404(r);
+    int src = SSTORE_OK;
+    char *t = sstore_info_json(sched_store(r->srv->s), r->path_id, &src);
+    return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
 }
 
 static enum MHD_Result do_sessions(http_req *r, const char *method)
 {
     enum MHD_Result out;
     if (!need_ready(r, &out)) return out;
-    sess_pool *p = sched_pool(r->srv->s);
-    if (r->route == R_SESSIONS) return send_json(r, 200, pool_list_json(p));
+    sstore *p = sched_store(r->srv->s);
+    int src = SSTORE_OK;
+    if (r->route == R_SESSIONS) {
+        char *t = sstore_list_json(p, &src);
+        return t ? send_json(r, 200, t) : store_503(r);
+    }
     if (r->route == R_SESSION) {
         if (!strcmp(method, "GET")) {
-            char *t = pool_info_json(p, r->path_id);
-            return t ? send_json(r, 200, t) : session_404(r);
+            char *t = sstore_info_json(p, r->path_id, &src);
+            return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
         }
         return start_sess_op(r, OP_DELETE);
     }
@@ -927,6 +945,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         *con_cls = r;
         const char *allow = NULL;
         r->route = route_of(url, r->path_id, sizeof r->path_id, &allow);
+        if (r->route == R_NONE && !h->cfg->no_ui && web_ui_find(url)) r->route = R_UI, allow = "GET, HEAD";
         r->allow = allow;
         r->origin = cors_origin(h->cfg, conn);
         r->body_limit = h->cfg->max_body;
@@ -947,7 +966,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                             "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
             return ok;
         }
-        if (r->route != R_HEALTH && !authorized(h->cfg, conn))
+        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
             return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
                               "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
@@ -984,6 +1003,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                           "Request body exceeds the limit of %zu bytes.", r->body_limit);
     switch (r->route) {
     case R_HEALTH: return do_health(r);
+    case R_UI: return web_ui_respond(conn, web_ui_find(url), &r->status);
     case R_METRICS: return do_metrics(r);
     case R_MODELS: return do_models(r);
     case R_MODEL: return do_model(r);
@@ -1017,6 +1037,40 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 /* ======================================================================== */
 /* Server lifetime                                                           */
 /* ======================================================================== */
+
+/* The --metrics-port listener: GET /metrics without the API key, for
+ * scrapers that cannot send one (Prometheus annotation scraping); nothing
+ * else is served there, so that port can stay inside the cluster. */
+static enum MHD_Result metrics_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                       const char *method, const char *version,
+                                       const char *upload_data, size_t *upload_data_size,
+                                       void **con_cls)
+{
+    static int headers_seen;
+    if (!*con_cls) {
+        *con_cls = &headers_seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    int ok = !strcmp(url, "/metrics") && (!strcmp(method, "GET") || !strcmp(method, "HEAD"));
+    size_t n = 0;
+    char *t = ok ? metrics_render(&n) : strdup("only GET /metrics is served on this port\n");
+    if (!t) return MHD_NO;
+    if (!ok) n = strlen(t);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, t, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(t);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type",
+                            ok ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8");
+    enum MHD_Result rc = MHD_queue_response(conn, ok ? 200 : 404, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
 
 http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
 {
@@ -1052,6 +1106,23 @@ http_srv *http_start(const srv_config *cfg, sched *s, char *err, size_t errcap)
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_END);
+    if (h->d && cfg->metrics_port) {
+        ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)cfg->metrics_port); /* same offset in sockaddr_in6 */
+        h->md = MHD_start_daemon(flags & ~(unsigned)MHD_ALLOW_SUSPEND_RESUME, (uint16_t)cfg->metrics_port,
+                                 NULL, NULL, metrics_handler, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        if (!h->md) {
+            MHD_stop_daemon(h->d);
+            h->d = NULL;
+            freeaddrinfo(ai);
+            snprintf(err, errcap, "cannot listen on %s:%d for --metrics-port (address in use or "
+                     "not available)", cfg->host, cfg->metrics_port);
+            free(h);
+            return NULL;
+        }
+    }
     freeaddrinfo(ai);
     if (!h->d) {
         snprintf(err, errcap, "cannot listen on %s:%d (address in use or not available)", cfg->host,
@@ -1082,6 +1153,7 @@ int http_wait_idle(http_srv *h, double timeout_s)
 void http_stop(http_srv *h)
 {
     if (!h) return;
+    if (h->md) MHD_stop_daemon(h->md);
     MHD_stop_daemon(h->d);
     free(h);
 }

@@ -43,6 +43,7 @@ static const char *hist_name[MET_H_COUNT][2] = {
     {"metastate_time_to_first_token_seconds", "Time from admission to the first generated token."},
     {"metastate_queue_wait_seconds", "Time a request waited for a free sequence slot."},
     {"metastate_step_seconds", "Duration of one scheduler step of a generating sequence (one token)."},
+    {"metastate_store_operation_seconds", "Duration of one operation on the session store (--state-store)."},
 };
 static const char *counter_name[MET_C_COUNT][2] = {
     {"metastate_prompt_tokens_total", "Prompt tokens of finished requests (cached ones included)."},
@@ -56,6 +57,10 @@ static const char *counter_name[MET_C_COUNT][2] = {
     {"metastate_cancelled_total", "Requests whose client disconnected before the end."},
     {"metastate_session_hits_total", "Session requests whose prompt continued the session."},
     {"metastate_session_misses_total", "Session requests that restarted the session from the zero state."},
+    {"metastate_store_hits_total", "Session turns served from the in-memory copy (the store held the same version)."},
+    {"metastate_store_misses_total", "Session turns that loaded the state from the store (no or an older copy in memory)."},
+    {"metastate_store_lease_waits_total", "Times a session turn found the session's lease held (by this or another replica) and waited."},
+    {"metastate_store_errors_total", "Session store operations that failed (store unreachable or answering errors)."},
 };
 static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_sessions_in_memory", "Sessions whose state is in the memory pool."},
@@ -66,6 +71,7 @@ static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_active_sequences", "Requests being processed (prompt or generation)."},
     {"metastate_slots", "Sequence slots (--parallel)."},
     {"metastate_model_loaded", "1 once the model is loaded and the server answers requests."},
+    {"metastate_store_up", "1 when the session store (--state-store) answered its last operation, 0 when not; 1 without one."},
 };
 
 void metrics_init(void)

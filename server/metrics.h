@@ -14,6 +14,7 @@ typedef enum {
     MET_H_TTFT,        /* admission to first generated token, seconds */
     MET_H_QUEUE,       /* time waiting for a slot, seconds */
     MET_H_TOKEN,       /* one scheduler iteration of a generating sequence, seconds */
+    MET_H_STORE,       /* one operation on the shared session store (Redis), seconds */
     MET_H_COUNT
 } met_hist;
 
@@ -21,12 +22,13 @@ typedef enum {
     MET_C_PROMPT_TOKENS = 0, MET_C_CACHED_TOKENS, MET_C_COMPLETION_TOKENS,
     MET_C_EVICTIONS, MET_C_SPILLS, MET_C_RESTORES, MET_C_STATE_ERRORS, MET_C_REJECTED_429,
     MET_C_CANCELLED, MET_C_SESSION_HITS, MET_C_SESSION_MISSES,
+    MET_C_STORE_HITS, MET_C_STORE_MISSES, MET_C_LEASE_WAITS, MET_C_STORE_ERRORS,
     MET_C_COUNT
 } met_counter;
 
 typedef enum {
     MET_G_SESSIONS_MEM = 0, MET_G_SESSIONS_DISK, MET_G_POOL_BYTES, MET_G_POOL_LIMIT,
-    MET_G_QUEUE, MET_G_ACTIVE, MET_G_SLOTS, MET_G_LOADED,
+    MET_G_QUEUE, MET_G_ACTIVE, MET_G_SLOTS, MET_G_LOADED, MET_G_STORE_UP,
     MET_G_COUNT
 } met_gauge;
 

@@ -50,6 +50,7 @@
 #include "session_io.h"
 #include "sse.h"
 #include "state_store.h"
+#include "store.h"
 
 /* A slot's life, one job at a time (every transition on the scheduler
  * thread):
@@ -63,13 +64,29 @@
  *   GENERATE -> PREFILL   a choice ended and the next prompt starts
  *   any -> FREE       the job ended (finish_job: done, error, cancelled)
  *
+ * With a shared store (--state-store) a session's turn is bracketed by its
+ * lease in the store, taken and released on the worker pool:
+ *   FREE -> LEASING   admitted; taking the lease, loading a newer stored state
+ *   LEASING -> PREFILL  lease held, memory holds the stored version
+ *   LEASING -> FREE   the lease is held elsewhere: the job goes back to the
+ *                     queue and tries again shortly (until its deadline)
+ *   any -> SAVING -> FREE  the job ended: the session is stored under a new
+ *                     version and the lease released before the client hears
+ *                     back, so its next turn, on any replica, continues it
+ *
  * Only PREFILL and GENERATE slots need the loop's idle callback. */
 typedef enum slot_state {
     SLOT_FREE = 0,
     SLOT_LOADING,
     SLOT_PREFILL,
-    SLOT_GENERATE
+    SLOT_GENERATE,
+    SLOT_LEASING,
+    SLOT_SAVING
 } slot_state;
+
+/* How long a job whose session's lease is held elsewhere waits before it
+ * tries again (the tick also bounds it). */
+#define LEASE_RETRY_S 0.02
 
 #define TICK_MS 50
 
@@ -107,6 +124,11 @@ typedef struct slot {
     uint64_t seed;
     double t_admit;
     sched_result res;
+    /* shared store: this job's turn */
+    sstore_turn turn;
+    int started;        /* the job ran (its session may have changed): store it */
+    int renewing;       /* a lease renewal is in flight */
+    double t_renew;
 } slot;
 
 struct sched {
@@ -117,6 +139,10 @@ struct sched {
     int32_t V;        /* rt.V */
     sess_pool *pool;
     sess_io *io;      /* the pool's disk I/O on the worker pool */
+    sstore *store;    /* where sessions live beyond the pool */
+    int shared;       /* store is shared (redis): turns hold leases */
+    int pinging;
+    double t_ping;
 
     pthread_t thread;
     int thread_started;
@@ -126,7 +152,6 @@ struct sched {
     uv_timer_t tick;
     int idle_on, closing;
     struct sched_io *io_inbox; /* sched_run_io requests not yet queued (under mu) */
-    int io_running;            /* queued on the work queue, not yet done (loop thread) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -186,16 +211,15 @@ static void restore_bias(sched *s, slot *sl)
     if (sl->pol.ban_end_of_text) rt_sampler_unbias(&s->rt, sl->sampler, 0);
 }
 
+static int store_op_queue(sched *s, slot *sl, int kind);
+static void complete_job(sched *s, slot *sl);
+
 /* Ends the slot's job (SRV_OK = success, else why it failed, msg saying
- * more) and frees the slot. */
+ * more) and frees the slot; with a shared store after storing the session
+ * (SAVING), so the client hears back once its turn is stored. */
 static void finish_job(sched *s, slot *sl, srv_status why, const char *msg)
 {
-    sched_job *j = sl->job;
     restore_bias(s, sl);
-    if (sl->sess) {
-        pool_release(s->pool, sl->sess);
-        sl->sess = NULL;
-    }
     sse_stop_free(sl->stop);
     sl->stop = NULL;
     if (why != SRV_OK) srv_fail(&sl->res.err, why, "%s", msg);
@@ -204,6 +228,25 @@ static void finish_job(sched *s, slot *sl, srv_status why, const char *msg)
         metrics_add(MET_C_PROMPT_TOKENS, (uint64_t)sl->res.usage.prompt_tokens);
         metrics_add(MET_C_CACHED_TOKENS, (uint64_t)sl->res.usage.cached_tokens);
         metrics_add(MET_C_COMPLETION_TOKENS, (uint64_t)sl->res.usage.completion_tokens);
+    }
+    if (sl->sess && sl->turn.held) {
+        sl->state = SLOT_SAVING;
+        if (store_op_queue(s, sl, sl->started ? 1 : 2) == 0) return;
+        /* Not queued: the lease runs out by itself; memory is not trusted. */
+        sl->sess->store_ver[0] = 0;
+        sl->turn.held = 0;
+    }
+    complete_job(s, sl);
+}
+
+/* The second half of finish_job: the session back to the pool, the slot
+ * free, the client told. */
+static void complete_job(sched *s, slot *sl)
+{
+    sched_job *j = sl->job;
+    if (sl->sess) {
+        pool_release(s->pool, sl->sess);
+        sl->sess = NULL;
     }
     sl->state = SLOT_FREE;
     sl->job = NULL;
@@ -376,6 +419,7 @@ static void start_job(sched *s, slot *sl, sched_job *j)
         finish_job(s, sl, SRV_ERR_INVALID, "unknown initial state");
         return;
     }
+    sl->started = 1;
     j->sink->started(j->ud);
     begin_choice(s, sl, 0, 0);
 }
@@ -586,6 +630,151 @@ static void session_loaded(void *arg, session *se, const srv_error *err)
         start_job(s, sl, j);
 }
 
+/* ----- the shared store: lease, load, save, renew on the worker pool ----- */
+
+enum { OP_BEGIN = 0, OP_END = 1, OP_ABORT = 2, OP_RENEW = 3, OP_PING = 4 };
+
+typedef struct store_op {
+    sched *s;
+    slot *sl;
+    session *se;
+    int kind, rc;
+    char id[132];
+    sstore_turn turn; /* renew: a copy (the slot may move on meanwhile) */
+    char note[512], err[512];
+} store_op;
+
+static void store_op_work(void *arg)
+{
+    store_op *o = arg;
+    sstore *st = o->s->store;
+    switch (o->kind) {
+    case OP_BEGIN:
+        o->rc = sstore_turn_begin(st, o->se, &o->sl->turn, o->note, sizeof o->note, o->err, sizeof o->err);
+        break;
+    case OP_END: o->rc = sstore_turn_end(st, o->se, &o->sl->turn, o->err, sizeof o->err); break;
+    case OP_ABORT: sstore_turn_abort(st, o->se->id, &o->sl->turn); break;
+    case OP_RENEW: o->rc = sstore_turn_renew(st, o->id, &o->turn, o->err, sizeof o->err); break;
+    case OP_PING: o->rc = sstore_ping(st); break;
+    }
+}
+
+/* The lease is held elsewhere: the job goes back to the front of the queue
+ * (it keeps its place) and tries again after LEASE_RETRY_S. */
+static void requeue(sched *s, slot *sl)
+{
+    sched_job *j = sl->job;
+    pool_release(s->pool, sl->sess);
+    sl->sess = NULL;
+    sl->job = NULL;
+    sl->state = SLOT_FREE;
+    j->retry_at = sched_now() + LEASE_RETRY_S;
+    j->next = s->pend_head;
+    s->pend_head = j;
+    if (!s->pend_tail) s->pend_tail = j;
+    pthread_mutex_lock(&s->mu);
+    s->n_running--;
+    s->n_queued++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void store_op_after(void *arg)
+{
+    store_op *o = arg;
+    sched *s = o->s;
+    slot *sl = o->sl;
+    switch (o->kind) {
+    case OP_BEGIN: {
+        sched_job *j = sl->job;
+        if (o->rc == SSTORE_BUSY) {
+            requeue(s, sl);
+            break;
+        }
+        if (o->rc != SSTORE_OK) {
+            if (o->rc == SSTORE_DOWN)
+                fprintf(stderr, "metastate serve: session %s: %s\n", o->se->id, o->err);
+            finish_job(s, sl, o->rc == SSTORE_DOWN ? SRV_ERR_STORE_UNAVAILABLE : SRV_ERR_NOMEM,
+                       o->rc == SSTORE_DOWN ? "The session store is unavailable; retry shortly."
+                                            : o->err);
+            break;
+        }
+        if (o->note[0]) {
+            fprintf(stderr, "metastate serve: session %s: stored state rejected, the session "
+                            "restarts: %s\n", o->se->id, o->note);
+            snprintf(sl->res.session_note, sizeof sl->res.session_note,
+                     "stored state rejected, session restarted: %s", o->note);
+        }
+        sl->t_renew = sched_now();
+        sl->renewing = 0;
+        if (atomic_load(&s->cancel_all) || !j->sink->alive(j->ud))
+            finish_job(s, sl, SRV_ERR_CANCELLED, "client disconnected");
+        else
+            start_job(s, sl, j);
+        break;
+    }
+    case OP_END:
+        if (o->rc != SSTORE_OK)
+            fprintf(stderr, "metastate serve: session %s: the turn was not stored: %s\n", o->se->id, o->err);
+        /* fall through */
+    case OP_ABORT:
+        complete_job(s, sl);
+        break;
+    case OP_RENEW:
+        if (sl->turn.held && !strcmp(sl->turn.tok, o->turn.tok)) {
+            sl->renewing = 0;
+            if (o->rc != SSTORE_OK)
+                fprintf(stderr, "metastate serve: session %s: renewing the lease failed (%s)\n",
+                        o->id, o->rc == SSTORE_BUSY ? "lost to another turn" : o->err);
+        }
+        break;
+    case OP_PING:
+        s->pinging = 0;
+        break;
+    }
+    free(o);
+}
+
+/* Queues store work of kind for slot sl (OP_BEGIN/END/ABORT: its session;
+ * OP_RENEW: a copy of its lease; OP_PING: sl NULL). 0 queued, -1 not. */
+static int store_op_queue(sched *s, slot *sl, int kind)
+{
+    store_op *o = calloc(1, sizeof *o);
+    if (!o) return -1;
+    o->s = s;
+    o->sl = sl;
+    o->kind = kind;
+    if (sl) {
+        o->se = sl->sess;
+        snprintf(o->id, sizeof o->id, "%s", sl->sess ? sl->sess->id : "");
+        o->turn = sl->turn;
+    }
+    srv_error e;
+    if (sio_call(s->io, store_op_work, store_op_after, o, &e) != SRV_OK) {
+        free(o);
+        return -1;
+    }
+    return 0;
+}
+
+/* Keeps running turns' leases alive (every third of the lease) and the
+ * store's health fresh (a ping a second while idle). */
+static void store_tick(sched *s)
+{
+    if (!s->shared) return;
+    double now = sched_now(), every = (double)sstore_lease_ms(s->store) / 3000.0;
+    for (int i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (!sl->turn.held || sl->renewing || now - sl->t_renew < every) continue;
+        if (sl->state != SLOT_PREFILL && sl->state != SLOT_GENERATE) continue;
+        sl->t_renew = now;
+        if (store_op_queue(s, sl, OP_RENEW) == 0) sl->renewing = 1;
+    }
+    if (!s->pinging && now - s->t_ping >= 1.0 && !atomic_load(&s->stopping)) {
+        s->t_ping = now;
+        if (store_op_queue(s, NULL, OP_PING) == 0) s->pinging = 1;
+    }
+}
+
 static slot *free_slot(sched *s)
 {
     for (int i = 0; i < s->n_slots; i++)
@@ -612,6 +801,11 @@ static void admit(sched *s)
         sched_job *next = j->next;
         int gone = atomic_load(&s->cancel_all) || !j->sink->alive(j->ud);
         int late = now > j->deadline;
+        if (!gone && !late && j->retry_at > now) { /* its lease was held elsewhere a moment ago */
+            prev = j;
+            j = next;
+            continue;
+        }
         slot *sl = gone || late ? NULL : free_slot(s);
         if (!gone && !late && !sl) { /* keep waiting; later jobs are still checked */
             prev = j;
@@ -651,7 +845,13 @@ static void admit(sched *s)
             memset(&sl->res, 0, sizeof sl->res);
             sl->sess = se;
             sl->job = j;
-            if (rc == POOL_NEEDS_LOAD) {
+            sl->started = 0;
+            sl->turn.held = 0;
+            if (se && s->shared) {
+                sl->state = SLOT_LEASING;
+                if (store_op_queue(s, sl, OP_BEGIN))
+                    finish_job(s, sl, SRV_ERR_NOMEM, "out of memory queueing the session's lease");
+            } else if (rc == POOL_NEEDS_LOAD) {
                 srv_error e;
                 sl->state = SLOT_LOADING;
                 if (sio_load(s->io, se, session_loaded, sl, &e) != SRV_OK)
@@ -716,7 +916,7 @@ static void close_cb(uv_handle_t *h) { (void)h; }
 /* Closes the loop's handles once stopping and nothing is left to do. */
 static void maybe_close(sched *s)
 {
-    if (!atomic_load(&s->stopping) || s->closing || sio_pending(s->io) || s->io_running) return;
+    if (!atomic_load(&s->stopping) || s->closing || sio_pending(s->io)) return;
     pthread_mutex_lock(&s->mu);
     int io_waiting = s->io_inbox != NULL;
     pthread_mutex_unlock(&s->mu);
@@ -735,30 +935,14 @@ static void maybe_close(sched *s)
 /* Other threads' file work on the loop's work queue                         */
 /* ======================================================================== */
 
+/* A request of another thread, waiting in the inbox for the loop thread to
+ * hand it to the work queue (sio_call; libuv's queue is not thread-safe). */
 typedef struct sched_io {
-    uv_work_t w;
-    sched *s;
     void (*work)(void *arg);
     void (*done)(void *arg);
     void *arg;
     struct sched_io *next;
 } sched_io;
-
-static void run_io_work(uv_work_t *w)
-{
-    sched_io *x = w->data;
-    x->work(x->arg);
-}
-
-static void run_io_after(uv_work_t *w, int status)
-{
-    sched_io *x = w->data;
-    sched *s = x->s;
-    s->io_running--;
-    x->done(x->arg);
-    free(x);
-    maybe_close(s);
-}
 
 /* Moves sched_run_io requests from the inbox onto the work queue. */
 static void queue_io(sched *s)
@@ -775,14 +959,12 @@ static void queue_io(sched *s)
     }
     while (x) {
         sched_io *next = x->next;
-        x->w.data = x;
-        if (uv_queue_work(&s->loop, &x->w, run_io_work, run_io_after)) {
-            x->work(x->arg); /* cannot happen on a live loop; never lose the request */
+        srv_error e;
+        if (!s->io || sio_call(s->io, x->work, x->done, x->arg, &e) != SRV_OK) {
+            x->work(x->arg); /* never lose the request: run it here instead */
             x->done(x->arg);
-            free(x);
-        } else {
-            s->io_running++;
         }
+        free(x);
         x = next;
     }
 }
@@ -792,7 +974,6 @@ srv_status sched_run_io(sched *s, void (*work)(void *arg), void (*done)(void *ar
     if (atomic_load(&s->stopping)) return SRV_ERR_SHUTTING_DOWN;
     sched_io *x = calloc(1, sizeof *x);
     if (!x) return SRV_ERR_NOMEM;
-    x->s = s;
     x->work = work;
     x->done = done;
     x->arg = arg;
@@ -818,6 +999,7 @@ static void wake_cb(uv_async_t *h)
 static void tick_cb(uv_timer_t *h)
 {
     sched *s = h->data;
+    store_tick(s);
     admit(s);
     update_idle(s);
     maybe_close(s);
@@ -878,6 +1060,15 @@ static int load_all(sched *s, char *msg, size_t cap)
         return -1;
     }
     char err[512];
+    s->store = sstore_new(c, s->pool, s->rt.model, s->rt.init_names, s->rt.n_init, err, sizeof err);
+    if (!s->store) {
+        snprintf(msg, cap, "%s", err);
+        return -1;
+    }
+    s->shared = sstore_shared(s->store);
+    if (s->shared)
+        fprintf(stderr, "metastate serve: sessions in the state store %s (lease %ld ms)\n",
+                c->state_store, sstore_lease_ms(s->store));
     int n = pool_scan(s->pool, err, sizeof err);
     if (n < 0) {
         snprintf(msg, cap, "%s", err);
@@ -959,6 +1150,7 @@ sched *sched_start(const srv_config *cfg, void (*on_fatal)(void *, const char *)
 int sched_ready(const sched *s) { return atomic_load(&s->ready); }
 sess_pool *sched_pool(sched *s) { return s->pool; }
 const ms_model *sched_model(const sched *s) { return s->rt.model; }
+sstore *sched_store(sched *s) { return s->store; }
 
 srv_status sched_submit(sched *s, sched_job *j)
 {
@@ -971,6 +1163,7 @@ srv_status sched_submit(sched *s, sched_job *j)
         return SRV_ERR_QUEUE_FULL;
     }
     j->next = NULL;
+    j->retry_at = 0;
     if (s->inbox_tail) s->inbox_tail->next = j;
     else s->inbox_head = j;
     s->inbox_tail = j;
@@ -1027,6 +1220,7 @@ void sched_stop(sched *s)
     free(s->feed_tok);
     free(s->feed_logits);
     sio_free(s->io);
+    sstore_free(s->store);
     pool_free(s->pool);
     rt_free(&s->rt);
     pthread_cond_destroy(&s->cv);

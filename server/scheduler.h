@@ -22,6 +22,7 @@
 #include "openai.h"
 #include "sessions.h"
 #include "status.h"
+#include "store.h"
 
 typedef struct sched sched;
 
@@ -59,6 +60,7 @@ typedef struct sched_job {
     void *ud;
     /* Scheduler-private. */
     struct sched_job *next;
+    double retry_at;         /* its session's lease was taken elsewhere: try again then */
 } sched_job;
 
 /* Starts the scheduler thread, which loads the model and tokenizer (cfg must
@@ -85,6 +87,8 @@ void sched_stop(sched *s);
 /* For the HTTP side once sched_ready: the pool (thread-safe) and the model. */
 sess_pool *sched_pool(sched *s);
 const ms_model *sched_model(const sched *s);
+/* The session store (memory, directory or redis), for the HTTP side. */
+sstore *sched_store(sched *s);
 /* Seconds since an arbitrary start (CLOCK_MONOTONIC). */
 double sched_now(void);
 

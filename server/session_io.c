@@ -16,7 +16,7 @@ struct sess_io {
     int pending;
 };
 
-typedef enum { IO_SPILL, IO_PERSIST, IO_LOAD } io_kind;
+typedef enum { IO_SPILL, IO_PERSIST, IO_LOAD, IO_CALL } io_kind;
 
 typedef struct io_work {
     uv_work_t w;
@@ -24,6 +24,7 @@ typedef struct io_work {
     io_kind kind;
     session *se;
     sio_loaded_fn done; /* load only */
+    void (*work)(void *arg), (*after)(void *arg); /* call only */
     void *arg;
     int rc;             /* pool_spill_io result */
     srv_status load;    /* pool_load_io result */
@@ -48,7 +49,8 @@ int sio_pending(const sess_io *io) { return io ? io->pending : 0; }
 static void work_cb(uv_work_t *w)
 {
     io_work *x = w->data;
-    if (x->kind == IO_LOAD) x->load = pool_load_io(x->io->pool, x->se, x->err, sizeof x->err);
+    if (x->kind == IO_CALL) x->work(x->arg);
+    else if (x->kind == IO_LOAD) x->load = pool_load_io(x->io->pool, x->se, x->err, sizeof x->err);
     else x->rc = pool_spill_io(x->io->pool, x->se, x->err, sizeof x->err);
 }
 
@@ -58,6 +60,9 @@ static void after_cb(uv_work_t *w, int status)
     sess_io *io = x->io;
     io->pending--;
     switch (x->kind) {
+    case IO_CALL:
+        x->after(x->arg);
+        break;
     case IO_SPILL:
         if (x->rc)
             fprintf(stderr, "metastate serve: spilling session %s failed: %s\n", x->se->id, x->err);
@@ -118,6 +123,25 @@ void sio_kick(sess_io *io)
             pool_spill_done(io->pool, se, 0);
             return;
         }
+}
+
+srv_status sio_call(sess_io *io, void (*work)(void *arg), void (*after)(void *arg), void *arg,
+                    srv_error *err)
+{
+    io_work *x = calloc(1, sizeof *x);
+    if (!x) return srv_fail(err, SRV_ERR_NOMEM, "out of memory queueing store work");
+    x->io = io;
+    x->kind = IO_CALL;
+    x->work = work;
+    x->after = after;
+    x->arg = arg;
+    x->w.data = x;
+    if (uv_queue_work(io->loop, &x->w, work_cb, after_cb)) {
+        free(x);
+        return srv_fail(err, SRV_ERR_UNAVAILABLE, "cannot queue store work");
+    }
+    io->pending++;
+    return SRV_OK;
 }
 
 srv_status sio_load(sess_io *io, session *se, sio_loaded_fn done, void *arg, srv_error *err)

@@ -34,6 +34,12 @@ void sio_kick(sess_io *io);
 /* Reads leased session se from its file; done(arg, se, err) follows on the
  * loop thread. SRV_OK when queued; else done is never called. */
 srv_status sio_load(sess_io *io, session *se, sio_loaded_fn done, void *arg, srv_error *err);
+/* Runs work(arg) on a worker thread, then after(arg) on the loop thread
+ * (then wake). For other blocking calls whose completion must hold the
+ * loop open (the shared session store's leases and saves). SRV_OK when
+ * queued; else neither runs. */
+srv_status sio_call(sess_io *io, void (*work)(void *arg), void (*after)(void *arg), void *arg,
+                    srv_error *err);
 /* Work queued and not yet completed (the loop must not close before 0). */
 int sio_pending(const sess_io *io);
 

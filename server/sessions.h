@@ -48,6 +48,7 @@ typedef struct session {
     size_t info_tokens; /* n_tokens at last release (what GET shows while leased) */
     int64_t file_stamp; /* mtime (ns) of the file when we last wrote or read it; 0 unknown */
     double created, updated;
+    char store_ver[33];   /* --state-store: the stored version memory holds ("" none); store.c */
     struct session *next; /* hash chain */
     /* LRU lists (most recent first): [0] every session, [1] those in memory */
     struct session *lru_prev[2], *lru_next[2];

@@ -22,6 +22,7 @@ const char *srv_status_str(srv_status s)
     case SRV_ERR_UNAVAILABLE: return "temporarily unavailable";
     case SRV_ERR_LOADING: return "model loading";
     case SRV_ERR_SHUTTING_DOWN: return "shutting down";
+    case SRV_ERR_STORE_UNAVAILABLE: return "session store unavailable";
     }
     return "unknown status";
 }

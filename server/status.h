@@ -25,7 +25,8 @@ typedef enum srv_status {
     SRV_ERR_QUEUE_FULL,    /* every slot and the queue are taken */
     SRV_ERR_UNAVAILABLE,   /* temporarily cannot serve (resources); retry later */
     SRV_ERR_LOADING,       /* the model is still loading */
-    SRV_ERR_SHUTTING_DOWN  /* draining: no new requests */
+    SRV_ERR_SHUTTING_DOWN, /* draining: no new requests */
+    SRV_ERR_STORE_UNAVAILABLE /* the session store (--state-store) cannot be reached */
 } srv_status;
 
 typedef struct srv_error {

@@ -53,6 +53,10 @@ run_suite() { # $1 = label, $2 = dir with metastate and unit-tests
     if compgen -G "$here/server/*.test.mjs" >/dev/null; then
         run_node_suite "server tests ($label)" "$here/server" "$bin" "$here"/server/*.test.mjs
     fi
+    # The chat page in Debian's chromium (puppeteer-core); its server helpers come from server/lib.
+    if compgen -G "$here/web/*.test.mjs" >/dev/null; then
+        run_node_suite "browser tests ($label)" "$here/web" "$bin" "$here"/web/*.test.mjs
+    fi
 }
 
 # The reference checks (tools/reference, PyTorch): the reference against

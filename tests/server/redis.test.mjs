@@ -1,0 +1,265 @@
+// Sessions in Redis (--state-store): a real redis-server (Debian's) on a free
+// loopback port, started here in a temporary directory, and two `metastate
+// serve` replicas on it. Any replica serves any turn; one turn at a time per
+// session across replicas (a lease in Redis); a replica killed mid-turn frees
+// its sessions when its lease expires; an unreachable store is a clear 503
+// for session requests only; corrupt and foreign values restart the session.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import net from 'node:net';
+import { startServer, client, api, metrics, tmpDir, tinyModel, asciiBias, MODEL_NAME, sleep, SLOW }
+  from './lib/server.mjs';
+
+const LEASE_MS = 1500;
+const dir = tmpDir('redis');
+let redis = null;
+let redisPort = 0;
+const servers = [];
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+/** Starts redis-server on redisPort (append-only file in dir, so a restart keeps the data). */
+async function startRedis() {
+  const proc = spawn('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1',
+    '--dir', dir, '--save', '', '--appendonly', 'yes', '--appendfsync', 'always'],
+  { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  proc.stderr.on('data', (d) => { err += d; });
+  const exited = new Promise((r) => proc.on('exit', r));
+  for (let i = 0; i < 200; i++) {
+    try { if (cli('PING').trim() === 'PONG') return { proc, exited }; } catch {}
+    await sleep(25);
+  }
+  proc.kill('SIGKILL');
+  throw new Error(`redis-server did not start (is Debian's redis-server installed?): ${err}`);
+}
+
+async function stopRedis() {
+  if (!redis) return;
+  redis.proc.kill('SIGTERM');
+  await redis.exited;
+  redis = null;
+}
+
+/** redis-cli against the test's redis (args as an array; stdin optional). */
+function cli(...args) {
+  return execFileSync('redis-cli', ['-p', String(redisPort), ...args], { encoding: 'utf8', timeout: 10000 });
+}
+
+const storeUrl = () => `redis://127.0.0.1:${redisPort}/0`;
+const replicaArgs = () => ['--state-store', storeUrl(), '--lease-ms', String(LEASE_MS * SLOW)];
+
+before(async () => {
+  redisPort = await freePort();
+  redis = await startRedis();
+});
+
+after(async () => {
+  for (const s of servers) s.stop('SIGKILL');
+  await stopRedis();
+});
+
+async function replica(extra = []) {
+  const s = await startServer({ args: [...replicaArgs(), ...extra] });
+  servers.push(s);
+  return s;
+}
+
+async function chat(srv, messages, sid, extra = {}) {
+  const body = { model: MODEL_NAME, messages, max_tokens: 6, temperature: 0, logit_bias: asciiBias(), ...extra };
+  if (sid) body.session_id = sid;
+  return api(srv, 'POST', '/v1/chat/completions', body);
+}
+
+const QUESTIONS = ['Hello there', 'What is up', 'Tell me more', 'Why so', 'And then',
+  'Really now', 'Go on', 'Is that all', 'One more', 'Last one'];
+
+test('two replicas on one redis: a 10-turn chat alternating at random equals one server, every later turn cached', async () => {
+  const a = await replica(), b = await replica();
+  const one = await startServer(); // one server, sessions in memory: the reference
+  servers.push(one);
+  // A fixed pseudo-random order that visits both replicas (seeded: reproducible).
+  let seed = 12345;
+  const pick = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed & 1024 ? a : b; };
+  let msgs = [], ref = [];
+  const seen = new Set();
+  for (let i = 0; i < QUESTIONS.length; i++) {
+    const srv = i === 1 ? (seen.has(a) ? b : a) : pick(); // the second turn always switches
+    seen.add(srv);
+    msgs.push({ role: 'user', content: QUESTIONS[i] });
+    ref.push({ role: 'user', content: QUESTIONS[i] });
+    const r = await chat(srv, msgs, 'chat10');
+    const o = await chat(one, ref, 'chat10');
+    assert.equal(r.status, 200, r.text);
+    assert.equal(o.status, 200, o.text);
+    const text = r.json.choices[0].message.content;
+    assert.equal(text, o.json.choices[0].message.content, `turn ${i + 1}`);
+    const cached = r.json.usage.prompt_tokens_details.cached_tokens;
+    if (i === 0) assert.equal(cached, 0);
+    else assert.ok(cached > 0, `turn ${i + 1} on ${srv === a ? 'A' : 'B'}: cached_tokens ${cached}`);
+    assert.equal(cached, o.json.usage.prompt_tokens_details.cached_tokens, `turn ${i + 1} cached`);
+    msgs.push({ role: 'assistant', content: text });
+    ref.push({ role: 'assistant', content: o.json.choices[0].message.content });
+  }
+  assert.ok(seen.has(a) && seen.has(b));
+  // Both replicas see the same session in the store.
+  const ia = await api(a, 'GET', '/v1/sessions/chat10'), ib = await api(b, 'GET', '/v1/sessions/chat10');
+  assert.equal(ia.status, 200, ia.text);
+  assert.equal(ia.json.tokens, ib.json.tokens);
+  assert.ok(ia.json.tokens > 0);
+  const ma = await metrics(a), mb = await metrics(b);
+  assert.ok(ma.metastate_store_misses_total + mb.metastate_store_misses_total > 0, 'loads from the store');
+  assert.equal(ma.metastate_store_up, 1);
+  assert.ok(ma.metastate_store_operation_seconds_count > 0);
+  const h = await api(a, 'GET', '/health');
+  assert.equal(h.json.store, 'ok', h.text);
+  // Delete through one replica: gone for both.
+  assert.equal((await api(b, 'DELETE', '/v1/sessions/chat10')).status, 200);
+  assert.equal((await api(a, 'GET', '/v1/sessions/chat10')).status, 404);
+  // A clean shutdown (the sanitizer build checks for leaks at exit).
+  for (const s of [a, b, one]) assert.equal((await s.stop()).code, 0, s.stderr());
+});
+
+test('the same session sent to both replicas at once: both succeed, the second continues the first', async () => {
+  const a = await replica(), b = await replica();
+  const msgs = [{ role: 'user', content: 'Both at once' }];
+  const extra = { max_tokens: 40 };
+  const [ra, rb] = await Promise.all([chat(a, msgs, 'twice', extra), chat(b, msgs, 'twice', extra)]);
+  assert.equal(ra.status, 200, ra.text);
+  assert.equal(rb.status, 200, rb.text);
+  const cached = [ra, rb].map((r) => r.json.usage.prompt_tokens_details.cached_tokens).sort((x, y) => x - y);
+  // The first ran on an empty session; the second found the first's result
+  // (its prompt, checkpointed before the last token), as on one server.
+  const one = await startServer();
+  servers.push(one);
+  const [o1, o2] = await Promise.all([chat(one, msgs, 'twice', extra), chat(one, msgs, 'twice', extra)]);
+  const ref = [o1, o2].map((r) => r.json.usage.prompt_tokens_details.cached_tokens).sort((x, y) => x - y);
+  assert.deepEqual(cached, ref);
+  assert.equal(cached[0], 0);
+  assert.ok(cached[1] > 0, JSON.stringify(cached));
+  const waits = (await metrics(a)).metastate_store_lease_waits_total + (await metrics(b)).metastate_store_lease_waits_total;
+  assert.ok(waits > 0, 'one of them waited for the lease');
+  await a.stop('SIGKILL'); await b.stop('SIGKILL'); await one.stop('SIGKILL');
+});
+
+/** Reads an SSE stream until n content chunks arrived; returns the reader. */
+async function streamUntil(srv, body, n) {
+  const r = await fetch(`${srv.url}/v1/completions`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ ...body, stream: true }),
+  });
+  assert.equal(r.status, 200);
+  const reader = r.body.getReader();
+  let got = 0, text = '';
+  while (got < n) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+    got = (text.match(/"text"/g) || []).length;
+  }
+  return { reader, got };
+}
+
+test('kill -9 of the replica holding the lease mid-stream: the other serves the next turn from the last stored version', async () => {
+  const a = await replica(), b = await replica();
+  const base = { model: MODEL_NAME, temperature: 0, session_id: 'killed', logit_bias: { ...asciiBias(), 0: -100 } };
+  const t1 = await api(a, 'POST', '/v1/completions', { ...base, prompt: 'Once upon a time', max_tokens: 8 });
+  assert.equal(t1.status, 200, t1.text);
+  const stored = Number(cli('HGET', 'metastate:{killed}:state', 'n').trim());
+  assert.ok(stored > 0, 'turn 1 stored');
+  const prompt2 = 'Once upon a time' + t1.json.choices[0].text + ' and';
+  const s = await streamUntil(a, { ...base, prompt: prompt2, max_tokens: 100000 }, 3);
+  assert.ok(s.got >= 3, 'the stream started');
+  assert.notEqual(cli('EXISTS', 'metastate:{killed}:lease').trim(), '0', 'A holds the lease mid-stream');
+  a.proc.kill('SIGKILL');
+  await a.exited;
+  s.reader.cancel().catch(() => {});
+  // B waits for the dead replica's lease to expire, then resumes from turn 1.
+  const t2 = await api(b, 'POST', '/v1/completions', { ...base, prompt: prompt2, max_tokens: 8 });
+  assert.equal(t2.status, 200, t2.text);
+  assert.equal(t2.json.session_warning, undefined);
+  assert.equal(t2.json.usage.prompt_tokens_details.cached_tokens, stored,
+    'resumed from the last stored version (turn 1 in full)');
+  assert.ok((await metrics(b)).metastate_store_lease_waits_total > 0, 'B waited for the lease');
+  await b.stop('SIGKILL');
+});
+
+test('redis stopped: session requests get 503 store_unavailable, others are served; restarted: sessions resume', async () => {
+  const a = await replica();
+  const msgs = [{ role: 'user', content: 'Remember me' }];
+  const r1 = await chat(a, msgs, 'outage');
+  assert.equal(r1.status, 200, r1.text);
+  await stopRedis();
+  const r2 = await chat(a, [...msgs, { role: 'assistant', content: r1.json.choices[0].message.content },
+    { role: 'user', content: 'Still there' }], 'outage');
+  assert.equal(r2.status, 503, r2.text);
+  assert.equal(r2.json.error.code, 'store_unavailable');
+  assert.ok(Number(r2.headers.get('retry-after')) > 0);
+  const plain = await chat(a, msgs, null);
+  assert.equal(plain.status, 200, 'requests without a session are served');
+  const h = await api(a, 'GET', '/health');
+  assert.equal(h.status, 200);
+  assert.equal(h.json.store, 'unavailable', h.text);
+  assert.equal((await api(a, 'GET', '/v1/sessions/outage')).status, 503);
+  assert.equal((await metrics(a)).metastate_store_up, 0);
+  assert.ok((await metrics(a)).metastate_store_errors_total > 0);
+  redis = await startRedis();
+  const r3 = await chat(a, [...msgs, { role: 'assistant', content: r1.json.choices[0].message.content },
+    { role: 'user', content: 'Still there' }], 'outage');
+  assert.equal(r3.status, 200, r3.text);
+  assert.ok(r3.json.usage.prompt_tokens_details.cached_tokens > 0, 'resumed from the stored session');
+  assert.equal((await api(a, 'GET', '/health')).json.store, 'ok');
+  assert.equal((await a.stop()).code, 0, a.stderr());
+});
+
+test('a corrupt value and a value from another model are rejected and the session restarts', async () => {
+  const a = await replica();
+  const other = await startServer({ model: tinyModel(2), args: replicaArgs() });
+  servers.push(other);
+  const msgs = [{ role: 'user', content: 'Keep this' }];
+  const next = (r) => [...msgs, { role: 'assistant', content: r.json.choices[0].message.content },
+    { role: 'user', content: 'And this' }];
+  // A flipped byte inside the stored record (the CRC catches it).
+  const r1 = await chat(a, msgs, 'corrupt');
+  assert.equal(r1.status, 200);
+  cli('EVAL', "local r = redis.call('HGET', KEYS[1], 'r') " +
+    "local b = string.byte(r, 300) " +
+    "redis.call('HSET', KEYS[1], 'r', string.sub(r, 1, 299) .. string.char((b + 1) % 256) .. string.sub(r, 301)) " +
+    "redis.call('HSET', KEYS[1], 'v', 'tampered') return 1", '1', 'metastate:{corrupt}:state');
+  const r2 = await chat(a, next(r1), 'corrupt');
+  assert.equal(r2.status, 200, r2.text);
+  assert.match(r2.json.session_warning, /checksum/);
+  assert.equal(r2.json.usage.prompt_tokens_details.cached_tokens, 0, 'restarted');
+  assert.equal(cli('EXISTS', 'metastate:{corrupt}:rejected').trim(), '1', 'the value is kept aside');
+  const r3 = await chat(a, next(r1), 'corrupt');
+  assert.equal(r3.json.session_warning, undefined);
+  assert.ok(r3.json.usage.prompt_tokens_details.cached_tokens > 0, 'the restarted session works');
+  // A session written by a replica serving another model.
+  const f1 = await chat(other, msgs, 'foreign');
+  assert.equal(f1.status, 200);
+  const f2 = await chat(a, msgs, 'foreign');
+  assert.equal(f2.status, 200, f2.text);
+  assert.match(f2.json.session_warning, /another model|fingerprint/);
+  assert.equal(f2.json.usage.prompt_tokens_details.cached_tokens, 0);
+  await a.stop('SIGKILL'); await other.stop('SIGKILL');
+});
+
+test('export and import go through the store', async () => {
+  const a = await replica(), b = await replica();
+  const r1 = await chat(a, [{ role: 'user', content: 'Export me' }], 'exp');
+  assert.equal(r1.status, 200);
+  const ex = await api(b, 'GET', '/v1/sessions/exp/state');
+  assert.equal(ex.status, 200, ex.text);
+  const im = await api(a, 'PUT', '/v1/sessions/imp/state', ex.bytes, { 'Content-Type': 'application/octet-stream' });
+  assert.equal(im.status, 200, im.text);
+  const back = await api(b, 'GET', '/v1/sessions/imp/state');
+  assert.equal(back.status, 200);
+  assert.deepEqual(Buffer.from(back.bytes), Buffer.from(ex.bytes), 'imported on A, exported by B: the same state');
+  for (const s of [a, b]) assert.equal((await s.stop()).code, 0, s.stderr());
+});
