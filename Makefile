@@ -22,7 +22,7 @@ SHARED  ?= ../shared
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
               libopenblas-dev libuv1-dev libssl-dev libhiredis-dev zlib1g-dev
 RUN_PKGS   := curl
-TEST_PKGS  := libcriterion-dev curl nodejs npm chromium redis-server
+TEST_PKGS  := libcriterion-dev curl nodejs npm chromium redis-server fortunes python3-numpy
 # CI (.ci/run) requires the reference checks, so it installs what they need;
 # a user's make test skips them without it, saying so.
 REF_PKGS   := $(if $(filter-out 0,$(METASTATE_REQUIRE_REFERENCE)),python3-torch python3-numpy,)

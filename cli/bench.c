@@ -10,6 +10,9 @@
  *    2 x (matrix parameters per token) x tokens/s / sgemm peak;
  *  - generation: tokens/s for --gen tokens one at a time, and generation
  *    efficiency = weight bytes read per token x tokens/s / bandwidth;
+ *  - batch table: the step time of ms_step_batch for B = 1, 2, 4, 8, 16
+ *    sequences (every weight read once per step whatever B is) and the
+ *    aggregate tokens/s;
  *  - with --accuracy: logits of this format against fp32 weights over the
  *    prompt (max and mean |diff|, top-1 agreement);
  *  - resident memory after load against the weights as held.
@@ -187,12 +190,57 @@ out:
     return rc;
 }
 
+/* Seconds per ms_step_batch of B sequences (best of a few runs of n
+ * steps), each sequence first given a short prompt of its own. */
+static double batch_step(const ms_model *m, int B, int n, ms_error *err)
+{
+    const int V = ms_model_config(m)->vocab_size;
+    ms_ctx *ctx = ms_ctx_new(m, 16);
+    ms_state *st[16] = {0};
+    float *lg = malloc((size_t)B * (size_t)V * sizeof *lg);
+    float *lp[16];
+    int32_t tok[16];
+    double best = -1;
+    if (!ctx || !lg)
+        goto out;
+    for (int b = 0; b < B; b++) {
+        int32_t p[4] = {(int32_t)(b * 7 + 1) % V, (int32_t)(b * 13 + 2) % V, 3 % V, 4 % V};
+        if (!(st[b] = ms_state_new(m)) || ms_forward(ctx, st[b], p, 4, lg, 0, err))
+            goto out;
+        tok[b] = p[3];
+        lp[b] = lg + (size_t)b * V;
+    }
+    best = 1e30;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        for (int i = 0; i < n; i++) {
+            if (ms_step_batch(ctx, st, tok, (size_t)B, lp, err)) {
+                best = -1;
+                goto out;
+            }
+            for (int b = 0; b < B; b++) /* feed back an arbitrary id: speed does not depend on it */
+                tok[b] = (tok[b] + 17 * b + 1) % V;
+        }
+        double t = (now_s() - t0) / n;
+        best = t < best ? t : best;
+    }
+out:
+    for (int b = 0; b < B; b++)
+        ms_state_free(st[b]);
+    ms_ctx_free(ctx);
+    free(lg);
+    return best;
+}
+
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: metastate bench --model PATH [--weights auto|f32|bf16|int8] [--prompt N]\n"
-               "                       [--gen N] [--accuracy] [--label TEXT]\n"
+    fprintf(f, "usage: metastate bench --model PATH [--weights auto|f32|bf16|int8|q4]\n"
+               "                       [--compute f32|bf16] [--threads N] [--prompt N] [--gen N]\n"
+               "                       [--batch-steps N] [--accuracy] [--label TEXT]\n"
                "Measures memory bandwidth, sgemm peak, prefill and generation speed of one\n"
-               "model; --accuracy also compares its logits with fp32 weights.\n");
+               "model, and the step time of batches of 1, 2, 4, 8 and 16 sequences\n"
+               "(--batch-steps 0 skips them); --accuracy also compares its logits with\n"
+               "fp32 weights.\n");
 }
 
 int cmd_bench(int argc, char **argv)
@@ -201,12 +249,14 @@ int cmd_bench(int argc, char **argv)
         {"model", required_argument, 0, 'm'},   {"prompt", required_argument, 0, 'p'},
         {"gen", required_argument, 0, 'g'},     {"label", required_argument, 0, 'l'},
         {"weights", required_argument, 0, 'w'}, {"accuracy", no_argument, 0, 'a'},
+        {"compute", required_argument, 0, 'c'}, {"threads", required_argument, 0, 't'},
+        {"batch-steps", required_argument, 0, 'b'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *model_path = NULL, *label = "model", *weights = "auto";
-    long n_prompt = 512, n_gen = 128;
-    int want_acc = 0, c;
+    const char *model_path = NULL, *label = "model", *weights = "auto", *compute = "f32";
+    long n_prompt = 512, n_gen = 128, batch_steps = 32;
+    int want_acc = 0, threads = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:g:l:w:ah", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:g:l:w:ac:t:b:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_path = optarg; break;
         case 'p': n_prompt = strtol(optarg, NULL, 10); break;
@@ -214,18 +264,22 @@ int cmd_bench(int argc, char **argv)
         case 'l': label = optarg; break;
         case 'w': weights = optarg; break;
         case 'a': want_acc = 1; break;
+        case 'c': compute = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'b': batch_steps = strtol(optarg, NULL, 10); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    int wf = ms_weights_parse(weights);
-    if (!model_path || n_prompt < 1 || n_gen < 1 || wf < 0 || optind != argc) {
+    int wf = ms_weights_parse(weights), cf = ms_compute_parse(compute);
+    if (!model_path || n_prompt < 1 || n_gen < 1 || wf < 0 || cf < 0 || threads < 0 ||
+        batch_steps < 0 || optind != argc) {
         usage(stderr);
         return 2;
     }
     ms_error err = {0};
     ms_model *m = NULL;
-    ms_load_opts lo = {.weights = (ms_weights)wf};
+    ms_load_opts lo = {.n_threads = threads, .weights = (ms_weights)wf, .compute = (ms_compute)cf};
     long rss0 = rss_kb();
     double t_load = now_s();
     if (ms_model_load(model_path, &lo, &m, &err)) {
@@ -275,7 +329,13 @@ int cmd_bench(int argc, char **argv)
         t_gen = tg < t_gen ? tg : t_gen;
     }
 
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    static const int batches[] = {1, 2, 4, 8, 16};
+    double step[5] = {0};
+    for (int i = 0; batch_steps > 0 && i < 5; i++)
+        if ((step[i] = batch_step(m, batches[i], (int)batch_steps, &err)) < 0)
+            goto fail;
+
+    long ncpu = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
     uint64_t sink = 0;
     const double bw = measure_bandwidth(ncpu > 0 ? (int)ncpu : 1, &sink);
     const double peak = measure_sgemm(ncpu > 0 ? (int)ncpu : 1);
@@ -288,22 +348,31 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, "bench: accuracy run failed\n");
         goto done;
     }
-    printf("%s: L=%d C=%d V=%d, %s weights (kernels %s): %.0f MB held, %.0f MB read per token, "
-           "load %.2f s, RSS after load %.0f MB\n",
-           label, cfg->n_layer, cfg->n_embd, cfg->vocab_size, weights, ms_kernel_isa(),
-           weights_mb, ms_model_bytes_per_token(m) / 1048576.0, t_load, rss_mb);
+    printf("%s: L=%d C=%d V=%d, %s weights, %s compute (kernels %s): %.0f MB held, %.0f MB read "
+           "per token, load %.2f s, RSS after load %.0f MB, %d threads\n",
+           label, cfg->n_layer, cfg->n_embd, cfg->vocab_size, weights, compute, ms_kernel_isa(),
+           weights_mb, ms_model_bytes_per_token(m) / 1048576.0, t_load, rss_mb, threads);
     printf("  prefill %ld tokens: %.1f tok/s (%.0f%% of sgemm peak %.0f GFLOP/s)\n", n_prompt, pp,
            100 * pre_eff, peak / 1e9);
     printf("  generation %ld tokens: %.1f tok/s (%.0f%% of memory bandwidth %.1f GB/s)\n", n_gen,
            tg, 100 * gen_eff, bw / 1e9);
+    if (batch_steps > 0) {
+        printf("  batch step time (ms) / aggregate tok/s:");
+        for (int i = 0; i < 5; i++)
+            printf("  B=%d %.2f / %.0f", batches[i], step[i] * 1e3, batches[i] / step[i]);
+        printf("  (B=8 step = %.2fx B=1)\n", step[3] / step[0]);
+    }
     if (want_acc)
         printf("  vs fp32 weights over %ld tokens: max |dlogit| %.3g, mean %.3g, top-1 %.1f%%\n",
                n_prompt, acc_max, acc_mean, 100 * acc_top1);
-    printf("RESULT label=%s weights=%s prefill_tps=%.1f prefill_eff=%.3f sgemm_gflops=%.0f "
-           "gen_tps=%.1f gen_eff=%.3f bw_gbs=%.1f weights_mb=%.0f rss_mb=%.0f acc_max=%.3g "
-           "acc_mean=%.3g acc_top1=%.4f sink=%llu\n",
-           label, weights, pp, pre_eff, peak / 1e9, tg, gen_eff, bw / 1e9, weights_mb, rss_mb,
-           acc_max, acc_mean, acc_top1, (unsigned long long)(sink & 1));
+    printf("RESULT label=%s weights=%s compute=%s threads=%d prefill_tps=%.1f prefill_eff=%.3f "
+           "sgemm_gflops=%.0f gen_tps=%.1f gen_eff=%.3f bw_gbs=%.1f weights_mb=%.0f "
+           "read_mb=%.1f rss_mb=%.0f acc=%d acc_max=%.3g acc_mean=%.3g acc_top1=%.4f "
+           "step1_ms=%.3f step2_ms=%.3f step4_ms=%.3f step8_ms=%.3f step16_ms=%.3f sink=%llu\n",
+           label, weights, compute, threads, pp, pre_eff, peak / 1e9, tg, gen_eff, bw / 1e9,
+           weights_mb, ms_model_bytes_per_token(m) / 1048576.0, rss_mb, want_acc, acc_max,
+           acc_mean, acc_top1, step[0] * 1e3, step[1] * 1e3, step[2] * 1e3, step[3] * 1e3,
+           step[4] * 1e3, (unsigned long long)(sink & 1));
     rc = 0;
     goto done;
 fail:

@@ -14,6 +14,7 @@ int cmd_detokenize(int argc, char **argv); /* tokenize.c */
 int cmd_gen_model(int argc, char **argv);  /* gen_model.c */
 int cmd_serve(int argc, char **argv);      /* serve.c */
 int cmd_bench(int argc, char **argv);      /* bench.c */
+int cmd_perplexity(int argc, char **argv); /* perplexity.c */
 int cmd_expand(int argc, char **argv);     /* expand.c */
 
 #endif

@@ -17,7 +17,8 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: metastate eval --model PATH --tokens 1,2,3 [--state-in PATH]\n"
-               "                      [--mode seq|rnn] [--weights auto|f32|bf16|int8] --out PATH\n"
+               "                      [--mode seq|rnn] [--weights auto|f32|bf16|int8|q4]\n"
+               "                      [--compute f32|bf16] --out PATH\n"
                "Runs the tokens from the zero state (or from --state-in, a safetensors or\n"
                ".pth file with state.<i>.* tensors) and writes `logits` (T, V) and the\n"
                "final state as safetensors, all F32. seq = prefill (default), rnn = one\n"
@@ -60,12 +61,13 @@ int cmd_eval(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, 't'},
         {"state-in", required_argument, 0, 's'}, {"mode", required_argument, 0, 'M'},
         {"out", required_argument, 0, 'o'}, {"weights", required_argument, 0, 'w'},
+        {"compute", required_argument, 0, 'c'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_path = NULL, *tokens_s = NULL, *state_in = NULL, *mode = "seq",
                *out = NULL;
-    int c, weights = MS_WEIGHTS_AUTO;
+    int c, weights = MS_WEIGHTS_AUTO, compute = MS_COMPUTE_F32;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:t:s:M:o:w:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:t:s:M:o:w:c:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_path = optarg; break;
         case 't': tokens_s = optarg; break;
@@ -73,11 +75,12 @@ int cmd_eval(int argc, char **argv)
         case 'M': mode = optarg; break;
         case 'o': out = optarg; break;
         case 'w': weights = ms_weights_parse(optarg); break;
+        case 'c': compute = ms_compute_parse(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!model_path || !tokens_s || !out || optind != argc || weights < 0 ||
+    if (!model_path || !tokens_s || !out || optind != argc || weights < 0 || compute < 0 ||
         (strcmp(mode, "seq") && strcmp(mode, "rnn"))) {
         usage(stderr);
         return 2;
@@ -98,7 +101,7 @@ int cmd_eval(int argc, char **argv)
     ms_ctx *ctx = NULL;
     float *logits = NULL;
     FILE *f = NULL;
-    ms_load_opts lo = {.weights = (ms_weights)weights};
+    ms_load_opts lo = {.weights = (ms_weights)weights, .compute = (ms_compute)compute};
     if (ms_model_load(model_path, &lo, &m, &err))
         goto done;
     const ms_config *cfg = ms_model_config(m);

@@ -25,12 +25,13 @@ static void usage(FILE *f)
             "usage: metastate generate --model PATH [--vocab PATH] --prompt TEXT [-n N]\n"
             "         [--temperature T] [--top-p P] [--top-k K] [--presence-penalty X]\n"
             "         [--frequency-penalty X] [--penalty-decay D] [--seed S]\n"
-            "         [--weights auto|f32|bf16|int8]\n"
+            "         [--weights auto|f32|bf16|int8|q4] [--compute f32|bf16]\n"
             "Streams up to N (default 200) generated tokens to stdout; stops early at\n"
             "end-of-text. Without --vocab, a byte-level vocabulary is used (ids 1..256).\n"
             "Sampling defaults: temperature 1.0, top-p 0.3, top-k 0, penalties 0.5/0.5,\n"
             "decay 0.996; --temperature 0 is greedy. --weights picks the in-memory\n"
-            "format (auto: bf16 files stay bf16, others fp32).\n");
+            "format (auto: bf16 files stay bf16, others fp32); --compute bf16 multiplies\n"
+            "bf16 weights with bf16 dot products (faster, not exact).\n");
 }
 
 static double now_s(void)
@@ -42,7 +43,7 @@ static double now_s(void)
 
 int cmd_generate(int argc, char **argv)
 {
-    enum { O_T = 256, O_P, O_K, O_PRES, O_FREQ, O_DECAY, O_SEED, O_W };
+    enum { O_T = 256, O_P, O_K, O_PRES, O_FREQ, O_DECAY, O_SEED, O_W, O_C };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"vocab", required_argument, 0, 'v'},
         {"prompt", required_argument, 0, 'p'}, {"tokens", required_argument, 0, 'n'},
@@ -50,11 +51,11 @@ int cmd_generate(int argc, char **argv)
         {"top-k", required_argument, 0, O_K}, {"presence-penalty", required_argument, 0, O_PRES},
         {"frequency-penalty", required_argument, 0, O_FREQ},
         {"penalty-decay", required_argument, 0, O_DECAY}, {"seed", required_argument, 0, O_SEED},
-        {"weights", required_argument, 0, O_W},
+        {"weights", required_argument, 0, O_W}, {"compute", required_argument, 0, O_C},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_path = NULL, *vocab = NULL, *prompt = NULL;
     long n_gen = 200;
-    int weights = MS_WEIGHTS_AUTO;
+    int weights = MS_WEIGHTS_AUTO, compute = MS_COMPUTE_F32;
     ms_sampler_params sp = ms_sampler_defaults();
     sp.seed = (uint64_t)time(NULL);
     int c;
@@ -73,11 +74,12 @@ int cmd_generate(int argc, char **argv)
         case O_DECAY: sp.penalty_decay = strtof(optarg, NULL); break;
         case O_SEED: sp.seed = strtoull(optarg, NULL, 10); break;
         case O_W: weights = ms_weights_parse(optarg); break;
+        case O_C: compute = ms_compute_parse(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!model_path || !prompt || n_gen < 0 || weights < 0 || optind != argc) {
+    if (!model_path || !prompt || n_gen < 0 || weights < 0 || compute < 0 || optind != argc) {
         usage(stderr);
         return 2;
     }
@@ -90,7 +92,8 @@ int cmd_generate(int argc, char **argv)
     ms_sampler *smp = NULL;
     float *logits = NULL;
     int32_t *ids = NULL;
-    rt_opts ro = {.model_path = model_path, .vocab_path = vocab, .weights = weights};
+    rt_opts ro = {.model_path = model_path, .vocab_path = vocab, .weights = weights,
+                  .compute = compute};
     srv_error se;
     if (rt_load(&rt, &ro, &se) != SRV_OK) {
         snprintf(err.msg, sizeof err.msg, "%s", se.msg);

@@ -131,16 +131,34 @@ typedef struct ms_config {
 typedef struct ms_model ms_model;
 
 /* How the big matrices (projections, FFN, head, embedding) are held. AUTO
- * keeps the file's precision: bf16 files stay bf16 (exact), others fp32. */
-typedef enum { MS_WEIGHTS_AUTO = 0, MS_WEIGHTS_F32, MS_WEIGHTS_BF16, MS_WEIGHTS_I8 } ms_weights;
+ * keeps the file's precision: bf16 files stay bf16 (exact), others fp32.
+ * I8: int8 per (row, 64 inputs); Q4: 4-bit with scale and minimum per
+ * (row, 64 inputs), embedding held as int8. Both quantize the activations
+ * to int8 per 64 inputs for their products. LoRA matrices stay fp32. */
+typedef enum {
+    MS_WEIGHTS_AUTO = 0,
+    MS_WEIGHTS_F32,
+    MS_WEIGHTS_BF16,
+    MS_WEIGHTS_I8,
+    MS_WEIGHTS_Q4
+} ms_weights;
+
+/* Arithmetic of the products of bf16 weights: F32 (default) widens the
+ * weights exactly and multiplies fp32 activations; BF16 rounds the
+ * activations to bf16 and uses bf16 dot products (faster, not exact).
+ * Ignored for other formats. */
+typedef enum { MS_COMPUTE_F32 = 0, MS_COMPUTE_BF16 } ms_compute;
 
 typedef struct ms_load_opts {
     int n_threads;      /* threads for products; 0 = one per core (process-wide, first load sets it) */
     ms_weights weights; /* in-memory weight format */
+    ms_compute compute; /* bf16 weights' product arithmetic */
 } ms_load_opts;
 
-/* Parses "auto", "f32", "bf16", "int8"; -1 when unknown. */
+/* Parses "auto", "f32", "bf16", "int8", "q4"; -1 when unknown. */
 int ms_weights_parse(const char *s);
+/* Parses "f32", "bf16"; -1 when unknown. */
+int ms_compute_parse(const char *s);
 /* Name of the kernel variant in use ("avx512", "avx2", "scalar"). */
 const char *ms_kernel_isa(void);
 

@@ -8,7 +8,7 @@
  * where a GEMM would run at a fraction of the memory bandwidth. Only the WKV
  * recurrence walks the tokens one by one. All activations live in the
  * ms_ctx, allocated once in ms_ctx_new: nothing allocates per token.
- * Arithmetic is fp32 throughout (SPEC 1.7); LayerNorm statistics in double.
+ * Arithmetic is fp32 throughout (SPEC 1.7).
  */
 #include "model.h"
 
@@ -66,27 +66,25 @@ static void gemm_share(void *arg, int i)
     const int r0 = i * g->per, r1 = r0 + g->per < out ? r0 + g->per : out;
     if (r0 >= r1)
         return;
-    if (W->fmt == K_W_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->T, r1 - r0, in, 1.0f, g->X, in,
-                    (const float *)W->data + (size_t)r0 * in, in, g->beta, g->Y + r0, out);
-        return;
-    }
-    /* bf16/int8: widen a panel of rows at a time into this share's buffer. */
+    /* Widen and transpose a panel of rows at a time (the packed blocks are
+     * column-major already) into this share's buffer. */
     float *panel = g->c->panel + (size_t)i * PANEL_ROWS * g->c->panel_cols;
     for (int p0 = r0; p0 < r1; p0 += PANEL_ROWS) {
         const int p1 = p0 + PANEL_ROWS < r1 ? p0 + PANEL_ROWS : r1;
-        k_wmat_rows(W, p0, p1, panel);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->T, p1 - p0, in, 1.0f, g->X, in,
-                    panel, in, g->beta, g->Y + p0, out);
+        k_wmat_panel(W, p0, p1, panel);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->T, p1 - p0, in, 1.0f, g->X, in,
+                    panel, p1 - p0, g->beta, g->Y + p0, out);
     }
 }
 
 /* Y (T, out) = beta * Y + X (T, in) * W^T. Up to K_MAX_BATCH rows (decoding,
- * or a batch of sequences) stream every weight once through our kernels;
- * longer chunks (prefill) are compute-bound and go to sgemm. */
+ * or a batch of sequences) stream every weight once through our kernels, as
+ * do chunks of any length for the integer and bf16-dot formats (their dot
+ * products beat sgemm on widened weights); longer chunks of the exact
+ * formats (prefill) are compute-bound and go to sgemm. */
 static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, float beta)
 {
-    if (T <= K_MAX_BATCH) {
+    if (T <= K_MAX_BATCH || k_matmul_any_rows(W)) {
         k_matmul(W, X, Y, T, beta);
         return;
     }
@@ -158,18 +156,43 @@ CLONES static void mix_row(float *restrict w, float *restrict a, float *restrict
             v[ch] += (vfirst[ch] - v[ch]) * sigmoidf(L->v0[ch] + vgate[ch]);
 }
 
-static void layer_norm(float *dst, const float *x, const float *w, const float *b, int n)
+/* Statistics in 16 fp32 lanes added in a fixed order (two passes: mean,
+ * then squared deviations), so the loops vectorize and every clone
+ * computes the same numbers. */
+CLONES static void norm_stats(const float *x, int n, float *mean, float *var)
 {
-    double mean = 0, var = 0;
-    for (int i = 0; i < n; i++)
-        mean += x[i];
-    mean /= n;
-    for (int i = 0; i < n; i++) {
-        double d = x[i] - mean;
-        var += d * d;
-    }
-    var /= n;
-    const float mu = (float)mean, inv = (float)(1.0 / sqrt(var + LN_EPS));
+    enum { LANES = 16 };
+    const int n16 = n & ~(LANES - 1);
+    float part[LANES] = {0};
+    for (int i0 = 0; i0 < n16; i0 += LANES)
+        for (int l = 0; l < LANES; l++)
+            part[l] += x[i0 + l];
+    float s = 0;
+    for (int l = 0; l < LANES; l++)
+        s += part[l];
+    for (int i = n16; i < n; i++)
+        s += x[i];
+    const float mu = s / (float)n;
+    float dev[LANES] = {0};
+    for (int i0 = 0; i0 < n16; i0 += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const float d = x[i0 + l] - mu;
+            dev[l] += d * d;
+        }
+    float v = 0;
+    for (int l = 0; l < LANES; l++)
+        v += dev[l];
+    for (int i = n16; i < n; i++)
+        v += (x[i] - mu) * (x[i] - mu);
+    *mean = mu;
+    *var = v / (float)n;
+}
+
+CLONES static void layer_norm(float *dst, const float *x, const float *w, const float *b, int n)
+{
+    float mu, var;
+    norm_stats(x, n, &mu, &var);
+    const float inv = 1.0f / sqrtf(var + LN_EPS);
     for (int i = 0; i < n; i++)
         dst[i] = (x[i] - mu) * inv * w[i] + b[i];
 }
@@ -337,14 +360,9 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
         const int h = (int)(hrow % (size_t)H);
         const size_t base = hrow * N;
         float *y = c->y + base;
-        double mean = 0, var = 0;
-        for (int j = 0; j < N; j++)
-            mean += y[j];
-        mean /= N;
-        for (int j = 0; j < N; j++)
-            var += (y[j] - mean) * (y[j] - mean);
-        var /= N;
-        const float mu = (float)mean, inv = (float)(1.0 / sqrt(var + GN_EPS));
+        float mu, var;
+        norm_stats(y, N, &mu, &var);
+        const float inv = 1.0f / sqrtf(var + GN_EPS);
         float bonus = 0.0f;
         for (int j = 0; j < N; j++)
             bonus += c->r[base + j] * c->k[base + j] * L->r_k[h * N + j];

@@ -1,22 +1,35 @@
 /*
- * kernels.c - weight formats, the batched matrix-vector product, its
- * per-ISA variants and the thread pool that splits it.
+ * kernels.c - weight formats and their packed layout, the batched
+ * matrix-vector product with its per-ISA variants, and the thread pool
+ * that splits it.
  *
  * Design:
- *  - One kernel body, written once as a macro over a small vector vocabulary
- *    (load x, widen a weight vector, fma, reduce), instantiated for AVX-512,
- *    AVX2+FMA and portable C. The file is compiled for the baseline x86-64;
- *    the wide variants carry target attributes and are chosen at run time
- *    from cpuid, so one binary runs everywhere (and valgrind, which lacks
- *    AVX-512, still runs the AVX2 path).
- *  - Weights are widened in registers (bf16 is an exact 16-bit shift, int8 a
- *    convert then one multiply per group by its scale) and every sum is fp32.
- *  - A product walks the weight rows once; for each row it keeps up to four
- *    sequences' accumulators in registers, so B sequences re-read a row from
- *    L1 rather than from memory.
- *  - Rows are split between the caller and the pool's workers. Workers spin
- *    briefly between products (a token is ~100 back-to-back products, too
- *    short to sleep between) and sleep on a condition variable when idle.
+ *  - Packed layout, per block of K_ROWS = 16 output rows (rows padded with
+ *    zeros to whole blocks):
+ *      F32   [cols][16] floats: one 16-lane vector per input column.
+ *      BF16  [kp/2][16][2] bf16: one 64-byte vector per column pair, lane i
+ *            holding row i's two weights (even column in the low half), as
+ *            vdpbf16ps wants them; the exact path widens it into two fp32
+ *            vectors with one shift and one mask.
+ *      I8    per group of 64 columns: [16 quads][16][4] bytes (q + 128, so
+ *            unsigned for vpdpbusd), then the group's 16 row scales (fp32).
+ *      Q4    per group: 8 vectors of [16][4] bytes, low nibbles quads 0-7,
+ *            high nibbles quads 8-15; 16 scales and 16 minimums (fp32).
+ *  - Exact formats: out[b] += w_vec * broadcast(x[b][j]) for j = 0..cols-1
+ *    in order, one fp32 accumulator per (16 rows, sequence). Integer
+ *    formats: exact int32 dot products per group (vpdpbusd or its AVX2 /
+ *    portable equivalents give the same integers), then one fp32 FMA per
+ *    group with scale * activation scale (Q4: plus min * sum of the group's
+ *    inputs). In both, each output's arithmetic depends on nothing but its
+ *    row and its sequence, so the batch size never changes a result.
+ *  - One kernel body per format written as a macro over a small vector
+ *    vocabulary, instantiated for AVX-512 (+VNNI, +BF16 where present),
+ *    AVX2+FMA and portable C; the file is compiled for baseline x86-64 and
+ *    the wide variants carry target attributes, chosen at run time.
+ *  - Rows are split in whole blocks between the caller and the pool's
+ *    workers. Workers spin briefly between products (a token is ~100
+ *    back-to-back products, too short to sleep between) and sleep on a
+ *    condition variable when idle.
  */
 #include "engine.h"
 #include "kernels.h"
@@ -51,17 +64,47 @@ static inline uint16_t f32_to_bf16(float f)
 
 uint16_t ms_bf16_from_f32(float f) { return f32_to_bf16(f); }
 
-static size_t n_groups(int cols) { return ((size_t)cols + K_I8_GROUP - 1) / K_I8_GROUP; }
+#define GRP K_I8_GROUP
+static size_t n_groups(int cols) { return ((size_t)cols + GRP - 1) / GRP; }
+static size_t n_blocks(int rows) { return ((size_t)rows + K_ROWS - 1) / K_ROWS; }
+static int imin(int a, int b) { return a < b ? a : b; }
+
+/* Bytes of one packed block's weights (scales apart). */
+static size_t block_bytes(const k_wmat *W)
+{
+    switch (W->fmt) {
+    case K_W_F32: return (size_t)W->kp * K_ROWS * 4;
+    case K_W_BF16: return (size_t)W->kp * K_ROWS * 2;
+    case K_W_I8: return (size_t)W->kp * K_ROWS;
+    case K_W_Q4: return (size_t)W->kp * K_ROWS / 2;
+    }
+    return 0;
+}
 
 size_t k_wmat_bytes(const k_wmat *W)
 {
-    size_t n = (size_t)W->rows * (size_t)W->cols;
-    switch (W->fmt) {
-    case K_W_F32: return n * 4;
-    case K_W_BF16: return n * 2;
-    case K_W_I8: return n + (size_t)W->rows * n_groups(W->cols) * sizeof(float);
+    if (!W->packed) {
+        const size_t n = (size_t)W->rows * (size_t)W->cols;
+        return W->fmt == K_W_F32    ? n * 4
+               : W->fmt == K_W_BF16 ? n * 2
+                                    : n + (size_t)W->rows * n_groups(W->cols) * sizeof(float);
     }
-    return 0;
+    const size_t nb = n_blocks(W->rows), ng = n_groups(W->cols);
+    size_t b = nb * block_bytes(W);
+    if (W->fmt == K_W_I8)
+        b += nb * ng * K_ROWS * sizeof(float);
+    if (W->fmt == K_W_Q4)
+        b += 2 * nb * ng * K_ROWS * sizeof(float);
+    return b;
+}
+
+static void *zalloc64(size_t bytes)
+{
+    bytes = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (p)
+        memset(p, 0, bytes);
+    return p;
 }
 
 int k_wmat_alloc(k_wmat *W, k_wfmt fmt, int rows, int cols)
@@ -70,11 +113,37 @@ int k_wmat_alloc(k_wmat *W, k_wfmt fmt, int rows, int cols)
     W->fmt = fmt;
     W->rows = rows;
     W->cols = cols;
+    W->packed = 1;
+    W->kp = fmt == K_W_F32 ? cols : fmt == K_W_BF16 ? (cols + 1) & ~1 : (int)n_groups(cols) * GRP;
+    const size_t nb = n_blocks(rows), ng = n_groups(cols);
+    W->data = zalloc64(nb * block_bytes(W));
+    if (fmt == K_W_I8 || fmt == K_W_Q4)
+        W->scales = zalloc64(nb * ng * K_ROWS * sizeof(float));
+    if (fmt == K_W_Q4)
+        W->mins = zalloc64(nb * ng * K_ROWS * sizeof(float));
+    if (!W->data || ((fmt == K_W_I8 || fmt == K_W_Q4) && !W->scales) ||
+        (fmt == K_W_Q4 && !W->mins)) {
+        k_wmat_free(W);
+        return -1;
+    }
+    if (fmt == K_W_I8) /* q = 0 everywhere, padding included */
+        memset(W->data, 128, nb * block_bytes(W));
+    return 0;
+}
+
+int k_wmat_alloc_plain(k_wmat *W, k_wfmt fmt, int rows, int cols)
+{
+    memset(W, 0, sizeof *W);
+    if (fmt == K_W_Q4)
+        return -1;
+    W->fmt = fmt;
+    W->rows = rows;
+    W->cols = cols;
+    W->kp = cols;
     const size_t n = (size_t)rows * (size_t)cols;
-    const size_t esz = fmt == K_W_F32 ? 4 : fmt == K_W_BF16 ? 2 : 1;
-    W->data = aligned_alloc(64, ((n * esz) + 63) & ~(size_t)63);
+    W->data = zalloc64(n * (fmt == K_W_F32 ? 4 : fmt == K_W_BF16 ? 2 : 1));
     if (fmt == K_W_I8)
-        W->scales = malloc((size_t)rows * n_groups(cols) * sizeof(float));
+        W->scales = zalloc64((size_t)rows * n_groups(cols) * sizeof(float));
     if (!W->data || (fmt == K_W_I8 && !W->scales)) {
         k_wmat_free(W);
         return -1;
@@ -82,7 +151,47 @@ int k_wmat_alloc(k_wmat *W, k_wfmt fmt, int rows, int cols)
     return 0;
 }
 
-void k_wmat_set_rows(k_wmat *W, int r0, int r1, const float *src)
+/* Symmetric int8 of n values: returns the scale, q[i] in -127..127. */
+static float quant_i8(const float *s, int n, int8_t *q)
+{
+    float amax = 0;
+    for (int i = 0; i < n; i++)
+        amax = fmaxf(amax, fabsf(s[i]));
+    const float inv = amax > 0 ? 127.0f / amax : 0;
+    for (int i = 0; i < n; i++)
+        q[i] = (int8_t)lrintf(s[i] * inv);
+    return amax / 127.0f;
+}
+
+/* Asymmetric 4-bit of n values: w ~ min + q * scale, q in 0..15. */
+static void quant_q4(const float *s, int n, uint8_t *q, float *scale, float *min)
+{
+    float lo = s[0], hi = s[0];
+    for (int i = 1; i < n; i++) {
+        lo = fminf(lo, s[i]);
+        hi = fmaxf(hi, s[i]);
+    }
+    const float sc = (hi - lo) / 15.0f, inv = sc > 0 ? 1.0f / sc : 0;
+    for (int i = 0; i < n; i++) {
+        long v = lrintf((s[i] - lo) * inv);
+        q[i] = (uint8_t)(v < 0 ? 0 : v > 15 ? 15 : v);
+    }
+    *scale = sc;
+    *min = lo;
+}
+
+/* Byte offset of (row i of the block, column c) inside a packed I8/Q4
+ * block's group g (c is the column within the group); Q4 also says which
+ * nibble. */
+static size_t i8_off(int i, int c) { return (size_t)(c / 4) * 64 + (size_t)i * 4 + (size_t)(c % 4); }
+static size_t q4_off(int i, int c, int *high)
+{
+    const int quad = c / 4;
+    *high = quad >= 8;
+    return (size_t)(quad % 8) * 64 + (size_t)i * 4 + (size_t)(c % 4);
+}
+
+static void set_rows_plain(k_wmat *W, int r0, int r1, const float *src)
 {
     const size_t cols = (size_t)W->cols, b = (size_t)r0 * cols, n = (size_t)(r1 - r0) * cols;
     if (W->fmt == K_W_F32) {
@@ -93,21 +202,63 @@ void k_wmat_set_rows(k_wmat *W, int r0, int r1, const float *src)
             d[i] = f32_to_bf16(src[i]);
     } else {
         const size_t g = n_groups(W->cols);
-        int8_t *q = W->data;
         for (int r = r0; r < r1; r++)
             for (size_t k = 0; k < g; k++) {
-                const size_t c0 = k * K_I8_GROUP;
-                const size_t c1 = c0 + K_I8_GROUP < cols ? c0 + K_I8_GROUP : cols;
-                const float *s = src + (size_t)(r - r0) * cols;
-                float amax = 0;
-                for (size_t c = c0; c < c1; c++)
-                    amax = fmaxf(amax, fabsf(s[c]));
-                const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0;
-                W->scales[(size_t)r * g + k] = scale;
-                for (size_t c = c0; c < c1; c++)
-                    q[(size_t)r * cols + c] = (int8_t)lrintf(s[c] * inv);
+                const size_t c0 = k * GRP, c1 = c0 + GRP < cols ? c0 + GRP : cols;
+                W->scales[(size_t)r * g + k] =
+                    quant_i8(src + (size_t)(r - r0) * cols + c0, (int)(c1 - c0),
+                             (int8_t *)W->data + (size_t)r * cols + c0);
             }
     }
+}
+
+void k_wmat_set_rows(k_wmat *W, int r0, int r1, const float *src)
+{
+    if (!W->packed) {
+        set_rows_plain(W, r0, r1, src);
+        return;
+    }
+    const int cols = W->cols, kp = W->kp;
+    const size_t ng = n_groups(cols), bb = block_bytes(W);
+    for (int r = r0; r < r1; r++) {
+        const float *s = src + (size_t)(r - r0) * cols;
+        const size_t blk = (size_t)r / K_ROWS;
+        const int i = r % K_ROWS;
+        char *base = (char *)W->data + blk * bb;
+        if (W->fmt == K_W_F32) {
+            float *d = (float *)base;
+            for (int c = 0; c < cols; c++)
+                d[(size_t)c * K_ROWS + i] = s[c];
+        } else if (W->fmt == K_W_BF16) {
+            uint16_t *d = (uint16_t *)base;
+            for (int c = 0; c < cols; c++)
+                d[((size_t)(c / 2) * K_ROWS + i) * 2 + (c & 1)] = f32_to_bf16(s[c]);
+        } else {
+            for (size_t g = 0; g < ng; g++) {
+                const int c0 = (int)g * GRP, n = imin(GRP, cols - c0);
+                const size_t si = (blk * ng + g) * K_ROWS + (size_t)i;
+                if (W->fmt == K_W_I8) {
+                    int8_t q[GRP];
+                    W->scales[si] = quant_i8(s + c0, n, q);
+                    uint8_t *d = (uint8_t *)base + g * GRP * K_ROWS;
+                    for (int c = 0; c < n; c++)
+                        d[i8_off(i, c)] = (uint8_t)(q[c] + 128);
+                } else {
+                    uint8_t q[GRP];
+                    quant_q4(s + c0, n, q, &W->scales[si], &W->mins[si]);
+                    uint8_t *d = (uint8_t *)base + g * GRP * K_ROWS / 2;
+                    for (int c = 0; c < GRP; c++) {
+                        int high;
+                        const size_t o = q4_off(i, c, &high);
+                        const uint8_t v = c < n ? q[c] : 0;
+                        d[o] = high ? (uint8_t)((d[o] & 0x0F) | (v << 4))
+                                    : (uint8_t)((d[o] & 0xF0) | v);
+                    }
+                }
+            }
+        }
+    }
+    (void)kp;
 }
 
 int k_wmat_init(k_wmat *W, k_wfmt fmt, int rows, int cols, const float *src)
@@ -122,13 +273,46 @@ void k_wmat_free(k_wmat *W)
 {
     free(W->data);
     free(W->scales);
+    free(W->mins);
     W->data = NULL;
-    W->scales = NULL;
+    W->scales = W->mins = NULL;
+}
+
+/* Weight (r, c) of a packed matrix, as the format holds it. */
+static float packed_at(const k_wmat *W, int r, int c)
+{
+    const size_t blk = (size_t)r / K_ROWS, ng = n_groups(W->cols);
+    const int i = r % K_ROWS;
+    const char *base = (const char *)W->data + blk * block_bytes(W);
+    switch (W->fmt) {
+    case K_W_F32: return ((const float *)base)[(size_t)c * K_ROWS + i];
+    case K_W_BF16:
+        return bf16_to_f32(((const uint16_t *)base)[((size_t)(c / 2) * K_ROWS + i) * 2 + (c & 1)]);
+    case K_W_I8: {
+        const size_t g = (size_t)c / GRP;
+        const uint8_t *d = (const uint8_t *)base + g * GRP * K_ROWS;
+        return (float)((int)d[i8_off(i, c % GRP)] - 128) * W->scales[(blk * ng + g) * K_ROWS + i];
+    }
+    case K_W_Q4: {
+        const size_t g = (size_t)c / GRP, si = (blk * ng + g) * K_ROWS + i;
+        const uint8_t *d = (const uint8_t *)base + g * GRP * K_ROWS / 2;
+        int high;
+        const uint8_t v = d[q4_off(i, c % GRP, &high)];
+        return W->mins[si] + (float)(high ? v >> 4 : v & 15) * W->scales[si];
+    }
+    }
+    return 0;
 }
 
 void k_wmat_rows(const k_wmat *W, int r0, int r1, float *dst)
 {
     const size_t C = (size_t)W->cols;
+    if (W->packed) {
+        for (int r = r0; r < r1; r++)
+            for (int c = 0; c < W->cols; c++)
+                dst[(size_t)(r - r0) * C + c] = packed_at(W, r, c);
+        return;
+    }
     const size_t b = (size_t)r0 * C, e = (size_t)r1 * C;
     if (W->fmt == K_W_F32) {
         memcpy(dst, (const float *)W->data + b, (e - b) * 4);
@@ -142,155 +326,404 @@ void k_wmat_rows(const k_wmat *W, int r0, int r1, float *dst)
         for (int r = r0; r < r1; r++)
             for (size_t c = 0; c < C; c++)
                 dst[(size_t)(r - r0) * C + c] =
-                    q[(size_t)r * C + c] * W->scales[(size_t)r * g + c / K_I8_GROUP];
+                    q[(size_t)r * C + c] * W->scales[(size_t)r * g + c / GRP];
     }
 }
 
 void k_wmat_row(const k_wmat *W, int r, float *dst) { k_wmat_rows(W, r, r + 1, dst); }
 
-/* ======================================================================== */
-/* The kernel body                                                           */
-/*
- * Every (row, sequence) dot product is summed the same way, whatever the
- * batch size and blocking: four accumulators, one per 16-column quarter of
- * each 64-column step, added up at the end (int8: one 64-column group per
- * step, scaled once, on two accumulators). Four independent chains keep the
- * FMA units busy instead of waiting on one chain's latency, and because the
- * order never depends on B, a sequence decoded in a batch gets bit for bit
- * what it gets alone. Sequences are taken NB at a time per pass over a row
- * (NB per ISA, as many as the registers hold), so a batch reads each row of
- * weights from memory once. Columns past the last multiple of 64 go 16 at a
- * time into the first accumulator, then scalar. Vector vocabulary (per ISA):
- * VT, VZERO(), VLOADX(p) (16 floats), VW_*(data, i) (16 weights widened),
- * VFMA(a, b, acc), VMUL, VADD, VSET1(s), VSUM(v).
- */
-/* One pass over row r for sequences b0 .. b0+NQ-1 (NQ a constant, so the
- * accumulators stay in registers). */
-#define ROW_PASS(WIDEN, IS_I8, NQ)                                                               \
-    {                                                                                            \
-        VT c[NQ][4];                                                                             \
-        for (int q = 0; q < NQ; q++)                                                             \
-            c[q][0] = c[q][1] = c[q][2] = c[q][3] = VZERO();                                     \
-        int j = 0;                                                                               \
-        for (; j < K64; j += 64) {                                                               \
-            const VT w0 = WIDEN(W->data, ro + (size_t)j);                                        \
-            const VT w1 = WIDEN(W->data, ro + (size_t)j + 16);                                   \
-            const VT w2 = WIDEN(W->data, ro + (size_t)j + 32);                                   \
-            const VT w3 = WIDEN(W->data, ro + (size_t)j + 48);                                   \
-            if (IS_I8) {                                                                         \
-                const VT sc = VSET1(W->scales[(size_t)r * G + (size_t)j / K_I8_GROUP]);          \
-                for (int q = 0; q < NQ; q++) {                                                   \
-                    const float *x = X + (size_t)(b0 + q) * K + j;                               \
-                    const VT t0 = VFMA(w1, VLOADX(x + 16), VMUL(w0, VLOADX(x)));                 \
-                    const VT t1 = VFMA(w3, VLOADX(x + 48), VMUL(w2, VLOADX(x + 32)));            \
-                    c[q][0] = VFMA(t0, sc, c[q][0]);                                             \
-                    c[q][1] = VFMA(t1, sc, c[q][1]);                                             \
-                }                                                                                \
-            } else {                                                                             \
-                for (int q = 0; q < NQ; q++) {                                                   \
-                    const float *x = X + (size_t)(b0 + q) * K + j;                               \
-                    c[q][0] = VFMA(w0, VLOADX(x), c[q][0]);                                      \
-                    c[q][1] = VFMA(w1, VLOADX(x + 16), c[q][1]);                                 \
-                    c[q][2] = VFMA(w2, VLOADX(x + 32), c[q][2]);                                 \
-                    c[q][3] = VFMA(w3, VLOADX(x + 48), c[q][3]);                                 \
-                }                                                                                \
-            }                                                                                    \
-        }                                                                                        \
-        for (; j < K16; j += 16) {                                                               \
-            VT w = WIDEN(W->data, ro + (size_t)j);                                               \
-            if (IS_I8)                                                                           \
-                w = VMUL(w, VSET1(W->scales[(size_t)r * G + (size_t)j / K_I8_GROUP]));           \
-            for (int q = 0; q < NQ; q++)                                                         \
-                c[q][0] = VFMA(w, VLOADX(X + (size_t)(b0 + q) * K + j), c[q][0]);                \
-        }                                                                                        \
-        for (int q = 0; q < NQ; q++) {                                                           \
-            float sum = VSUM(VADD(VADD(c[q][0], c[q][1]), VADD(c[q][2], c[q][3])));              \
-            const float *x = X + (size_t)(b0 + q) * K;                                           \
-            for (int jj = K16; jj < K; jj++)                                                     \
-                sum += scalar_weight(W, r, jj, G) * x[jj];                                       \
-            float *y = Y + (size_t)(b0 + q) * W->rows + r;                                       \
-            *y = beta == 0.0f ? sum : beta * *y + sum;                                           \
-        }                                                                                        \
-    }
-
-#define KERNEL_BODY(WIDEN, IS_I8, NB)                                                            \
-    const int K = W->cols, K64 = K & ~63, K16 = K & ~15;                                         \
-    const size_t G = n_groups(K);                                                                \
-    for (int r = r0; r < r1; r++) {                                                              \
-        const size_t ro = (size_t)r * (size_t)K;                                                 \
-        int b0 = 0;                                                                              \
-        for (; b0 + NB <= B; b0 += NB)                                                           \
-            ROW_PASS(WIDEN, IS_I8, NB)                                                           \
-        for (; b0 < B; b0++)                                                                     \
-            ROW_PASS(WIDEN, IS_I8, 1)                                                            \
-    }
-
-static inline float scalar_weight(const k_wmat *W, int r, int j, size_t G)
+void k_wmat_panel(const k_wmat *W, int r0, int r1, float *dst)
 {
-    const size_t i = (size_t)r * W->cols + j;
-    switch (W->fmt) {
-    case K_W_F32: return ((const float *)W->data)[i];
-    case K_W_BF16: return bf16_to_f32(((const uint16_t *)W->data)[i]);
-    case K_W_I8: return ((const int8_t *)W->data)[i] * W->scales[(size_t)r * G + j / K_I8_GROUP];
+    const int n = r1 - r0, cols = W->cols;
+    const size_t bb = block_bytes(W);
+    for (int rb = r0; rb < r1; rb += K_ROWS) {
+        const int nr = imin(K_ROWS, r1 - rb), o = rb - r0;
+        const char *base = (const char *)W->data + (size_t)(rb / K_ROWS) * bb;
+        if (W->fmt == K_W_F32) {
+            for (int c = 0; c < cols; c++)
+                memcpy(dst + (size_t)c * n + o, (const float *)base + (size_t)c * K_ROWS,
+                       (size_t)nr * 4);
+        } else if (W->fmt == K_W_BF16) {
+            const uint16_t *s = (const uint16_t *)base;
+            for (int c = 0; c < cols; c++) {
+                const uint16_t *p = s + (size_t)(c / 2) * K_ROWS * 2 + (c & 1);
+                float *d = dst + (size_t)c * n + o;
+                for (int i = 0; i < nr; i++)
+                    d[i] = bf16_to_f32(p[2 * i]);
+            }
+        } else {
+            for (int c = 0; c < cols; c++)
+                for (int i = 0; i < nr; i++)
+                    dst[(size_t)c * n + o + i] = packed_at(W, rb + i, c);
+        }
     }
+}
+
+int k_matmul_any_rows(const k_wmat *W)
+{
+    return W->fmt == K_W_I8 || W->fmt == K_W_Q4 || (W->fmt == K_W_BF16 && W->dot_bf16);
+}
+
+/* ======================================================================== */
+/* Activations prepared once per product                                     */
+
+/* What the kernels read besides W: the fp32 inputs as given (exact
+ * formats), or per sequence the inputs rounded to bf16 pairs, or quantized
+ * to int8 per group of GRP (scale xs, integer sum xqs, fp32 sum xsum). */
+typedef struct {
+    const float *x;   /* B x cols (exact formats) */
+    size_t ldx;       /* cols */
+    const uint32_t *xb; /* B x kp/2 bf16 pairs, even column in the low half */
+    const int8_t *xq; /* B x kp, padding zero */
+    const float *xs, *xsum; /* B x G */
+    const int32_t *xqs;     /* B x G */
+    size_t kp, G;
+} act;
+
+/* Per-thread buffer for the prepared activations: grown on demand (so only
+ * a thread's first products, or a larger batch, allocate), freed when the
+ * thread ends. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct scratch {
+    void *p;
+    size_t cap;
+} scratch;
+
+static void scratch_free(void *p) { free(p); }
+static void scratch_key_make(void) { pthread_key_create(&scratch_key, scratch_free); }
+
+static void *scratch_get(size_t bytes)
+{
+    if (bytes <= scratch.cap)
+        return scratch.p;
+    pthread_once(&scratch_once, scratch_key_make);
+    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!p)
+        return NULL;
+    free(scratch.p);
+    scratch.p = p;
+    scratch.cap = bytes;
+    pthread_setspecific(scratch_key, p); /* non-NULL, so the destructor runs */
+    return p;
+}
+
+/* One group of activations to int8 (symmetric, round to nearest even, as
+ * quant_i8), with the integer and fp32 sums of the group; written in
+ * 16-lane loops so each clone vectorizes it (a prefill chunk quantizes
+ * T x cols inputs per product). Returns the scale. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static float quant_group(const float *x, int n, int8_t *q, int32_t *qsum, float *sum)
+{
+    enum { LANES = 16 };
+    float m[LANES] = {0}, sm[LANES] = {0};
+    int32_t qs[LANES] = {0};
+    const int n16 = n & ~(LANES - 1);
+    for (int i0 = 0; i0 < n16; i0 += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const float v = x[i0 + l] < 0 ? -x[i0 + l] : x[i0 + l];
+            m[l] = v > m[l] ? v : m[l];
+            sm[l] += x[i0 + l];
+        }
+    float amax = 0, s = 0;
+    for (int l = 0; l < LANES; l++) {
+        amax = m[l] > amax ? m[l] : amax;
+        s += sm[l];
+    }
+    for (int i = n16; i < n; i++) {
+        const float v = fabsf(x[i]);
+        amax = v > amax ? v : amax;
+        s += x[i];
+    }
+    const float inv = amax > 0 ? 127.0f / amax : 0;
+    /* Adding and removing 1.5 * 2^23 rounds to nearest even (|x * inv| <= 127). */
+    for (int i0 = 0; i0 < n16; i0 += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const int v = (int)((x[i0 + l] * inv + 12582912.0f) - 12582912.0f);
+            q[i0 + l] = (int8_t)v;
+            qs[l] += v;
+        }
+    int32_t t = 0;
+    for (int l = 0; l < LANES; l++)
+        t += qs[l];
+    for (int i = n16; i < n; i++) {
+        const int v = (int)((x[i] * inv + 12582912.0f) - 12582912.0f);
+        q[i] = (int8_t)v;
+        t += v;
+    }
+    *qsum = t;
+    *sum = s;
+    return amax / 127.0f;
+}
+
+/* Fills a for W's format from X; returns -1 when the scratch cannot grow. */
+static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
+{
+    const int K = W->cols;
+    memset(a, 0, sizeof *a);
+    a->x = X;
+    a->ldx = (size_t)K;
+    a->kp = (size_t)W->kp;
+    a->G = n_groups(K);
+    if (W->fmt == K_W_F32 || (W->fmt == K_W_BF16 && !W->dot_bf16))
+        return 0;
+    if (W->fmt == K_W_BF16) {
+        uint32_t *xb = scratch_get((size_t)B * a->kp * 2);
+        if (!xb)
+            return -1;
+        for (int b = 0; b < B; b++) {
+            const float *x = X + (size_t)b * K;
+            uint32_t *d = xb + (size_t)b * a->kp / 2;
+            for (int p = 0; p < W->kp / 2; p++) {
+                const uint32_t lo = f32_to_bf16(x[2 * p]);
+                const uint32_t hi = 2 * p + 1 < K ? f32_to_bf16(x[2 * p + 1]) : 0;
+                d[p] = lo | hi << 16;
+            }
+        }
+        a->xb = xb;
+        return 0;
+    }
+    const size_t G = a->G, qbytes = ((size_t)B * a->kp + 63) & ~(size_t)63;
+    char *s = scratch_get(qbytes + (size_t)B * G * 12);
+    if (!s)
+        return -1;
+    int8_t *xq = (int8_t *)s;
+    float *xs = (float *)(s + qbytes), *xsum = xs + (size_t)B * G;
+    int32_t *xqs = (int32_t *)(xsum + (size_t)B * G);
+    for (int b = 0; b < B; b++)
+        for (size_t g = 0; g < G; g++) {
+            const int c0 = (int)g * GRP, n = imin(GRP, K - c0);
+            const size_t i = (size_t)b * G + g;
+            int8_t *q = xq + (size_t)b * a->kp + c0;
+            xs[i] = quant_group(X + (size_t)b * K + c0, n, q, &xqs[i], &xsum[i]);
+            memset(q + n, 0, (size_t)(GRP - n));
+        }
+    a->xq = xq;
+    a->xs = xs;
+    a->xsum = xsum;
+    a->xqs = xqs;
     return 0;
 }
 
-typedef void (*range_fn)(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0,
-                         int r1);
+/* ======================================================================== */
+/* The kernel bodies                                                         */
+/*
+ * Vector vocabulary each ISA defines (VT: 16 fp32 lanes, one per row of a
+ * block; IT: 16 int32 lanes):
+ *   VZERO() VLOAD(p) VSET1(f) VFMA(a, b, c) = a*b + c, VMUL(a, b)
+ *   VPAIR(p, e, o)      64 bytes of bf16 pairs -> even / odd column (exact)
+ *   VBW, VBLOAD(p), VDPBF(acc, w, pair)   bf16 dot product of a pair
+ *   VSTORE(acc, y, nr, beta)   y[i] = beta*y[i] + acc[i] for i < nr
+ *   IZERO() ICVT(i) IADD(a, b)
+ *   IW8, ILOAD8(p), IDOT8(acc, w, x4), IFIX8(acc, xqs)  int8: sum q*x
+ *   IWU, IQ4(p, lo, hi), IDOTU(acc, w, x4)             q4: sum q*x
+ * x4 is four int8 inputs packed in an int32 (little-endian column order).
+ * Sequences go NB at a time through a block (NB a constant, so the
+ * accumulators stay in registers); NBMAX per ISA from the register count.
+ */
+#define UNROLL _Pragma("GCC unroll 8")
+
+static inline int32_t x4_at(const act *A, int b, size_t quad)
+{
+    int32_t v;
+    memcpy(&v, A->xq + (size_t)b * A->kp + quad * 4, 4);
+    return v;
+}
+
+#define ACC_ZERO(NR, NB)                                                                         \
+    VT acc[NR * NB];                                                                             \
+    UNROLL for (int q = 0; q < NR * NB; q++) acc[q] = VZERO();
+
+#define ACC_STORE(NR, NB)                                                                        \
+    UNROLL for (int rb = 0; rb < NR; rb++)                                                       \
+    UNROLL for (int q = 0; q < NB; q++)                                                          \
+        VSTORE(acc[rb * NB + q], Y + (size_t)(b0 + q) * W->rows + r + rb * K_ROWS,               \
+               imin(K_ROWS, r1 - r - rb * K_ROWS), beta);
+
+/* NR blocks (1, or 2 for small batches, so that enough independent FMA
+ * chains are in flight) times NB sequences per pass. */
+#define PASS_F32(NR, NB)                                                                         \
+    {                                                                                            \
+        ACC_ZERO(NR, NB)                                                                         \
+        const size_t bs = (size_t)W->kp * K_ROWS;                                                \
+        const float *wp = (const float *)W->data + blk * bs;                                     \
+        const float *xp = A->x + (size_t)b0 * A->ldx;                                            \
+        for (int j = 0; j < W->cols; j++) {                                                      \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                const VT w = VLOAD(wp + rb * bs + (size_t)j * K_ROWS);                           \
+                UNROLL for (int q = 0; q < NB; q++)                                              \
+                    acc[rb * NB + q] = VFMA(w, VSET1(xp[(size_t)q * A->ldx + j]), acc[rb * NB + q]); \
+            }                                                                                    \
+        }                                                                                        \
+        ACC_STORE(NR, NB)                                                                        \
+    }
+
+#define PASS_BF16(NR, NB)                                                                        \
+    {                                                                                            \
+        ACC_ZERO(NR, NB)                                                                         \
+        const size_t bs = (size_t)W->kp * K_ROWS;                                                \
+        const uint16_t *wp = (const uint16_t *)W->data + blk * bs;                               \
+        const float *xp = A->x + (size_t)b0 * A->ldx;                                            \
+        const int K = W->cols;                                                                   \
+        int j = 0;                                                                               \
+        for (; j + 1 < K; j += 2) {                                                              \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                VT we, wo;                                                                       \
+                VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we, wo);                                \
+                UNROLL for (int q = 0; q < NB; q++) {                                            \
+                    const float *x = xp + (size_t)q * A->ldx + j;                                \
+                    acc[rb * NB + q] = VFMA(we, VSET1(x[0]), acc[rb * NB + q]);                  \
+                    acc[rb * NB + q] = VFMA(wo, VSET1(x[1]), acc[rb * NB + q]);                  \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        if (j < K) {                                                                             \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                VT we, wo;                                                                       \
+                VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we, wo);                                \
+                (void)wo;                                                                        \
+                UNROLL for (int q = 0; q < NB; q++)                                              \
+                    acc[rb * NB + q] = VFMA(we, VSET1(xp[(size_t)q * A->ldx + j]), acc[rb * NB + q]); \
+            }                                                                                    \
+        }                                                                                        \
+        ACC_STORE(NR, NB)                                                                        \
+    }
+
+#define PASS_DBF(NR, NB)                                                                         \
+    {                                                                                            \
+        ACC_ZERO(NR, NB)                                                                         \
+        const size_t bs = (size_t)W->kp * K_ROWS;                                                \
+        const uint16_t *wp = (const uint16_t *)W->data + blk * bs;                               \
+        const size_t np = (size_t)W->kp / 2;                                                     \
+        const uint32_t *xb = A->xb + (size_t)b0 * np;                                            \
+        for (size_t p = 0; p < np; p++) {                                                        \
+            UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
+                const VBW w = VBLOAD(wp + rb * bs + p * 2 * K_ROWS);                             \
+                UNROLL for (int q = 0; q < NB; q++)                                              \
+                    acc[rb * NB + q] = VDPBF(acc[rb * NB + q], w, xb[q * np + p]);               \
+            }                                                                                    \
+        }                                                                                        \
+        ACC_STORE(NR, NB)                                                                        \
+    }
+
+/* Integer sums are exact, so small batches use two accumulators per
+ * sequence (even / odd quads, or low / high nibbles) to shorten the
+ * dependency chains without changing any result; larger ones need the
+ * registers for more sequences. */
+#define PASS_I8(NR, NB)                                                                          \
+    {                                                                                            \
+        ACC_ZERO(1, NB)                                                                          \
+        const uint8_t *wp = (const uint8_t *)W->data + blk * (size_t)W->kp * K_ROWS;             \
+        const float *sp = W->scales + blk * A->G * K_ROWS;                                       \
+        for (size_t g = 0; g < A->G; g++) {                                                      \
+            IT ia[NB], ib[NB];                                                                   \
+            UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
+            const uint8_t *wg = wp + g * GRP * K_ROWS;                                           \
+            for (int qd = 0; qd < GRP / 4; qd += 2) {                                            \
+                const IW8 w0 = ILOAD8(wg + qd * 64), w1 = ILOAD8(wg + qd * 64 + 64);             \
+                UNROLL for (int q = 0; q < NB; q++) {                                            \
+                    ia[q] = IDOT8(ia[q], w0, x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd));      \
+                    const int32_t x1 = x4_at(A, b0 + q, g * (GRP / 4) + (size_t)qd + 1);         \
+                    if (NB <= 2)                                                                 \
+                        ib[q] = IDOT8(ib[q], w1, x1);                                            \
+                    else                                                                         \
+                        ia[q] = IDOT8(ia[q], w1, x1);                                            \
+                }                                                                                \
+            }                                                                                    \
+            const VT s = VLOAD(sp + g * K_ROWS);                                                 \
+            UNROLL for (int q = 0; q < NB; q++) {                                                \
+                const size_t i = (size_t)(b0 + q) * A->G + g;                                    \
+                acc[q] = VFMA(ICVT(IFIX8(IADD(ia[q], ib[q]), A->xqs[i])),                        \
+                              VMUL(s, VSET1(A->xs[i])), acc[q]);                                 \
+            }                                                                                    \
+        }                                                                                        \
+        ACC_STORE(1, NB)                                                                         \
+    }
+
+#define PASS_Q4(NR, NB)                                                                          \
+    {                                                                                            \
+        ACC_ZERO(1, NB)                                                                          \
+        const uint8_t *wp = (const uint8_t *)W->data + blk * (size_t)W->kp * K_ROWS / 2;         \
+        const float *sp = W->scales + blk * A->G * K_ROWS, *mp = W->mins + blk * A->G * K_ROWS;  \
+        for (size_t g = 0; g < A->G; g++) {                                                      \
+            IT ia[NB], ib[NB];                                                                   \
+            UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
+            const uint8_t *wg = wp + g * GRP * K_ROWS / 2;                                       \
+            const size_t x0 = g * (GRP / 4);                                                     \
+            for (int v = 0; v < GRP / 8; v++) {                                                  \
+                IWU lo, hi;                                                                      \
+                IQ4(wg + v * 64, lo, hi);                                                        \
+                UNROLL for (int q = 0; q < NB; q++) {                                            \
+                    ia[q] = IDOTU(ia[q], lo, x4_at(A, b0 + q, x0 + (size_t)v));                 \
+                    const int32_t x1 = x4_at(A, b0 + q, x0 + (size_t)v + GRP / 8);               \
+                    if (NB <= 2)                                                                 \
+                        ib[q] = IDOTU(ib[q], hi, x1);                                            \
+                    else                                                                         \
+                        ia[q] = IDOTU(ia[q], hi, x1);                                            \
+                }                                                                                \
+            }                                                                                    \
+            const VT s = VLOAD(sp + g * K_ROWS), mn = VLOAD(mp + g * K_ROWS);                    \
+            UNROLL for (int q = 0; q < NB; q++) {                                                \
+                const size_t i = (size_t)(b0 + q) * A->G + g;                                    \
+                acc[q] = VFMA(ICVT(IADD(ia[q], ib[q])), VMUL(s, VSET1(A->xs[i])), acc[q]);       \
+                acc[q] = VFMA(mn, VSET1(A->xsum[i]), acc[q]);                                    \
+            }                                                                                    \
+        }                                                                                        \
+        ACC_STORE(1, NB)                                                                         \
+    }
+
+/* Rows [r0, r1) (r0 a multiple of K_ROWS, r1 one too or W->rows). Batches
+ * under 4 take two blocks per pass (PAIRS = 1, exact formats). */
+#define BLOCKS(PASS, NBMAX, PAIRS)                                                               \
+    for (int r = r0; r < r1;) {                                                                  \
+        const size_t blk = (size_t)r / K_ROWS;                                                   \
+        int b0 = 0;                                                                              \
+        if (PAIRS && B < 4 && r + K_ROWS < r1) {                                                 \
+            for (; b0 + 2 <= B; b0 += 2)                                                         \
+                PASS(2, 2)                                                                       \
+            for (; b0 < B; b0++)                                                                 \
+                PASS(2, 1)                                                                       \
+            r += 2 * K_ROWS;                                                                     \
+            continue;                                                                            \
+        }                                                                                        \
+        if (NBMAX >= 8)                                                                          \
+            for (; b0 + 8 <= B; b0 += 8)                                                         \
+                PASS(1, 8)                                                                       \
+        for (; b0 + 4 <= B; b0 += 4)                                                             \
+            PASS(1, 4)                                                                           \
+        for (; b0 + 2 <= B; b0 += 2)                                                             \
+            PASS(1, 2)                                                                           \
+        for (; b0 < B; b0++)                                                                     \
+            PASS(1, 1)                                                                           \
+        r += K_ROWS;                                                                             \
+    }
+
+#define KSIG(name)                                                                               \
+    void name(const k_wmat *W, const act *A, float *Y, int B, float beta, int r0, int r1)
+typedef KSIG((*range_fn));
 
 /* ---------------------------------------------------------------- scalar */
-/* Sixteen lanes as an array: the same summation shape as the SIMD paths,
- * and a loop the compiler vectorizes for the baseline. */
+/* Sixteen lanes as arrays, in loops the compiler vectorizes for the
+ * baseline: the same order per output as the SIMD paths (multiply and add
+ * rounded separately, since the baseline has no FMA; integer sums are
+ * exact). */
 typedef struct {
     float v[16];
 } v16;
+typedef struct {
+    int32_t v[16];
+} i16v;
+typedef struct {
+    uint8_t v[64];
+} u64b;
+typedef const uint8_t *u8p;
 
 static inline v16 s_zero(void) { return (v16){{0}}; }
-static inline v16 s_loadx(const float *p)
+static inline v16 s_load(const float *p)
 {
     v16 r;
     memcpy(r.v, p, sizeof r.v);
     return r;
-}
-static inline v16 s_w_f32(const void *d, size_t i) { return s_loadx((const float *)d + i); }
-static inline v16 s_w_bf16(const void *d, size_t i)
-{
-    v16 r;
-    for (int l = 0; l < 16; l++)
-        r.v[l] = bf16_to_f32(((const uint16_t *)d)[i + l]);
-    return r;
-}
-static inline v16 s_w_i8(const void *d, size_t i)
-{
-    v16 r;
-    for (int l = 0; l < 16; l++)
-        r.v[l] = ((const int8_t *)d)[i + l];
-    return r;
-}
-static inline v16 s_fma(v16 a, v16 b, v16 c)
-{
-    for (int l = 0; l < 16; l++)
-        c.v[l] += a.v[l] * b.v[l];
-    return c;
-}
-static inline v16 s_add(v16 a, v16 b)
-{
-    for (int l = 0; l < 16; l++)
-        a.v[l] += b.v[l];
-    return a;
-}
-static inline v16 s_muls(v16 a, float s)
-{
-    for (int l = 0; l < 16; l++)
-        a.v[l] *= s;
-    return a;
-}
-static inline v16 s_mul(v16 a, v16 b)
-{
-    for (int l = 0; l < 16; l++)
-        a.v[l] *= b.v[l];
-    return a;
 }
 static inline v16 s_set1(float x)
 {
@@ -299,171 +732,340 @@ static inline v16 s_set1(float x)
         r.v[l] = x;
     return r;
 }
-static inline float s_sum(v16 a)
+static inline v16 s_fma(v16 a, v16 b, v16 c)
 {
-    float s = 0;
     for (int l = 0; l < 16; l++)
-        s += a.v[l];
-    return s;
+        c.v[l] += a.v[l] * b.v[l];
+    return c;
+}
+static inline v16 s_mul(v16 a, v16 b)
+{
+    for (int l = 0; l < 16; l++)
+        a.v[l] *= b.v[l];
+    return a;
+}
+static inline void s_pair(const uint16_t *p, v16 *e, v16 *o)
+{
+    for (int l = 0; l < 16; l++) {
+        e->v[l] = bf16_to_f32(p[2 * l]);
+        o->v[l] = bf16_to_f32(p[2 * l + 1]);
+    }
+}
+typedef struct {
+    v16 e, o;
+} v16pair;
+static inline v16pair s_bload(const uint16_t *p)
+{
+    v16pair w;
+    s_pair(p, &w.e, &w.o);
+    return w;
+}
+static inline v16 s_dpbf(v16 acc, v16pair w, uint32_t x)
+{
+    acc = s_fma(w.e, s_set1(bf16_to_f32((uint16_t)x)), acc);
+    return s_fma(w.o, s_set1(bf16_to_f32((uint16_t)(x >> 16))), acc);
+}
+static inline void s_store(v16 a, float *y, int nr, float beta)
+{
+    for (int l = 0; l < nr; l++)
+        y[l] = beta == 0.0f ? a.v[l] : beta * y[l] + a.v[l];
+}
+static inline i16v s_izero(void) { return (i16v){{0}}; }
+static inline v16 s_icvt(i16v a)
+{
+    v16 r;
+    for (int l = 0; l < 16; l++)
+        r.v[l] = (float)a.v[l];
+    return r;
+}
+static inline const uint8_t *s_load8(const uint8_t *p) { return p; }
+static inline i16v s_dot8(i16v acc, const uint8_t *w, int32_t x4)
+{
+    int8_t x[4];
+    memcpy(x, &x4, 4);
+    for (int l = 0; l < 16; l++)
+        for (int k = 0; k < 4; k++)
+            acc.v[l] += ((int)w[l * 4 + k] - 128) * x[k];
+    return acc;
+}
+static inline i16v s_fix8(i16v a, int32_t xqs) { (void)xqs; return a; }
+static inline i16v s_iadd(i16v a, i16v b)
+{
+    for (int l = 0; l < 16; l++)
+        a.v[l] += b.v[l];
+    return a;
+}
+static inline void s_q4(const uint8_t *p, u64b *lo, u64b *hi)
+{
+    for (int i = 0; i < 64; i++) {
+        lo->v[i] = p[i] & 15;
+        hi->v[i] = p[i] >> 4;
+    }
+}
+static inline i16v s_dotu(i16v acc, u64b w, int32_t x4)
+{
+    int8_t x[4];
+    memcpy(x, &x4, 4);
+    for (int l = 0; l < 16; l++)
+        for (int k = 0; k < 4; k++)
+            acc.v[l] += w.v[l * 4 + k] * x[k];
+    return acc;
 }
 
 #define VT v16
 #define VZERO s_zero
-#define VLOADX s_loadx
-#define VFMA s_fma
-#define VADD s_add
-#define VMULS s_muls
-#define VSUM s_sum
-#define VMUL s_mul
+#define VLOAD s_load
 #define VSET1 s_set1
-static void mm_scalar_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_f32, 0, 1) }
-static void mm_scalar_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_bf16, 0, 1) }
-static void mm_scalar_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(s_w_i8, 1, 1) }
-#undef VT
-#undef VZERO
-#undef VLOADX
-#undef VFMA
-#undef VADD
-#undef VMULS
-#undef VSUM
-#undef VMUL
-#undef VSET1
+#define VFMA s_fma
+#define VMUL s_mul
+#define VPAIR(p, e, o) s_pair(p, &(e), &(o))
+#define VBW v16pair
+#define VBLOAD s_bload
+#define VDPBF s_dpbf
+#define VSTORE s_store
+#define IT i16v
+#define IZERO s_izero
+#define ICVT s_icvt
+#define IW8 u8p
+#define ILOAD8 s_load8
+#define IDOT8 s_dot8
+#define IFIX8 s_fix8
+#define IADD s_iadd
+#define IWU u64b
+#define IQ4(p, lo, hi) s_q4(p, &(lo), &(hi))
+#define IDOTU s_dotu
+static KSIG(mm_scalar_f32) { BLOCKS(PASS_F32, 4, 1) }
+static KSIG(mm_scalar_bf16) { BLOCKS(PASS_BF16, 4, 1) }
+static KSIG(mm_scalar_dbf) { BLOCKS(PASS_DBF, 4, 1) }
+static KSIG(mm_scalar_i8) { BLOCKS(PASS_I8, 4, 0) }
+static KSIG(mm_scalar_q4) { BLOCKS(PASS_Q4, 4, 0) }
+#include "kernels_undef.h"
 
 /* ------------------------------------------------------------------ AVX2 */
-/* 16 columns as a pair of 8-lane registers. */
+/* 16 rows as a pair of 8-lane registers. Without VNNI, int8 products go
+ * through vpmaddubsw (u8 x s8 pairs to s16): q4 values (0..15) are
+ * unsigned already; int8 weights use the sign trick (|w| times x with w's
+ * sign), which cannot saturate since both are within -127..127. */
 #define AVX2 __attribute__((target("avx2,fma")))
 typedef struct {
     __m256 lo, hi;
 } v2x8;
+typedef struct {
+    __m256i lo, hi;
+} i2x8;
+typedef struct {
+    __m256i alo, ahi, slo, shi; /* |w| and w (signed) */
+} w8x2;
+typedef struct {
+    v2x8 e, o;
+} v2pair;
 
 AVX2 static inline v2x8 a2_zero(void) { return (v2x8){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
-AVX2 static inline v2x8 a2_loadx(const float *p)
-{
-    return (v2x8){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
-}
-AVX2 static inline v2x8 a2_w_f32(const void *d, size_t i) { return a2_loadx((const float *)d + i); }
-AVX2 static inline __m256 a2_bf16_8(const uint16_t *p)
-{
-    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-AVX2 static inline v2x8 a2_w_bf16(const void *d, size_t i)
-{
-    const uint16_t *p = (const uint16_t *)d + i;
-    return (v2x8){a2_bf16_8(p), a2_bf16_8(p + 8)};
-}
-AVX2 static inline v2x8 a2_w_i8(const void *d, size_t i)
-{
-    const int8_t *p = (const int8_t *)d + i;
-    __m128i q = _mm_loadu_si128((const __m128i *)p);
-    return (v2x8){_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)),
-                  _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)))};
-}
+AVX2 static inline v2x8 a2_load(const float *p) { return (v2x8){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+AVX2 static inline v2x8 a2_set1(float x) { return (v2x8){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
 AVX2 static inline v2x8 a2_fma(v2x8 a, v2x8 b, v2x8 c)
 {
     return (v2x8){_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }
-AVX2 static inline v2x8 a2_add(v2x8 a, v2x8 b)
+AVX2 static inline v2x8 a2_mul(v2x8 a, v2x8 b) { return (v2x8){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+AVX2 static inline void a2_pair(const uint16_t *p, v2x8 *e, v2x8 *o)
 {
-    return (v2x8){_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+    const __m256i mhi = _mm256_set1_epi32((int)0xFFFF0000u);
+    const __m256i a = _mm256_loadu_si256((const __m256i *)p);
+    const __m256i b = _mm256_loadu_si256((const __m256i *)(p + 16));
+    e->lo = _mm256_castsi256_ps(_mm256_slli_epi32(a, 16));
+    e->hi = _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
+    o->lo = _mm256_castsi256_ps(_mm256_and_si256(a, mhi));
+    o->hi = _mm256_castsi256_ps(_mm256_and_si256(b, mhi));
 }
-AVX2 static inline v2x8 a2_muls(v2x8 a, float s)
+AVX2 static inline v2pair a2_bload(const uint16_t *p)
 {
-    __m256 v = _mm256_set1_ps(s);
-    return (v2x8){_mm256_mul_ps(a.lo, v), _mm256_mul_ps(a.hi, v)};
+    v2pair w;
+    a2_pair(p, &w.e, &w.o);
+    return w;
 }
-AVX2 static inline v2x8 a2_mul(v2x8 a, v2x8 b)
+AVX2 static inline v2x8 a2_dpbf(v2x8 acc, v2pair w, uint32_t x)
 {
-    return (v2x8){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+    acc = a2_fma(w.e, a2_set1(bf16_to_f32((uint16_t)x)), acc);
+    return a2_fma(w.o, a2_set1(bf16_to_f32((uint16_t)(x >> 16))), acc);
 }
-AVX2 static inline v2x8 a2_set1(float x) { return (v2x8){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
-AVX2 static inline float a2_sum(v2x8 a)
+AVX2 static inline void a2_store(v2x8 a, float *y, int nr, float beta)
 {
-    __m256 s = _mm256_add_ps(a.lo, a.hi);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    float t[16];
+    _mm256_storeu_ps(t, a.lo);
+    _mm256_storeu_ps(t + 8, a.hi);
+    for (int l = 0; l < nr; l++)
+        y[l] = beta == 0.0f ? t[l] : beta * y[l] + t[l];
+}
+AVX2 static inline i2x8 a2_izero(void) { return (i2x8){_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+AVX2 static inline v2x8 a2_icvt(i2x8 a) { return (v2x8){_mm256_cvtepi32_ps(a.lo), _mm256_cvtepi32_ps(a.hi)}; }
+AVX2 static inline w8x2 a2_load8(const uint8_t *p)
+{
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    const __m256i lo = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)p), flip);
+    const __m256i hi = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 32)), flip);
+    return (w8x2){_mm256_abs_epi8(lo), _mm256_abs_epi8(hi), lo, hi};
+}
+AVX2 static inline __m256i a2_madd(__m256i u, __m256i s)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+AVX2 static inline i2x8 a2_dot8(i2x8 acc, w8x2 w, int32_t x4)
+{
+    const __m256i x = _mm256_set1_epi32(x4);
+    acc.lo = _mm256_add_epi32(acc.lo, a2_madd(w.alo, _mm256_sign_epi8(x, w.slo)));
+    acc.hi = _mm256_add_epi32(acc.hi, a2_madd(w.ahi, _mm256_sign_epi8(x, w.shi)));
+    return acc;
+}
+AVX2 static inline i2x8 a2_fix8(i2x8 a, int32_t xqs) { (void)xqs; return a; }
+AVX2 static inline i2x8 a2_iadd(i2x8 a, i2x8 b)
+{
+    return (i2x8){_mm256_add_epi32(a.lo, b.lo), _mm256_add_epi32(a.hi, b.hi)};
+}
+AVX2 static inline void a2_q4(const uint8_t *p, i2x8 *lo, i2x8 *hi)
+{
+    const __m256i m = _mm256_set1_epi8(15);
+    const __m256i a = _mm256_loadu_si256((const __m256i *)p);
+    const __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32));
+    lo->lo = _mm256_and_si256(a, m);
+    lo->hi = _mm256_and_si256(b, m);
+    hi->lo = _mm256_and_si256(_mm256_srli_epi16(a, 4), m);
+    hi->hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+}
+AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
+{
+    const __m256i x = _mm256_set1_epi32(x4);
+    acc.lo = _mm256_add_epi32(acc.lo, a2_madd(w.lo, x));
+    acc.hi = _mm256_add_epi32(acc.hi, a2_madd(w.hi, x));
+    return acc;
 }
 
 #define VT v2x8
 #define VZERO a2_zero
-#define VLOADX a2_loadx
-#define VFMA a2_fma
-#define VADD a2_add
-#define VMULS a2_muls
-#define VSUM a2_sum
-#define VMUL a2_mul
+#define VLOAD a2_load
 #define VSET1 a2_set1
-AVX2 static void mm_avx2_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_f32, 0, 1) }
-AVX2 static void mm_avx2_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_bf16, 0, 1) }
-AVX2 static void mm_avx2_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a2_w_i8, 1, 1) }
-#undef VT
-#undef VZERO
-#undef VLOADX
-#undef VFMA
-#undef VADD
-#undef VMULS
-#undef VSUM
-#undef VMUL
-#undef VSET1
+#define VFMA a2_fma
+#define VMUL a2_mul
+#define VPAIR(p, e, o) a2_pair(p, &(e), &(o))
+#define VBW v2pair
+#define VBLOAD a2_bload
+#define VDPBF a2_dpbf
+#define VSTORE a2_store
+#define IT i2x8
+#define IZERO a2_izero
+#define ICVT a2_icvt
+#define IW8 w8x2
+#define ILOAD8 a2_load8
+#define IDOT8 a2_dot8
+#define IFIX8 a2_fix8
+#define IADD a2_iadd
+#define IWU i2x8
+#define IQ4(p, lo, hi) a2_q4(p, &(lo), &(hi))
+#define IDOTU a2_dotu
+AVX2 static KSIG(mm_avx2_f32) { BLOCKS(PASS_F32, 4, 1) }
+AVX2 static KSIG(mm_avx2_bf16) { BLOCKS(PASS_BF16, 4, 1) }
+AVX2 static KSIG(mm_avx2_dbf) { BLOCKS(PASS_DBF, 4, 1) }
+AVX2 static KSIG(mm_avx2_i8) { BLOCKS(PASS_I8, 2, 0) }
+AVX2 static KSIG(mm_avx2_q4) { BLOCKS(PASS_Q4, 2, 0) }
+#include "kernels_undef.h"
 
 /* --------------------------------------------------------------- AVX-512 */
+/* Exact formats need F/BW/VL; the int8/q4 kernel also VNNI (vpdpbusd on
+ * q + 128 unsigned weights and signed inputs; the 128 * sum(x) excess is
+ * taken off per group) and the bf16 one AVX512_BF16 (vdpbf16ps). A CPU
+ * with AVX-512 but without those runs the AVX2 kernels for them. */
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512vnni")))
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512bf16")))
 
 AVX512 static inline __m512 a5_zero(void) { return _mm512_setzero_ps(); }
-AVX512 static inline __m512 a5_loadx(const float *p) { return _mm512_loadu_ps(p); }
-AVX512 static inline __m512 a5_w_f32(const void *d, size_t i) { return _mm512_loadu_ps((const float *)d + i); }
-AVX512 static inline __m512 a5_w_bf16(const void *d, size_t i)
-{
-    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)d + i)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-AVX512 static inline __m512 a5_w_i8(const void *d, size_t i)
-{
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)d + i))));
-}
-AVX512 static inline __m512 a5_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-AVX512 static inline __m512 a5_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-AVX512 static inline __m512 a5_muls(__m512 a, float s) { return _mm512_mul_ps(a, _mm512_set1_ps(s)); }
-AVX512 static inline float a5_sum(__m512 a) { return _mm512_reduce_add_ps(a); }
-AVX512 static inline __m512 a5_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+AVX512 static inline __m512 a5_load(const float *p) { return _mm512_loadu_ps(p); }
 AVX512 static inline __m512 a5_set1(float x) { return _mm512_set1_ps(x); }
+AVX512 static inline __m512 a5_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+AVX512 static inline __m512 a5_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+AVX512 static inline void a5_pair(const uint16_t *p, __m512 *e, __m512 *o)
+{
+    const __m512i a = _mm512_loadu_si512(p);
+    *e = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+    *o = _mm512_castsi512_ps(_mm512_and_si512(a, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+AVX512 static inline __m512i a5_bload(const uint16_t *p) { return _mm512_loadu_si512(p); }
+AVX512BF16 static inline __m512 a5_dpbf(__m512 acc, __m512i w, uint32_t x)
+{
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32((int)x));
+}
+AVX512 static inline void a5_store(__m512 a, float *y, int nr, float beta)
+{
+    const __mmask16 m = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    if (beta != 0.0f)
+        a = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, y)), a);
+    _mm512_mask_storeu_ps(y, m, a);
+}
+AVX512 static inline __m512i a5_izero(void) { return _mm512_setzero_si512(); }
+AVX512 static inline __m512 a5_icvt(__m512i a) { return _mm512_cvtepi32_ps(a); }
+AVX512 static inline __m512i a5_load8(const uint8_t *p) { return _mm512_loadu_si512(p); }
+AVX512VNNI static inline __m512i a5_dot8(__m512i acc, __m512i w, int32_t x4)
+{
+    return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(x4));
+}
+AVX512 static inline __m512i a5_fix8(__m512i a, int32_t xqs)
+{
+    return _mm512_sub_epi32(a, _mm512_set1_epi32(128 * xqs));
+}
+AVX512 static inline __m512i a5_iadd(__m512i a, __m512i b) { return _mm512_add_epi32(a, b); }
+AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
+{
+    const __m512i m = _mm512_set1_epi8(15), v = _mm512_loadu_si512(p);
+    *lo = _mm512_and_si512(v, m);
+    *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+}
 
 #define VT __m512
 #define VZERO a5_zero
-#define VLOADX a5_loadx
-#define VFMA a5_fma
-#define VADD a5_add
-#define VMULS a5_muls
-#define VSUM a5_sum
-#define VMUL a5_mul
+#define VLOAD a5_load
 #define VSET1 a5_set1
-AVX512 static void mm_avx512_f32(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_f32, 0, 4) }
-AVX512 static void mm_avx512_bf16(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_bf16, 0, 4) }
-AVX512 static void mm_avx512_i8(const k_wmat *W, const float *X, float *Y, int B, float beta, int r0, int r1) { KERNEL_BODY(a5_w_i8, 1, 4) }
-#undef VT
-#undef VZERO
-#undef VLOADX
-#undef VFMA
-#undef VADD
-#undef VMULS
-#undef VSUM
-#undef VMUL
-#undef VSET1
+#define VFMA a5_fma
+#define VMUL a5_mul
+#define VPAIR(p, e, o) a5_pair(p, &(e), &(o))
+#define VBW __m512i
+#define VBLOAD a5_bload
+#define VDPBF a5_dpbf
+#define VSTORE a5_store
+#define IT __m512i
+#define IZERO a5_izero
+#define ICVT a5_icvt
+#define IW8 __m512i
+#define ILOAD8 a5_load8
+#define IDOT8 a5_dot8
+#define IFIX8 a5_fix8
+#define IADD a5_iadd
+#define IWU __m512i
+#define IQ4(p, lo, hi) a5_q4(p, &(lo), &(hi))
+#define IDOTU a5_dot8
+AVX512 static KSIG(mm_avx512_f32) { BLOCKS(PASS_F32, 8, 1) }
+AVX512 static KSIG(mm_avx512_bf16) { BLOCKS(PASS_BF16, 8, 1) }
+AVX512BF16 static KSIG(mm_avx512_dbf) { BLOCKS(PASS_DBF, 8, 1) }
+AVX512VNNI static KSIG(mm_avx512_i8) { BLOCKS(PASS_I8, 8, 0) }
+AVX512VNNI static KSIG(mm_avx512_q4) { BLOCKS(PASS_Q4, 8, 0) }
+#include "kernels_undef.h"
 
 /* ======================================================================== */
 /* Dispatch                                                                  */
 
+enum { F_F32, F_BF16, F_DBF, F_I8, F_Q4, N_FN };
+
 typedef struct {
     const char *name;
-    range_fn fn[3]; /* by k_wfmt */
+    range_fn fn[N_FN];
+    const char *int_name, *bf16_name;
 } isa;
 
-static const isa isas[] = {
-    {"avx512", {mm_avx512_f32, mm_avx512_bf16, mm_avx512_i8}},
-    {"avx2", {mm_avx2_f32, mm_avx2_bf16, mm_avx2_i8}},
-    {"scalar", {mm_scalar_f32, mm_scalar_bf16, mm_scalar_i8}},
+static isa isas[] = {
+    {"avx512", {mm_avx512_f32, mm_avx512_bf16, mm_avx512_dbf, mm_avx512_i8, mm_avx512_q4},
+     "vnni", "avx512bf16"},
+    {"avx2", {mm_avx2_f32, mm_avx2_bf16, mm_avx2_dbf, mm_avx2_i8, mm_avx2_q4}, "avx2", "emulated"},
+    {"scalar", {mm_scalar_f32, mm_scalar_bf16, mm_scalar_dbf, mm_scalar_i8, mm_scalar_q4},
+     "scalar", "emulated"},
 };
 
 static const isa *active; /* chosen once; read-only afterwards (k_force_isa aside) */
@@ -482,6 +1084,17 @@ static int cpu_has(const char *name)
 
 static void choose_isa(void)
 {
+    __builtin_cpu_init();
+    /* AVX-512 without VNNI / BF16 (Skylake-X): those kernels from AVX2. */
+    if (!__builtin_cpu_supports("avx512vnni")) {
+        isas[0].fn[F_I8] = mm_avx2_i8;
+        isas[0].fn[F_Q4] = mm_avx2_q4;
+        isas[0].int_name = "avx2";
+    }
+    if (!__builtin_cpu_supports("avx512bf16")) {
+        isas[0].fn[F_DBF] = mm_avx2_dbf;
+        isas[0].bf16_name = "emulated";
+    }
     const char *want = getenv("METASTATE_ISA"); /* lets a user pin a variant */
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
@@ -497,6 +1110,18 @@ const char *k_isa(void)
     return active->name;
 }
 
+const char *k_isa_int(void)
+{
+    pthread_once(&isa_once, choose_isa);
+    return active->int_name;
+}
+
+const char *k_isa_bf16(void)
+{
+    pthread_once(&isa_once, choose_isa);
+    return active->bf16_name;
+}
+
 int k_force_isa(const char *name)
 {
     pthread_once(&isa_once, choose_isa);
@@ -506,6 +1131,17 @@ int k_force_isa(const char *name)
             return 0;
         }
     return -1;
+}
+
+static range_fn pick(const k_wmat *W)
+{
+    switch (W->fmt) {
+    case K_W_F32: return active->fn[F_F32];
+    case K_W_BF16: return active->fn[W->dot_bf16 ? F_DBF : F_BF16];
+    case K_W_I8: return active->fn[F_I8];
+    case K_W_Q4: return active->fn[F_Q4];
+    }
+    return active->fn[F_F32];
 }
 
 /* ======================================================================== */
@@ -623,7 +1259,7 @@ void k_parallel(int n, void (*run)(void *arg, int i), void *arg)
 
 typedef struct {
     const k_wmat *W;
-    const float *X;
+    const act *A;
     float *Y;
     int B;
     float beta;
@@ -636,22 +1272,40 @@ static void matmul_chunk(void *arg, int i)
     const matmul_job *m = arg;
     const int r0 = i * m->rows_per_chunk;
     const int r1 = r0 + m->rows_per_chunk < m->W->rows ? r0 + m->rows_per_chunk : m->W->rows;
-    m->fn(m->W, m->X, m->Y, m->B, m->beta, r0, r1);
+    m->fn(m->W, m->A, m->Y, m->B, m->beta, r0, r1);
 }
 
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
 {
     pthread_once(&isa_once, choose_isa);
-    range_fn fn = active->fn[W->fmt];
+    act A;
+    if (act_prepare(&A, W, X, B)) {
+        /* No memory for the prepared inputs: the exact product instead
+         * (the same weights, fp32 inputs), one row block at a time. */
+        for (int b = 0; b < B; b++)
+            for (int r = 0; r < W->rows; r++) {
+                float w[1], s = 0;
+                for (int c = 0; c < W->cols; c++) {
+                    w[0] = packed_at(W, r, c);
+                    s += w[0] * X[(size_t)b * W->cols + c];
+                }
+                float *y = Y + (size_t)b * W->rows + r;
+                *y = beta == 0.0f ? s : beta * *y + s;
+            }
+        return;
+    }
+    range_fn fn = pick(W);
     /* Small products are not worth waking anyone for. */
     if (pool.n_threads < 2 || (size_t)W->rows * W->cols < 65536) {
-        fn(W, X, Y, B, beta, 0, W->rows);
+        fn(W, &A, Y, B, beta, 0, W->rows);
         return;
     }
     /* Four chunks per thread: long enough that each thread reads long
      * sequential runs (which the prefetchers follow), enough of them that a
-     * thread that starts late leaves its share to the others. */
-    int per = ((W->rows + 4 * pool.n_threads - 1) / (4 * pool.n_threads) + 15) & ~15;
-    matmul_job m = {W, X, Y, B, beta, fn, per};
+     * thread that starts late leaves its share to the others. Chunks are
+     * whole blocks. */
+    int per = ((W->rows + 4 * pool.n_threads - 1) / (4 * pool.n_threads) + K_ROWS - 1) &
+              ~(K_ROWS - 1);
+    matmul_job m = {W, &A, Y, B, beta, fn, per};
     k_parallel((W->rows + per - 1) / per, matmul_chunk, &m);
 }

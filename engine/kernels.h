@@ -5,10 +5,16 @@
  *
  * Why our own kernels: generating a token reads every weight once, so speed
  * is memory bandwidth / bytes of weights. OpenBLAS sgemv runs below the
- * bandwidth for these shapes and knows only fp32; these kernels read bf16 or
- * int8 weights, widen them in registers and accumulate in fp32, and read each
- * weight row once for a whole batch of sequences (the server's concurrent
- * sessions), which is what makes a batch cost little more than one.
+ * bandwidth for these shapes and knows only fp32. The product matrices are
+ * therefore repacked at load into blocks of K_ROWS output rows stored
+ * column by column (one vector holds K_ROWS rows of one input column, or of
+ * a pair / quad of columns for the bf16 and int8 dot-product instructions):
+ * the kernel loads a weight vector once, widens or dequantizes it once, and
+ * accumulates it into one accumulator per sequence with that sequence's
+ * input broadcast. No horizontal sums, the weights are read once for the
+ * whole batch, and every output is summed in the same order whatever the
+ * batch size, so a sequence decoded in a batch gets bit for bit what it
+ * gets alone.
  */
 #ifndef METASTATE_ENGINE_KERNELS_H
 #define METASTATE_ENGINE_KERNELS_H
@@ -16,40 +22,66 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { K_W_F32 = 0, K_W_BF16 = 1, K_W_I8 = 2 } k_wfmt;
+typedef enum { K_W_F32 = 0, K_W_BF16 = 1, K_W_I8 = 2, K_W_Q4 = 3 } k_wfmt;
 
-#define K_I8_GROUP 64 /* inputs per int8 scale */
+#define K_ROWS 16     /* output rows per packed block */
+#define K_I8_GROUP 64 /* inputs per int8 / q4 scale, and per activation scale */
 
-/* A weight matrix (rows = outputs, cols = inputs), row-major, in one format.
- * I8: symmetric per (row, group of K_I8_GROUP inputs), value = q * scale. */
+/* A weight matrix (rows = outputs, cols = inputs).
+ * packed (k_wmat_alloc): blocks of K_ROWS rows, column-major inside a block,
+ *   for products. F32 exact; BF16 exact widening (dot_bf16 = 1: products
+ *   round the activations to bf16 and use bf16 dot products); I8 symmetric
+ *   per (row, group of K_I8_GROUP inputs), w = q * scale, activations
+ *   quantized to int8 per group; Q4 asymmetric per (row, group),
+ *   w = min + q * scale with q in 0..15, activations as for I8.
+ * plain (k_wmat_alloc_plain): row-major F32/BF16/I8, for row lookups
+ *   (the embedding) only. */
 typedef struct k_wmat {
     k_wfmt fmt;
     int rows, cols;
-    void *data;      /* rows*cols elements of float, uint16_t (bf16) or int8_t */
-    float *scales;   /* I8 only: rows * ceil(cols / K_I8_GROUP) */
+    int packed;
+    int dot_bf16;  /* BF16 packed only; set by the owner before products run */
+    int kp;        /* packed: cols rounded up to a whole pair (BF16) or group (I8, Q4) */
+    void *data;
+    float *scales; /* I8, Q4 */
+    float *mins;   /* Q4 */
 } k_wmat;
 
 /* Bytes held (and read per product) for W. */
 size_t k_wmat_bytes(const k_wmat *W);
 
-/* Fills W (allocated here, 64-byte aligned) from rows*cols fp32 values.
- * BF16 rounds to nearest even; an exact widening when src came from bf16.
- * Returns 0, or -1 on OOM. */
-int k_wmat_init(k_wmat *W, k_wfmt fmt, int rows, int cols, const float *src);
-/* The same in two steps, so a large matrix can be filled in row chunks:
- * allocate (contents undefined), then convert rows [r0, r1) from src. */
+/* Allocates a packed matrix (contents zero), then fills rows [r0, r1) from
+ * src ((r1-r0) x cols fp32, rounding BF16 to nearest even, an exact
+ * widening when src came from bf16). For packed matrices r0 is a multiple
+ * of K_ROWS and r1 is one too or rows. Returns 0, or -1 on OOM / a format
+ * the layout does not hold (plain Q4). */
 int k_wmat_alloc(k_wmat *W, k_wfmt fmt, int rows, int cols);
+int k_wmat_alloc_plain(k_wmat *W, k_wfmt fmt, int rows, int cols);
 void k_wmat_set_rows(k_wmat *W, int r0, int r1, const float *src);
+/* k_wmat_alloc + k_wmat_set_rows of all rows. */
+int k_wmat_init(k_wmat *W, k_wfmt fmt, int rows, int cols, const float *src);
 void k_wmat_free(k_wmat *W);
 
-/* Row r of W widened to fp32 into dst (cols floats): embedding lookups. */
-void k_wmat_row(const k_wmat *W, int r, float *dst);
-/* Rows [r0, r1) of W widened into dst ((r1-r0) x cols): prefill panels. */
+/* Rows [r0, r1) of W as the format holds them, widened into dst
+ * ((r1-r0) x cols); any layout (packed ones slowly: tests, lookups). */
 void k_wmat_rows(const k_wmat *W, int r0, int r1, float *dst);
+void k_wmat_row(const k_wmat *W, int r, float *dst);
+/* Packed W only: rows [r0, r1) (r0 a multiple of K_ROWS) widened and
+ * transposed into dst (cols x (r1-r0), row-major), the B operand of a
+ * prefill sgemm. */
+void k_wmat_panel(const k_wmat *W, int r0, int r1, float *dst);
 
-/* Y (B x rows) = beta * Y + X (B x cols) * W^T, for small B (<= K_MAX_BATCH):
- * each weight row is read once for all B vectors. Uses the thread pool. */
-#define K_MAX_BATCH 16
+/* 1 when products of W go through k_matmul for any number of rows (its
+ * integer / bf16 dot products beat a widened sgemm); 0 when long chunks are
+ * better served by sgemm on k_wmat_panel (exact fp32 formats). */
+int k_matmul_any_rows(const k_wmat *W);
+
+/* Y (B x rows) = beta * Y + X (B x cols) * W^T for a packed W, any B >= 1:
+ * each block of weights is read from memory once for all B vectors, and
+ * row (b, r) is bit-identical whatever B is. Uses the thread pool;
+ * thread-safe for distinct Y (a per-thread scratch holds the prepared
+ * activations, allocated on a thread's first product). */
+#define K_MAX_BATCH 16 /* decode batch the engine hands to k_matmul at once */
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta);
 
 /* Runs run(arg, i) for i in [0, n) on the pool (the caller takes part);
@@ -65,6 +97,10 @@ const char *k_isa(void);
  * benchmarks; returns 0, or -1 when the CPU lacks it. Not thread-safe: call
  * before any product runs. */
 int k_force_isa(const char *name);
+/* Which dot-product instructions the active set uses for int8/q4 and for
+ * bf16 compute: "vnni" / "avx2" / "scalar" and "avx512bf16" / "emulated". */
+const char *k_isa_int(void);
+const char *k_isa_bf16(void);
 /* Worker threads for k_matmul (>= 1, 1 = calling thread only); set once. */
 void k_set_threads(int n);
 

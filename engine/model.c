@@ -321,11 +321,16 @@ static ms_status fingerprint(const ms_tensorfile *tf, uint8_t out[32], const cha
 
 int ms_weights_parse(const char *s)
 {
-    static const char *const names[] = {"auto", "f32", "bf16", "int8"};
-    for (int i = 0; s && i < 4; i++)
+    static const char *const names[] = {"auto", "f32", "bf16", "int8", "q4"};
+    for (int i = 0; s && i < 5; i++)
         if (!strcmp(s, names[i]))
             return i;
     return -1;
+}
+
+int ms_compute_parse(const char *s)
+{
+    return !s ? -1 : !strcmp(s, "f32") ? MS_COMPUTE_F32 : !strcmp(s, "bf16") ? MS_COMPUTE_BF16 : -1;
 }
 
 const char *ms_kernel_isa(void) { return k_isa(); }
@@ -341,7 +346,14 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
     ms_weights w = opts ? opts->weights : MS_WEIGHTS_AUTO;
     if (w == MS_WEIGHTS_AUTO)
         w = m->cfg.file_dtype == MS_BF16 ? MS_WEIGHTS_BF16 : MS_WEIGHTS_F32;
-    m->wfmt = w == MS_WEIGHTS_BF16 ? K_W_BF16 : w == MS_WEIGHTS_I8 ? K_W_I8 : K_W_F32;
+    m->wfmt = w == MS_WEIGHTS_BF16 ? K_W_BF16
+              : w == MS_WEIGHTS_I8 ? K_W_I8
+              : w == MS_WEIGHTS_Q4 ? K_W_Q4
+                                   : K_W_F32;
+    const int dot_bf16 = opts && opts->compute == MS_COMPUTE_BF16;
+    /* The embedding is only looked up (one row per token), so its format
+     * costs memory, not speed: row-major, int8 when the rest is 4-bit. */
+    const k_wfmt emb_fmt = m->wfmt == K_W_Q4 ? K_W_I8 : m->wfmt;
     size_t vec_floats = 0, scratch = 1;
     for (size_t i = 0; i < ld->n; i++) {
         const binding *b = &ld->b[i];
@@ -377,7 +389,9 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
                 for (int c = 0; c < cols; c++)
                     tr[(size_t)c * rows + r] = tmp[(size_t)r * cols + c];
             rc = k_wmat_init(b->dst_mat, K_W_F32, cols, rows, tr);
-        } else if (!(rc = k_wmat_alloc(b->dst_mat, m->wfmt, rows, cols))) {
+        } else if (!(rc = b->dst_mat == &m->emb ? k_wmat_alloc_plain(b->dst_mat, emb_fmt, rows, cols)
+                                                : k_wmat_alloc(b->dst_mat, m->wfmt, rows, cols))) {
+            b->dst_mat->dot_bf16 = b->dst_mat->packed && m->wfmt == K_W_BF16 && dot_bf16;
             const size_t row_bytes = b->t->nbytes / (size_t)rows;
             for (int r0 = 0; r0 < rows; r0 += CHUNK_ROWS) {
                 const int r1 = r0 + CHUNK_ROWS < rows ? r0 + CHUNK_ROWS : rows;

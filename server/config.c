@@ -21,7 +21,8 @@ enum {
     O_MODEL = 'm', O_HELP = 'h',
     O_VOCAB = 1000, O_NAME, O_HOST, O_PORT, O_STATE_DIR, O_POOL_MB, O_API_KEY, O_CORS,
     O_PARALLEL, O_QUEUE, O_MAX_BODY, O_MAX_TOKENS, O_DEF_TOKENS, O_DEF_CHAT_TOKENS,
-    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS, O_NO_UI,
+    O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS, O_COMPUTE,
+    O_NO_UI,
     O_STATE_STORE, O_STORE_PREFIX, O_SESSION_TTL, O_LEASE_MS, O_METRICS_PORT
 };
 
@@ -57,7 +58,8 @@ static const opt_spec specs[] = {
     {"idle-timeout", O_IDLE, "SECONDS", "close connections idle (or sending headers/body) this long (default 30)"},
     {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per step of a sequence, so streams are not stalled (default 128)"},
     {"threads", O_THREADS, "N", "engine worker threads, 0 = one per core (default 0)"},
-    {"weights", O_WEIGHTS, "FMT", "weights in memory: auto (bf16 files stay bf16, others f32), f32, bf16, int8 (default auto)"},
+    {"weights", O_WEIGHTS, "FMT", "weights in memory: auto (bf16 files stay bf16, others f32), f32, bf16, int8, q4 (default auto)"},
+    {"compute", O_COMPUTE, "MODE", "products of bf16 weights: f32 (exact) or bf16 (activations rounded to bf16, bf16 dot products; faster) (default f32)"},
     {"max-sessions", O_MAX_SESSIONS, "N", "sessions indexed in memory and on disk (default 100000)"},
     {"init-state", O_INIT_STATE, "NAME=PATH", "initial state requests select with \"state\": NAME; PATH is a state-tuning file "
      "(.pth or .safetensors with blocks.{i}.att.time_state, optionally merged into a model); repeatable"},
@@ -264,7 +266,13 @@ static int apply(srv_config *c, const opt_spec *s, const char *v)
         return -1;
     case O_WEIGHTS:
         if ((c->weights = ms_weights_parse(v)) < 0) {
-            fprintf(stderr, "metastate serve: --weights: expected auto, f32, bf16 or int8, got '%s'\n", v);
+            fprintf(stderr, "metastate serve: --weights: expected auto, f32, bf16, int8 or q4, got '%s'\n", v);
+            return -1;
+        }
+        return 0;
+    case O_COMPUTE:
+        if ((c->compute = ms_compute_parse(v)) < 0) {
+            fprintf(stderr, "metastate serve: --compute: expected f32 or bf16, got '%s'\n", v);
             return -1;
         }
         return 0;

@@ -48,6 +48,7 @@ typedef struct srv_config {
     int prefill_chunk; /* prompt tokens per scheduler iteration per sequence (default 128) */
     int threads;       /* engine threads, 0 = one per core */
     int weights;       /* ms_weights: in-memory weight format (default auto) */
+    int compute;       /* ms_compute: bf16 weights' product arithmetic (default f32) */
     int max_sessions;  /* sessions kept in the index (memory + disk), default 100000 */
     srv_init_state init_states[SRV_MAX_INIT_STATES]; /* --init-state NAME=PATH, in order */
     int n_init_states;

@@ -48,7 +48,8 @@ srv_status rt_load(srv_runtime *rt, const rt_opts *o, srv_error *err)
         return srv_fail(err, SRV_ERR_NOMEM, "out of memory");
     }
     double t0 = now_s();
-    ms_load_opts lo = {.n_threads = o->threads, .weights = (ms_weights)o->weights};
+    ms_load_opts lo = {.n_threads = o->threads, .weights = (ms_weights)o->weights,
+                       .compute = (ms_compute)o->compute};
     if (ms_model_load(o->model_path, &lo, &rt->model, &e) != MS_OK)
         return srv_fail(err, e.code == MS_ERR_NOMEM ? SRV_ERR_NOMEM : SRV_ERR_IO,
                         "cannot load model: %s", e.msg);

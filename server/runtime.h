@@ -26,6 +26,7 @@ typedef struct rt_opts {
     const char *vocab_path;           /* NULL = byte-level vocabulary */
     int threads;                      /* engine threads, 0 = one per core */
     int weights;                      /* ms_weights */
+    int compute;                      /* ms_compute */
     const srv_init_state *init_states; /* n_init_states named state files (may be NULL) */
     int n_init_states;
     const char *log_prefix;           /* progress lines to stderr ("metastate serve"); NULL = quiet */

@@ -1044,7 +1044,7 @@ static int load_all(sched *s, char *msg, size_t cap)
 {
     const srv_config *c = s->cfg;
     rt_opts o = {.model_path = c->model_path, .vocab_path = c->vocab_path, .threads = c->threads,
-                 .weights = c->weights, .init_states = c->init_states,
+                 .weights = c->weights, .compute = c->compute, .init_states = c->init_states,
                  .n_init_states = c->n_init_states, .log_prefix = "metastate serve"};
     srv_error e;
     if (rt_load(&s->rt, &o, &e) != SRV_OK) {

@@ -439,10 +439,10 @@ sstore *sstore_new(const srv_config *cfg, sess_pool *pool, const ms_model *model
     atomic_store(&st->up, 1);
     metrics_set(MET_G_STORE_UP, 1);
     if (cfg->state_store) {
-        /* A command's timeout well under the lease, so a hung store fails
-         * the turn before its lease could expire under it. */
-        int timeout = (int)(st->lease_ms / 4 < 2000 ? st->lease_ms / 4 : 2000);
-        st->rs = redis_store_new(cfg->state_store, cfg->store_prefix, timeout, err, errcap);
+        /* Long enough for a multi-megabyte value on a busy host; a store
+         * that answers slower than this is treated as unavailable. A lease
+         * that expires meanwhile is safe: saves are fenced by the lease. */
+        st->rs = redis_store_new(cfg->state_store, cfg->store_prefix, 2000, err, errcap);
         if (!st->rs) {
             free(st);
             return NULL;

@@ -1,53 +1,101 @@
 #!/usr/bin/env bash
 # `make bench`: random models of the real 0.1B and 0.4B shapes (bf16 files;
 # f32 runs widen them, so all formats run the same model), then for every
-# weight format `metastate bench` (prefill, generation, bandwidth, sgemm
-# peak, int8 accuracy) and the serving benchmark through the real server
-# (tools/bench_http.mjs). Prints Markdown tables for the README.
-# BENCH_SIZES="0.1b" or BENCH_FORMATS="bf16" narrow the run.
+# weight format and compute mode `metastate bench` (prefill, generation,
+# batches of 1-16 sequences, bandwidth and sgemm peak measured in that same
+# process, accuracy against f32 weights), the held-out bits per byte of the
+# default model per format (`metastate perplexity`), and the serving
+# benchmark through the real server (tools/bench_http.mjs). Prints Markdown
+# tables for the README.
+# BENCH_SIZES="0.1b", BENCH_FORMATS="bf16 q4", BENCH_THREADS=1, BENCH_HTTP=0,
+# BENCH_PPL=0 narrow the run. A format is WEIGHTS or WEIGHTS+COMPUTE
+# (bf16+bf16: bf16 weights with bf16 dot products).
 set -euo pipefail
 build=${1:-build}
 dir="$build/bench"
 sizes=${BENCH_SIZES:-"0.1b 0.4b"}
-formats=${BENCH_FORMATS:-"f32 bf16 int8"}
+formats=${BENCH_FORMATS:-"f32 bf16 bf16+bf16 int8 q4"}
+threads=${BENCH_THREADS:-0}
 mkdir -p "$dir"
 for size in $sizes; do
     m="$dir/rwkv7-$size-bf16.safetensors"
     [[ -f $m ]] || "$build/metastate" gen-model --preset "$size" --dtype bf16 --seed 1 --out "$m"
 done
 
-declare -a engine_rows http_rows
+engine_rows=(); http_rows=(); ppl_rows=()
 for size in $sizes; do
     m="$dir/rwkv7-$size-bf16.safetensors"
-    for w in $formats; do
-        acc=(); [[ $w == int8 ]] && acc=(--accuracy)
-        out=$("$build/metastate" bench --model "$m" --weights "$w" --label "$size" --prompt 512 --gen 128 "${acc[@]}")
+    for f in $formats; do
+        w=${f%%+*}; c=f32; [[ $f == *+* ]] && c=${f#*+}
+        acc=(); [[ $f != f32 ]] && acc=(--accuracy)
+        out=$("$build/metastate" bench --model "$m" --weights "$w" --compute "$c" --threads "$threads" \
+            --label "$size" --prompt 512 --gen 128 "${acc[@]}")
         echo "$out" | grep -v '^RESULT'
         engine_rows+=("$(echo "$out" | grep '^RESULT')")
-        if command -v node >/dev/null; then
+        if [[ ${BENCH_HTTP:-1} != 0 && $c == f32 ]] && command -v node >/dev/null; then
             h=$(node tools/bench_http.mjs "$build/metastate" "$m" "$w" "$size-$w")
             echo "  $h"
             http_rows+=("$h")
         fi
     done
 done
+heldout="$dir/fortunes-heldout.txt"
+if [[ ${BENCH_PPL:-1} != 0 ]] && { [[ -f $heldout ]] || /usr/bin/python3 tools/fortunes_heldout.py "$heldout"; }; then
+    for f in $formats; do
+        w=${f%%+*}; c=f32; [[ $f == *+* ]] && c=${f#*+}
+        p=$("$build/metastate" perplexity --model models/default.safetensors --file "$heldout" --docs \
+            --weights "$w" --compute "$c" --threads "$threads")
+        echo "default model, $f: $p"
+        ppl_rows+=("$f $p")
+    done
+fi
 
 kv() { # kv LINE KEY
     local k=$2; for p in ${1#* }; do [[ ${p%%=*} == "$k" ]] && { echo "${p#*=}"; return; }; done; echo "-"
 }
 pct() { awk -v e="$1" 'BEGIN{ if (e == "-") print "-"; else printf "%.0f%%", e * 100 }'; }
+fmt() { local r=$1; [[ $(kv "$r" compute) == bf16 ]] && echo "$(kv "$r" weights), bf16 compute" || kv "$r" weights; }
+ref() { # ref LABEL KEY: KEY of the f32 row of LABEL
+    for r in "${engine_rows[@]}"; do
+        [[ $(kv "$r" label) == "$1" && $(kv "$r" weights) == f32 ]] && { kv "$r" "$2"; return; }
+    done; echo "-"
+}
 
 echo
-echo "| model | weights | prefill tok/s | prefill / sgemm peak | generation tok/s | generation / bandwidth | int8 vs f32: max, mean abs logit diff, top-1 |"
-echo "|---|---|---|---|---|---|---|"
+echo "| model | weights | prefill tok/s | prefill / sgemm peak | prefill vs f32 | generation tok/s | generation / bandwidth | bandwidth GB/s | sgemm GFLOP/s | vs f32: max, mean abs logit diff, top-1 |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for r in "${engine_rows[@]}"; do
     accs="-"
-    [[ $(kv "$r" weights) == int8 ]] && accs="$(kv "$r" acc_max), $(kv "$r" acc_mean), $(awk -v t="$(kv "$r" acc_top1)" 'BEGIN{printf "%.1f%%", t*100}')"
-    echo "| $(kv "$r" label) | $(kv "$r" weights) | $(kv "$r" prefill_tps) | $(pct "$(kv "$r" prefill_eff)") | $(kv "$r" gen_tps) | $(pct "$(kv "$r" gen_eff)") | $accs |"
+    [[ $(kv "$r" acc) == 1 ]] && accs="$(kv "$r" acc_max), $(kv "$r" acc_mean), $(awk -v t="$(kv "$r" acc_top1)" 'BEGIN{printf "%.1f%%", t*100}')"
+    vs=$(awk -v a="$(kv "$r" prefill_tps)" -v b="$(ref "$(kv "$r" label)" prefill_tps)" 'BEGIN{ if (b == "-") print "-"; else printf "%.2fx", a/b }')
+    echo "| $(kv "$r" label) | $(fmt "$r") | $(kv "$r" prefill_tps) | $(pct "$(kv "$r" prefill_eff)") | $vs | $(kv "$r" gen_tps) | $(pct "$(kv "$r" gen_eff)") | $(kv "$r" bw_gbs) | $(kv "$r" sgemm_gflops) | $accs |"
 done
-r=${engine_rows[0]}
 echo
-echo "Measured in the same run: memory read bandwidth $(kv "$r" bw_gbs) GB/s, OpenBLAS sgemm peak $(kv "$r" sgemm_gflops) GFLOP/s."
+echo "Batched decoding (ms_step_batch, every weight read once per step): step time in ms, aggregate tokens/s in parentheses."
+echo
+echo "| model | weights | B=1 | B=2 | B=4 | B=8 | B=16 | B=8 step / B=1 step |"
+echo "|---|---|---|---|---|---|---|---|"
+for r in "${engine_rows[@]}"; do
+    row="| $(kv "$r" label) | $(fmt "$r") |"
+    for b in 1 2 4 8 16; do
+        row+=" $(awk -v s="$(kv "$r" step${b}_ms)" -v b=$b 'BEGIN{printf "%.2f (%.0f)", s, b*1000/s}') |"
+    done
+    row+=" $(awk -v a="$(kv "$r" step8_ms)" -v b="$(kv "$r" step1_ms)" 'BEGIN{printf "%.2fx", a/b}') |"
+    echo "$row"
+done
+if ((${#ppl_rows[@]})); then
+    echo
+    echo "Default model (models/default.safetensors), held-out fortunes (tools/fortunes_heldout.py):"
+    echo
+    echo "| weights | bits/byte | vs f32 |"
+    echo "|---|---|---|"
+    base=""
+    for p in "${ppl_rows[@]}"; do
+        f=${p%% *}; b=$(kv "$p" bits_per_byte)
+        [[ -z $base ]] && base=$b
+        echo "| ${f/+bf16/, bf16 compute} | $b | $(awk -v a="$b" -v z="$base" 'BEGIN{printf "%+.4f", a-z}') |"
+    done
+fi
 if ((${#http_rows[@]})); then
     echo
     echo "Through the HTTP server (streaming, 64 tokens per request, one session each):"
@@ -60,4 +108,4 @@ if ((${#http_rows[@]})); then
     done
 fi
 echo
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB; threads: ${threads/#0/all}; each row's bandwidth and sgemm peak measured in its own process"

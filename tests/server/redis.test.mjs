@@ -190,6 +190,27 @@ test('kill -9 of the replica holding the lease mid-stream: the other serves the 
   await b.stop('SIGKILL');
 });
 
+test('a generation much longer than the lease keeps it (renewed): the other replica waits for the whole turn', async () => {
+  const lease = ['--state-store', storeUrl(), '--lease-ms', String(600 * SLOW)];
+  const a = await startServer({ args: lease }), b = await startServer({ args: lease });
+  servers.push(a, b);
+  const base = { model: MODEL_NAME, temperature: 0, session_id: 'long', logit_bias: { ...asciiBias(), 0: -100 } };
+  const s = await streamUntil(a, { ...base, prompt: 'A long story', max_tokens: 1500 }, 2);
+  const tB = api(b, 'POST', '/v1/completions', { ...base, prompt: 'A long story', max_tokens: 4 });
+  let text = '';
+  for (;;) { const { value, done } = await s.reader.read(); if (done) break; text += new TextDecoder().decode(value); }
+  const aDone = Date.now();
+  assert.match(text, /\[DONE\]/);
+  const rb = await tB;
+  assert.equal(rb.status, 200, rb.text);
+  assert.ok(Date.now() >= aDone, 'B finished after A');
+  assert.doesNotMatch(a.stderr(), /renewing the lease failed|not stored/, a.stderr());
+  assert.ok(rb.json.usage.prompt_tokens_details.cached_tokens > 0, 'B found A\'s stored turn');
+  assert.ok((await metrics(b)).metastate_store_lease_waits_total > 0, 'B waited');
+  assert.equal((await metrics(a)).metastate_store_errors_total, 0);
+  for (const x of [a, b]) assert.equal((await x.stop()).code, 0, x.stderr());
+});
+
 test('redis stopped: session requests get 503 store_unavailable, others are served; restarted: sessions resume', async () => {
   const a = await replica();
   const msgs = [{ role: 'user', content: 'Remember me' }];

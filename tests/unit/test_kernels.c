@@ -20,9 +20,44 @@ static float frand(unsigned *s)
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
-/* Max |k_matmul - exact| / (sum |w x| + 1e-3) over Y: a relative error that
- * does not blow up on outputs that happen to cancel to near zero. */
-static double check_product(k_wfmt fmt, int rows, int cols, int B, float beta)
+/* The formats a product can run in: a weight format, with bf16 either
+ * exact or through bf16 dot products. */
+typedef struct {
+    k_wfmt fmt;
+    int dot_bf16;
+    const char *name;
+} mode;
+static const mode modes[] = {{K_W_F32, 0, "f32"}, {K_W_BF16, 0, "bf16"}, {K_W_BF16, 1, "bf16-dot"},
+                             {K_W_I8, 0, "int8"}, {K_W_Q4, 0, "q4"}};
+#define N_MODES (sizeof modes / sizeof modes[0])
+
+/* Inputs the mode represents exactly, so the product can be checked
+ * tightly against double precision: bf16 values for bf16 dot products;
+ * for the int8-activation formats multiples of 1/127 whose group maximum
+ * is 1 (so quantizing them loses nothing). Otherwise any floats. */
+static void exact_inputs(const mode *md, float *x, int B, int cols, unsigned *seed)
+{
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < cols; c++) {
+            float v = frand(seed);
+            float *o = &x[b * cols + c];
+            if (md->fmt == K_W_I8 || md->fmt == K_W_Q4)
+                *o = c % 64 == 0 ? 1.0f : (float)lrintf(v * 127.0f) / 127.0f;
+            else if (md->dot_bf16) {
+                k_wmat t;
+                cr_assert_eq(k_wmat_init(&t, K_W_BF16, 1, 1, &v), 0);
+                k_wmat_rows(&t, 0, 1, o);
+                k_wmat_free(&t);
+            } else
+                *o = v;
+        }
+}
+
+/* Max |k_matmul - exact| / (sum |w x| + 1e-3) over Y, with the weights as
+ * the format holds them: a relative error that does not blow up on outputs
+ * that happen to cancel to near zero. any_inputs: random inputs instead of
+ * ones the mode represents exactly. */
+static double check_product(const mode *md, int rows, int cols, int B, float beta, int any_inputs)
 {
     unsigned seed = (unsigned)(rows * 31 + cols * 7 + B);
     float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
@@ -30,12 +65,16 @@ static double check_product(k_wfmt fmt, int rows, int cols, int B, float beta)
     float *wd = malloc(sizeof(float) * rows * cols);
     for (int i = 0; i < rows * cols; i++)
         w[i] = frand(&seed);
-    for (int i = 0; i < B * cols; i++)
-        x[i] = frand(&seed);
+    if (any_inputs)
+        for (int i = 0; i < B * cols; i++)
+            x[i] = frand(&seed);
+    else
+        exact_inputs(md, x, B, cols, &seed);
     for (int i = 0; i < B * rows; i++)
         y0[i] = y[i] = frand(&seed);
     k_wmat W;
-    cr_assert_eq(k_wmat_init(&W, fmt, rows, cols, w), 0);
+    cr_assert_eq(k_wmat_init(&W, md->fmt, rows, cols, w), 0);
+    W.dot_bf16 = md->dot_bf16;
     k_wmat_rows(&W, 0, rows, wd); /* the weights as the format holds them */
     k_matmul(&W, x, y, B, beta);
     double worst = 0;
@@ -61,26 +100,110 @@ static double check_product(k_wfmt fmt, int rows, int cols, int B, float beta)
 
 Test(kernels, every_isa_format_batch_and_shape)
 {
-    const int shapes[][2] = {{1, 16}, {37, 100}, {64, 768}, {130, 257}, {300, 64}};
-    const int batches[] = {1, 2, 3, 4, 5, 8, 16};
+    const int shapes[][2] = {{1, 16}, {37, 100}, {64, 768}, {130, 257}, {300, 64}, {17, 3}};
+    const int batches[] = {1, 2, 3, 4, 5, 8, 9, 16, 40};
     int ran = 0;
     for (size_t i = 0; i < 3; i++) {
         if (k_force_isa(isas[i]))
             continue; /* this CPU lacks it */
         ran++;
-        for (int fmt = K_W_F32; fmt <= K_W_I8; fmt++)
+        for (size_t md = 0; md < N_MODES; md++)
             for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
                 for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++)
                     for (int beta = 0; beta < 2; beta++) {
-                        double e = check_product(fmt, shapes[s][0], shapes[s][1], batches[b],
-                                                 (float)beta);
-                        cr_expect_leq(e, 1e-6, "%s fmt %d %dx%d B=%d beta=%d: rel err %g",
-                                      isas[i], fmt, shapes[s][0], shapes[s][1], batches[b], beta,
-                                      e);
+                        double e = check_product(&modes[md], shapes[s][0], shapes[s][1],
+                                                 batches[b], (float)beta, 0);
+                        cr_expect_leq(e, 2e-6, "%s %s %dx%d B=%d beta=%d: rel err %g", isas[i],
+                                      modes[md].name, shapes[s][0], shapes[s][1], batches[b],
+                                      beta, e);
                     }
     }
     cr_expect_geq(ran, 1);
     cr_expect_eq(k_force_isa("scalar"), 0, "the portable variant is always there");
+}
+
+/* Inputs the mode rounds (bf16, int8 per group of 64): the rounding's own
+ * bound, half a step per input, relative to sum |w x|: 2^-9 for bf16,
+ * 1/254 of the group maximum for int8 (about 1% of a mean |x| of uniform
+ * inputs); an error in a scale or a layout is of order 1. */
+Test(kernels, rounded_inputs_stay_within_the_rounding)
+{
+    const double tol[] = {2e-6, 2e-6, 2.0 / 512, 1e-2, 1e-2};
+    for (size_t i = 0; i < 3; i++) {
+        if (k_force_isa(isas[i]))
+            continue;
+        for (size_t md = 0; md < N_MODES; md++)
+            for (int B = 1; B <= 9; B += 4) {
+                double e = check_product(&modes[md], 75, 700, B, 0.0f, 1);
+                cr_expect_leq(e, tol[md], "%s %s B=%d: rel err %g", isas[i], modes[md].name, B, e);
+            }
+    }
+    cr_expect_eq(k_force_isa("scalar"), 0);
+}
+
+/* Decoding a sequence in a batch must give exactly what it gets alone
+ * (the server batches whoever is generating), in every variant and mode. */
+Test(kernels, batched_rows_equal_single_rows_bit_for_bit)
+{
+    const int rows = 77, cols = 300, B = 16;
+    unsigned seed = 3;
+    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
+    float *yb = malloc(sizeof(float) * B * rows), *y1 = malloc(sizeof(float) * rows);
+    for (int i = 0; i < rows * cols; i++)
+        w[i] = frand(&seed);
+    for (int i = 0; i < B * cols; i++)
+        x[i] = frand(&seed);
+    for (size_t i = 0; i < 3; i++) {
+        if (k_force_isa(isas[i]))
+            continue;
+        for (size_t md = 0; md < N_MODES; md++) {
+            k_wmat W;
+            cr_assert_eq(k_wmat_init(&W, modes[md].fmt, rows, cols, w), 0);
+            W.dot_bf16 = modes[md].dot_bf16;
+            for (int nb = 1; nb <= B; nb++) {
+                k_matmul(&W, x, yb, nb, 0.0f);
+                for (int b = 0; b < nb; b++) {
+                    k_matmul(&W, x + (size_t)b * cols, y1, 1, 0.0f);
+                    cr_expect_eq(memcmp(y1, yb + (size_t)b * rows, sizeof(float) * rows), 0,
+                                 "%s %s: row %d of a batch of %d differs", isas[i],
+                                 modes[md].name, b, nb);
+                }
+            }
+            k_wmat_free(&W);
+        }
+    }
+    cr_expect_eq(k_force_isa("scalar"), 0);
+    free(w);
+    free(x);
+    free(yb);
+    free(y1);
+}
+
+/* The prefill panel is the held weights, transposed. */
+Test(kernels, panel_is_the_weights_transposed)
+{
+    const int rows = 70, cols = 130;
+    unsigned seed = 11;
+    float *w = malloc(sizeof(float) * rows * cols), *wd = malloc(sizeof(float) * rows * cols);
+    float *p = malloc(sizeof(float) * rows * cols);
+    for (int i = 0; i < rows * cols; i++)
+        w[i] = frand(&seed);
+    for (size_t md = 0; md < N_MODES; md++) {
+        k_wmat W;
+        cr_assert_eq(k_wmat_init(&W, modes[md].fmt, rows, cols, w), 0);
+        k_wmat_rows(&W, 0, rows, wd);
+        const int r0 = 16, n = rows - r0;
+        k_wmat_panel(&W, r0, rows, p);
+        int bad = 0;
+        for (int r = r0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                bad += p[(size_t)c * n + (r - r0)] != wd[(size_t)r * cols + c];
+        cr_expect_eq(bad, 0, "%s: %d panel entries differ", modes[md].name, bad);
+        k_wmat_free(&W);
+    }
+    free(w);
+    free(wd);
+    free(p);
 }
 
 Test(kernels, thread_pool_gives_the_single_thread_result)
@@ -94,13 +217,16 @@ Test(kernels, thread_pool_gives_the_single_thread_result)
         w[i] = frand(&seed);
     for (int i = 0; i < B * cols; i++)
         x[i] = frand(&seed);
-    for (int fmt = K_W_F32; fmt <= K_W_I8; fmt++) {
+    for (size_t md = 0; md < N_MODES; md++) {
+        const k_wfmt fmt = modes[md].fmt;
         k_wmat W, Wsmall;
         cr_assert_eq(k_wmat_init(&W, fmt, rows, cols, w), 0);
+        W.dot_bf16 = modes[md].dot_bf16;
         k_matmul(&W, x, y1, B, 0.0f);
         /* Row by row, each below the size the pool splits: one thread. */
         for (int r = 0; r < rows; r++) {
             cr_assert_eq(k_wmat_init(&Wsmall, fmt, 1, cols, w + (size_t)r * cols), 0);
+            Wsmall.dot_bf16 = modes[md].dot_bf16;
             for (int b = 0; b < B; b++) {
                 float one;
                 k_matmul(&Wsmall, x + b * cols, &one, 1, 0.0f);
@@ -108,7 +234,7 @@ Test(kernels, thread_pool_gives_the_single_thread_result)
             }
             k_wmat_free(&Wsmall);
         }
-        cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0, "fmt %d differs", fmt);
+        cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0, "%s differs", modes[md].name);
         /* Many products back to back: the pool hands out work by generation. */
         for (int rep = 0; rep < 200; rep++) {
             k_matmul(&W, x, y2, B, 0.0f);
@@ -153,6 +279,29 @@ Test(kernels, formats_round_as_documented)
         float step = i < 64 ? 1.0f / 127 : 0.01f / 127;
         cr_expect_leq(fabsf(q[i] - g[i]), 0.51f * step, "int8 [%d] %g -> %g", i, g[i], q[i]);
     }
+    /* Packed: a whole block of 16 rows, 16 scales per group. */
+    cr_expect_eq(k_wmat_bytes(&W), 16 * 128 + 16 * 2 * sizeof(float));
+    k_wmat_free(&W);
+    cr_assert_eq(k_wmat_alloc_plain(&W, K_W_I8, 1, 128), 0);
+    k_wmat_set_rows(&W, 0, 1, g);
+    float q2[128];
+    k_wmat_rows(&W, 0, 1, q2);
+    cr_expect_eq(memcmp(q, q2, sizeof q), 0, "plain and packed int8 hold the same values");
     cr_expect_eq(k_wmat_bytes(&W), 128 + 2 * sizeof(float));
+    k_wmat_free(&W);
+    /* q4: within half a step of its group's (max - min) / 15. */
+    cr_assert_eq(k_wmat_init(&W, K_W_Q4, 1, 128, g), 0);
+    k_wmat_rows(&W, 0, 1, q);
+    for (int k = 0; k < 2; k++) {
+        float lo = g[k * 64], hi = g[k * 64];
+        for (int i = k * 64; i < k * 64 + 64; i++) {
+            lo = fminf(lo, g[i]);
+            hi = fmaxf(hi, g[i]);
+        }
+        for (int i = k * 64; i < k * 64 + 64; i++)
+            cr_expect_leq(fabsf(q[i] - g[i]), 0.51f * (hi - lo) / 15, "q4 [%d] %g -> %g", i,
+                          g[i], q[i]);
+    }
+    cr_expect_eq(k_wmat_bytes(&W), 16 * 128 / 2 + 16 * 2 * 2 * sizeof(float));
     k_wmat_free(&W);
 }
