@@ -31,6 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -117,6 +120,7 @@ typedef struct http_req {
     sess_op op;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
+    int backlogged;      /* unsent output went over the bound; cleared below a quarter of it */
 } http_req;
 
 /* ======================================================================== */
@@ -398,7 +402,30 @@ static int sink_alive(void *ud)
     return alive;
 }
 
-static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive};
+/* 1 while the client is not taking its stream fast enough: its output not
+ * yet taken went over --stream-backlog-kb and has not yet drained below a
+ * quarter of it. The scheduler pauses the sequence meanwhile, so a client
+ * that stops reading costs a bounded buffer, not all it would generate.
+ * "Not taken" counts our buffer and the socket's send queue (SIOCOUTQ): the
+ * kernel grows a send buffer to megabytes before our own one fills. */
+static int sink_backlogged(void *ud)
+{
+    http_req *r = ud;
+    size_t bound = r->srv->cfg->stream_backlog;
+    pthread_mutex_lock(&r->mu);
+    size_t unsent = r->out_len - r->out_off;
+    int queued = 0;
+    if (r->conn && r->fd >= 0 && ioctl(r->fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+        unsent += (size_t)queued;
+    if (unsent > bound) r->backlogged = 1;
+    else if (unsent < bound / 4) r->backlogged = 0;
+    int b = r->backlogged && r->job.req.stream;
+    pthread_mutex_unlock(&r->mu);
+    return b;
+}
+
+static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive,
+                                sink_backlogged};
 
 /* ======================================================================== */
 /* Streaming response reader (MHD thread)                                    */
@@ -413,7 +440,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (n > max) n = max;
         memcpy(buf, r->out + r->out_off, n);
         r->out_off += n;
-        if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
+        if (r->out_off == r->out_len) {
+            r->out_off = r->out_len = 0;
+        } else if (r->out_off >= (64u << 10) && r->out_off * 2 >= r->out_len) {
+            /* A reader that never quite catches up would otherwise keep the
+             * buffer growing: move the unsent tail to the front. */
+            memmove(r->out, r->out + r->out_off, r->out_len - r->out_off);
+            r->out_len -= r->out_off;
+            r->out_off = 0;
+            r->out[r->out_len] = 0; /* kept terminated, as append() leaves it */
+        }
         pthread_mutex_unlock(&r->mu);
         return (ssize_t)n;
     }
@@ -690,12 +726,13 @@ static void sess_op_work(void *arg)
             op->buf = NULL;
         }
     } else {
-        /* The engine reads tensor files by path, so stage the body in one. */
-        char tmpl[] = "/tmp/metastate-import-XXXXXX";
-        int fd = mkstemp(tmpl);
+        /* The engine reads tensor files by path, so the body is staged in
+         * an anonymous in-memory file: nothing on disk to leak or leave
+         * behind, and no server path in any message. */
+        int fd = memfd_create("metastate-import", MFD_CLOEXEC);
         if (fd < 0) {
             op->rc = OP_FAILED;
-            snprintf(op->err, sizeof op->err, "cannot create a temp file: %s", strerror(errno));
+            snprintf(op->err, sizeof op->err, "cannot stage the upload: %s", strerror(errno));
             return;
         }
         size_t off = 0;
@@ -704,14 +741,22 @@ static void sess_op_work(void *arg)
             if (w <= 0) break;
             off += (size_t)w;
         }
-        close(fd);
+        char staged[64];
+        snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
         if (off == r->body_len) {
-            op->rc = sstore_import(p, r->path_id, tmpl, op->err, sizeof op->err);
+            op->rc = sstore_import(p, r->path_id, staged, op->err, sizeof op->err);
         } else {
             op->rc = OP_FAILED;
-            snprintf(op->err, sizeof op->err, "cannot write a temp file");
+            snprintf(op->err, sizeof op->err, "cannot stage the upload");
         }
-        unlink(tmpl);
+        close(fd);
+        /* The engine names the file it read; the staging path means nothing
+         * to the client and shows server internals. */
+        for (char *at; (at = strstr(op->err, staged));) {
+            size_t n = strlen(staged) + (at[strlen(staged)] == ':' ? 1 : 0);
+            while (at[n] == ' ') n++;
+            memmove(at, at + n, strlen(at + n) + 1);
+        }
     }
 }
 
@@ -958,6 +1003,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             r->route = R_PREFLIGHT;
             return preflight(r, allow);
         }
+        /* The key is checked before the route is judged: without it, 404
+         * and 405 would tell which routes exist. */
+        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
+            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
+                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if (r->route == R_NONE)
             return send_error(r, 404, "invalid_request_error", NULL, "not_found",
                               "Unknown route %s %s.", method, url);
@@ -966,9 +1016,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                             "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
             return ok;
         }
-        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
-            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
-                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
             !oa_session_id_valid(r->path_id, strlen(r->path_id)))
             return bad_session_id(r);

@@ -118,6 +118,7 @@ typedef struct slot {
     int n_gen;
     int skip_pending;   /* chat: drop the reply's one leading space */
     int first_token_seen;
+    int paused;         /* GENERATE, but the client's unsent output is over the bound */
     int feed_last;      /* this iteration's token ends the choice (batched feed) */
     int feed_hit;       /* ... because a stop string was hit */
     double t_step;      /* when this iteration's token was sampled */
@@ -249,6 +250,7 @@ static void complete_job(sched *s, slot *sl)
         sl->sess = NULL;
     }
     sl->state = SLOT_FREE;
+    sl->paused = 0;
     sl->job = NULL;
     /* The gauge drops before the client hears back, so a client that reads
      * /metrics right after its response sees itself gone; n_running itself
@@ -872,7 +874,49 @@ static void admit(sched *s)
 
 static void idle_cb(uv_idle_t *h);
 
-static int stepping(const slot *sl) { return sl->state == SLOT_PREFILL || sl->state == SLOT_GENERATE; }
+static int stepping(const slot *sl)
+{
+    return sl->state == SLOT_PREFILL || (sl->state == SLOT_GENERATE && !sl->paused);
+}
+
+/* Backpressure: a generating slot whose client is not reading pauses (it
+ * keeps its slot and state; the deadline still applies) and resumes once the
+ * client has taken its output. Returns the slot's new paused flag. */
+static int refresh_paused(sched *s, slot *sl)
+{
+    sched_job *j = sl->job;
+    int p = sl->state == SLOT_GENERATE && j->sink->backlogged && sched_now() <= j->deadline &&
+            j->sink->backlogged(j->ud);
+    if (p && !sl->paused) metrics_add(MET_C_STREAM_PAUSES, 1);
+    sl->paused = p;
+    return p;
+}
+
+static void paused_gauge(sched *s)
+{
+    int n = 0;
+    for (int i = 0; i < s->n_slots; i++) n += s->slots[i].state == SLOT_GENERATE && s->slots[i].paused;
+    metrics_set(MET_G_STREAMS_PAUSED, n);
+}
+
+/* The paused slots, which the idle callback no longer visits: drop those
+ * whose client left, resume those whose client has read. */
+static void check_paused(sched *s)
+{
+    for (int i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->state != SLOT_GENERATE || !sl->paused) continue;
+        sched_job *j = sl->job;
+        if (atomic_load(&s->cancel_all) || !j->sink->alive(j->ud)) {
+            sl->paused = 0;
+            metrics_add(MET_C_CANCELLED, 1);
+            finish_job(s, sl, SRV_ERR_CANCELLED, "client disconnected");
+            continue;
+        }
+        refresh_paused(s, sl);
+    }
+    paused_gauge(s);
+}
 
 static void update_idle(sched *s)
 {
@@ -904,9 +948,10 @@ static void idle_cb(uv_idle_t *h)
             continue;
         }
         if (sl->state == SLOT_PREFILL) step_prefill(s, sl);
-        else n_feed += gen_pick(s, sl);
+        else if (!refresh_paused(s, sl)) n_feed += gen_pick(s, sl);
     }
     gen_feed(s, n_feed);
+    paused_gauge(s);
     admit(s);
     update_idle(s);
 }
@@ -994,11 +1039,13 @@ static void wake_cb(uv_async_t *h)
     maybe_close(s);
 }
 
-/* Periodic: deadlines and disconnects of queued jobs, sessions freed by the
- * HTTP side (export), and the stop request when nothing else wakes us. */
+/* Periodic: deadlines and disconnects of queued jobs, paused streams whose
+ * client read (or left), sessions freed by the HTTP side (export), and the
+ * stop request when nothing else wakes us. */
 static void tick_cb(uv_timer_t *h)
 {
     sched *s = h->data;
+    check_paused(s);
     store_tick(s);
     admit(s);
     update_idle(s);

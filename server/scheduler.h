@@ -45,6 +45,10 @@ typedef struct sched_sink {
     void (*done)(void *ud, const sched_result *r);
     /* 0 once the client is gone: the job is dropped within one step. */
     int (*alive)(void *ud);
+    /* May be NULL. 1 while the client has not taken enough of the output
+     * already produced: the job's generation pauses (checked every step and
+     * every tick) instead of buffering without bound. */
+    int (*backlogged)(void *ud);
 } sched_sink;
 
 typedef struct sched_job {

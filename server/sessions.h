@@ -132,7 +132,8 @@ srv_status pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t 
 /* Replaces (or creates) session id with the state in the safetensors file at
  * path. Its token history becomes empty: the next request feeds its whole
  * prompt on top of the imported state (which stands in for an initial state:
- * init_state becomes ""). SRV_OK, SRV_ERR_BUSY, else (err filled)
+ * init_state becomes ""). States with NaN/Inf or values beyond
+ * STORE_VALUE_MAX are refused. SRV_OK, SRV_ERR_BUSY, else (err filled)
  * SRV_ERR_INVALID (not a state of this model), SRV_ERR_SESSIONS_FULL or
  * SRV_ERR_NOMEM. */
 srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap);
