@@ -3,6 +3,7 @@
 #   make run     install what is missing, build, start the server on the default model
 #   make test    install, build, run every test, then the whole suite again under ASan+UBSan
 #   make bench   benchmarks (not part of make test)
+#   make fuzz    every libFuzzer target for FUZZ_SECONDS each (make test runs each briefly)
 #
 # Every user-facing target first runs `deps`, which apt-get installs the Debian
 # packages that are missing (and nothing when all are there). The real work is
@@ -22,12 +23,14 @@ SHARED  ?= ../shared
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
               libopenblas-dev libuv1-dev libssl-dev libhiredis-dev
 RUN_PKGS   := curl
-TEST_PKGS  := libcriterion-dev curl nodejs npm chromium redis-server fortunes python3-numpy
+TEST_PKGS  := libcriterion-dev curl nodejs npm chromium redis-server fortunes python3-numpy \
+              clang libclang-rt-14-dev
 # CI (.ci/run) requires the reference checks, so it installs what they need;
 # a user's make test skips them without it, saying so.
 REF_PKGS   := $(if $(filter-out 0,$(METASTATE_REQUIRE_REFERENCE)),python3-torch python3-numpy,)
 
-.PHONY: all deps deps-test deps-run fresh-debian build unit-bin check test bench run clean asan
+.PHONY: all deps deps-test deps-run fresh-debian build unit-bin check test bench run clean asan \
+        fuzz fuzz-bin fuzz-run
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -47,6 +50,12 @@ test: deps-test
 bench: deps
 	@$(MAKE) --no-print-directory build
 	@bash tools/bench.sh $(BUILD)
+
+# libFuzzer targets (tests/fuzz), each for FUZZ_SECONDS; new inputs collect
+# in $(BUILD)/fuzz/corpus, crashes in $(BUILD)/fuzz/artifacts.
+FUZZ_SECONDS ?= 300
+fuzz: deps-test
+	@$(MAKE) --no-print-directory fuzz-run
 
 run: deps-run
 	@$(MAKE) --no-print-directory build
@@ -116,8 +125,29 @@ $(BUILD)/asan/metastate: $(call objs,$(BUILD)/asan,$(LIB_SRC) cli/main.c)
 $(BUILD)/asan/unit-tests: $(call objs,$(BUILD)/asan,$(LIB_SRC) $(UNIT_SRC))
 	$(CC) $(SAN_FLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 
+# Fuzz targets: the library sources built with clang's libFuzzer, ASan and
+# UBSan, one binary per tests/fuzz/fuzz_*.c.
+FUZZ_CC    := clang
+FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+              -fno-sanitize-recover=all -Wno-unused-function
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS  := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(filter-out tests/fuzz/fuzz_util.c,$(FUZZ_SRC)))
+fuzz-bin: $(FUZZ_BINS) $(BUILD)/metastate
+.SECONDARY: $(call objs,$(BUILD)/fuzz,$(LIB_SRC) $(FUZZ_SRC))
+
+$(BUILD)/fuzz/obj/%.o: %.c $(HEADERS) tests/fuzz/fuzz_util.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(BASEFLAGS) -Itests/fuzz $(FUZZ_FLAGS) -c $< -o $@
+
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/fuzz/obj/tests/fuzz/fuzz_%.o $(BUILD)/fuzz/obj/tests/fuzz/fuzz_util.o \
+                      $(call objs,$(BUILD)/fuzz,$(LIB_SRC))
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+fuzz-run: fuzz-bin
+	@bash tests/fuzz/run.sh $(BUILD) $(FUZZ_SECONDS) long
+
 # The test suite: unit tests (Criterion) and the server tests (node's test
 # runner with the official openai package), first with the normal build, then
 # everything again with the sanitizer build. Any sanitizer report fails.
-check: $(BUILD)/metastate $(BUILD)/unit-tests $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests
+check: $(BUILD)/metastate $(BUILD)/unit-tests $(BUILD)/asan/metastate $(BUILD)/asan/unit-tests fuzz-bin
 	@bash tests/run.sh $(BUILD) $(SHARED)

@@ -16,5 +16,6 @@ int cmd_serve(int argc, char **argv);      /* serve.c */
 int cmd_bench(int argc, char **argv);      /* bench.c */
 int cmd_perplexity(int argc, char **argv); /* perplexity.c */
 int cmd_expand(int argc, char **argv);     /* expand.c */
+int cmd_bench_constraint(int argc, char **argv); /* bench_constraint.c */
 
 #endif

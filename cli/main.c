@@ -19,6 +19,7 @@ static const command commands[] = {
     {"gen-model", cmd_gen_model, "write a random-weight RWKV-7 model of real shapes"},
     {"expand", cmd_expand, "grow a model (parameter tokens, SSE heads) keeping its function"},
     {"bench", cmd_bench, "measure prefill/generation speed against memory bandwidth"},
+    {"bench-constraint", cmd_bench_constraint, "per-token cost of constrained (JSON) decoding"},
     {"perplexity", cmd_perplexity, "bits per byte / per token of a text under a model"},
 };
 

@@ -331,6 +331,96 @@ void ms_sampler_set_exempt(ms_sampler *s, int32_t id);
  * and records it in the penalty table. */
 int32_t ms_sampler_sample(ms_sampler *s, float *logits);
 
+
+/* Log-probabilities under the model's own distribution: the log-softmax of
+ * raw logits (before bias, penalties, temperature, masks), in double
+ * precision. Returns token's log-probability; when k > 0 also writes the k
+ * (<= n) most likely ids, highest first (ties: lower id), and theirs to
+ * top_ids/top_lp. Allocates nothing; k is meant to be small (<= 20). */
+float ms_logprobs(const float *logits, int32_t n, int32_t token, int k, int32_t *top_ids,
+                  float *top_lp);
+
+/* ======================================================================== */
+/* Constrained decoding (constraint.c)                                       */
+/* ======================================================================== */
+
+/* A byte-level grammar for a JSON document (or text-or-prefix for tool calls),
+ * built node by node; node ids are int32_t, -1 reports a failed step (bad
+ * argument or out of memory), and a failed step makes ms_grammar_finish
+ * fail. Immutable after ms_grammar_finish: then shareable by threads. No
+ * whitespace is produced outside strings. */
+typedef struct ms_grammar ms_grammar;
+
+ms_grammar *ms_grammar_new(void);
+void ms_grammar_free(ms_grammar *g);
+/* One of n byte strings (each 1..4096 bytes), e.g. a JSON enum's texts. */
+int32_t ms_grammar_literals(ms_grammar *g, const char *const *lits, const size_t *lens, size_t n);
+int32_t ms_grammar_literal(ms_grammar *g, const char *s, size_t len);
+/* A JSON string of min_len..max_len code points (max_len -1: no bound). */
+int32_t ms_grammar_string(ms_grammar *g, int32_t min_len, int32_t max_len);
+/* A JSON number (integer: no fraction), inclusive bounds when has_*; at most
+ * 15 integral and 6 fraction digits, no exponent. */
+int32_t ms_grammar_number(ms_grammar *g, int integer, int has_min, double min, int has_max,
+                          double max);
+/* items[0], then items[1], ... (n >= 1). */
+int32_t ms_grammar_seq(ms_grammar *g, const int32_t *items, size_t n);
+/* "[" item ("," item)* "]" with min..max items (max -1: no bound). */
+int32_t ms_grammar_array(ms_grammar *g, int32_t item, int32_t min_items, int32_t max_items);
+/* A generic object: any string keys, values of node `value`. */
+int32_t ms_grammar_object(ms_grammar *g, int32_t value);
+/* One of the alternatives, chosen by the first byte: their first bytes must
+ * be disjoint (checked by ms_grammar_finish, MS_ERR_UNSUPPORTED otherwise). */
+int32_t ms_grammar_alt(ms_grammar *g, const int32_t *alts, size_t n);
+/* One of n literals (none a prefix of another), then the node paired with
+ * it: e.g. a tool's quoted name, then its arguments. */
+int32_t ms_grammar_switch(ms_grammar *g, const char *const *lits, const size_t *lens,
+                          const int32_t *next, size_t n);
+/* Free text, unless the text starts with prefix: then child follows. */
+int32_t ms_grammar_text_or(ms_grammar *g, const char *prefix, size_t len, int32_t child);
+/* Any JSON value (objects, arrays, strings, numbers, true/false/null). */
+int32_t ms_grammar_any(ms_grammar *g);
+/* A placeholder for recursion, later bound with ms_grammar_define. */
+int32_t ms_grammar_ref(ms_grammar *g);
+int ms_grammar_define(ms_grammar *g, int32_t ref, int32_t target);
+/* Resolves references, checks the grammar (every part can be completed,
+ * alternatives are distinguishable), and makes root the document. */
+ms_status ms_grammar_finish(ms_grammar *g, int32_t root, ms_error *err);
+
+/* The vocabulary as byte tries for the allowed-token walk, built once per
+ * tokenizer (n_vocab = model rows, the mask size); immutable, shareable.
+ * Keeps pointers into tok: free it before the tokenizer. NULL on OOM. */
+typedef struct ms_vocab_index ms_vocab_index;
+ms_vocab_index *ms_vocab_index_new(const ms_tokenizer *tok, int32_t n_vocab);
+void ms_vocab_index_free(ms_vocab_index *vi);
+int32_t ms_vocab_index_size(const ms_vocab_index *vi);
+
+/* Per-sequence matcher of one finished grammar (both must outlive it);
+ * scratch allocated here once, so masks and advances allocate nothing. */
+typedef struct ms_gmatch ms_gmatch;
+ms_gmatch *ms_gmatch_new(const ms_grammar *g, const ms_vocab_index *vi);
+void ms_gmatch_free(ms_gmatch *m);
+/* Back to the start of the document. */
+void ms_gmatch_reset(ms_gmatch *m);
+/* Allowed tokens for the next step as a bitmap of ms_vocab_index_size bits
+ * (caller's buffer of (size+63)/64 words): every token whose bytes keep the
+ * text a valid prefix and after which the document can still be closed in
+ * tokens_left - 1 tokens (-1: no limit); id 0 (end-of-text) when the text
+ * may end here. Returns how many are allowed (0: none; the document is
+ * complete or cannot be closed in time). */
+int32_t ms_gmatch_mask(ms_gmatch *m, int32_t tokens_left, uint64_t *mask);
+/* Follows len generated bytes; -1 (state unchanged) when they do not fit. */
+int ms_gmatch_advance(ms_gmatch *m, const char *bytes, size_t len);
+/* 1 when the document is complete (nothing more may follow). */
+int ms_gmatch_done(const ms_gmatch *m);
+/* 1 when end-of-text is allowed now. */
+int ms_gmatch_can_end(const ms_gmatch *m);
+/* 1 in the free-text branch of ms_grammar_text_or. */
+int ms_gmatch_free_text(const ms_gmatch *m);
+/* Fewest tokens that complete the document from here. */
+int32_t ms_gmatch_min_tokens(const ms_gmatch *m);
+/* Sets logits[i] = -inf for every id not in mask (n ids). */
+void ms_mask_apply(float *logits, const uint64_t *mask, int32_t n);
+
 #ifdef __cplusplus
 }
 #endif

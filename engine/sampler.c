@@ -503,3 +503,56 @@ int32_t ms_sampler_sample(ms_sampler *s, float *logits)
         s->occ[tok] += 1.0f;
     return tok;
 }
+
+/* ======================================================================== */
+/* Log-probabilities                                                         */
+/* ======================================================================== */
+
+/* log-softmax in double: max shift, then log of the sum. NaN logits count as
+ * -inf, as in the draw. The top-k list is kept sorted by insertion: k is
+ * small, and most tokens fail the first comparison. */
+float ms_logprobs(const float *logits, int32_t n, int32_t token, int k, int32_t *top_ids,
+                  float *top_lp)
+{
+    float m = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (logits[i] > m)
+            m = logits[i];
+    if (!(m > -INFINITY)) {
+        for (int i = 0; i < k && i < n; i++) {
+            top_ids[i] = i;
+            top_lp[i] = -INFINITY;
+        }
+        return -INFINITY;
+    }
+    double part[4] = { 0, 0, 0, 0 };
+    for (int32_t i = 0; i < n; i++) {
+        float l = logits[i];
+        if (l == l)
+            part[i & 3] += exp((double)l - m);
+    }
+    double lse = (double)m + log((part[0] + part[1]) + (part[2] + part[3]));
+    if (k > n)
+        k = n;
+    int got = 0;
+    for (int32_t i = 0; i < n && k > 0; i++) {
+        float l = logits[i];
+        if (l != l)
+            l = -INFINITY;
+        if (got == k && !(l > top_lp[k - 1]))
+            continue; /* ties keep the earlier (lower) id */
+        int j = got < k ? got++ : k - 1;
+        while (j > 0 && l > top_lp[j - 1]) {
+            top_lp[j] = top_lp[j - 1];
+            top_ids[j] = top_ids[j - 1];
+            j--;
+        }
+        top_lp[j] = l;
+        top_ids[j] = i;
+    }
+    for (int i = 0; i < got; i++)
+        top_lp[i] = (float)((double)top_lp[i] - lse);
+    if (token < 0 || token >= n || logits[token] != logits[token])
+        return -INFINITY;
+    return (float)((double)logits[token] - lse);
+}

@@ -57,6 +57,8 @@ static const char *role_label(const char *role)
         return "User:";
     if (!strcmp(role, "assistant"))
         return "Assistant:";
+    if (!strcmp(role, "tool"))
+        return "Tool:"; /* function results, see proto/tools.h */
     return NULL;
 }
 

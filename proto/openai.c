@@ -16,6 +16,7 @@
  * dropping the event. Nothing here keeps state between calls.
  */
 #include "openai.h"
+#include "agent_request.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -390,10 +391,9 @@ static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
                    "but got an empty array instead.");
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_array_get(v, i);
-        /* [1, 2, 3] and [[1, 2], [3]] are OpenAI's token-id prompt forms:
-         * say so plainly rather than reporting a type error. */
+        /* [1, 2, 3] and [[1, 2], [3]] are OpenAI's token-id prompt forms */
         if (json_is_integer(it) || json_is_array(it))
-            return bad(e, "prompt", "token-id prompts are not supported; send text.");
+            return agent_parse_prompt_ids(v, r, e);
         if (!json_is_string(it))
             return type_err(e, "prompt", "a string or an array of strings", it);
     }
@@ -487,12 +487,14 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
             norm = "user";
         else if (!strcmp(rs, "assistant"))
             norm = "assistant", assistant = 1;
+        else if (!strcmp(rs, "tool"))
+            norm = "tool"; /* a function's result (proto/tools.h) */
         if (!norm) {
             char shown[48];
             copy_clipped(shown, sizeof shown, rs);
             return bad(e, param,
                        "Invalid value: '%s'. Supported values are: 'system', 'developer', "
-                       "'user' and 'assistant'.", shown);
+                       "'user', 'assistant' and 'tool'.", shown);
         }
 
         snprintf(param, sizeof param, "messages[%zu].content", i);
@@ -520,6 +522,8 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
         r->n_messages = i + 1;
         if (!(r->messages[i].role = dupn(norm, strlen(norm))))
             return nomem(e);
+        if (agent_parse_message(v, i, &r->messages[i], e) < 0)
+            return -1;
     }
     return 0;
 }
@@ -643,11 +647,13 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
      * are sent it wins, as with OpenAI's reasoning models. */
     json_int_t x;
     int rc;
-    if ((rc = get_int(root, "max_tokens", 1, INT_MAX, &x, e)) < 0)
+    /* 0 is allowed for completions: with echo it scores the prompt only */
+    json_int_t min_tokens = kind == OA_COMPLETION ? 0 : 1;
+    if ((rc = get_int(root, "max_tokens", min_tokens, INT_MAX, &x, e)) < 0)
         return -1;
     if (rc)
         r->max_tokens = (int)x;
-    if ((rc = get_int(root, "max_completion_tokens", 1, INT_MAX, &x, e)) < 0)
+    if ((rc = get_int(root, "max_completion_tokens", min_tokens, INT_MAX, &x, e)) < 0)
         return -1;
     if (rc)
         r->max_tokens = (int)x;
@@ -703,7 +709,7 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
         return bad(e, "session_id",
                    "Invalid 'session_id': expected 1 to 128 characters from [A-Za-z0-9._:-], "
                    "not '.' or '..'.");
-    return 0;
+    return agent_parse_fields(kind, root, r, e);
 }
 
 int oa_request_parse(oa_kind kind, const char *body, size_t len, oa_request *out,
@@ -765,7 +771,10 @@ void oa_request_free(oa_request *r)
     for (size_t i = 0; i < r->n_messages; i++) {
         free(r->messages[i].role);
         free(r->messages[i].content);
+        free(r->messages[i].tool_call_id);
+        free(r->messages[i].tool_calls);
     }
+    agent_request_free(r);
     free(r->messages);
     for (size_t i = 0; i < r->n_stop && i < OA_MAX_STOP; i++)
         free(r->stop[i]);

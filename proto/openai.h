@@ -53,11 +53,27 @@ int oa_session_id_valid(const char *id, size_t len);
 typedef enum { OA_COMPLETION, OA_CHAT } oa_kind;
 
 typedef struct oa_message {
-    char *role;    /* "system" | "user" | "assistant" ("developer" is stored as
-                      "system"; others rejected) */
+    char *role;    /* "system" | "user" | "assistant" | "tool" ("developer" is
+                      stored as "system"; others rejected) */
     char *content; /* never NULL; array-of-parts content is joined with "\n"
                       (type "text" only); null assistant content is "" */
+    char *tool_call_id; /* role "tool": the call answered (required); else NULL */
+    char *tool_calls;   /* role "assistant": its calls as the compact JSON array
+                           [{"name":..,"arguments":{..}},..] the tool template
+                           renders (proto/tools.h), or NULL */
 } oa_message;
+
+/* A function tool (tools[i].function). */
+typedef struct oa_tool {
+    char *name;        /* [A-Za-z0-9_-]{1,64} */
+    char *description; /* may be NULL */
+    char *parameters;  /* compact JSON Schema text ("{}" when absent) */
+} oa_tool;
+
+typedef enum { OA_TOOLS_NONE = 0, OA_TOOLS_AUTO, OA_TOOLS_REQUIRED, OA_TOOLS_NAMED } oa_tool_choice;
+typedef enum { OA_FORMAT_TEXT = 0, OA_FORMAT_JSON_OBJECT, OA_FORMAT_JSON_SCHEMA } oa_format;
+
+struct ms_grammar;
 
 typedef struct oa_logit_bias {
     int32_t token;
@@ -89,6 +105,22 @@ typedef struct oa_request {
     char *user;           /* may be NULL */
     char *session_id;     /* extension; may be NULL (the server also reads X-Session-ID) */
     char *state;          /* extension: named initial state; may be NULL */
+    /* Agent features (proto/agent_request.c, proto/tools.c). */
+    int logprobs;         /* chat: "logprobs": true; completions: "logprobs" given */
+    int top_logprobs;     /* chat: top_logprobs 0..20; completions: the logprobs value 0..5 */
+    int echo;             /* completions: return the prompt (with its logprobs when asked) */
+    int32_t **prompt_ids; /* completions: NULL, or n_prompts entries, non-NULL where the prompt
+                             was given as token ids (prompts[i] is then "") */
+    size_t *prompt_n_ids;
+    oa_format format;     /* response_format.type */
+    oa_tool *tools;
+    size_t n_tools;
+    oa_tool_choice tool_choice; /* default: AUTO with tools, NONE without */
+    int tool_named;       /* NAMED: index in tools */
+    int parallel_tool_calls; /* default 1 */
+    struct ms_grammar *grammar; /* constrains the whole reply (tools or response_format);
+                                   NULL = free text; owned */
+    int grammar_tools;    /* 1 when grammar is the tool-call grammar */
 } oa_request;
 
 /* Parses and validates a request body of `len` bytes. On success fills *out

@@ -23,7 +23,7 @@ enum {
     O_PARALLEL, O_QUEUE, O_MAX_BODY, O_MAX_TOKENS, O_DEF_TOKENS, O_DEF_CHAT_TOKENS,
     O_TIMEOUT, O_IDLE, O_CHUNK, O_THREADS, O_MAX_SESSIONS, O_INIT_STATE, O_WEIGHTS, O_COMPUTE,
     O_NO_UI,
-    O_STATE_STORE, O_STORE_PREFIX, O_SESSION_TTL, O_LEASE_MS, O_METRICS_PORT
+    O_STATE_STORE, O_STORE_PREFIX, O_SESSION_TTL, O_LEASE_MS, O_METRICS_PORT, O_BACKLOG
 };
 
 typedef struct {
@@ -56,6 +56,7 @@ static const opt_spec specs[] = {
     {"default-chat-max-tokens", O_DEF_CHAT_TOKENS, "N", "max_tokens of chat completions that give none (default 1024)"},
     {"timeout", O_TIMEOUT, "SECONDS", "per-request deadline: queued requests fail with 503, generation ends with finish_reason length (default 600)"},
     {"idle-timeout", O_IDLE, "SECONDS", "close connections idle (or sending headers/body) this long (default 30)"},
+    {"stream-backlog-kb", O_BACKLOG, "N", "a stream whose client has not taken this much output (KiB) pauses until it reads (default 1024)"},
     {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per step of a sequence, so streams are not stalled (default 128)"},
     {"threads", O_THREADS, "N", "engine worker threads, 0 = one per core (default 0)"},
     {"weights", O_WEIGHTS, "FMT", "weights in memory: auto (bf16 files stay bf16, others f32), f32, bf16, int8, q4 (default auto)"},
@@ -238,6 +239,8 @@ static int apply(srv_config *c, const opt_spec *s, const char *v)
     case O_QUEUE: if (parse_long(s->name, v, 0, 100000, &x)) return -1; c->queue = (int)x; return 0;
     case O_MAX_BODY: if (parse_long(s->name, v, 1024, 1L << 34, &x)) return -1;
         c->max_body = (size_t)x; return 0;
+    case O_BACKLOG: if (parse_long(s->name, v, 16, 1L << 20, &x)) return -1;
+        c->stream_backlog = (size_t)x << 10; return 0;
     case O_MAX_TOKENS: if (parse_long(s->name, v, 1, 1 << 24, &x)) return -1;
         c->max_tokens_cap = (int)x; return 0;
     case O_DEF_TOKENS: if (parse_long(s->name, v, 1, 1 << 24, &x)) return -1;
@@ -288,6 +291,7 @@ int srv_config_parse(srv_config *c, int argc, char **argv)
     c->parallel = 8;
     c->queue = 64;
     c->max_body = 4u << 20;
+    c->stream_backlog = 1u << 20;
     c->max_tokens_cap = 4096;
     c->default_max_tokens = 16;
     c->default_chat_max_tokens = 1024;

@@ -32,13 +32,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "agent_out.h"
 #include "chat_format.h"
 #include "metrics.h"
+#include "resp_store.h"
+#include "responses.h"
 #include "sessions.h"
 #include "sse.h"
 #include "state_store.h"
@@ -56,19 +62,30 @@ struct http_srv {
 
 typedef enum {
     R_NONE = 0, R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_SESSIONS,
-    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI
+    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI, R_RESPONSES
 } route_id;
 
 static const char *route_label[] = {
     "unknown", "/health", "/metrics", "/v1/models", "/v1/models/{id}", "/v1/completions",
     "/v1/chat/completions", "/v1/sessions", "/v1/sessions/{id}", "/v1/sessions/{id}/state",
-    "OPTIONS", "ui"};
+    "OPTIONS", "ui", "/v1/responses"};
 
 typedef struct choice_buf {
     char *text;
     size_t len, cap;
     oa_finish finish;
     int role_sent;
+    /* logprobs (when asked): every token's entry; lp_sent of them streamed */
+    agent_lp *lp;
+    size_t n_lp, cap_lp, lp_sent;
+    /* tool calls, streamed: the reader, and text held while it may be a call */
+    tools_stream ts;
+    int ts_mode;        /* 0 undecided, 1 calls, 2 plain text */
+    char *held;
+    size_t held_len, held_cap;
+    char call_ids[TOOLS_MAX_PARALLEL][32];
+    char item_ids[TOOLS_MAX_PARALLEL][32];
+    int n_calls;
 } choice_buf;
 
 typedef struct http_req {
@@ -92,6 +109,13 @@ typedef struct http_req {
     char id[64];
     int64_t created;
     char session_id[132];
+    char request_id[136]; /* X-Request-ID: the client's, or generated */
+    /* /v1/responses */
+    int responses;
+    json_t *resp_req;     /* the request as sent (settings are echoed back) */
+    json_t *resp_hist;    /* the conversation without instructions, to store */
+    char resp_id[64], msg_id[64];
+    int resp_seq, resp_text_open;
     choice_buf *choices;
     int n_choices;
     /* shared with the scheduler (under mu) */
@@ -99,6 +123,7 @@ typedef struct http_req {
     sched_result result;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
+    int backlogged;      /* unsent output went over the bound; cleared below a quarter of it */
 } http_req;
 
 /* ======================================================================== */
@@ -111,7 +136,13 @@ static void req_unref(http_req *r)
     atomic_fetch_sub(&r->srv->in_flight, 1);
     oa_request_free(&r->job.req);
     free(r->job.prompt);
-    for (int i = 0; i < r->n_choices; i++) free(r->choices[i].text);
+    json_decref(r->resp_req);
+    json_decref(r->resp_hist);
+    for (int i = 0; i < r->n_choices; i++) {
+        free(r->choices[i].text);
+        free(r->choices[i].lp);
+        free(r->choices[i].held);
+    }
     free(r->choices);
     free(r->body);
     free(r->out);
@@ -152,9 +183,11 @@ static void add_common_headers(http_req *r, struct MHD_Response *resp)
     if (r->origin) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->origin);
         MHD_add_response_header(resp, "Vary", "Origin");
-        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Session-ID, Retry-After");
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "X-Session-ID, Retry-After, X-Request-ID");
     }
     if (r->session_id[0]) MHD_add_response_header(resp, "X-Session-ID", r->session_id);
+    if (r->request_id[0]) MHD_add_response_header(resp, "X-Request-ID", r->request_id);
 }
 
 static enum MHD_Result send_buf(http_req *r, int status, const char *ctype, char *body, size_t len,
@@ -272,6 +305,14 @@ static void push_event(http_req *r, char *payload)
     free(ev);
 }
 
+/* Appends an already framed event (which is freed); caller holds mu. */
+static void push_raw(http_req *r, char *ev)
+{
+    if (!ev) return;
+    append(&r->out, &r->out_len, &r->out_cap, ev, strlen(ev));
+    free(ev);
+}
+
 static void role_chunk(http_req *r, int idx, const char *text, size_t len)
 {
     const oa_request *q = &r->job.req;
@@ -280,12 +321,252 @@ static void role_chunk(http_req *r, int idx, const char *text, size_t len)
     r->choices[idx].role_sent = 1;
 }
 
+/* ---- agent features: logprobs, tool calls, the Responses API's events ---- */
+
+/* The logprobs object of entries [from, to) of choice idx, in the request's
+ * shape; NULL when none were asked for. */
+static json_t *lp_json(http_req *r, int idx, size_t from, size_t to, int first_null, size_t off0)
+{
+    const oa_request *q = &r->job.req;
+    choice_buf *c = &r->choices[idx];
+    if (!q->logprobs) return NULL;
+    const ms_tokenizer *tok = sched_tokenizer(r->srv->s);
+    if (q->kind == OA_CHAT) return agent_chat_logprobs(tok, c->lp + from, to - from);
+    return agent_completion_logprobs(tok, c->lp + from, to - from, first_null, off0);
+}
+
+static void sink_logprob(void *ud, int idx, const agent_lp *lp)
+{
+    http_req *r = ud;
+    pthread_mutex_lock(&r->mu);
+    if (idx >= 0 && idx < r->n_choices) {
+        choice_buf *c = &r->choices[idx];
+        if (c->n_lp == c->cap_lp) {
+            size_t nc = c->cap_lp ? c->cap_lp * 2 : 64;
+            agent_lp *n = realloc(c->lp, nc * sizeof *n);
+            if (n) {
+                c->lp = n;
+                c->cap_lp = nc;
+            }
+        }
+        if (c->n_lp < c->cap_lp) c->lp[c->n_lp++] = *lp;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* One chat/completions chunk with text and the logprobs not yet sent. */
+static void text_chunk_lp(http_req *r, int idx, const char *text, size_t len, oa_finish f)
+{
+    const oa_request *q = &r->job.req;
+    choice_buf *c = &r->choices[idx];
+    char *js = oa_chunk_json(q->kind, r->id, r->created, q->model, idx, 0, text, len, f,
+                             q->include_usage);
+    json_t *lj = c->n_lp > c->lp_sent ? lp_json(r, idx, c->lp_sent, c->n_lp, 0, 0) : NULL;
+    c->lp_sent = c->n_lp;
+    push_event(r, lj ? agent_patch_chunk(js, lj, NULL, 0) : js);
+}
+
+static void stream_text(http_req *r, int idx, const char *text, size_t len)
+{
+    const oa_request *q = &r->job.req;
+    choice_buf *c = &r->choices[idx];
+    if (q->kind == OA_CHAT && !c->role_sent) {
+        if (!q->logprobs) {
+            role_chunk(r, idx, text, len);
+            return;
+        }
+        role_chunk(r, idx, "", 0);
+    }
+    if (q->logprobs && c->n_lp > c->lp_sent) text_chunk_lp(r, idx, text, len, OA_FINISH_NONE);
+    else /* the per-token path: appended in place, no allocation */
+        oa_chunk_event_append(&r->out, &r->out_len, &r->out_cap, q->kind, r->id, r->created,
+                              q->model, idx, text, len, OA_FINISH_NONE, q->include_usage);
+}
+
+static uint64_t seed_of(http_req *r, int k)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_nsec * 6364136223846793005ull ^ (uint64_t)(uintptr_t)r ^
+           ((uint64_t)k << 40) ^ (uint64_t)ts.tv_sec;
+}
+
+typedef struct tc_ctx {
+    http_req *r;
+    int idx;
+} tc_ctx;
+
+static void resp_open_text(http_req *r);
+
+/* A call's name is complete: its first delta (chat) or item (responses). */
+static void tc_start(void *ud, int index, const char *name)
+{
+    tc_ctx *x = ud;
+    http_req *r = x->r;
+    const oa_request *q = &r->job.req;
+    choice_buf *c = &r->choices[x->idx];
+    if (index >= TOOLS_MAX_PARALLEL) return;
+    tools_call_id(c->call_ids[index], seed_of(r, index));
+    resp_new_id(c->item_ids[index], "fc_", seed_of(r, index + 7));
+    c->n_calls = index + 1;
+    c->ts_mode = 1;
+    if (r->responses) {
+        json_t *item = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "type", "function_call", "id",
+                                 c->item_ids[index], "call_id", c->call_ids[index], "name", name,
+                                 "arguments", "", "status", "in_progress");
+        push_raw(r, resp_event("response.output_item.added",
+                                 json_pack("{s:i,s:o}", "output_index", index, "item", item),
+                                 &r->resp_seq));
+        return;
+    }
+    if (!c->role_sent) role_chunk(r, x->idx, "", 0);
+    json_t *d = json_pack("[{s:i,s:s,s:s,s:{s:s,s:s}}]", "index", index, "id", c->call_ids[index],
+                          "type", "function", "function", "name", name, "arguments", "");
+    char *js = oa_chunk_json(OA_CHAT, r->id, r->created, q->model, x->idx, 0, "", 0,
+                             OA_FINISH_NONE, q->include_usage);
+    push_event(r, agent_patch_chunk(js, NULL, d, 0));
+}
+
+static void tc_args(void *ud, int index, const char *b, size_t n)
+{
+    tc_ctx *x = ud;
+    http_req *r = x->r;
+    const oa_request *q = &r->job.req;
+    choice_buf *c = &r->choices[x->idx];
+    if (index >= TOOLS_MAX_PARALLEL) return;
+    json_t *a = json_stringn(b, n);
+    if (!a) return;
+    if (r->responses) {
+        push_raw(r, resp_event("response.function_call_arguments.delta",
+                                 json_pack("{s:s,s:i,s:o}", "item_id", c->item_ids[index],
+                                           "output_index", index, "delta", a),
+                                 &r->resp_seq));
+        return;
+    }
+    json_t *d = json_pack("[{s:i,s:{s:o}}]", "index", index, "function", "arguments", a);
+    char *js = oa_chunk_json(OA_CHAT, r->id, r->created, q->model, x->idx, 0, "", 0,
+                             OA_FINISH_NONE, q->include_usage);
+    push_event(r, agent_patch_chunk(js, NULL, d, 0));
+}
+
+/* Plain text of a streamed reply, after it is known not to be a call. */
+static void plain_text(http_req *r, int idx, const char *text, size_t len)
+{
+    if (!len) return;
+    if (!r->responses) {
+        stream_text(r, idx, text, len);
+        return;
+    }
+    resp_open_text(r);
+    json_t *d = json_stringn(text, len);
+    push_raw(r, resp_event("response.output_text.delta",
+                             json_pack("{s:s,s:i,s:i,s:o,s:[]}", "item_id", r->msg_id, "output_index",
+                                       0, "content_index", 0, "delta", d ? d : json_string(""),
+                                       "logprobs"),
+                             &r->resp_seq));
+}
+
+/* Streamed text under the tool grammar: held while it may still become a
+ * call, then either call deltas or plain text. */
+static void tool_text(http_req *r, int idx, const char *text, size_t len)
+{
+    choice_buf *c = &r->choices[idx];
+    if (c->ts_mode == 2) {
+        plain_text(r, idx, text, len);
+        return;
+    }
+    tc_ctx x = {r, idx};
+    if (c->ts_mode == 0) append(&c->held, &c->held_len, &c->held_cap, text, len);
+    if (tools_stream_feed(&c->ts, text, len, tc_start, tc_args, &x) < 0 && c->ts_mode == 0) {
+        c->ts_mode = 2;
+        plain_text(r, idx, c->held, c->held_len);
+        c->held_len = 0;
+    }
+}
+
+static void resp_open_text(http_req *r)
+{
+    if (r->resp_text_open) return;
+    r->resp_text_open = 1;
+    json_t *item = json_pack("{s:s,s:s,s:s,s:s,s:[]}", "type", "message", "id", r->msg_id, "status",
+                             "in_progress", "role", "assistant", "content");
+    push_raw(r, resp_event("response.output_item.added",
+                             json_pack("{s:i,s:o}", "output_index", 0, "item", item), &r->resp_seq));
+    push_raw(r, resp_event("response.content_part.added",
+                             json_pack("{s:s,s:i,s:i,s:{s:s,s:s,s:[],s:[]}}", "item_id", r->msg_id,
+                                       "output_index", 0, "content_index", 0, "part", "type",
+                                       "output_text", "text", "", "annotations", "logprobs"),
+                             &r->resp_seq));
+}
+
+/* The calls of a finished reply (tools grammar), with ids: from the stream
+ * reader when streamed, else parsed now. Returns the count (0: text). */
+static int reply_calls(http_req *r, int idx, tools_call **calls)
+{
+    choice_buf *c = &r->choices[idx];
+    *calls = NULL;
+    if (!r->job.req.grammar_tools) return 0;
+    int n = tools_parse_reply(c->text ? c->text : "", c->len, calls);
+    if (n <= 0) return 0;
+    if (n > TOOLS_MAX_PARALLEL) n = TOOLS_MAX_PARALLEL;
+    for (int k = c->n_calls; k < n; k++) {
+        tools_call_id(c->call_ids[k], seed_of(r, k));
+        resp_new_id(c->item_ids[k], "fc_", seed_of(r, k + 7));
+    }
+    c->n_calls = n;
+    return n;
+}
+
+/* The Responses API result of choice 0 (text or calls). */
+static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_call *calls, int n,
+                      const sched_result *res)
+{
+    choice_buf *c = &r->choices[0];
+    memset(rr, 0, sizeof *rr);
+    rr->id = r->resp_id;
+    rr->created = r->created;
+    rr->model = r->job.req.model;
+    rr->status = status;
+    rr->msg_id = r->msg_id;
+    rr->text = n ? NULL : (c->text ? c->text : "");
+    rr->text_len = n ? 0 : c->len;
+    rr->calls = calls;
+    rr->n_calls = n;
+    rr->call_ids = c->call_ids;
+    rr->item_ids = c->item_ids;
+    if (res) {
+        rr->usage = res->usage;
+        rr->has_usage = 1;
+    }
+}
+
+/* Remembers the conversation this response ended, for previous_response_id. */
+static void resp_remember(http_req *r, const resp_result *rr)
+{
+    json_t *m = json_deep_copy(r->resp_hist);
+    json_array_append_new(m, resp_reply_message(rr));
+    resp_store_put(r->resp_id, r->session_id, m);
+    json_decref(m);
+}
+
 static void sink_started(void *ud)
 {
     http_req *r = ud;
     pthread_mutex_lock(&r->mu);
     r->started = 1;
-    if (r->job.req.stream && r->job.req.kind == OA_CHAT) role_chunk(r, 0, "", 0);
+    if (r->job.req.stream && r->responses) {
+        resp_result rr;
+        resp_fill(r, &rr, "in_progress", NULL, 0, NULL);
+        rr.text = NULL;
+        push_raw(r, resp_event("response.created",
+                                 json_pack("{s:o}", "response", resp_object(r->resp_req, &rr)),
+                                 &r->resp_seq));
+        push_raw(r, resp_event("response.in_progress",
+                                 json_pack("{s:o}", "response", resp_object(r->resp_req, &rr)),
+                                 &r->resp_seq));
+    } else if (r->job.req.stream && r->job.req.kind == OA_CHAT && !r->job.req.grammar_tools) {
+        role_chunk(r, 0, "", 0);
+    }
     wake(r);
     pthread_mutex_unlock(&r->mu);
 }
@@ -296,14 +577,13 @@ static void sink_text(void *ud, int idx, const char *text, size_t len)
     const oa_request *q = &r->job.req;
     pthread_mutex_lock(&r->mu);
     if (idx >= 0 && idx < r->n_choices) {
-        if (!q->stream) {
-            choice_buf *c = &r->choices[idx];
+        choice_buf *c = &r->choices[idx];
+        if (!q->stream || q->grammar_tools || r->responses) /* kept whole: calls are read from it */
             append(&c->text, &c->len, &c->cap, text, len);
-        } else if (q->kind == OA_CHAT && !r->choices[idx].role_sent) {
-            role_chunk(r, idx, text, len);
-        } else { /* the per-token path: appended in place, no allocation */
-            oa_chunk_event_append(&r->out, &r->out_len, &r->out_cap, q->kind, r->id, r->created,
-                                  q->model, idx, text, len, OA_FINISH_NONE, q->include_usage);
+        if (q->stream) {
+            if (q->grammar_tools) tool_text(r, idx, text, len);
+            else if (r->responses) plain_text(r, idx, text, len);
+            else stream_text(r, idx, text, len);
         }
         wake(r);
     }
@@ -316,15 +596,75 @@ static void sink_choice_done(void *ud, int idx, oa_finish f)
     const oa_request *q = &r->job.req;
     pthread_mutex_lock(&r->mu);
     if (idx >= 0 && idx < r->n_choices) {
-        r->choices[idx].finish = f;
-        if (q->stream) {
-            if (q->kind == OA_CHAT && !r->choices[idx].role_sent) role_chunk(r, idx, "", 0);
-            push_event(r, oa_chunk_json(q->kind, r->id, r->created, q->model, idx, 0, "", 0, f,
-                                        q->include_usage));
+        choice_buf *c = &r->choices[idx];
+        c->finish = f;
+        if (q->stream && q->grammar_tools && c->ts_mode == 0 && c->held_len) {
+            c->ts_mode = 2; /* ended while it could still have become a call: it is text */
+            plain_text(r, idx, c->held, c->held_len);
+            c->held_len = 0;
+        }
+        if (q->stream && !r->responses) {
+            if (q->kind == OA_CHAT && !c->role_sent) role_chunk(r, idx, "", 0);
+            if (q->logprobs && c->n_lp > c->lp_sent) text_chunk_lp(r, idx, "", 0, OA_FINISH_NONE);
+            char *js = oa_chunk_json(q->kind, r->id, r->created, q->model, idx, 0, "", 0, f,
+                                     q->include_usage);
+            push_event(r, c->ts_mode == 1 ? agent_patch_chunk(js, NULL, NULL, 1) : js);
             wake(r);
         }
     }
     pthread_mutex_unlock(&r->mu);
+}
+
+/* The closing events of a streamed Responses API reply. */
+static void resp_stream_done(http_req *r, const sched_result *res)
+{
+    choice_buf *c = &r->choices[0];
+    tools_call *calls = NULL;
+    int n = reply_calls(r, 0, &calls);
+    const char *status = c->finish == OA_FINISH_LENGTH && !n ? "incomplete" : "completed";
+    resp_result rr;
+    resp_fill(r, &rr, status, calls, n, res);
+    if (n) {
+        for (int k = 0; k < n; k++) {
+            push_raw(r, resp_event("response.function_call_arguments.done",
+                                     json_pack("{s:s,s:i,s:s}", "item_id", c->item_ids[k],
+                                               "output_index", k, "arguments", calls[k].arguments),
+                                     &r->resp_seq));
+            json_t *out = resp_object(r->resp_req, &rr);
+            push_raw(r, resp_event("response.output_item.done",
+                                     json_pack("{s:i,s:O}", "output_index", k, "item",
+                                               json_array_get(json_object_get(out, "output"), (size_t)k)),
+                                     &r->resp_seq));
+            json_decref(out);
+        }
+    } else {
+        resp_open_text(r);
+        json_t *t = json_stringn(rr.text, rr.text_len);
+        if (!t) t = json_string("");
+        push_raw(r, resp_event("response.output_text.done",
+                                 json_pack("{s:s,s:i,s:i,s:O,s:[]}", "item_id", r->msg_id,
+                                           "output_index", 0, "content_index", 0, "text", t,
+                                           "logprobs"),
+                                 &r->resp_seq));
+        push_raw(r, resp_event("response.content_part.done",
+                                 json_pack("{s:s,s:i,s:i,s:{s:s,s:O,s:[],s:[]}}", "item_id",
+                                           r->msg_id, "output_index", 0, "content_index", 0, "part",
+                                           "type", "output_text", "text", t, "annotations",
+                                           "logprobs"),
+                                 &r->resp_seq));
+        json_t *out = resp_object(r->resp_req, &rr);
+        push_raw(r, resp_event("response.output_item.done",
+                                 json_pack("{s:i,s:O}", "output_index", 0, "item",
+                                           json_array_get(json_object_get(out, "output"), 0)),
+                                 &r->resp_seq));
+        json_decref(out);
+        json_decref(t);
+    }
+    push_raw(r, resp_event(!strcmp(status, "completed") ? "response.completed" : "response.incomplete",
+                             json_pack("{s:o}", "response", resp_object(r->resp_req, &rr)),
+                             &r->resp_seq));
+    resp_remember(r, &rr);
+    tools_calls_free(calls, n);
 }
 
 static void sink_done(void *ud, const sched_result *res)
@@ -336,7 +676,9 @@ static void sink_done(void *ud, const sched_result *res)
     r->done = 1;
     r->job_live = 0;
     if (q->stream && r->started) {
-        if (res->err.code == SRV_OK) {
+        if (res->err.code == SRV_OK && r->responses) {
+            resp_stream_done(r, res);
+        } else if (res->err.code == SRV_OK) {
             if (q->include_usage)
                 push_event(r, oa_usage_chunk_json(q->kind, r->id, r->created, q->model, &res->usage));
             append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN);
@@ -372,7 +714,30 @@ static int sink_alive(void *ud)
     return alive;
 }
 
-static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive};
+/* 1 while the client is not taking its stream fast enough: its output not
+ * yet taken went over --stream-backlog-kb and has not yet drained below a
+ * quarter of it. The scheduler pauses the sequence meanwhile, so a client
+ * that stops reading costs a bounded buffer, not all it would generate.
+ * "Not taken" counts our buffer and the socket's send queue (SIOCOUTQ): the
+ * kernel grows a send buffer to megabytes before our own one fills. */
+static int sink_backlogged(void *ud)
+{
+    http_req *r = ud;
+    size_t bound = r->srv->cfg->stream_backlog;
+    pthread_mutex_lock(&r->mu);
+    size_t unsent = r->out_len - r->out_off;
+    int queued = 0;
+    if (r->conn && r->fd >= 0 && ioctl(r->fd, SIOCOUTQ, &queued) == 0 && queued > 0)
+        unsent += (size_t)queued;
+    if (unsent > bound) r->backlogged = 1;
+    else if (unsent < bound / 4) r->backlogged = 0;
+    int b = r->backlogged && r->job.req.stream;
+    pthread_mutex_unlock(&r->mu);
+    return b;
+}
+
+static const sched_sink sink = {sink_started, sink_text, sink_choice_done, sink_done, sink_alive,
+                                sink_backlogged, sink_logprob};
 
 /* ======================================================================== */
 /* Streaming response reader (MHD thread)                                    */
@@ -387,7 +752,16 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (n > max) n = max;
         memcpy(buf, r->out + r->out_off, n);
         r->out_off += n;
-        if (r->out_off == r->out_len) r->out_off = r->out_len = 0;
+        if (r->out_off == r->out_len) {
+            r->out_off = r->out_len = 0;
+        } else if (r->out_off >= (64u << 10) && r->out_off * 2 >= r->out_len) {
+            /* A reader that never quite catches up would otherwise keep the
+             * buffer growing: move the unsent tail to the front. */
+            memmove(r->out, r->out + r->out_off, r->out_len - r->out_off);
+            r->out_len -= r->out_off;
+            r->out_off = 0;
+            r->out[r->out_len] = 0; /* kept terminated, as append() leaves it */
+        }
         pthread_mutex_unlock(&r->mu);
         return (ssize_t)n;
     }
@@ -411,13 +785,67 @@ static void stream_free(void *cls)
 /* Completions                                                               */
 /* ======================================================================== */
 
+static enum MHD_Result submit_completion(http_req *r, oa_kind kind);
+
 static enum MHD_Result start_completion(http_req *r, oa_kind kind)
+{
+    oa_error e;
+    if (oa_request_parse(kind, r->body ? r->body : "", r->body_len, &r->job.req, &e))
+        return send_error_obj(r, &e);
+    return submit_completion(r, kind);
+}
+
+/* POST /v1/responses: translated to a chat request (proto/responses.c); a
+ * previous_response_id continues that response's conversation on its
+ * session, so only the new input is fed. */
+static enum MHD_Result start_responses(http_req *r)
+{
+    json_error_t je;
+    json_t *req = json_loadb(r->body ? r->body : "", r->body_len, 0, &je);
+    if (!req || !json_is_object(req)) {
+        json_decref(req);
+        return send_error(r, 400, "invalid_request_error", NULL, NULL,
+                          "We could not parse the JSON body of your request: %s.", je.text);
+    }
+    r->resp_req = req;
+    json_t *prev = NULL;
+    char chain[136] = "";
+    json_t *pid = json_object_get(req, "previous_response_id");
+    if (json_is_string(pid)) {
+        prev = resp_store_get(json_string_value(pid), chain);
+        if (!prev)
+            return send_error(r, 404, "invalid_request_error", "previous_response_id",
+                              "previous_response_not_found",
+                              "Previous response with id '%.80s' not found.", json_string_value(pid));
+    }
+    oa_error e;
+    json_t *chat = resp_to_chat(req, prev, &r->resp_hist, &e);
+    json_decref(prev);
+    if (!chat) return send_error_obj(r, &e);
+    char *body = json_dumps(chat, JSON_COMPACT);
+    json_decref(chat);
+    if (!body) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    int rc = oa_request_parse(OA_CHAT, body, strlen(body), &r->job.req, &e);
+    free(body);
+    if (rc) return send_error_obj(r, &e);
+    json_t *st = json_object_get(req, "stream");
+    r->job.req.stream = json_is_true(st);
+    r->responses = 1;
+    rand_id(r->resp_id, sizeof r->resp_id, "resp_");
+    rand_id(r->msg_id, sizeof r->msg_id, "msg_");
+    /* the conversation's session: the chain's, or this response's own */
+    if (!r->job.req.session_id) {
+        r->job.req.session_id = strdup(chain[0] ? chain : r->resp_id);
+        if (!r->job.req.session_id) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    return submit_completion(r, OA_CHAT);
+}
+
+static enum MHD_Result submit_completion(http_req *r, oa_kind kind)
 {
     http_srv *h = r->srv;
     const srv_config *cfg = h->cfg;
     oa_request *q = &r->job.req;
-    oa_error e;
-    if (oa_request_parse(kind, r->body ? r->body : "", r->body_len, q, &e)) return send_error_obj(r, &e);
     if (strcmp(q->model, cfg->model_name))
         return send_error(r, 404, "invalid_request_error", "model", "model_not_found",
                           "The model '%s' does not exist; this server serves '%s' (see GET /v1/models).",
@@ -459,7 +887,27 @@ static enum MHD_Result start_completion(http_req *r, oa_kind kind)
             return send_error(r, 400, "invalid_request_error", "logit_bias", NULL,
                               "logit_bias: token id %d is outside the vocabulary (0..%d).",
                               q->logit_bias[i].token, mc->vocab_size - 1);
-    if (kind == OA_CHAT) {
+    for (size_t p = 0; q->prompt_ids && p < q->n_prompts; p++)
+        for (size_t i = 0; q->prompt_ids[p] && i < q->prompt_n_ids[p]; i++)
+            if (q->prompt_ids[p][i] >= mc->vocab_size)
+                return send_error(r, 400, "invalid_request_error", "prompt", NULL,
+                                  "Invalid 'prompt': token id %d is outside the vocabulary (0..%d).",
+                                  q->prompt_ids[p][i], mc->vocab_size - 1);
+    if (q->echo && q->stream)
+        return send_error(r, 400, "invalid_request_error", "echo", NULL,
+                          "'echo' is not supported with 'stream' on this server.");
+    if (q->echo && q->logprobs && r->job.session_id)
+        return send_error(r, 400, "invalid_request_error", "echo", NULL,
+                          "'echo' with 'logprobs' scores the whole prompt and cannot be used with a "
+                          "session.");
+    int agentic = q->n_tools > 0;
+    for (size_t i = 0; i < q->n_messages; i++)
+        agentic |= q->messages[i].tool_calls != NULL || !strcmp(q->messages[i].role, "tool");
+    if (kind == OA_CHAT && agentic) {
+        r->job.prompt = tools_render(q, &r->job.prompt_len);
+        if (!r->job.prompt)
+            return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
+    } else if (kind == OA_CHAT) {
         r->job.prompt = chat_render(q->messages, q->n_messages, &r->job.prompt_len);
         if (!r->job.prompt)
             return send_error(r, 400, "invalid_request_error", "messages", NULL,
@@ -473,6 +921,7 @@ static enum MHD_Result start_completion(http_req *r, oa_kind kind)
     r->choices = calloc((size_t)r->n_choices, sizeof *r->choices);
     if (!r->choices) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
     rand_id(r->id, sizeof r->id, kind == OA_CHAT ? "chatcmpl-" : "cmpl-");
+    for (int i = 0; i < r->n_choices; i++) tools_stream_init(&r->choices[i].ts);
     r->created = (int64_t)time(NULL);
     r->job.t_submit = sched_now();
     r->job.deadline = r->job.t_submit + cfg->timeout_s;
@@ -516,6 +965,39 @@ static char *session_extra(http_req *r)
     return t;
 }
 
+/* Adds logprobs, tool calls and echoed prompts to a finished response. */
+static char *patch_agent(http_req *r, char *json)
+{
+    const oa_request *q = &r->job.req;
+    const ms_tokenizer *tok = sched_tokenizer(r->srv->s);
+    for (int i = 0; json && i < r->n_choices; i++) {
+        choice_buf *c = &r->choices[i];
+        size_t p = q->kind == OA_CHAT ? 0 : (size_t)i / (size_t)q->n;
+        /* the echoed prompt: its text, or the bytes of its token ids */
+        char *pre = NULL;
+        size_t pre_len = 0, pre_cap = 0;
+        if (q->kind == OA_COMPLETION && (q->echo || q->logprobs)) {
+            if (q->prompt_ids && q->prompt_ids[p]) {
+                for (size_t k = 0; k < q->prompt_n_ids[p]; k++) {
+                    size_t bl = 0;
+                    const char *b = ms_token_bytes(tok, q->prompt_ids[p][k], &bl);
+                    if (b) append(&pre, &pre_len, &pre_cap, b, bl);
+                }
+            } else {
+                append(&pre, &pre_len, &pre_cap, q->prompts[p], strlen(q->prompts[p]));
+            }
+        }
+        json_t *lp = q->logprobs ? lp_json(r, i, 0, c->n_lp, q->echo, q->echo ? 0 : pre_len) : NULL;
+        tools_call *calls = NULL;
+        int n = reply_calls(r, i, &calls);
+        json_t *tc = n ? agent_tool_calls(calls, n, c->call_ids, 0) : NULL;
+        tools_calls_free(calls, n);
+        json = agent_patch_response(json, (size_t)i, lp, tc, q->echo ? pre : NULL, q->echo ? pre_len : 0);
+        free(pre);
+    }
+    return json;
+}
+
 /* Called when the connection is resumed (or immediately) for a completion. */
 static enum MHD_Result continue_completion(http_req *r)
 {
@@ -548,6 +1030,19 @@ static enum MHD_Result continue_completion(http_req *r)
         return ok;
     }
     if (res.err.code != SRV_OK) return send_status(r, &res.err);
+    if (r->responses) {
+        tools_call *calls = NULL;
+        int n = reply_calls(r, 0, &calls);
+        resp_result rr;
+        resp_fill(r, &rr, r->choices[0].finish == OA_FINISH_LENGTH && !n ? "incomplete" : "completed",
+                  calls, n, &res);
+        resp_remember(r, &rr);
+        json_t *o = resp_object(r->resp_req, &rr);
+        tools_calls_free(calls, n);
+        char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(o);
+        return send_json(r, 200, t);
+    }
     oa_choice *ch = calloc((size_t)r->n_choices, sizeof *ch);
     if (!ch) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
     for (int i = 0; i < r->n_choices; i++)
@@ -558,6 +1053,7 @@ static enum MHD_Result continue_completion(http_req *r)
                                   &res.usage, extra);
     free(extra);
     free(ch);
+    if (q->logprobs || q->grammar_tools || q->echo) json = patch_agent(r, json);
     return send_json(r, 200, json);
 }
 
@@ -699,20 +1195,31 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
         MHD_destroy_response(resp);
         return ok;
     }
-    /* PUT: the engine reads tensor files by path, so stage the body in one. */
-    char tmpl[] = "/tmp/metastate-import-XXXXXX";
-    int fd = mkstemp(tmpl);
-    if (fd < 0) return send_error(r, 500, "server_error", NULL, NULL, "cannot create a temp file: %s", strerror(errno));
+    /* PUT: the engine reads tensor files by path, so the body is staged in
+     * an anonymous in-memory file: nothing on disk to leak or leave behind,
+     * and no server path in any message. */
+    int fd = memfd_create("metastate-import", MFD_CLOEXEC);
+    if (fd < 0)
+        return send_error(r, 500, "server_error", NULL, NULL, "cannot stage the upload: %s",
+                          strerror(errno));
     size_t off = 0;
     while (off < r->body_len) {
         ssize_t w = write(fd, r->body + off, r->body_len - off);
         if (w <= 0) break;
         off += (size_t)w;
     }
+    char staged[64];
+    snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
+    int rc = off == r->body_len ? sstore_import(p, r->path_id, staged, err, sizeof err) : -1;
+    if (off != r->body_len) snprintf(err, sizeof err, "cannot stage the upload");
     close(fd);
-    int rc = off == r->body_len ? sstore_import(p, r->path_id, tmpl, err, sizeof err) : -1;
-    if (off != r->body_len) snprintf(err, sizeof err, "cannot write a temp file");
-    unlink(tmpl);
+    /* The engine names the file it read; the staging path means nothing to
+     * the client and shows server internals. */
+    for (char *at; (at = strstr(err, staged));) {
+        size_t n = strlen(staged) + (at[strlen(staged)] == ':' ? 1 : 0);
+        while (at[n] == ' ') n++;
+        memmove(at, at + n, strlen(at + n) + 1);
+    }
     if (rc == SSTORE_DOWN) return store_503(r);
     if (rc == 2) return session_409(r);
     if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
@@ -760,6 +1267,7 @@ static route_id route_of(const char *url, char *id, size_t idcap, const char **a
     if (!strcmp(url, "/v1/models")) return *allow = "GET", R_MODELS;
     if (!strcmp(url, "/v1/completions")) return *allow = "POST", R_COMPLETIONS;
     if (!strcmp(url, "/v1/chat/completions")) return *allow = "POST", R_CHAT;
+    if (!strcmp(url, "/v1/responses")) return *allow = "POST", R_RESPONSES;
     if (!strcmp(url, "/v1/sessions")) return *allow = "GET", R_SESSIONS;
     if (!strncmp(url, "/v1/models/", 11) && url[11] && !strchr(url + 11, '/')) {
         snprintf(id, idcap, "%s", url + 11);
@@ -856,6 +1364,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         if (ci) r->fd = ci->connect_fd;
         r->t_start = sched_now();
         *con_cls = r;
+        /* X-Request-ID: the client's when it is printable and short, else ours */
+        const char *rid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-ID");
+        size_t rl = rid ? strlen(rid) : 0;
+        for (size_t i = 0; i < rl; i++)
+            if (rid[i] < 0x21 || rid[i] > 0x7e) rl = 0;
+        if (rl && rl < sizeof r->request_id) snprintf(r->request_id, sizeof r->request_id, "%s", rid);
+        else rand_id(r->request_id, sizeof r->request_id, "req_");
         const char *allow = NULL;
         r->route = route_of(url, r->path_id, sizeof r->path_id, &allow);
         if (r->route == R_NONE && !h->cfg->no_ui && web_ui_find(url)) r->route = R_UI, allow = "GET, HEAD";
@@ -873,6 +1388,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             (void)real;
             return preflight(r, allow);
         }
+        /* The key is checked before the route is judged: without it, 404
+         * and 405 would tell which routes exist. */
+        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
+            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
+                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if (r->route == R_NONE)
             return send_error(r, 404, "invalid_request_error", NULL, "not_found",
                               "Unknown route %s %s.", method, url);
@@ -881,9 +1401,6 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                             "Method %s is not allowed on %s (allowed: %s).", method, url, allow);
             return ok;
         }
-        if (r->route != R_HEALTH && r->route != R_UI && !authorized(h->cfg, conn))
-            return send_error(r, 401, "authentication_error", NULL, "invalid_api_key",
-                              "Missing or invalid API key: send 'Authorization: Bearer <key>'.");
         if ((r->route == R_SESSION || r->route == R_SESSION_STATE) &&
             !oa_session_id_valid(r->path_id, strlen(r->path_id)))
             return bad_session_id(r);
@@ -923,6 +1440,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     case R_MODEL: return do_model(r);
     case R_COMPLETIONS: return start_completion(r, OA_COMPLETION);
     case R_CHAT: return start_completion(r, OA_CHAT);
+    case R_RESPONSES: return start_responses(r);
     case R_SESSIONS:
     case R_SESSION:
     case R_SESSION_STATE: return do_sessions(r, method);
@@ -943,8 +1461,10 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->job.sink && !r->done) status = 499;
     pthread_mutex_unlock(&r->mu);
     metrics_request(route_label[r->route], status);
-    if (r->route == R_COMPLETIONS || r->route == R_CHAT)
+    if (r->route == R_COMPLETIONS || r->route == R_CHAT || r->route == R_RESPONSES)
         metrics_observe(MET_H_REQUEST, sched_now() - r->t_start);
+    fprintf(stderr, "metastate serve: %s %d %.3fs request_id=%s\n", route_label[r->route], status,
+            sched_now() - r->t_start, r->request_id);
     req_unref(r);
 }
 
@@ -1069,5 +1589,6 @@ void http_stop(http_srv *h)
     if (!h) return;
     if (h->md) MHD_stop_daemon(h->md);
     MHD_stop_daemon(h->d);
+    resp_store_clear();
     free(h);
 }

@@ -61,6 +61,7 @@ static const char *counter_name[MET_C_COUNT][2] = {
     {"metastate_store_misses_total", "Session turns that loaded the state from the store (no or an older copy in memory)."},
     {"metastate_store_lease_waits_total", "Times a session turn found the session's lease held (by this or another replica) and waited."},
     {"metastate_store_errors_total", "Session store operations that failed (store unreachable or answering errors)."},
+    {"metastate_stream_pauses_total", "Times a stream's generation paused because its client was not reading (--stream-backlog-kb)."},
 };
 static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_sessions_in_memory", "Sessions whose state is in the memory pool."},
@@ -72,6 +73,7 @@ static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_slots", "Sequence slots (--parallel)."},
     {"metastate_model_loaded", "1 once the model is loaded and the server answers requests."},
     {"metastate_store_up", "1 when the session store (--state-store) answered its last operation, 0 when not; 1 without one."},
+    {"metastate_streams_paused", "Streams whose generation waits for their client to read."},
 };
 
 void metrics_init(void)

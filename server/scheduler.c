@@ -104,6 +104,13 @@ typedef struct slot {
     float *fork_logits; /* (V) */
     int32_t *toks;      /* (cap_toks) the current prompt's ids */
     size_t cap_toks, n_toks;
+    uint64_t *mask;     /* (V bits) allowed tokens under a grammar */
+    float *raw;         /* (V) logits before bias, penalties and mask, for logprobs */
+    /* per request, only when asked (allocated at admission, not per token) */
+    ms_gmatch *gm;      /* the request's grammar matcher */
+    float *echo_logits; /* (prefill_chunk * V) all-position logits for echoed prompt logprobs */
+    int want_lp;        /* logprobs: top count + 1 (0 = none) */
+    int echo_lp;        /* completions echo with logprobs: score the prompt */
     ms_detok detok;
     char piece[1024];
     /* per request */
@@ -118,6 +125,7 @@ typedef struct slot {
     int n_gen;
     int skip_pending;   /* chat: drop the reply's one leading space */
     int first_token_seen;
+    int paused;         /* GENERATE, but the client's unsent output is over the bound */
     int feed_last;      /* this iteration's token ends the choice (batched feed) */
     int feed_hit;       /* ... because a stop string was hit */
     double t_step;      /* when this iteration's token was sampled */
@@ -168,6 +176,7 @@ struct sched {
     ms_state **feed_state;
     int32_t *feed_tok;
     float **feed_logits;
+    ms_vocab_index *vocab_index; /* byte tries of the vocabulary, for grammars */
 };
 
 double sched_now(void)
@@ -221,6 +230,10 @@ static void finish_job(sched *s, slot *sl, srv_status why, const char *msg)
     restore_bias(s, sl);
     sse_stop_free(sl->stop);
     sl->stop = NULL;
+    ms_gmatch_free(sl->gm);
+    sl->gm = NULL;
+    free(sl->echo_logits);
+    sl->echo_logits = NULL;
     if (why != SRV_OK) srv_fail(&sl->res.err, why, "%s", msg);
     else {
         sl->res.err.code = SRV_OK;
@@ -248,6 +261,7 @@ static void complete_job(sched *s, slot *sl)
         sl->sess = NULL;
     }
     sl->state = SLOT_FREE;
+    sl->paused = 0;
     sl->job = NULL;
     /* The gauge drops before the client hears back, so a client that reads
      * /metrics right after its response sees itself gone; n_running itself
@@ -272,6 +286,18 @@ static void complete_job(sched *s, slot *sl)
 static int tokenize_prompt(sched *s, slot *sl, int p)
 {
     const sched_job *j = sl->job;
+    if (!j->prompt && j->req.prompt_ids && j->req.prompt_ids[p]) { /* token ids as given */
+        size_t need = j->req.prompt_n_ids[p];
+        if (need > sl->cap_toks) {
+            int32_t *nt = realloc(sl->toks, need * sizeof *nt);
+            if (!nt) return -1;
+            sl->toks = nt;
+            sl->cap_toks = need;
+        }
+        memcpy(sl->toks, j->req.prompt_ids[p], need * sizeof *sl->toks);
+        sl->n_toks = need;
+        return 0;
+    }
     const char *text = j->prompt ? j->prompt : j->req.prompts[p];
     size_t len = j->prompt ? j->prompt_len : strlen(text);
     size_t need = ms_tokenize(s->rt.tok, text, len, sl->toks, sl->cap_toks);
@@ -386,6 +412,8 @@ static int begin_choice(sched *s, slot *sl, int p, int k)
     }
     sl->n_gen = 0;
     sl->skip_pending = sl->pol.skip_leading_space;
+    if (sl->gm) ms_gmatch_reset(sl->gm);
+    if (sl->echo_lp && k == 0) sl->pos = 0; /* every prompt position is scored */
     return 0;
 }
 
@@ -413,6 +441,17 @@ static void start_job(sched *s, slot *sl, sched_job *j)
     }
     chat_policy(r->kind, r->stop, r->n_stop, &sl->pol);
     if (sl->pol.ban_end_of_text) ms_sampler_set_bias(sl->sampler, 0, -INFINITY);
+    sl->want_lp = r->logprobs && j->sink->logprob ? r->top_logprobs + 1 : 0;
+    sl->echo_lp = sl->want_lp && r->kind == OA_COMPLETION && r->echo;
+    if (r->grammar && !(sl->gm = ms_gmatch_new(r->grammar, s->vocab_index))) {
+        finish_job(s, sl, SRV_ERR_NOMEM, "out of memory for the grammar matcher");
+        return;
+    }
+    if (sl->echo_lp &&
+        !(sl->echo_logits = malloc((size_t)s->cfg->prefill_chunk * (size_t)s->V * sizeof(float)))) {
+        finish_job(s, sl, SRV_ERR_NOMEM, "out of memory for prompt logprobs");
+        return;
+    }
     metrics_observe(MET_H_QUEUE, sl->t_admit - j->t_submit);
     if (r->state && !rt_init_state(&s->rt, r->state)) { /* http.c checks first; never start from a wrong state */
         finish_job(s, sl, SRV_ERR_INVALID, "unknown initial state");
@@ -472,9 +511,60 @@ static void engine_fail(sched *s, slot *sl, const ms_error *e)
 
 /* One prompt chunk. The last prompt token is fed on its own, after the
  * session checkpoint, and is the one that produces logits. */
+/* Logprobs of token t under logits row (the distribution before it). */
+static void report_lp(sched *s, slot *sl, const float *row, int32_t t)
+{
+    agent_lp lp;
+    lp.id = t;
+    lp.n_top = sl->want_lp - 1;
+    lp.lp = ms_logprobs(row, s->V, t, lp.n_top, lp.top_ids, lp.top_lps);
+    sched_job *j = sl->job;
+    j->sink->logprob(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, &lp);
+}
+
+/* Echo with logprobs: the whole prompt in chunks with logits at every
+ * position (row r scores token r + 1; the last row starts generation). No
+ * session reuse or checkpoint: every position must be computed. */
+static void step_prefill_scored(sched *s, slot *sl)
+{
+    ms_error e = {0};
+    size_t m = sl->n_toks - sl->pos;
+    if (m > (size_t)s->cfg->prefill_chunk) m = (size_t)s->cfg->prefill_chunk;
+    sched_job *j = sl->job;
+    int idx = sl->prompt_i * sl->n_choices + sl->choice_k;
+    if (sl->pos == 0) {
+        agent_lp first = {.id = sl->toks[0], .n_top = -1};
+        j->sink->logprob(j->ud, idx, &first);
+    }
+    if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, sl->echo_logits, 1, &e) != MS_OK) {
+        engine_fail(s, sl, &e);
+        return;
+    }
+    if (sl->sess && session_push_tokens(sl->sess, sl->toks + sl->pos, m)) {
+        finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
+        return;
+    }
+    for (size_t r = 0; r < m; r++) {
+        const float *row = sl->echo_logits + r * (size_t)s->V;
+        if (sl->pos + r + 1 < sl->n_toks) report_lp(s, sl, row, sl->toks[sl->pos + r + 1]);
+        else memcpy(sl->logits, row, (size_t)s->V * sizeof(float));
+    }
+    sl->pos += m;
+    if (sl->pos < sl->n_toks) return;
+    if (sl->n_choices > 1) {
+        ms_state_copy(sl->fork, sl->st);
+        memcpy(sl->fork_logits, sl->logits, (size_t)s->V * sizeof(float));
+    }
+    sl->state = SLOT_GENERATE;
+}
+
 static void step_prefill(sched *s, slot *sl)
 {
     ms_error e = {0};
+    if (sl->echo_lp) {
+        step_prefill_scored(s, sl);
+        return;
+    }
     size_t last = sl->n_toks - 1;
     if (sl->pos < last) {
         size_t m = last - sl->pos;
@@ -518,11 +608,27 @@ static void step_prefill(sched *s, slot *sl)
 static int gen_pick(sched *s, slot *sl)
 {
     double t0 = sched_now();
-    if (t0 > sl->job->deadline) {
+    if (t0 > sl->job->deadline || sl->n_gen >= sl->job->max_tokens) { /* max_tokens 0: echo only */
         finish_choice(s, sl, OA_FINISH_LENGTH, 0);
         return 0;
     }
+    if (sl->want_lp) memcpy(sl->raw, sl->logits, (size_t)s->V * sizeof(float));
+    if (sl->gm) {
+        /* Only tokens that keep the text a valid prefix, and that leave room
+         * to close the document within max_tokens. */
+        if (ms_gmatch_done(sl->gm) || ms_gmatch_mask(sl->gm, sl->job->max_tokens - sl->n_gen, sl->mask) == 0) {
+            finish_choice(s, sl, ms_gmatch_done(sl->gm) ? OA_FINISH_STOP : OA_FINISH_LENGTH, 0);
+            return 0;
+        }
+        ms_mask_apply(sl->logits, sl->mask, s->V);
+    }
     int32_t t = ms_sampler_sample(sl->sampler, sl->logits);
+    if (sl->gm && t != 0) {
+        size_t bl = 0;
+        const char *b = ms_token_bytes(s->rt.tok, t, &bl);
+        if (!b || ms_gmatch_advance(sl->gm, b, bl)) t = 0; /* cannot happen: the mask allowed it */
+    }
+    if (sl->want_lp && t != 0) report_lp(s, sl, sl->raw, t);
     if (!sl->first_token_seen) {
         sl->first_token_seen = 1;
         metrics_observe(MET_H_TTFT, t0 - sl->t_admit);
@@ -535,6 +641,8 @@ static int gen_pick(sched *s, slot *sl)
     sl->res.usage.completion_tokens++;
     size_t n = ms_detok_push(&sl->detok, s->rt.tok, t, sl->piece);
     int hit = n ? emit(sl, sl->piece, n, 0) : 0;
+    int done_doc = sl->gm && ms_gmatch_done(sl->gm);
+    hit = hit || done_doc;
     int last = hit || sl->n_gen >= sl->job->max_tokens;
     if (last && !sl->sess) {
         metrics_observe(MET_H_TOKEN, sched_now() - t0);
@@ -855,7 +963,49 @@ static void admit(sched *s)
 
 static void idle_cb(uv_idle_t *h);
 
-static int stepping(const slot *sl) { return sl->state == SLOT_PREFILL || sl->state == SLOT_GENERATE; }
+static int stepping(const slot *sl)
+{
+    return sl->state == SLOT_PREFILL || (sl->state == SLOT_GENERATE && !sl->paused);
+}
+
+/* Backpressure: a generating slot whose client is not reading pauses (it
+ * keeps its slot and state; the deadline still applies) and resumes once the
+ * client has taken its output. Returns the slot's new paused flag. */
+static int refresh_paused(sched *s, slot *sl)
+{
+    sched_job *j = sl->job;
+    int p = sl->state == SLOT_GENERATE && j->sink->backlogged && sched_now() <= j->deadline &&
+            j->sink->backlogged(j->ud);
+    if (p && !sl->paused) metrics_add(MET_C_STREAM_PAUSES, 1);
+    sl->paused = p;
+    return p;
+}
+
+static void paused_gauge(sched *s)
+{
+    int n = 0;
+    for (int i = 0; i < s->n_slots; i++) n += s->slots[i].state == SLOT_GENERATE && s->slots[i].paused;
+    metrics_set(MET_G_STREAMS_PAUSED, n);
+}
+
+/* The paused slots, which the idle callback no longer visits: drop those
+ * whose client left, resume those whose client has read. */
+static void check_paused(sched *s)
+{
+    for (int i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->state != SLOT_GENERATE || !sl->paused) continue;
+        sched_job *j = sl->job;
+        if (atomic_load(&s->cancel_all) || !j->sink->alive(j->ud)) {
+            sl->paused = 0;
+            metrics_add(MET_C_CANCELLED, 1);
+            finish_job(s, sl, SRV_ERR_CANCELLED, "client disconnected");
+            continue;
+        }
+        refresh_paused(s, sl);
+    }
+    paused_gauge(s);
+}
 
 static void update_idle(sched *s)
 {
@@ -887,9 +1037,10 @@ static void idle_cb(uv_idle_t *h)
             continue;
         }
         if (sl->state == SLOT_PREFILL) step_prefill(s, sl);
-        else n_feed += gen_pick(s, sl);
+        else if (!refresh_paused(s, sl)) n_feed += gen_pick(s, sl);
     }
     gen_feed(s, n_feed);
+    paused_gauge(s);
     admit(s);
     update_idle(s);
 }
@@ -918,11 +1069,13 @@ static void wake_cb(uv_async_t *h)
     maybe_close(s);
 }
 
-/* Periodic: deadlines and disconnects of queued jobs, sessions freed by the
- * HTTP side (export), and the stop request when nothing else wakes us. */
+/* Periodic: deadlines and disconnects of queued jobs, paused streams whose
+ * client read (or left), sessions freed by the HTTP side (export), and the
+ * stop request when nothing else wakes us. */
 static void tick_cb(uv_timer_t *h)
 {
     sched *s = h->data;
+    check_paused(s);
     store_tick(s);
     admit(s);
     update_idle(s);
@@ -946,8 +1099,10 @@ static int init_slot(sched *s, slot *sl)
     sl->fork = ms_state_new(s->rt.model);
     sl->cap_toks = 4096;
     sl->toks = malloc(sl->cap_toks * sizeof(int32_t));
+    sl->mask = malloc((V + 63) / 64 * sizeof(uint64_t));
+    sl->raw = malloc(V * sizeof(float));
     if (!sl->ctx || !sl->sampler || !sl->logits || !sl->fork_logits || !sl->own || !sl->fork ||
-        !sl->toks)
+        !sl->toks || !sl->mask || !sl->raw)
         return -1;
     return 0;
 }
@@ -961,6 +1116,10 @@ static void free_slot_mem(slot *sl)
     ms_state_free(sl->own);
     ms_state_free(sl->fork);
     free(sl->toks);
+    free(sl->mask);
+    free(sl->raw);
+    ms_gmatch_free(sl->gm);
+    free(sl->echo_logits);
     sse_stop_free(sl->stop);
 }
 
@@ -1017,7 +1176,9 @@ static int load_all(sched *s, char *msg, size_t cap)
     s->feed_state = calloc((size_t)s->n_slots, sizeof *s->feed_state);
     s->feed_tok = calloc((size_t)s->n_slots, sizeof *s->feed_tok);
     s->feed_logits = calloc((size_t)s->n_slots, sizeof *s->feed_logits);
-    if (!s->batch_ctx || !s->feed_slot || !s->feed_state || !s->feed_tok || !s->feed_logits) {
+    s->vocab_index = ms_vocab_index_new(s->rt.tok, s->V);
+    if (!s->batch_ctx || !s->feed_slot || !s->feed_state || !s->feed_tok || !s->feed_logits ||
+        !s->vocab_index) {
         snprintf(msg, cap, "out of memory allocating the batch step");
         return -1;
     }
@@ -1074,6 +1235,7 @@ sched *sched_start(const srv_config *cfg, void (*on_fatal)(void *, const char *)
 int sched_ready(const sched *s) { return atomic_load(&s->ready); }
 sess_pool *sched_pool(sched *s) { return s->pool; }
 const ms_model *sched_model(const sched *s) { return s->rt.model; }
+const ms_tokenizer *sched_tokenizer(const sched *s) { return s->rt.tok; }
 sstore *sched_store(sched *s) { return s->store; }
 
 srv_status sched_submit(sched *s, sched_job *j)
@@ -1143,6 +1305,7 @@ void sched_stop(sched *s)
     free(s->feed_state);
     free(s->feed_tok);
     free(s->feed_logits);
+    ms_vocab_index_free(s->vocab_index);
     sio_free(s->io);
     sstore_free(s->store);
     pool_free(s->pool);

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "agent_out.h"
 #include "config.h"
 #include "engine.h"
 #include "openai.h"
@@ -44,6 +45,14 @@ typedef struct sched_sink {
     void (*done)(void *ud, const sched_result *r);
     /* 0 once the client is gone: the job is dropped within one step. */
     int (*alive)(void *ud);
+    /* May be NULL. 1 while the client has not taken enough of the output
+     * already produced: the job's generation pauses (checked every step and
+     * every tick) instead of buffering without bound. */
+    int (*backlogged)(void *ud);
+    /* When the request asks for logprobs: one token of choice idx, in order,
+     * before its text. With echo the prompt's tokens come first, the very
+     * first with n_top -1 (no logprob: nothing precedes it). May be NULL. */
+    void (*logprob)(void *ud, int idx, const agent_lp *lp);
 } sched_sink;
 
 typedef struct sched_job {
@@ -77,9 +86,11 @@ void sched_drain(sched *s, double timeout_s);
 /* Stops the thread, writes every session to --state-dir, frees everything. */
 void sched_stop(sched *s);
 
-/* For the HTTP side once sched_ready: the pool (thread-safe) and the model. */
+/* For the HTTP side once sched_ready: the pool (thread-safe), the model and
+ * its tokenizer (immutable). */
 sess_pool *sched_pool(sched *s);
 const ms_model *sched_model(const sched *s);
+const ms_tokenizer *sched_tokenizer(const sched *s);
 /* The session store (memory, directory or redis), for the HTTP side. */
 sstore *sched_store(sched *s);
 /* Seconds since an arbitrary start (CLOCK_MONOTONIC). */

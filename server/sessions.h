@@ -125,7 +125,8 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
 /* Replaces (or creates) session id with the state in the safetensors file at
  * path. Its token history becomes empty: the next request feeds its whole
  * prompt on top of the imported state (which stands in for an initial state:
- * init_state becomes ""). 0 ok, 2 busy, -1 error (err). */
+ * init_state becomes ""). States with NaN/Inf or values beyond
+ * STORE_VALUE_MAX are refused. 0 ok, 2 busy, -1 error (err). */
 int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap);
 
 /* Appends one token to a leased session's history (amortized growth);

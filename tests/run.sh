@@ -91,6 +91,11 @@ else
     [[ -n ${METASTATE_REQUIRE_REFERENCE:-} && $METASTATE_REQUIRE_REFERENCE != 0 ]] && { echo "not ok 2 - python3 required" >>"$tap"; status=1; }
     summarize "reference checks" "$tap"
 fi
+# libFuzzer targets (tests/fuzz, built by make fuzz-bin): each runs a few
+# seconds over its committed seed corpus, so CI keeps them alive.
+echo "== fuzz smoke (tests/fuzz)"
+FUZZ_TAP="$work/fuzz.tap" bash "$here/fuzz/run.sh" "$build" "${FUZZ_SMOKE_SECONDS:-5}" smoke || status=1
+summarize "fuzz smoke" "$work/fuzz.tap"
 run_suite normal "$build"
 run_suite "asan+ubsan" "$build/asan"
 if compgen -G "$work/san/*" >/dev/null; then

@@ -50,6 +50,18 @@ if [[ ${BENCH_PPL:-1} != 0 ]] && { [[ -f $heldout ]] || /usr/bin/python3 tools/f
     done
 fi
 
+# Constrained decoding (structured output): per-token cost of the allowed-token
+# mask over the World vocabulary, against plain decoding in the same run.
+declare -a constraint_rows
+vocab=${METASTATE_SHARED:-../shared}/vocab/rwkv_vocab_v20230424.txt
+if [[ -f $vocab ]]; then
+    for size in $sizes; do
+        c=$("$build/metastate" bench-constraint --model "$dir/rwkv7-$size-bf16.safetensors" --vocab "$vocab" --label "$size" --gen 128)
+        echo "$c" | grep -v '^RESULT'
+        constraint_rows+=("$(echo "$c" | grep '^RESULT')")
+    done
+fi
+
 kv() { # kv LINE KEY
     local k=$2; for p in ${1#* }; do [[ ${p%%=*} == "$k" ]] && { echo "${p#*=}"; return; }; done; echo "-"
 }
@@ -105,6 +117,16 @@ if ((${#http_rows[@]})); then
     for h in "${http_rows[@]}"; do
         ratio=$(awk -v a="$(kv "$h" agg8)" -v b="$(kv "$h" agg1)" 'BEGIN{printf "%.1fx", a/b}')
         echo "| $(kv "$h" label) | $(kv "$h" agg1) | $(kv "$h" agg4) | $(kv "$h" agg8) | $(kv "$h" agg16) | $ratio | $(kv "$h" ttft8) | $(kv "$h" turn10_session) / $(kv "$h" turn10_full) |"
+    done
+fi
+if ((${#constraint_rows[@]})); then
+    echo
+    echo "Constrained decoding (JSON schema, World vocabulary, bf16):"
+    echo
+    echo "| model | plain ms/token | constrained ms/token | mask + advance ms/token | mask / plain step | whole-step overhead |"
+    echo "|---|---|---|---|---|---|"
+    for c in "${constraint_rows[@]}"; do
+        echo "| $(kv "$c" label) | $(kv "$c" plain_ms) | $(kv "$c" constrained_ms) | $(kv "$c" mask_ms) | $(pct "$(kv "$c" mask_share)") | $(pct "$(kv "$c" overhead)") |"
     done
 fi
 echo

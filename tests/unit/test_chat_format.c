@@ -31,7 +31,7 @@ static void expect_clean(const char *in, const char *want)
     free(s);
 }
 
-#define MSG(r, c) {(char *)(r), (char *)(c)}
+#define MSG(r, c) {.role = (char *)(r), .content = (char *)(c)}
 
 Test(chat_format, single_turn_no_space_after_assistant)
 {
@@ -95,7 +95,7 @@ Test(chat_format, utf8_passes_through)
 
 Test(chat_format, unknown_role_fails)
 {
-    oa_message m[] = {MSG("user", "a"), MSG("tool", "b")};
+    oa_message m[] = {MSG("user", "a"), MSG("function", "b")};
     cr_assert_null(chat_render(m, 2, NULL));
     oa_message n[] = {MSG(NULL, "a")};
     cr_assert_null(chat_render(n, 1, NULL));

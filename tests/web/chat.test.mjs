@@ -445,11 +445,23 @@ test('screenshots at desktop and phone widths, light and dark', async () => {
   const srv = await startServer({ model: MODEL, args: ['--vocab', VOCAB] });
   const page = await open(srv);
   await connected(page, 'default');
-  await setSettings(page, { temperature: 0, max_tokens: 200 });
-  await chatTurn(page, 'Write a haiku about the sea.');
+  await setSettings(page, { temperature: 0, max_tokens: 100 });
+  await chatTurn(page, 'Tell me a joke.');
   await page.click('#new-chat');
-  await chatTurn(page, 'Say something funny.');
-  await chatTurn(page, 'Give me a fortune.');
+  await chatTurn(page, 'Any wisdom for today?');
+  await chatTurn(page, 'Who said that?');
+  const third = await chatTurn(page, 'Thanks!');
+  assert.ok(Number(third.cached) > 0);
+  // Switch conversations through the sidebar, and back.
+  const wisdom = await currentId(page);
+  const userText = () => page.$eval('.msg.user .bubble', (b) => b.textContent);
+  await page.click('#conv-list li:not([aria-current]) .conv-open');
+  await page.waitForFunction((f) => localStorage.getItem('metastate.current') !== f, {}, wisdom);
+  assert.equal(await userText(), 'Tell me a joke.');
+  await page.click(`#conv-list li[data-id="${wisdom}"] .conv-open`);
+  await page.waitForFunction((f) => localStorage.getItem('metastate.current') === f, {}, wisdom);
+  assert.equal(await userText(), 'Any wisdom for today?');
+  assert.equal(await page.$$eval('.msg', (m) => m.length), 6);
   const state = await page.evaluate(() => JSON.stringify(localStorage));
   const bg = {};
   for (const [name, viewport, scheme] of shots) {

@@ -1,0 +1,57 @@
+/*
+ * responses.h - the Responses API (POST /v1/responses) on top of the chat
+ * pipeline: a request is translated into a Chat Completions request (input
+ * items -> messages, instructions -> system message, text.format ->
+ * response_format, flat function tools -> chat tools, max_output_tokens ->
+ * max_tokens), and the results are written back as a response object or as
+ * its typed stream events. previous_response_id is resolved by the caller,
+ * which hands in the stored conversation of that response. Built with
+ * jansson; every json_t returned is a new reference, every char * malloc'd.
+ */
+#ifndef METASTATE_PROTO_RESPONSES_H
+#define METASTATE_PROTO_RESPONSES_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "openai.h"
+#include "tools.h"
+
+/* Translates a Responses request. prev: NULL or the stored messages of the
+ * previous response (chat shape, its reply included). On success returns the
+ * chat request and sets *history to the conversation without instructions
+ * (prev + this input) for the caller to store with the reply. NULL with a
+ * 400 in *e (unsupported built-in tool, bad input item, ...). */
+json_t *resp_to_chat(json_t *req, json_t *prev, json_t **history, oa_error *e);
+
+/* What a response reports. */
+typedef struct resp_result {
+    const char *id;          /* "resp_..." */
+    int64_t created;
+    const char *model;
+    const char *status;      /* "in_progress", "completed", "incomplete", "failed" */
+    const char *msg_id;      /* output message item id */
+    const char *text;        /* output text (NULL: none) */
+    size_t text_len;
+    const tools_call *calls; /* function calls instead of text */
+    int n_calls;
+    char (*call_ids)[32];
+    char (*item_ids)[32];    /* "fc_..." per call */
+    oa_usage usage;
+    int has_usage;
+} resp_result;
+
+/* The response object; req is the original request (its settings are
+ * echoed back: instructions, temperature, tools, ...). */
+json_t *resp_object(json_t *req, const resp_result *r);
+/* The assistant reply as a chat message (for the stored conversation). */
+json_t *resp_reply_message(const resp_result *r);
+
+/* One SSE event "event: TYPE\ndata: {..., "type", "sequence_number"}\n\n" for
+ * payload (stolen); *seq counts up. NULL on OOM. */
+char *resp_event(const char *type, json_t *payload, int *seq);
+
+/* A fresh id with the given prefix ("resp_", "msg_", "fc_"); out >= 32 bytes. */
+void resp_new_id(char *out, const char *prefix, uint64_t seed);
+
+#endif

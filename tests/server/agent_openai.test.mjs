@@ -1,0 +1,266 @@
+// Agent features through the official `openai` SDK on the trained default
+// model (byte vocabulary): structured output (parse with zod), tools round
+// trip with a role "tool" reply, streamed tool-call deltas, logprobs shapes
+// and values against `metastate eval`, x-request-id, and the Responses API
+// (plain, streamed, previous_response_id with cached tokens, text.format,
+// function tools, 400 for built-in tools).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { z } from 'zod';
+import { zodResponseFormat, zodTextFormat } from 'openai/helpers/zod';
+import { startServer, client, api } from './lib/server.mjs';
+import { defaultServer, DEFAULT_NAME as M, byteIds, evalLogits, logSoftmaxAt, sseEvents } from './lib/agent.mjs';
+
+let srv, oa;
+before(async () => { srv = await startServer(defaultServer); oa = client(srv); });
+after(async () => { const e = await srv.stop(); assert.equal(e.code, 0, srv.stderr()); });
+
+const Person = z.object({
+  name: z.string().max(20),
+  age: z.number().int().min(0).max(120),
+  tags: z.array(z.string().max(8)).max(3),
+  mood: z.enum(['happy', 'sad', 'neutral']),
+  nickname: z.string().nullable(),
+});
+
+const weatherTool = {
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'Current weather of a city',
+    parameters: { type: 'object', properties: { city: { type: 'string', maxLength: 20 } },
+      required: ['city'], additionalProperties: false },
+  },
+};
+const timeTool = {
+  type: 'function',
+  function: {
+    name: 'get_time',
+    description: 'Current time in a time zone',
+    parameters: { type: 'object', properties: { zone: { type: 'string', maxLength: 10 },
+      hours24: { type: 'boolean' } }, required: ['zone', 'hours24'], additionalProperties: false },
+  },
+};
+
+test('chat.completions.parse with a zod schema: always valid and conforming', async () => {
+  for (const seed of [1, 2, 3]) {
+    const r = await oa.chat.completions.parse({
+      model: M, seed, temperature: 1, max_tokens: 160,
+      messages: [{ role: 'user', content: 'Describe a person as JSON.' }],
+      response_format: zodResponseFormat(Person, 'person'),
+    });
+    const msg = r.choices[0].message;
+    assert.ok(msg.parsed, `seed ${seed}: not parsed: ${msg.content}`);
+    Person.parse(msg.parsed);
+    assert.equal(r.choices[0].finish_reason, 'stop');
+  }
+});
+
+test('json_object: the reply is a JSON object, also when max_tokens forces it short', async () => {
+  for (const max_tokens of [12, 64]) {
+    const r = await oa.chat.completions.create({
+      model: M, seed: 5, max_tokens, response_format: { type: 'json_object' },
+      messages: [{ role: 'user', content: 'Reply in JSON.' }],
+    });
+    const v = JSON.parse(r.choices[0].message.content);
+    assert.equal(typeof v, 'object');
+    assert.ok(v && !Array.isArray(v));
+    assert.ok(r.usage.completion_tokens <= max_tokens);
+  }
+});
+
+test('strict schema with an unsupported keyword: 400 naming it', async () => {
+  await assert.rejects(oa.chat.completions.create({
+    model: M, messages: [{ role: 'user', content: 'x' }],
+    response_format: { type: 'json_schema', json_schema: { name: 'x', strict: true,
+      schema: { type: 'object', properties: { a: { type: 'string', pattern: '^a' } }, required: ['a'],
+        additionalProperties: false } } },
+  }), (e) => e.status === 400 && /'pattern'/.test(e.message));
+});
+
+test('tools: required call, then a role "tool" reply closes the loop', async () => {
+  const messages = [{ role: 'user', content: 'What is the weather in Paris?' }];
+  const r1 = await oa.chat.completions.create({ model: M, seed: 3, messages, tools: [weatherTool],
+    tool_choice: 'required', max_tokens: 80 });
+  const c1 = r1.choices[0];
+  assert.equal(c1.finish_reason, 'tool_calls');
+  assert.equal(c1.message.content, null);
+  assert.ok(c1.message.tool_calls.length >= 1);
+  const call = c1.message.tool_calls[0];
+  assert.match(call.id, /^call_/);
+  assert.equal(call.type, 'function');
+  assert.equal(call.function.name, 'get_weather');
+  const args = JSON.parse(call.function.arguments);
+  assert.equal(typeof args.city, 'string');
+  messages.push(c1.message);
+  messages.push({ role: 'tool', tool_call_id: call.id, content: '22 C and sunny' });
+  const r2 = await oa.chat.completions.create({ model: M, seed: 3, messages, tools: [weatherTool],
+    tool_choice: 'none', max_tokens: 20 });
+  assert.equal(typeof r2.choices[0].message.content, 'string');
+  assert.ok(['stop', 'length'].includes(r2.choices[0].finish_reason));
+  // the documented template (docs/API.md), without the tool list under tool_choice "none"
+  const prompt = 'User: What is the weather in Paris?\n\nAssistant: Call: ' +
+    JSON.stringify([{ name: 'get_weather', arguments: args }]) +
+    '\n\nTool: get_weather -> 22 C and sunny\n\nAssistant:';
+  assert.equal(r2.usage.prompt_tokens, Buffer.byteLength(prompt));
+});
+
+test('tools: a named tool_choice calls that function; parallel_tool_calls false gives one call', async () => {
+  const r = await oa.chat.completions.create({ model: M, seed: 9, max_tokens: 80,
+    messages: [{ role: 'user', content: 'Time in Tokyo?' }], tools: [weatherTool, timeTool],
+    tool_choice: { type: 'function', function: { name: 'get_time' } }, parallel_tool_calls: false });
+  const calls = r.choices[0].message.tool_calls;
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].function.name, 'get_time');
+  const a = JSON.parse(calls[0].function.arguments);
+  assert.equal(typeof a.zone, 'string');
+  assert.equal(typeof a.hours24, 'boolean');
+});
+
+test('tools: streamed tool-call deltas add up to the non-streamed call', async () => {
+  const req = { model: M, seed: 4, max_tokens: 80, tools: [weatherTool], tool_choice: 'required',
+    messages: [{ role: 'user', content: 'Weather in Rome?' }] };
+  const whole = await oa.chat.completions.create(req);
+  const stream = await oa.chat.completions.create({ ...req, stream: true });
+  const calls = [];
+  let finish = null, content = '';
+  for await (const ch of stream) {
+    const c = ch.choices[0];
+    if (!c) continue;
+    if (c.delta.content) content += c.delta.content;
+    for (const d of c.delta.tool_calls || []) {
+      if (!calls[d.index]) {
+        assert.match(d.id, /^call_/);
+        assert.equal(d.type, 'function');
+        calls[d.index] = { name: d.function.name, arguments: d.function.arguments || '' };
+      } else {
+        calls[d.index].arguments += d.function.arguments || '';
+      }
+    }
+    if (c.finish_reason) finish = c.finish_reason;
+  }
+  assert.equal(finish, 'tool_calls');
+  assert.equal(content, '');
+  assert.deepEqual(calls, whole.choices[0].message.tool_calls.map((t) =>
+    ({ name: t.function.name, arguments: t.function.arguments })));
+});
+
+test('chat logprobs: shapes, and values equal the log-softmax of `metastate eval` logits', async () => {
+  const r = await oa.chat.completions.create({ model: M, max_tokens: 8, temperature: 0,
+    presence_penalty: 0, frequency_penalty: 0, logprobs: true, top_logprobs: 3,
+    messages: [{ role: 'user', content: 'Hi' }] });
+  const lp = r.choices[0].logprobs.content;
+  assert.equal(lp.length, r.usage.completion_tokens);
+  const prompt = byteIds('User: Hi\n\nAssistant:');
+  const gen = lp.map((e) => e.bytes[0] + 1);
+  for (const e of lp) {
+    assert.equal(typeof e.token, 'string');
+    assert.equal(e.bytes.length, 1);
+    assert.ok(e.logprob <= 0);
+    assert.equal(e.top_logprobs.length, 3);
+    assert.ok(e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob);
+    // greedy without penalties: the chosen token is the most likely one
+    assert.deepEqual(e.top_logprobs[0].bytes, e.bytes);
+  }
+  const rows = evalLogits([...prompt, ...gen]);
+  for (let i = 0; i < gen.length; i++) {
+    const want = logSoftmaxAt(rows[prompt.length - 1 + i], gen[i]);
+    assert.ok(Math.abs(lp[i].logprob - want) < 1e-5, `token ${i}: ${lp[i].logprob} vs ${want}`);
+  }
+  // the text is the tokens after the one leading space the template puts back
+  assert.equal(lp.map((e) => e.token).join('').replace(/^ /, ''), r.choices[0].message.content);
+});
+
+test('chat logprobs streamed: same entries as non-streamed', async () => {
+  const req = { model: M, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2,
+    messages: [{ role: 'user', content: 'Hello there' }] };
+  const whole = await oa.chat.completions.create(req);
+  const stream = await oa.chat.completions.create({ ...req, stream: true });
+  const got = [];
+  for await (const ch of stream) for (const e of ch.choices[0]?.logprobs?.content || []) got.push(e);
+  assert.deepEqual(got, whole.choices[0].logprobs.content);
+});
+
+test('completions logprobs: tokens, token_logprobs, top_logprobs, text_offset', async () => {
+  const r = await oa.completions.create({ model: M, prompt: 'Hello', max_tokens: 5, temperature: 0,
+    logprobs: 2 });
+  const l = r.choices[0].logprobs;
+  assert.equal(l.tokens.length, 5);
+  assert.equal(l.tokens.join(''), r.choices[0].text);
+  assert.equal(l.token_logprobs.length, 5);
+  assert.equal(Object.keys(l.top_logprobs[0]).length, 2);
+  assert.equal(l.text_offset[0], 5);
+});
+
+test('x-request-id: echoed when sent, generated otherwise, visible to the SDK', async () => {
+  const a = await api(srv, 'GET', '/v1/models', undefined, { 'X-Request-ID': 'req-abc-123' });
+  assert.equal(a.headers.get('x-request-id'), 'req-abc-123');
+  const b = await api(srv, 'POST', '/v1/chat/completions', { model: 'nope', messages: [] });
+  assert.equal(b.status, 400);
+  assert.match(b.headers.get('x-request-id') || '', /^req_[0-9a-f]{16,}$/);
+  const { data, response } = await oa.models.list().withResponse();
+  assert.ok(data);
+  assert.ok(response.headers.get('x-request-id'));
+});
+
+test('responses.create: text input, instructions, usage; streamed events add up', async () => {
+  const req = { model: M, input: 'Say hello.', instructions: 'You are brief.', max_output_tokens: 12,
+    temperature: 0 };
+  const r = await oa.responses.create(req);
+  assert.match(r.id, /^resp_/);
+  assert.equal(r.object, 'response');
+  assert.ok(['completed', 'incomplete'].includes(r.status));
+  assert.equal(typeof r.output_text, 'string');
+  assert.equal(r.output[0].type, 'message');
+  assert.equal(r.output[0].content[0].type, 'output_text');
+  assert.ok(r.usage.input_tokens > 0);
+  assert.ok(r.usage.output_tokens > 0);
+  const stream = await oa.responses.create({ ...req, stream: true });
+  const types = [];
+  let delta = '', done = null;
+  for await (const ev of stream) {
+    types.push(ev.type);
+    if (ev.type === 'response.output_text.delta') delta += ev.delta;
+    if (ev.type === 'response.completed' || ev.type === 'response.incomplete') done = ev.response;
+  }
+  assert.equal(types[0], 'response.created');
+  assert.ok(types.includes('response.output_item.added'));
+  assert.ok(types.includes('response.output_text.done'));
+  assert.equal(delta, r.output_text);
+  assert.equal(done.output[0].content[0].text, r.output_text);
+});
+
+test('responses: message-list input and previous_response_id continue with cached tokens', async () => {
+  const r1 = await oa.responses.create({ model: M, max_output_tokens: 10, temperature: 0,
+    input: [{ role: 'user', content: [{ type: 'input_text', text: 'My name is Ann.' }] }] });
+  const r2 = await oa.responses.create({ model: M, max_output_tokens: 10, temperature: 0,
+    previous_response_id: r1.id, input: 'What is my name?' });
+  assert.equal(r2.previous_response_id, r1.id);
+  assert.ok(r2.usage.input_tokens_details.cached_tokens > 0, JSON.stringify(r2.usage));
+  assert.ok(r2.usage.input_tokens > r1.usage.input_tokens);
+  await assert.rejects(oa.responses.create({ model: M, previous_response_id: 'resp_unknown', input: 'x' }),
+    (e) => e.status === 404 || e.status === 400);
+});
+
+test('responses: text.format json_schema (responses.parse with zod) and function tools', async () => {
+  const r = await oa.responses.parse({ model: M, max_output_tokens: 160, input: 'A person as JSON.',
+    text: { format: zodTextFormat(Person, 'person') } });
+  Person.parse(r.output_parsed);
+  const t = await oa.responses.create({ model: M, max_output_tokens: 80, input: 'Weather in Oslo?',
+    tools: [{ type: 'function', name: 'get_weather', description: 'weather',
+      parameters: weatherTool.function.parameters, strict: true }], tool_choice: 'required' });
+  const fc = t.output.find((o) => o.type === 'function_call');
+  assert.ok(fc, JSON.stringify(t.output));
+  assert.equal(fc.name, 'get_weather');
+  assert.match(fc.call_id, /^call_/);
+  assert.equal(typeof JSON.parse(fc.arguments).city, 'string');
+  // the function's output goes back as an input item
+  const t2 = await oa.responses.create({ model: M, max_output_tokens: 10, previous_response_id: t.id,
+    input: [{ type: 'function_call_output', call_id: fc.call_id, output: '3 C, rain' }] });
+  assert.equal(typeof t2.output_text, 'string');
+});
+
+test('responses: built-in tools are a clear 400', async () => {
+  await assert.rejects(oa.responses.create({ model: M, input: 'x', tools: [{ type: 'web_search_preview' }] }),
+    (e) => e.status === 400 && /built-in/.test(e.message));
+});
