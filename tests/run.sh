@@ -18,6 +18,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/san"
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:log_path=$work/san/asan
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$work/san/ubsan
+export LSAN_OPTIONS=suppressions=$here/lsan.supp:print_suppressions=0
 # OpenBLAS spins up its own threads per call: keep it to one per test run
 # so parallel test workers do not oversubscribe the cores.
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
