@@ -21,7 +21,7 @@ SHARED  ?= ../shared
 
 # Debian packages: the build, then what the tests use.
 BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
-              libopenblas-dev libuv1-dev libssl-dev libhiredis-dev
+              libopenblas-dev libuv1-dev libssl-dev libhiredis-dev zlib1g-dev
 RUN_PKGS   := curl
 TEST_PKGS  := libcriterion-dev curl nodejs npm chromium redis-server fortunes python3-numpy \
               clang libclang-rt-14-dev
@@ -72,7 +72,7 @@ clean:
 # Everything below runs in the sub-make, with the packages installed.
 
 CC       ?= cc
-PKGS     := openblas libmicrohttpd jansson libuv libcrypto hiredis
+PKGS     := openblas libmicrohttpd jansson libuv libcrypto hiredis zlib
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -58,14 +58,6 @@ static double normal(rng *r)
     return m * cos(2 * M_PI * v);
 }
 
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7FFF + ((u >> 16) & 1); /* round to nearest even; inputs are finite */
-    return (uint16_t)(u >> 16);
-}
-
 typedef enum { DIST_NORMAL, DIST_UNIFORM } dist;
 
 typedef struct {
@@ -116,7 +108,7 @@ static void add(builder *b, const char *name, int ndim, int64_t d0, int64_t d1, 
         if (b->dtype == MS_F32)
             ((float *)data)[i] = f;
         else
-            ((uint16_t *)data)[i] = to_bf16(f);
+            ((uint16_t *)data)[i] = ms_bf16_from_f32(f);
     }
     ms_tensor *t = &b->t[b->n];
     memset(t, 0, sizeof *t);

@@ -59,6 +59,10 @@ const char *ms_status_str(ms_status s);
 
 typedef enum { MS_F32 = 0, MS_F16 = 1, MS_BF16 = 2 } ms_dtype;
 
+/* fp32 -> bf16 rounded to nearest even (NaN stays NaN): the one rounding
+ * every bf16 the engine or a tool writes goes through. Reentrant. */
+uint16_t ms_bf16_from_f32(float f);
+
 #define MS_MAX_DIMS 4
 
 /* A view of one tensor. `data` points into the mapped file (or caller memory
@@ -179,6 +183,26 @@ const uint8_t *ms_model_fingerprint(const ms_model *m);
  * (parameter tokens and SSE heads with zero gain keep states exact, SPEC
  * 3.4), as listed in its "ms_ancestors" metadata. */
 int ms_model_state_compatible(const ms_model *m, const uint8_t fp[32]);
+/* ---- Expansion (SPEC 3.4): grow a checkpoint keeping its function ---- */
+
+typedef struct ms_sse_head {
+    int layer, head;
+} ms_sse_head;
+
+typedef struct ms_expand_opts {
+    int add_param_tokens;         /* S1: FFN key rows / value columns per layer, 0..2^20 */
+    int key_init_random;          /* new key rows random at the existing rows' RMS, else zero */
+    uint64_t seed;                /* for key_init_random */
+    const ms_sse_head *sse_heads; /* S2: heads joining their layer's SSE with gain 0 */
+    size_t n_sse_heads;
+} ms_expand_opts;
+
+/* Reads the checkpoint at in, writes it grown as o says to out (safetensors,
+ * the same dtypes), with "ms_ancestors" metadata = in's ancestors plus in's
+ * own fingerprint, so states made on in stay valid on out. MS_ERR_INVALID
+ * for a head or layer the model does not have, or a count out of range. */
+ms_status ms_expand(const char *in, const char *out, const ms_expand_opts *o, ms_error *err);
+
 /* Bytes of weights as held in memory, and bytes read per generated token. */
 size_t ms_model_weight_bytes(const ms_model *m);
 size_t ms_model_bytes_per_token(const ms_model *m);
@@ -199,6 +223,9 @@ void ms_state_free(ms_state *s);
 void ms_state_reset(ms_state *s);
 /* dst and src must come from models of the same config. */
 void ms_state_copy(ms_state *dst, const ms_state *src);
+/* Bytes of one state of model m (L*C*(N+2) floats): what every sequence and
+ * every session costs, known before any state is made. */
+size_t ms_state_bytes(const ms_model *m);
 /* Raw access in the layout above (for serialization). */
 size_t ms_state_nfloats(const ms_state *s);
 float *ms_state_data(ms_state *s);

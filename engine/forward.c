@@ -3,11 +3,13 @@
  *
  * Design: one code path serves prefill and decoding. Tokens are processed in
  * chunks of up to max_chunk rows; every projection of a chunk is one matrix
- * product (OpenBLAS sgemm, or sgemv when the chunk is one token, where a
- * GEMM would run at a fraction of the memory bandwidth). Only the WKV
- * recurrence walks the tokens one by one. All activations live in the
+ * product: our packed kernels (kernels.h) for decoding and batches of up
+ * to K_MAX_BATCH rows, where a GEMM would run at a fraction of the memory
+ * bandwidth, and for chunks of any length in the int8 / q4 / bf16-compute
+ * modes; OpenBLAS sgemm for longer chunks of the exact formats. Only the
+ * WKV recurrence walks the tokens one by one. All activations live in the
  * ms_ctx, allocated once in ms_ctx_new: nothing allocates per token.
- * Arithmetic is fp32 throughout (SPEC 1.7).
+ * Arithmetic is fp32 (SPEC 1.7) except the opt-in quantized products.
  */
 #include "model.h"
 
@@ -20,7 +22,7 @@
 #define LN_EPS 1e-5f
 #define GN_EPS 64e-5f         /* BlinkDL hard-codes 64e-5 for the GroupNorm of ln_x */
 #define DEFAULT_CHUNK 128
-#define PANEL_ROWS 256 /* rows of a bf16/int8 matrix widened at a time for sgemm */
+#define PANEL_ROWS 256 /* rows of a packed matrix widened (transposed) at a time for sgemm */
 
 struct ms_ctx {
     const ms_model *m;

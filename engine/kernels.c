@@ -31,6 +31,7 @@
  *    back-to-back products, too short to sleep between) and sleep on a
  *    condition variable when idle.
  */
+#include "engine.h"
 #include "kernels.h"
 
 #include <immintrin.h>
@@ -60,6 +61,8 @@ static inline uint16_t f32_to_bf16(float f)
     u += 0x7FFF + ((u >> 16) & 1);
     return (uint16_t)(u >> 16);
 }
+
+uint16_t ms_bf16_from_f32(float f) { return f32_to_bf16(f); }
 
 #define GRP K_I8_GROUP
 static size_t n_groups(int cols) { return ((size_t)cols + GRP - 1) / GRP; }

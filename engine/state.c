@@ -14,6 +14,12 @@ struct ms_state {
     float *data;
 };
 
+size_t ms_state_bytes(const ms_model *m)
+{
+    const ms_config *c = &m->cfg;
+    return (size_t)c->n_layer * (size_t)c->n_embd * (size_t)(c->head_size + 2) * sizeof(float);
+}
+
 ms_state *ms_state_new(const ms_model *m)
 {
     const ms_config *c = &m->cfg;

@@ -18,6 +18,8 @@
 #include "openai.h"
 #include "agent_request.h"
 
+#include "json_write.h"
+
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
@@ -27,40 +29,6 @@
 #include <string.h>
 
 /* ============================================================ UTF-8 utils */
-
-/* Length of the valid UTF-8 sequence at s[0..n), or 0 when it is invalid
- * (overlong forms, surrogates and code points above U+10FFFF included). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-    return len;
-}
 
 /* Largest length <= max that does not end inside a UTF-8 sequence, so a
  * truncated message stays valid text. */
@@ -84,116 +52,6 @@ static void copy_clipped(char *dst, size_t cap, const char *src)
     size_t n = utf8_clip(src, strlen(src), cap - 1);
     memcpy(dst, src, n);
     dst[n] = '\0';
-}
-
-/* ================================================================ writer */
-
-typedef struct jbuf {
-    char *p;
-    size_t len, cap;
-    int oom; /* sticky: callers check once at the end instead of per append */
-} jbuf;
-
-static void jb_put(jbuf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = 1;
-                return;
-            }
-            cap *= 2;
-        }
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void jb_puts(jbuf *b, const char *s) { jb_put(b, s, strlen(s)); }
-
-static void jb_i64(jbuf *b, int64_t v)
-{
-    char tmp[32];
-    int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
-    jb_put(b, tmp, (size_t)n);
-}
-
-/* A JSON string literal; s may be NULL (then "null"). */
-static void jb_str(jbuf *b, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    if (!s) {
-        jb_puts(b, "null");
-        return;
-    }
-    jb_put(b, "\"", 1);
-    const unsigned char *u = (const unsigned char *)s;
-    size_t run = 0; /* start of the pending run of bytes copied verbatim */
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = u[i];
-        const char *esc = NULL;
-        char ubuf[7];
-        size_t step = 1;
-        if (c == '"')
-            esc = "\\\"";
-        else if (c == '\\')
-            esc = "\\\\";
-        else if (c == '\n')
-            esc = "\\n";
-        else if (c == '\r')
-            esc = "\\r";
-        else if (c == '\t')
-            esc = "\\t";
-        else if (c == '\b')
-            esc = "\\b";
-        else if (c == '\f')
-            esc = "\\f";
-        else if (c < 0x20) {
-            memcpy(ubuf, "\\u00", 4);
-            ubuf[4] = hex[c >> 4];
-            ubuf[5] = hex[c & 15];
-            ubuf[6] = '\0';
-            esc = ubuf;
-        } else if (c >= 0x80) {
-            step = utf8_seq(u + i, n - i);
-            if (step == 0) {
-                esc = "\xEF\xBF\xBD"; /* U+FFFD for one bad byte */
-                step = 1;
-            }
-        }
-        if (esc) {
-            jb_put(b, s + run, i - run);
-            jb_puts(b, esc);
-            run = i + step;
-        }
-        i += step;
-    }
-    jb_put(b, s + run, n - run);
-    jb_put(b, "\"", 1);
-}
-
-static void jb_cstr(jbuf *b, const char *s) { jb_str(b, s, s ? strlen(s) : 0); }
-
-/* Hands the text to the caller, or frees it and returns NULL after OOM. */
-static char *jb_finish(jbuf *b)
-{
-    if (b->oom || !b->p) {
-        free(b->p);
-        return NULL;
-    }
-    return b->p;
 }
 
 /* ================================================================= errors */
@@ -976,6 +834,28 @@ char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const c
     return jb_finish(&b);
 }
 
+/* One model object of /v1/models. */
+static void put_model(jbuf *b, const char *name, int64_t created, const char *owned_by,
+                      const char *const *states, size_t n_states)
+{
+    jb_puts(b, "{\"id\":");
+    jb_cstr(b, name);
+    jb_puts(b, ",\"object\":\"model\",\"created\":");
+    jb_i64(b, created);
+    jb_puts(b, ",\"owned_by\":");
+    jb_cstr(b, owned_by ? owned_by : "");
+    if (n_states) {
+        jb_puts(b, ",\"initial_states\":[");
+        for (size_t k = 0; k < n_states; k++) {
+            if (k)
+                jb_put(b, ",", 1);
+            jb_cstr(b, states[k]);
+        }
+        jb_put(b, "]", 1);
+    }
+    jb_put(b, "}", 1);
+}
+
 char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by,
                      const char *const *states, size_t n_states)
 {
@@ -984,23 +864,27 @@ char *oa_models_json(const char *const *names, size_t n, int64_t created, const 
     for (size_t i = 0; i < n; i++) {
         if (i)
             jb_put(&b, ",", 1);
-        jb_puts(&b, "{\"id\":");
-        jb_cstr(&b, names[i]);
-        jb_puts(&b, ",\"object\":\"model\",\"created\":");
-        jb_i64(&b, created);
-        jb_puts(&b, ",\"owned_by\":");
-        jb_cstr(&b, owned_by ? owned_by : "");
-        if (n_states) {
-            jb_puts(&b, ",\"initial_states\":[");
-            for (size_t k = 0; k < n_states; k++) {
-                if (k)
-                    jb_put(&b, ",", 1);
-                jb_cstr(&b, states[k]);
-            }
-            jb_put(&b, "]", 1);
-        }
-        jb_put(&b, "}", 1);
+        put_model(&b, names[i], created, owned_by, states, n_states);
     }
     jb_puts(&b, "]}");
+    return jb_finish(&b);
+}
+
+char *oa_model_json(const char *name, int64_t created, const char *owned_by,
+                    const char *const *states, size_t n_states)
+{
+    jbuf b = {0};
+    put_model(&b, name, created, owned_by, states, n_states);
+    return jb_finish(&b);
+}
+
+char *oa_deleted_json(const char *id, const char *object)
+{
+    jbuf b = {0};
+    jb_puts(&b, "{\"id\":");
+    jb_cstr(&b, id);
+    jb_puts(&b, ",\"object\":");
+    jb_cstr(&b, object);
+    jb_puts(&b, ",\"deleted\":true}");
     return jb_finish(&b);
 }

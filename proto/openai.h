@@ -184,5 +184,11 @@ char *oa_usage_chunk_json(oa_kind kind, const char *id, int64_t created, const c
  * UTF-8 in any text given to an oa_*_json function is sent as U+FFFD. */
 char *oa_models_json(const char *const *names, size_t n, int64_t created, const char *owned_by,
                      const char *const *states, size_t n_states);
+/* GET /v1/models/{name}: the one object oa_models_json lists for name. */
+char *oa_model_json(const char *name, int64_t created, const char *owned_by,
+                    const char *const *states, size_t n_states);
+/* A deletion result, {"id","object","deleted":true} (object e.g.
+ * "session.deleted", as OpenAI's "file.deleted"). */
+char *oa_deleted_json(const char *id, const char *object);
 
 #endif

@@ -42,7 +42,7 @@ typedef struct srv_config {
     size_t max_body;   /* request body limit in bytes (default 4 MiB) */
     size_t stream_backlog; /* unsent stream bytes that pause generation (default 1 MiB) */
     int max_tokens_cap;     /* larger max_tokens are clamped to this (default 4096) */
-    int default_max_tokens; /* when the request gives none (default 16 completions, 512 chat) */
+    int default_max_tokens; /* when the request gives none (default 16 completions, 1024 chat) */
     int default_chat_max_tokens;
     double timeout_s;  /* per-request deadline in seconds (default 600) */
     int idle_timeout_s;/* idle connection timeout (default 30) */

@@ -22,7 +22,6 @@
 #include "http.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -42,6 +41,7 @@
 
 #include "agent_out.h"
 #include "chat_format.h"
+#include "json_write.h"
 #include "metrics.h"
 #include "resp_store.h"
 #include "responses.h"
@@ -88,6 +88,21 @@ typedef struct choice_buf {
     int n_calls;
 } choice_buf;
 
+/* A session request that touches files (DELETE, export, import): it runs on
+ * the scheduler's work queue (sched_run_io), never on the polling thread,
+ * which serves every connection; the connection waits suspended. */
+typedef enum { OP_NONE = 0, OP_DELETE, OP_EXPORT, OP_IMPORT } sess_op_kind;
+#define OP_FAILED (-100) /* the operation could not run (temp file, memory): 500 */
+
+typedef struct sess_op {
+    sess_op_kind kind;
+    int finished;  /* under the request's mu */
+    int rc;        /* sstore_delete / _export / _import result (SSTORE_*), or OP_FAILED */
+    char err[600];
+    char *buf;     /* export: the safetensors bytes (malloc'd) */
+    size_t len;
+} sess_op;
+
 typedef struct http_req {
     atomic_int refs;
     http_srv *srv;
@@ -120,7 +135,10 @@ typedef struct http_req {
     int n_choices;
     /* shared with the scheduler (under mu) */
     int suspended, started, done, gone, queued_response;
+    int lost;            /* some output could not be kept (out of memory): the reply fails */
+    int broken;          /* ... and not even the error event fit: the stream is cut */
     sched_result result;
+    sess_op op;
     char *out;           /* streaming bytes not yet handed to MHD */
     size_t out_len, out_off, out_cap;
     int backlogged;      /* unsent output went over the bound; cleared below a quarter of it */
@@ -146,6 +164,7 @@ static void req_unref(http_req *r)
     free(r->choices);
     free(r->body);
     free(r->out);
+    free(r->op.buf);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -293,15 +312,14 @@ static void wake(http_req *r)
     }
 }
 
-/* Appends one SSE event carrying payload (which is freed); caller holds mu. */
+/* Appends one SSE event carrying payload (which is freed); caller holds mu.
+ * Out of memory anywhere marks the reply lost. */
 static void push_event(http_req *r, char *payload)
 {
-    if (!payload) return;
     size_t n = 0;
-    char *ev = sse_event(payload, strlen(payload), &n);
+    char *ev = payload ? sse_event(payload, strlen(payload), &n) : NULL;
     free(payload);
-    if (!ev) return;
-    append(&r->out, &r->out_len, &r->out_cap, ev, n);
+    if (!ev || append(&r->out, &r->out_len, &r->out_cap, ev, n)) r->lost = 1;
     free(ev);
 }
 
@@ -378,9 +396,9 @@ static void stream_text(http_req *r, int idx, const char *text, size_t len)
         role_chunk(r, idx, "", 0);
     }
     if (q->logprobs && c->n_lp > c->lp_sent) text_chunk_lp(r, idx, text, len, OA_FINISH_NONE);
-    else /* the per-token path: appended in place, no allocation */
-        oa_chunk_event_append(&r->out, &r->out_len, &r->out_cap, q->kind, r->id, r->created,
-                              q->model, idx, text, len, OA_FINISH_NONE, q->include_usage);
+    else if (oa_chunk_event_append(&r->out, &r->out_len, &r->out_cap, q->kind, r->id, r->created,
+                                   q->model, idx, text, len, OA_FINISH_NONE, q->include_usage))
+        r->lost = 1; /* the per-token path: appended in place, no allocation once grown */
 }
 
 static uint64_t seed_of(http_req *r, int k)
@@ -571,15 +589,16 @@ static void sink_started(void *ud)
     pthread_mutex_unlock(&r->mu);
 }
 
-static void sink_text(void *ud, int idx, const char *text, size_t len)
+static int sink_text(void *ud, int idx, const char *text, size_t len)
 {
     http_req *r = ud;
     const oa_request *q = &r->job.req;
     pthread_mutex_lock(&r->mu);
     if (idx >= 0 && idx < r->n_choices) {
         choice_buf *c = &r->choices[idx];
-        if (!q->stream || q->grammar_tools || r->responses) /* kept whole: calls are read from it */
-            append(&c->text, &c->len, &c->cap, text, len);
+        if ((!q->stream || q->grammar_tools || r->responses) && /* kept whole: calls are read from it */
+            append(&c->text, &c->len, &c->cap, text, len))
+            r->lost = 1;
         if (q->stream) {
             if (q->grammar_tools) tool_text(r, idx, text, len);
             else if (r->responses) plain_text(r, idx, text, len);
@@ -587,7 +606,9 @@ static void sink_text(void *ud, int idx, const char *text, size_t len)
         }
         wake(r);
     }
+    int lost = r->lost;
     pthread_mutex_unlock(&r->mu);
+    return lost ? -1 : 0;
 }
 
 static void sink_choice_done(void *ud, int idx, oa_finish f)
@@ -675,21 +696,26 @@ static void sink_done(void *ud, const sched_result *res)
     r->result = *res;
     r->done = 1;
     r->job_live = 0;
-    if (q->stream && r->started) {
-        if (res->err.code == SRV_OK && r->responses) {
+    /* Output that could not be kept fails the request: a reply that lost
+     * text must never end as if it were whole. */
+    if (r->lost && r->result.err.code == SRV_OK)
+        srv_fail(&r->result.err, SRV_ERR_NOMEM, "out of memory: the reply could not be kept whole");
+    if (q->stream && r->started && r->result.err.code == SRV_OK) {
+        if (r->responses) {
             resp_stream_done(r, res);
-        } else if (res->err.code == SRV_OK) {
+        } else {
             if (q->include_usage)
                 push_event(r, oa_usage_chunk_json(q->kind, r->id, r->created, q->model, &res->usage));
-            append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN);
-        } else {
-            size_t n = 0;
-            oa_error e;
-            error_from_status(&e, &res->err);
-            char *ev = sse_error_event(&e, &n);
-            if (ev) append(&r->out, &r->out_len, &r->out_cap, ev, n);
-            free(ev);
+            if (append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN)) r->broken = 1;
         }
+    } else if (q->stream && r->started) {
+        size_t n = 0;
+        oa_error e;
+        error_from_status(&e, &r->result.err);
+        char *ev = sse_error_event(&e, &n);
+        /* Not even the error event fits: cut the stream (no [DONE]). */
+        if (!ev || append(&r->out, &r->out_len, &r->out_cap, ev, n)) r->broken = 1;
+        free(ev);
     }
     wake(r);
     pthread_mutex_unlock(&r->mu);
@@ -766,8 +792,9 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         return (ssize_t)n;
     }
     if (r->done || !r->conn) {
+        int broken = r->broken;
         pthread_mutex_unlock(&r->mu);
-        return MHD_CONTENT_READER_END_OF_STREAM;
+        return broken ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
     }
     /* Nothing yet: park the connection until the scheduler has output. */
     r->suspended = 1;
@@ -957,12 +984,15 @@ static enum MHD_Result submit_completion(http_req *r, oa_kind kind)
 static char *session_extra(http_req *r)
 {
     if (!r->session_id[0]) return NULL;
-    json_t *o = json_pack("{s:s}", "session_id", r->session_id);
-    if (r->result.session_note[0])
-        json_object_set_new(o, "session_warning", json_string(r->result.session_note));
-    char *t = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return t;
+    jbuf b = {0};
+    jb_puts(&b, "{\"session_id\":");
+    jb_cstr(&b, r->session_id);
+    if (r->result.session_note[0]) {
+        jb_puts(&b, ",\"session_warning\":");
+        jb_cstr(&b, r->result.session_note);
+    }
+    jb_puts(&b, "}");
+    return jb_finish(&b);
 }
 
 /* Adds logprobs, tool calls and echoed prompts to a finished response. */
@@ -1102,17 +1132,10 @@ static enum MHD_Result do_model(http_req *r)
     if (strcmp(r->path_id, r->srv->cfg->model_name))
         return send_error(r, 404, "invalid_request_error", "model", "model_not_found",
                           "The model '%s' does not exist.", r->path_id);
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s}", "id", r->srv->cfg->model_name, "object", "model",
-                          "created", (json_int_t)r->srv->started_at, "owned_by", "metastate");
-    if (r->srv->cfg->n_init_states) {
-        json_t *a = json_array();
-        for (int i = 0; i < r->srv->cfg->n_init_states; i++)
-            json_array_append_new(a, json_string(r->srv->cfg->init_states[i].name));
-        json_object_set_new(o, "initial_states", a);
-    }
-    char *t = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return send_json(r, 200, t);
+    const char *states[SRV_MAX_INIT_STATES];
+    size_t ns = state_names(r->srv->cfg, states);
+    return send_json(r, 200, oa_model_json(r->srv->cfg->model_name, r->srv->started_at, "metastate",
+                                           states, ns));
 }
 
 static int need_ready(http_req *r, enum MHD_Result *out)
@@ -1140,6 +1163,135 @@ static enum MHD_Result store_503(http_req *r)
                       "The session store is unavailable; retry shortly.");
 }
 
+/* Worker thread: the file work of r's session operation. r is referenced
+ * and its connection suspended, so nothing else touches its fields. */
+static void sess_op_work(void *arg)
+{
+    http_req *r = arg;
+    sstore *p = sched_store(r->srv->s);
+    sess_op *op = &r->op;
+    if (op->kind == OP_DELETE) {
+        op->rc = sstore_delete(p, r->path_id);
+    } else if (op->kind == OP_EXPORT) {
+        FILE *f = open_memstream(&op->buf, &op->len);
+        if (!f) {
+            op->rc = OP_FAILED;
+            snprintf(op->err, sizeof op->err, "out of memory");
+            return;
+        }
+        op->rc = sstore_export(p, r->path_id, f, op->err, sizeof op->err);
+        fclose(f);
+        if (op->rc) {
+            free(op->buf);
+            op->buf = NULL;
+        }
+    } else {
+        /* The engine reads tensor files by path, so the body is staged in
+         * an anonymous in-memory file: nothing on disk to leak or leave
+         * behind, and no server path in any message. */
+        int fd = memfd_create("metastate-import", MFD_CLOEXEC);
+        if (fd < 0) {
+            op->rc = OP_FAILED;
+            snprintf(op->err, sizeof op->err, "cannot stage the upload: %s", strerror(errno));
+            return;
+        }
+        size_t off = 0;
+        while (off < r->body_len) {
+            ssize_t w = write(fd, r->body + off, r->body_len - off);
+            if (w <= 0) break;
+            off += (size_t)w;
+        }
+        char staged[64];
+        snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
+        if (off == r->body_len) {
+            op->rc = sstore_import(p, r->path_id, staged, op->err, sizeof op->err);
+        } else {
+            op->rc = OP_FAILED;
+            snprintf(op->err, sizeof op->err, "cannot stage the upload");
+        }
+        close(fd);
+        /* The engine names the file it read; the staging path means nothing
+         * to the client and shows server internals. */
+        for (char *at; (at = strstr(op->err, staged));) {
+            size_t n = strlen(staged) + (at[strlen(staged)] == ':' ? 1 : 0);
+            while (at[n] == ' ') n++;
+            memmove(at, at + n, strlen(at + n) + 1);
+        }
+    }
+}
+
+/* Scheduler thread: the work is done; resume the connection. */
+static void sess_op_done(void *arg)
+{
+    http_req *r = arg;
+    pthread_mutex_lock(&r->mu);
+    r->op.finished = 1;
+    wake(r);
+    pthread_mutex_unlock(&r->mu);
+    req_unref(r); /* the work queue's reference */
+}
+
+static enum MHD_Result start_sess_op(http_req *r, sess_op_kind kind)
+{
+    r->op.kind = kind;
+    atomic_fetch_add(&r->refs, 1); /* the work queue's reference */
+    pthread_mutex_lock(&r->mu);
+    srv_status st = sched_run_io(r->srv->s, sess_op_work, sess_op_done, r);
+    if (st != SRV_OK) {
+        r->op.kind = OP_NONE;
+        pthread_mutex_unlock(&r->mu);
+        atomic_fetch_sub(&r->refs, 1);
+        srv_error why = {st, ""};
+        return send_status(r, &why);
+    }
+    r->suspended = 1;
+    MHD_suspend_connection(r->conn);
+    pthread_mutex_unlock(&r->mu);
+    return MHD_YES;
+}
+
+/* Called when the connection is resumed: answer with the operation's result. */
+static enum MHD_Result finish_sess_op(http_req *r)
+{
+    pthread_mutex_lock(&r->mu);
+    if (!r->op.finished) { /* spurious wake-up: wait again */
+        r->suspended = 1;
+        MHD_suspend_connection(r->conn);
+        pthread_mutex_unlock(&r->mu);
+        return MHD_YES;
+    }
+    pthread_mutex_unlock(&r->mu);
+    sess_op *op = &r->op;
+    if (op->rc == SSTORE_DOWN) return store_503(r);
+    if (op->rc == SSTORE_UNKNOWN) return session_404(r);
+    if (op->rc == SSTORE_BUSY) return session_409(r);
+    if (op->rc == OP_FAILED) return send_error(r, 500, "server_error", NULL, NULL, "%s", op->err);
+    if (op->kind == OP_DELETE)
+        return send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));
+    if (op->kind == OP_EXPORT) {
+        if (op->rc != SSTORE_OK)
+            return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", op->err);
+        char disp[256];
+        snprintf(disp, sizeof disp, "attachment; filename=\"%s.safetensors\"", r->path_id);
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(op->len, op->buf, MHD_RESPMEM_MUST_FREE);
+        if (!resp) return MHD_NO;
+        op->buf = NULL; /* the response owns it now */
+        MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+        MHD_add_response_header(resp, "Content-Disposition", disp);
+        add_common_headers(r, resp);
+        r->status = 200;
+        enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
+        MHD_destroy_response(resp);
+        return ok;
+    }
+    if (op->rc != SSTORE_OK)
+        return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", op->err);
+    int src = SSTORE_OK;
+    char *t = sstore_info_json(sched_store(r->srv->s), r->path_id, &src);
+    return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
+}
+
 static enum MHD_Result do_sessions(http_req *r, const char *method)
 {
     enum MHD_Result out;
@@ -1155,76 +1307,9 @@ static enum MHD_Result do_sessions(http_req *r, const char *method)
             char *t = sstore_info_json(p, r->path_id, &src);
             return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
         }
-        int rc = sstore_delete(p, r->path_id);
-        if (rc == SSTORE_DOWN) return store_503(r);
-        if (rc == 1) return session_404(r);
-        if (rc == 2) return session_409(r);
-        json_t *o = json_pack("{s:s, s:s, s:b}", "id", r->path_id, "object", "session.deleted",
-                              "deleted", 1);
-        char *t = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
-        return send_json(r, 200, t);
+        return start_sess_op(r, OP_DELETE);
     }
-    char err[600] = "";
-    if (!strcmp(method, "GET")) {
-        char *buf = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&buf, &len);
-        if (!f) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
-        int rc = sstore_export(p, r->path_id, f, err, sizeof err);
-        fclose(f);
-        if (rc) {
-            free(buf);
-            if (rc == SSTORE_DOWN) return store_503(r);
-            if (rc == 1) return session_404(r);
-            if (rc == 2) return session_409(r);
-            return send_error(r, 500, "server_error", NULL, NULL, "export failed: %s", err);
-        }
-        char disp[256];
-        snprintf(disp, sizeof disp, "attachment; filename=\"%s.safetensors\"", r->path_id);
-        struct MHD_Response *resp = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
-        if (!resp) {
-            free(buf);
-            return MHD_NO;
-        }
-        MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-        MHD_add_response_header(resp, "Content-Disposition", disp);
-        add_common_headers(r, resp);
-        r->status = 200;
-        enum MHD_Result ok = MHD_queue_response(r->conn, 200, resp);
-        MHD_destroy_response(resp);
-        return ok;
-    }
-    /* PUT: the engine reads tensor files by path, so the body is staged in
-     * an anonymous in-memory file: nothing on disk to leak or leave behind,
-     * and no server path in any message. */
-    int fd = memfd_create("metastate-import", MFD_CLOEXEC);
-    if (fd < 0)
-        return send_error(r, 500, "server_error", NULL, NULL, "cannot stage the upload: %s",
-                          strerror(errno));
-    size_t off = 0;
-    while (off < r->body_len) {
-        ssize_t w = write(fd, r->body + off, r->body_len - off);
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    char staged[64];
-    snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
-    int rc = off == r->body_len ? sstore_import(p, r->path_id, staged, err, sizeof err) : -1;
-    if (off != r->body_len) snprintf(err, sizeof err, "cannot stage the upload");
-    close(fd);
-    /* The engine names the file it read; the staging path means nothing to
-     * the client and shows server internals. */
-    for (char *at; (at = strstr(err, staged));) {
-        size_t n = strlen(staged) + (at[strlen(staged)] == ':' ? 1 : 0);
-        while (at[n] == ' ') n++;
-        memmove(at, at + n, strlen(at + n) + 1);
-    }
-    if (rc == SSTORE_DOWN) return store_503(r);
-    if (rc == 2) return session_409(r);
-    if (rc) return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", err);
-    char *t = sstore_info_json(p, r->path_id, &src);
-    return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
+    return start_sess_op(r, !strcmp(method, "GET") ? OP_EXPORT : OP_IMPORT);
 }
 
 /* ======================================================================== */
@@ -1378,14 +1463,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         r->origin = cors_origin(h->cfg, conn);
         r->body_limit = h->cfg->max_body;
         if (r->route == R_SESSION_STATE && sched_ready(h->s)) {
-            const ms_config *mc = ms_model_config(sched_model(h->s));
-            size_t sb = (size_t)mc->n_layer * mc->n_embd * (mc->head_size + 2) * 4 + (1u << 20);
+            /* an upload is one state plus its safetensors header */
+            size_t sb = ms_state_bytes(sched_model(h->s)) + (1u << 20);
             if (sb > r->body_limit) r->body_limit = sb;
         }
         if (!strcmp(method, "OPTIONS") && r->route != R_NONE) {
-            route_id real = r->route;
             r->route = R_PREFLIGHT;
-            (void)real;
             return preflight(r, allow);
         }
         /* The key is checked before the route is judged: without it, 404
@@ -1429,6 +1512,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     /* Whole request received (or resumed after a suspend). */
     if (r->job.sink) return continue_completion(r);
+    if (r->op.kind != OP_NONE) return finish_sess_op(r);
     if (r->too_large)
         return send_error(r, 413, "invalid_request_error", NULL, "request_too_large",
                           "Request body exceeds the limit of %zu bytes.", r->body_limit);

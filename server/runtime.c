@@ -56,9 +56,10 @@ srv_status rt_load(srv_runtime *rt, const rt_opts *o, srv_error *err)
     rt->mc = ms_model_config(rt->model);
     rt->V = rt->mc->vocab_size;
     if (o->log_prefix)
-        fprintf(stderr, "%s: loaded %s (L=%d C=%d V=%d%s) in %.2f s\n", o->log_prefix,
-                o->model_path, rt->mc->n_layer, rt->mc->n_embd, rt->mc->vocab_size,
-                rt->mc->meta_state ? ", meta-state" : "", now_s() - t0);
+        fprintf(stderr, "%s: loaded %s (L=%d C=%d V=%d%s, %.1f MiB of weights) in %.2f s\n",
+                o->log_prefix, o->model_path, rt->mc->n_layer, rt->mc->n_embd, rt->mc->vocab_size,
+                rt->mc->meta_state ? ", meta-state" : "",
+                (double)ms_model_weight_bytes(rt->model) / (1024.0 * 1024.0), now_s() - t0);
     if (build_tables(rt)) return srv_fail(err, SRV_ERR_NOMEM, "out of memory");
     for (int i = 0; i < o->n_init_states && i < SRV_MAX_INIT_STATES; i++) {
         const srv_init_state *is = &o->init_states[i];

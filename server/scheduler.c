@@ -159,6 +159,7 @@ struct sched {
     uv_idle_t idle;
     uv_timer_t tick;
     int idle_on, closing;
+    struct sched_io *io_inbox; /* sched_run_io requests not yet queued (under mu) */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -467,14 +468,16 @@ static void start_job(sched *s, slot *sl, sched_job *j)
 /* ======================================================================== */
 
 /* Sends text of the current choice through the stop matcher. Returns 1 when
- * a stop string was hit. */
+ * a stop string was hit, 0 when not, -1 when the text could not be kept
+ * (out of memory here or in the sink): the reply is incomplete, so the
+ * caller fails the job rather than let it end as if whole. */
 static int emit(slot *sl, const char *text, size_t len, int flush)
 {
     const char *e = NULL;
     size_t elen = 0;
     int hit = 0;
     if (flush) elen = sse_stop_flush(sl->stop, &e);
-    else if (len) hit = sse_stop_push(sl->stop, text, len, &e, &elen) == 1;
+    else if (len && (hit = sse_stop_push(sl->stop, text, len, &e, &elen)) < 0) return -1;
     if (elen && sl->skip_pending) {
         size_t k = chat_reply_skip(e, elen);
         e += k;
@@ -483,9 +486,14 @@ static int emit(slot *sl, const char *text, size_t len, int flush)
     }
     if (elen) {
         sched_job *j = sl->job;
-        j->sink->text(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, e, elen);
+        if (j->sink->text(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, e, elen)) return -1;
     }
-    return hit;
+    return hit == 1;
+}
+
+static void lost_text(sched *s, slot *sl)
+{
+    finish_job(s, sl, SRV_ERR_NOMEM, "out of memory: the reply could not be kept whole");
 }
 
 /* Ends the current choice and moves to the next one (or ends the job). */
@@ -493,8 +501,13 @@ static void finish_choice(sched *s, slot *sl, oa_finish f, int stop_hit)
 {
     if (!stop_hit) {
         size_t n = ms_detok_flush(&sl->detok, sl->piece);
-        if (n && emit(sl, sl->piece, n, 0)) f = OA_FINISH_STOP;
-        else emit(sl, NULL, 0, 1);
+        int h = n ? emit(sl, sl->piece, n, 0) : 0;
+        if (h == 0) h = emit(sl, NULL, 0, 1);
+        if (h < 0) {
+            lost_text(s, sl);
+            return;
+        }
+        if (h == 1) f = OA_FINISH_STOP;
     }
     sched_job *j = sl->job;
     j->sink->choice_done(j->ud, sl->prompt_i * sl->n_choices + sl->choice_k, f);
@@ -641,6 +654,10 @@ static int gen_pick(sched *s, slot *sl)
     sl->res.usage.completion_tokens++;
     size_t n = ms_detok_push(&sl->detok, s->rt.tok, t, sl->piece);
     int hit = n ? emit(sl, sl->piece, n, 0) : 0;
+    if (hit < 0) {
+        lost_text(s, sl);
+        return 0;
+    }
     int done_doc = sl->gm && ms_gmatch_done(sl->gm);
     hit = hit || done_doc;
     int last = hit || sl->n_gen >= sl->job->max_tokens;
@@ -1051,6 +1068,10 @@ static void close_cb(uv_handle_t *h) { (void)h; }
 static void maybe_close(sched *s)
 {
     if (!atomic_load(&s->stopping) || s->closing || sio_pending(s->io)) return;
+    pthread_mutex_lock(&s->mu);
+    int io_waiting = s->io_inbox != NULL;
+    pthread_mutex_unlock(&s->mu);
+    if (io_waiting) return;
     for (int i = 0; i < s->n_slots; i++)
         if (s->slots[i].state != SLOT_FREE) return;
     if (s->pend_head) return;
@@ -1061,9 +1082,64 @@ static void maybe_close(sched *s)
     uv_close((uv_handle_t *)&s->wake, close_cb);
 }
 
+/* ======================================================================== */
+/* Other threads' file work on the loop's work queue                         */
+/* ======================================================================== */
+
+/* A request of another thread, waiting in the inbox for the loop thread to
+ * hand it to the work queue (sio_call; libuv's queue is not thread-safe). */
+typedef struct sched_io {
+    void (*work)(void *arg);
+    void (*done)(void *arg);
+    void *arg;
+    struct sched_io *next;
+} sched_io;
+
+/* Moves sched_run_io requests from the inbox onto the work queue. */
+static void queue_io(sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    sched_io *x = NULL, *in = s->io_inbox;
+    s->io_inbox = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (in) { /* the inbox is newest first: reverse, to run in arrival order */
+        sched_io *n = in->next;
+        in->next = x;
+        x = in;
+        in = n;
+    }
+    while (x) {
+        sched_io *next = x->next;
+        srv_error e;
+        if (!s->io || sio_call(s->io, x->work, x->done, x->arg, &e) != SRV_OK) {
+            x->work(x->arg); /* never lose the request: run it here instead */
+            x->done(x->arg);
+        }
+        free(x);
+        x = next;
+    }
+}
+
+srv_status sched_run_io(sched *s, void (*work)(void *arg), void (*done)(void *arg), void *arg)
+{
+    if (atomic_load(&s->stopping)) return SRV_ERR_SHUTTING_DOWN;
+    sched_io *x = calloc(1, sizeof *x);
+    if (!x) return SRV_ERR_NOMEM;
+    x->work = work;
+    x->done = done;
+    x->arg = arg;
+    pthread_mutex_lock(&s->mu);
+    x->next = s->io_inbox;
+    s->io_inbox = x;
+    pthread_mutex_unlock(&s->mu);
+    uv_async_send(&s->wake);
+    return SRV_OK;
+}
+
 static void wake_cb(uv_async_t *h)
 {
     sched *s = h->data;
+    queue_io(s);
     admit(s);
     update_idle(s);
     maybe_close(s);

@@ -38,8 +38,9 @@ typedef struct sched_result {
 typedef struct sched_sink {
     /* The job got a slot and its session (if any) is ready: output starts. */
     void (*started)(void *ud);
-    /* Generated text of choice idx: whole UTF-8 characters, stop strings cut. */
-    void (*text)(void *ud, int idx, const char *text, size_t len);
+    /* Generated text of choice idx: whole UTF-8 characters, stop strings cut.
+     * Nonzero when it could not be kept (out of memory): the job then fails. */
+    int (*text)(void *ud, int idx, const char *text, size_t len);
     void (*choice_done)(void *ud, int idx, oa_finish finish);
     /* Last call: success or error; the job may be freed once it returns. */
     void (*done)(void *ud, const sched_result *r);
@@ -83,6 +84,12 @@ srv_status sched_submit(sched *s, sched_job *j);
 /* Stops taking jobs, lets queued and running ones finish for up to
  * timeout_s seconds, then cancels the rest; returns when all are done. */
 void sched_drain(sched *s, double timeout_s);
+/* Runs work(arg) on the loop's work queue (a libuv worker thread), then
+ * done(arg) on the scheduler thread: for file work of other threads (session
+ * export, import, DELETE), so that neither they nor the model wait for disk.
+ * Any thread, before sched_stop. SRV_OK, else (nothing will be called)
+ * SRV_ERR_SHUTTING_DOWN or SRV_ERR_NOMEM. */
+srv_status sched_run_io(sched *s, void (*work)(void *arg), void (*done)(void *arg), void *arg);
 /* Stops the thread, writes every session to --state-dir, frees everything. */
 void sched_stop(sched *s);
 

@@ -26,7 +26,8 @@ typedef struct io_work {
     sio_loaded_fn done; /* load only */
     void (*work)(void *arg), (*after)(void *arg); /* call only */
     void *arg;
-    int rc;             /* pool_*_io result */
+    int rc;             /* pool_spill_io result */
+    srv_status load;    /* pool_load_io result */
     char err[512];
 } io_work;
 
@@ -49,7 +50,7 @@ static void work_cb(uv_work_t *w)
 {
     io_work *x = w->data;
     if (x->kind == IO_CALL) x->work(x->arg);
-    else if (x->kind == IO_LOAD) x->rc = pool_load_io(x->io->pool, x->se, x->err, sizeof x->err);
+    else if (x->kind == IO_LOAD) x->load = pool_load_io(x->io->pool, x->se, x->err, sizeof x->err);
     else x->rc = pool_spill_io(x->io->pool, x->se, x->err, sizeof x->err);
 }
 
@@ -73,17 +74,15 @@ static void after_cb(uv_work_t *w, int status)
         pool_persist_done(io->pool, x->se, x->rc == 0);
         break;
     case IO_LOAD: {
-        pool_load_done(io->pool, x->se, x->rc);
+        pool_load_done(io->pool, x->se, x->load);
         srv_error e = {SRV_OK, ""};
-        if (x->rc == -1) {
+        if (x->load == SRV_ERR_REJECTED)
             fprintf(stderr, "metastate serve: session %s: state file rejected, the session "
                             "restarts from the zero state: %s\n", x->se->id, x->err);
-            srv_fail(&e, SRV_ERR_REJECTED, "%s", x->err);
-        } else if (x->rc == -2) {
-            srv_fail(&e, SRV_ERR_UNAVAILABLE, "%s", x->err);
-        } else if (x->rc || !x->se->state) {
+        if (x->load != SRV_OK)
+            srv_fail(&e, x->load, "%s", x->err);
+        else if (!x->se->state)
             srv_fail(&e, SRV_ERR_NOMEM, "out of memory loading the session");
-        }
         x->done(x->arg, x->se, &e);
         break;
     }

@@ -5,17 +5,18 @@
  * (state + prompt checkpoint allocated), on disk only (state == NULL,
  * on_disk), or both (after a restore: the file stays valid until the state
  * changes). The memory budget counts both states and the token history of
- * in-memory sessions. Eviction is LRU by a logical clock; sessions are few
- * (thousands), so a linear scan for the victim costs less than keeping a
- * list in order under concurrent leases.
+ * in-memory sessions. Eviction is LRU: two intrusive lists in order of use
+ * (every session; the in-memory ones) give the victim from their tail, so
+ * nothing scans all sessions (up to 100,000) under the mutex.
  *
  * Locking: one mutex guards the index and the bookkeeping fields. The state,
  * checkpoint and tokens of a leased session belong to the lease holder, so
- * disk I/O and model work never run under the mutex.
+ * model work never runs under the mutex, and neither does disk I/O: file
+ * work holds the session's lease instead (as background I/O, which the HTTP
+ * side waits for), except the start-up scan, which runs before serving.
  */
 #include "sessions.h"
 
-#include <jansson.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json_write.h"
 #include "metrics.h"
 #include "state_store.h"
 
@@ -41,6 +43,10 @@ struct sess_pool {
     int n_init;
     uint64_t clock;
     session *buckets[N_BUCKETS];
+    /* LRU order, so that finding a victim does not scan every session:
+     * LRU_ALL holds every session (--max-sessions evicts from its tail),
+     * LRU_MEM the ones whose state is in memory (spills come from its tail). */
+    session *lru_head[2], *lru_tail[2];
 };
 
 static double now_wall(void)
@@ -93,8 +99,7 @@ sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state
     p->init_names = init_names;
     p->n_init = n_init;
     p->state_dir = state_dir ? strdup(state_dir) : NULL;
-    const ms_config *c = ms_model_config(model);
-    p->state_bytes = (size_t)c->n_layer * c->n_embd * (c->head_size + 2) * sizeof(float);
+    p->state_bytes = ms_state_bytes(model);
     gauges(p);
     return p;
 }
@@ -128,6 +133,47 @@ void pool_free(sess_pool *p)
     pthread_cond_destroy(&p->io_cv);
     pthread_mutex_destroy(&p->mu);
     free(p);
+}
+
+enum { LRU_ALL = 0, LRU_MEM = 1 };
+
+/* Takes s out of list k (caller holds mu). */
+static void lru_remove(sess_pool *p, session *s, int k)
+{
+    if (!s->in_lru[k]) return;
+    if (s->lru_prev[k]) s->lru_prev[k]->lru_next[k] = s->lru_next[k];
+    else p->lru_head[k] = s->lru_next[k];
+    if (s->lru_next[k]) s->lru_next[k]->lru_prev[k] = s->lru_prev[k];
+    else p->lru_tail[k] = s->lru_prev[k];
+    s->lru_prev[k] = s->lru_next[k] = NULL;
+    s->in_lru[k] = 0;
+}
+
+/* Puts s first (most recently used) in list k (caller holds mu). */
+static void lru_front(sess_pool *p, session *s, int k)
+{
+    lru_remove(p, s, k);
+    s->lru_next[k] = p->lru_head[k];
+    if (p->lru_head[k]) p->lru_head[k]->lru_prev[k] = s;
+    else p->lru_tail[k] = s;
+    p->lru_head[k] = s;
+    s->in_lru[k] = 1;
+}
+
+/* s was just used: most recent in both lists it belongs to. */
+static void touch(sess_pool *p, session *s)
+{
+    s->last_used = ++p->clock;
+    lru_front(p, s, LRU_ALL);
+    if (s->state) lru_front(p, s, LRU_MEM);
+}
+
+/* The least recently used unleased session of list k, or NULL. */
+static session *lru_victim(sess_pool *p, int k)
+{
+    for (session *x = p->lru_tail[k]; x; x = x->lru_prev[k])
+        if (!x->leased) return x;
+    return NULL;
 }
 
 static session *find(sess_pool *p, const char *id)
@@ -174,6 +220,7 @@ static session *insert(sess_pool *p, const char *id)
     p->buckets[h] = s;
     s->created = s->updated = now_wall();
     p->n_sessions++;
+    lru_front(p, s, LRU_ALL);
     return s;
 }
 
@@ -191,6 +238,8 @@ static void drop(sess_pool *p, session *s)
         p->n_disk_only--;
     }
     p->n_sessions--;
+    lru_remove(p, s, LRU_ALL);
+    lru_remove(p, s, LRU_MEM);
     free_mem(s);
     free(s);
 }
@@ -244,6 +293,7 @@ static int alloc_mem(sess_pool *p, session *s)
     s->n_tokens = 0;
     reacct(p, s);
     p->n_mem++;
+    lru_front(p, s, LRU_MEM);
     return 0;
 }
 
@@ -260,6 +310,11 @@ static int64_t file_stamp(const sess_pool *p, const char *id)
 
 pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
 {
+    /* The file's stamp is read before locking: no disk access under the
+     * mutex. A file rewritten between this stat and the lock is seen on
+     * the next acquire, as one rewritten just after the lock would be. */
+    const int64_t stamp = p->state_dir ? file_stamp(p, id) : 0;
+    char gone[sizeof ((session *)0)->id] = "";
     pthread_mutex_lock(&p->mu);
     pool_rc rc = POOL_OK;
     session *s = find(p, id);
@@ -268,15 +323,16 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
         goto out;
     }
     if (s && s->state && p->state_dir && !s->dirty && s->file_stamp &&
-        file_stamp(p, id) != s->file_stamp) {
+        stamp != s->file_stamp) {
         /* Someone else (another replica) rewrote the file: ours is stale. */
         p->n_mem--;
         p->n_disk_only++;
+        lru_remove(p, s, LRU_MEM);
         free_mem(s);
         reacct(p, s);
         s->on_disk = 1;
     }
-    if (!s && p->state_dir && file_stamp(p, id)) {
+    if (!s && p->state_dir && stamp) {
         /* Written by another replica sharing the directory since our scan. */
         if (p->n_sessions < p->max_sessions && (s = insert(p, id))) {
             s->on_disk = 1;
@@ -286,15 +342,14 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
     if (!s) {
         if (p->n_sessions >= p->max_sessions) {
             /* Make room by forgetting the least recently used idle session. */
-            session *victim = NULL;
-            for (int b = 0; b < N_BUCKETS; b++)
-                for (session *x = p->buckets[b]; x; x = x->next)
-                    if (!x->leased && (!victim || x->last_used < victim->last_used)) victim = x;
+            session *victim = lru_victim(p, LRU_ALL);
             if (!victim) {
                 rc = POOL_TOO_MANY;
                 goto out;
             }
-            if (victim->on_disk && p->state_dir) store_remove(p->state_dir, victim->id);
+            /* Its file goes after unlocking: only this (the scheduler) thread
+             * acquires, so nothing can bring the id back in between. */
+            if (victim->on_disk && p->state_dir) snprintf(gone, sizeof gone, "%s", victim->id);
             metrics_add(MET_C_EVICTIONS, 1);
             drop(p, victim);
         }
@@ -306,17 +361,18 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
         }
     } else if (!s->state) {
         s->leased = 1;
-        s->last_used = ++p->clock;
+        touch(p, s);
         rc = POOL_NEEDS_LOAD;
         *out = s;
         goto out;
     }
     s->leased = 1;
-    s->last_used = ++p->clock;
+    touch(p, s);
     *out = s;
 out:
     gauges(p);
     pthread_mutex_unlock(&p->mu);
+    if (gone[0]) store_remove(p->state_dir, gone);
     return rc;
 }
 
@@ -324,15 +380,11 @@ void pool_release(sess_pool *p, session *s)
 {
     pthread_mutex_lock(&p->mu);
     s->leased = 0;
-    s->last_used = ++p->clock;
+    touch(p, s);
     s->info_tokens = s->n_tokens;
     s->updated = now_wall();
     s->dirty = 1;
     reacct(p, s); /* the token history may have grown */
-    if (s->deleted) {
-        if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
-        drop(p, s);
-    }
     gauges(p);
     pthread_mutex_unlock(&p->mu);
 }
@@ -344,14 +396,14 @@ static int known_init(const sess_pool *p, const char *name)
     return 0;
 }
 
-int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
+srv_status pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
 {
     ms_state *st = ms_state_new(p->model), *ck = ms_state_new(p->model);
     if (!st || !ck) {
         ms_state_free(st);
         ms_state_free(ck);
         snprintf(err, errcap, "out of memory loading session %s", s->id);
-        return -2;
+        return SRV_ERR_UNAVAILABLE;
     }
     store_record r = {.state = st, .ckpt = ck};
     int rc = store_load(p->state_dir, s->id, &r, p->model, err, errcap);
@@ -374,7 +426,7 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
         s->n_tokens = s->cap_tokens = r.n_tokens;
         s->has_ckpt = r.n_ckpt > 0 || (r.tokens_known && r.n_tokens == 0);
         s->n_ckpt = r.n_ckpt;
-        return 0;
+        return SRV_OK;
     }
     /* Rejected (or vanished): the session restarts from the zero state. */
     ms_state_reset(st);
@@ -384,20 +436,21 @@ int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
     s->has_ckpt = 0;
     s->n_ckpt = 0;
     if (rc < 0) store_quarantine(p->state_dir, s->id);
-    return rc < 0 ? -1 : 0;
+    return rc < 0 ? SRV_ERR_REJECTED : SRV_OK; /* a vanished file restarts the session too */
 }
 
-void pool_load_done(sess_pool *p, session *s, int rc)
+void pool_load_done(sess_pool *p, session *s, srv_status rc)
 {
     pthread_mutex_lock(&p->mu);
     if (s->state) {
         p->n_disk_only--;
         p->n_mem++;
+        lru_front(p, s, LRU_MEM);
         reacct(p, s);
-        if (rc != 0) s->on_disk = 0;
-        s->dirty = rc != 0;
+        if (rc != SRV_OK) s->on_disk = 0;
+        s->dirty = rc != SRV_OK;
     }
-    if (rc == 0) metrics_add(MET_C_RESTORES, 1);
+    if (rc == SRV_OK) metrics_add(MET_C_RESTORES, 1);
     else metrics_add(MET_C_STATE_ERRORS, 1);
     gauges(p);
     pthread_mutex_unlock(&p->mu);
@@ -408,11 +461,7 @@ session *pool_next_spill(sess_pool *p)
     pthread_mutex_lock(&p->mu);
     session *victim = NULL;
     while (p->bytes - p->spilling > p->limit) {
-        victim = NULL;
-        for (int b = 0; b < N_BUCKETS; b++)
-            for (session *x = p->buckets[b]; x; x = x->next)
-                if (x->state && !x->leased && (!victim || x->last_used < victim->last_used))
-                    victim = x;
+        victim = lru_victim(p, LRU_MEM);
         if (!victim) break;
         metrics_add(MET_C_EVICTIONS, 1);
         if (p->state_dir) {
@@ -457,13 +506,12 @@ session *pool_next_persist(sess_pool *p)
         return NULL;
     pthread_mutex_lock(&p->mu);
     session *found = NULL;
-    for (int b = 0; b < N_BUCKETS && !found; b++)
-        for (session *x = p->buckets[b]; x && !found; x = x->next)
-            if (x->state && x->dirty && !x->leased && !x->deleted) {
-                x->leased = 1;
-                x->io = 1;
-                found = x;
-            }
+    for (session *x = p->lru_tail[LRU_MEM]; x && !found; x = x->lru_prev[LRU_MEM])
+        if (x->dirty && !x->leased) {
+            x->leased = 1;
+            x->io = 1;
+            found = x;
+        }
     pthread_mutex_unlock(&p->mu);
     return found;
 }
@@ -475,10 +523,6 @@ void pool_persist_done(sess_pool *p, session *s, int ok)
     if (ok) {
         s->on_disk = 1;
         s->dirty = 0;
-    }
-    if (s->deleted) {
-        if (s->on_disk) store_remove(p->state_dir, s->id);
-        drop(p, s);
     }
     gauges(p);
     pthread_mutex_unlock(&p->mu);
@@ -492,15 +536,12 @@ void pool_spill_done(sess_pool *p, session *s, int ok)
     if (ok) {
         p->n_mem--;
         p->n_disk_only++;
+        lru_remove(p, s, LRU_MEM);
         free_mem(s);
         reacct(p, s);
         s->on_disk = 1;
         s->dirty = 0;
         metrics_add(MET_C_SPILLS, 1);
-    }
-    if (s->deleted) {
-        if (s->on_disk) store_remove(p->state_dir, s->id);
-        drop(p, s);
     }
     gauges(p);
     pthread_mutex_unlock(&p->mu);
@@ -514,9 +555,17 @@ int pool_persist_all(sess_pool *p)
     for (int b = 0; b < N_BUCKETS; b++)
         for (session *s = p->buckets[b]; s; s = s->next) {
             if (!s->state || s->leased || (!s->dirty && s->on_disk)) continue;
+            /* Leased while written, so the file I/O runs without the mutex
+             * and nobody drops s meanwhile; s->next is read after relocking. */
+            s->leased = 1;
+            s->io = 1;
+            pthread_mutex_unlock(&p->mu);
             char err[512];
-            if (save_session(p, s, err, sizeof err)) {
-                fprintf(stderr, "metastate serve: could not persist session %s: %s\n", s->id, err);
+            int rc = save_session(p, s, err, sizeof err);
+            if (rc) fprintf(stderr, "metastate serve: could not persist session %s: %s\n", s->id, err);
+            pthread_mutex_lock(&p->mu);
+            end_io(p, s);
+            if (rc) {
                 failed++;
             } else {
                 s->on_disk = 1;
@@ -529,49 +578,99 @@ int pool_persist_all(sess_pool *p)
 
 /* ------------------------------------------------------------ HTTP side */
 
-static json_t *info_obj(sess_pool *p, const session *s)
+/* What a listing shows of one session, copied under the mutex so that the
+ * JSON is written after it is released. */
+typedef struct sess_info {
+    char id[sizeof ((session *)0)->id];
+    size_t tokens;
+    int in_memory, on_disk, busy;
+    double created, updated;
+} sess_info;
+
+static void info_of(const session *s, sess_info *out)
 {
-    return json_pack("{s:s, s:s, s:I, s:b, s:b, s:b, s:I, s:I, s:I}", "id", s->id, "object",
-                     "session", "tokens", (json_int_t)s->info_tokens, "in_memory", s->state != NULL,
-                     "on_disk", s->on_disk, "busy", s->leased && !s->io, "state_bytes",
-                     (json_int_t)p->state_bytes, "created", (json_int_t)s->created, "last_used",
-                     (json_int_t)s->updated);
+    memcpy(out->id, s->id, sizeof out->id);
+    out->tokens = s->info_tokens;
+    out->in_memory = s->state != NULL;
+    out->on_disk = s->on_disk;
+    out->busy = s->leased && !s->io;
+    out->created = s->created;
+    out->updated = s->updated;
+}
+
+static void info_json(jbuf *b, const sess_info *s, size_t state_bytes)
+{
+    jb_puts(b, "{\"id\":");
+    jb_cstr(b, s->id);
+    jb_puts(b, ",\"object\":\"session\",\"tokens\":");
+    jb_i64(b, (int64_t)s->tokens);
+    jb_puts(b, ",\"in_memory\":");
+    jb_bool(b, s->in_memory);
+    jb_puts(b, ",\"on_disk\":");
+    jb_bool(b, s->on_disk);
+    jb_puts(b, ",\"busy\":");
+    jb_bool(b, s->busy);
+    jb_puts(b, ",\"state_bytes\":");
+    jb_i64(b, (int64_t)state_bytes);
+    jb_puts(b, ",\"created\":");
+    jb_i64(b, (int64_t)s->created);
+    jb_puts(b, ",\"last_used\":");
+    jb_i64(b, (int64_t)s->updated);
+    jb_puts(b, "}");
 }
 
 char *pool_list_json(sess_pool *p)
 {
-    json_t *arr = json_array();
     pthread_mutex_lock(&p->mu);
-    for (int b = 0; b < N_BUCKETS; b++)
-        for (session *s = p->buckets[b]; s; s = s->next) json_array_append_new(arr, info_obj(p, s));
+    size_t n = 0, cap = (size_t)p->n_sessions;
+    sess_info *all = malloc((cap + 1) * sizeof *all);
+    if (all)
+        for (int b = 0; b < N_BUCKETS; b++)
+            for (session *s = p->buckets[b]; s && n < cap; s = s->next) info_of(s, &all[n++]);
     pthread_mutex_unlock(&p->mu);
-    json_t *o = json_pack("{s:s, s:o}", "object", "list", "data", arr);
-    char *txt = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return txt;
+    if (!all) return NULL;
+    jbuf b = {0};
+    jb_puts(&b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i) jb_puts(&b, ",");
+        info_json(&b, &all[i], p->state_bytes);
+    }
+    jb_puts(&b, "]}");
+    free(all);
+    return jb_finish(&b);
 }
 
 char *pool_info_json(sess_pool *p, const char *id)
 {
+    sess_info one;
     pthread_mutex_lock(&p->mu);
     session *s = find(p, id);
-    json_t *o = s ? info_obj(p, s) : NULL;
+    if (s) info_of(s, &one);
     pthread_mutex_unlock(&p->mu);
-    if (!o) return NULL;
-    char *txt = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return txt;
+    if (!s) return NULL;
+    jbuf b = {0};
+    info_json(&b, &one, p->state_bytes);
+    return jb_finish(&b);
 }
 
-int pool_delete(sess_pool *p, const char *id)
+srv_status pool_delete(sess_pool *p, const char *id)
 {
     pthread_mutex_lock(&p->mu);
     session *s = find_settled(p, id);
-    int rc = 0;
-    if (!s) rc = 1;
-    else if (s->leased) rc = 2;
+    srv_status rc = SRV_OK;
+    if (!s) rc = SRV_ERR_NOT_FOUND;
+    else if (s->leased) rc = SRV_ERR_BUSY;
     else {
-        if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
+        if (s->on_disk && p->state_dir) {
+            /* Held (as background I/O, which others wait for) while the
+             * file goes, so the unlink runs without the mutex. */
+            s->leased = 1;
+            s->io = 1;
+            pthread_mutex_unlock(&p->mu);
+            store_remove(p->state_dir, id);
+            pthread_mutex_lock(&p->mu);
+            end_io(p, s);
+        }
         drop(p, s);
     }
     gauges(p);
@@ -579,18 +678,19 @@ int pool_delete(sess_pool *p, const char *id)
     return rc;
 }
 
-int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
+srv_status pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
 {
     ms_state *tmp = ms_state_new(p->model);
     if (!tmp) {
         snprintf(err, errcap, "out of memory");
-        return -1;
+        return SRV_ERR_NOMEM;
     }
     pthread_mutex_lock(&p->mu);
     session *s = find_settled(p, id);
-    int rc = 0, from_disk = 0;
-    if (!s) rc = 1;
-    else if (s->leased) rc = 2;
+    srv_status rc = SRV_OK;
+    int from_disk = 0;
+    if (!s) rc = SRV_ERR_NOT_FOUND;
+    else if (s->leased) rc = SRV_ERR_BUSY;
     else if (s->state) ms_state_copy(tmp, s->state);
     else {
         s->leased = 1; /* keep the scheduler off while the file is read */
@@ -611,7 +711,7 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
         pthread_mutex_unlock(&p->mu);
         if (lr) {
             ms_state_free(tmp);
-            return -1;
+            return SRV_ERR_IO;
         }
     }
     ms_error e = {0};
@@ -619,57 +719,57 @@ int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap)
     ms_state_free(tmp);
     if (st != MS_OK) {
         snprintf(err, errcap, "%s", e.msg);
-        return -1;
+        return SRV_ERR_IO;
     }
-    return 0;
+    return SRV_OK;
 }
 
-int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap)
+srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap)
 {
     ms_tensorfile *tf = NULL;
     ms_error e = {0};
     if (ms_tensorfile_open(path, &tf, &e) != MS_OK) {
         snprintf(err, errcap, "not a safetensors state: %s", e.msg);
-        return -1;
+        return SRV_ERR_INVALID;
     }
     ms_state *tmp = ms_state_new(p->model);
     if (!tmp) {
         ms_tensorfile_close(tf);
         snprintf(err, errcap, "out of memory");
-        return -1;
+        return SRV_ERR_NOMEM;
     }
     ms_status st = ms_state_load_tensors(tmp, tf, "state.", &e);
     ms_tensorfile_close(tf);
     if (st != MS_OK) {
         ms_state_free(tmp);
         snprintf(err, errcap, "%s", e.msg);
-        return -1;
+        return SRV_ERR_INVALID;
     }
     if (!store_values_ok(ms_state_cdata(tmp), ms_state_nfloats(tmp))) {
         ms_state_free(tmp);
         snprintf(err, errcap, "the state holds values that are not finite or beyond +-%g",
                  (double)STORE_VALUE_MAX);
-        return -1;
+        return SRV_ERR_INVALID;
     }
     pthread_mutex_lock(&p->mu);
-    int rc = 0;
+    srv_status rc = SRV_OK;
     session *s = find_settled(p, id);
-    if (s && s->leased) rc = 2;
+    if (s && s->leased) rc = SRV_ERR_BUSY;
     else {
         if (!s && p->n_sessions >= p->max_sessions) {
-            rc = -1;
+            rc = SRV_ERR_SESSIONS_FULL;
             snprintf(err, errcap, "too many sessions (--max-sessions)");
         } else {
             if (!s) s = insert(p, id);
             if (!s) {
-                rc = -1;
+                rc = SRV_ERR_NOMEM;
                 snprintf(err, errcap, "out of memory");
             } else {
                 if (!s->state) {
                     if (s->on_disk) p->n_disk_only--;
                     if (alloc_mem(p, s)) {
                         drop(p, s);
-                        rc = -1;
+                        rc = SRV_ERR_NOMEM;
                         snprintf(err, errcap, "out of memory");
                     }
                 }
@@ -683,8 +783,15 @@ int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_
                     s->info_tokens = 0;
                     s->dirty = 1;
                     s->updated = now_wall();
-                    s->last_used = ++p->clock;
-                    if (s->on_disk && p->state_dir) store_remove(p->state_dir, s->id);
+                    touch(p, s);
+                    if (s->on_disk && p->state_dir) { /* the old file goes, outside the mutex */
+                        s->leased = 1;
+                        s->io = 1;
+                        pthread_mutex_unlock(&p->mu);
+                        store_remove(p->state_dir, id);
+                        pthread_mutex_lock(&p->mu);
+                        end_io(p, s);
+                    }
                     s->on_disk = 0;
                 }
             }

@@ -18,6 +18,7 @@
 
 #include "engine.h"
 #include "state_store.h"
+#include "status.h"
 
 typedef struct sess_pool sess_pool;
 
@@ -42,7 +43,6 @@ typedef struct session {
                          operations wait for it instead of answering busy */
     int on_disk;      /* a file for this id exists in state_dir */
     int dirty;        /* memory is newer than the file */
-    int deleted;      /* DELETE arrived while leased: drop on release */
     uint64_t last_used;
     size_t acct;        /* bytes this session counts in the pool budget */
     size_t info_tokens; /* n_tokens at last release (what GET shows while leased) */
@@ -50,6 +50,9 @@ typedef struct session {
     double created, updated;
     char store_ver[33];   /* --state-store: the stored version memory holds ("" none); store.c */
     struct session *next; /* hash chain */
+    /* LRU lists (most recent first): [0] every session, [1] those in memory */
+    struct session *lru_prev[2], *lru_next[2];
+    int in_lru[2];
 } session;
 
 typedef enum {
@@ -74,7 +77,9 @@ int pool_scan(sess_pool *p, char *err, size_t errcap);
 /* Finds or creates session id (id must be oa_session_id_valid) and leases it.
  * With a state_dir, a session this pool does not hold in memory, or holds
  * unchanged while its file was rewritten since (another replica sharing the
- * directory served it), comes back as POOL_NEEDS_LOAD: the file wins. */
+ * directory served it), comes back as POOL_NEEDS_LOAD: the file wins.
+ * Called by one thread only (the scheduler's): an evicted session's file is
+ * removed after the mutex is released, which relies on that. */
 pool_rc pool_acquire(sess_pool *p, const char *id, session **out);
 /* Returns the lease; the session becomes the most recently used. */
 void pool_release(sess_pool *p, session *s);
@@ -83,10 +88,11 @@ void pool_release(sess_pool *p, session *s);
  * reads the file into freshly allocated states; on a corrupt or foreign file,
  * or one started from an initial state this server does not have, it
  * quarantines the file and leaves the session empty (zero state, no initial
- * state); returns 0 ok, -1 rejected (err filled), -2 out of memory. */
-int pool_load_io(sess_pool *p, session *s, char *err, size_t errcap);
+ * state); returns SRV_OK, SRV_ERR_REJECTED (err filled; the session is
+ * empty and usable) or SRV_ERR_UNAVAILABLE (out of memory; no state). */
+srv_status pool_load_io(sess_pool *p, session *s, char *err, size_t errcap);
 /* Back on the scheduler thread after pool_load_io (accounts memory). */
-void pool_load_done(sess_pool *p, session *s, int rc);
+void pool_load_done(sess_pool *p, session *s, srv_status rc);
 
 /* Picks the least recently used unleased in-memory session while the pool
  * exceeds its budget. With a state_dir it is leased and returned for
@@ -117,17 +123,20 @@ char *pool_list_json(sess_pool *p);
 char *pool_info_json(sess_pool *p, const char *id);
 /* pool_delete, pool_export and pool_import first wait (up to 10 s) for a
  * background write of the session to finish; "busy" means a request holds it.
- * 0 deleted, 1 unknown id, 2 leased (busy). */
-int pool_delete(sess_pool *p, const char *id);
-/* Writes the session's state as safetensors ("state.<i>.*") to f.
- * 0 ok, 1 unknown, 2 busy, -1 error (err). */
-int pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap);
+ * SRV_OK (deleted), SRV_ERR_NOT_FOUND or SRV_ERR_BUSY. */
+srv_status pool_delete(sess_pool *p, const char *id);
+/* Writes the session's state as safetensors ("state.<i>.*") to f. SRV_OK,
+ * SRV_ERR_NOT_FOUND, SRV_ERR_BUSY, else (err filled) SRV_ERR_NOMEM or
+ * SRV_ERR_IO. */
+srv_status pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t errcap);
 /* Replaces (or creates) session id with the state in the safetensors file at
  * path. Its token history becomes empty: the next request feeds its whole
  * prompt on top of the imported state (which stands in for an initial state:
  * init_state becomes ""). States with NaN/Inf or values beyond
- * STORE_VALUE_MAX are refused. 0 ok, 2 busy, -1 error (err). */
-int pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap);
+ * STORE_VALUE_MAX are refused. SRV_OK, SRV_ERR_BUSY, else (err filled)
+ * SRV_ERR_INVALID (not a state of this model), SRV_ERR_SESSIONS_FULL or
+ * SRV_ERR_NOMEM. */
+srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap);
 
 /* Appends one token to a leased session's history (amortized growth);
  * -1 on OOM. */

@@ -6,11 +6,11 @@
  */
 #include "state_record.h"
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 #define MAGIC "RWKVSES"
 #define VERSION 2u
@@ -31,24 +31,10 @@ static int fail(char *err, size_t cap, const char *fmt, ...)
     return -1;
 }
 
-static uint32_t crc_table[256];
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
+/* The record's CRC-32 is zlib's (the zip/PNG polynomial), as in the files. */
 static uint32_t crc32_of(const unsigned char *b, size_t n)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, crc_init);
-    uint32_t crc = ~0u;
-    while (n--) crc = crc_table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return (uint32_t)crc32_z(0, b, n);
 }
 
 static void put_u32(unsigned char *p, uint32_t v)

@@ -31,7 +31,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +40,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define MAGIC "RWKVSES"
 #define VERSION 2u
@@ -61,27 +61,11 @@ static int fail(char *err, size_t cap, const char *fmt, ...)
     return -1;
 }
 
-/* ---------------------------------------------------------------- CRC-32 */
-
-static uint32_t crc_table[256];
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
+/* The file's CRC-32 is zlib's (the zip/PNG polynomial), folded in as
+ * bytes are written or read. */
 static uint32_t crc_update(uint32_t crc, const void *p, size_t n)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, crc_init);
-    const unsigned char *b = p;
-    crc = ~crc;
-    while (n--) crc = crc_table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return (uint32_t)crc32_z(crc, p, n);
 }
 
 /* ------------------------------------------------------------ names, ids */

@@ -8,12 +8,12 @@
  */
 #include "store.h"
 
-#include <jansson.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "json_write.h"
 #include "metrics.h"
 #include "state_record.h"
 
@@ -71,16 +71,27 @@ static char *pool_info(sstore *st, const char *id, int *rc)
     return t;
 }
 
-static int pool_del(sstore *st, const char *id) { return pool_delete(st->pool, id); }
+/* The pool's status as this interface's codes. */
+static int from_pool(srv_status s)
+{
+    switch (s) {
+    case SRV_OK: return SSTORE_OK;
+    case SRV_ERR_NOT_FOUND: return SSTORE_UNKNOWN;
+    case SRV_ERR_BUSY: return SSTORE_BUSY;
+    default: return SSTORE_INVALID;
+    }
+}
+
+static int pool_del(sstore *st, const char *id) { return from_pool(pool_delete(st->pool, id)); }
 
 static int pool_exp(sstore *st, const char *id, FILE *f, char *err, size_t errcap)
 {
-    return pool_export(st->pool, id, f, err, errcap);
+    return from_pool(pool_export(st->pool, id, f, err, errcap));
 }
 
 static int pool_imp(sstore *st, const char *id, const char *path, char *err, size_t errcap)
 {
-    return pool_import(st->pool, id, path, err, errcap);
+    return from_pool(pool_import(st->pool, id, path, err, errcap));
 }
 
 static const sstore_ops memory_ops = {"memory", 0, pool_list, pool_info, pool_del, pool_exp, pool_imp};
@@ -252,7 +263,9 @@ int sstore_turn_renew(sstore *st, const char *id, const sstore_turn *t, char *er
     return rc < 0 ? SSTORE_DOWN : rc == 0 ? SSTORE_BUSY : SSTORE_OK;
 }
 
-static json_t *redis_info_obj(sstore *st, const char *id, int *rc)
+/* Appends session id's object as the store describes it to b. SSTORE_OK,
+ * _UNKNOWN or _DOWN (nothing appended then). */
+static int redis_info_obj(sstore *st, const char *id, jbuf *b)
 {
     long long nt = 0;
     long ttl = -1;
@@ -260,58 +273,70 @@ static json_t *redis_info_obj(sstore *st, const char *id, int *rc)
     char err[256];
     double t0 = now_s();
     int r = seen(st, t0, redis_info(st->rs, id, &nt, &ttl, &leased, err, sizeof err));
-    if (r <= 0) {
-        *rc = r < 0 ? SSTORE_DOWN : SSTORE_UNKNOWN;
-        return NULL;
-    }
-    const ms_config *c = ms_model_config(st->model);
-    size_t sb = (size_t)c->n_layer * c->n_embd * (c->head_size + 2) * sizeof(float);
-    *rc = SSTORE_OK;
-    return json_pack("{s:s, s:s, s:I, s:b, s:b, s:b, s:I, s:I}", "id", id, "object", "session",
-                     "tokens", (json_int_t)nt, "in_memory", 0, "in_store", 1, "busy", leased,
-                     "state_bytes", (json_int_t)sb, "expires_in", (json_int_t)ttl);
+    if (r <= 0) return r < 0 ? SSTORE_DOWN : SSTORE_UNKNOWN;
+    jb_puts(b, "{\"id\":");
+    jb_cstr(b, id);
+    jb_puts(b, ",\"object\":\"session\",\"tokens\":");
+    jb_i64(b, nt);
+    jb_puts(b, ",\"in_memory\":false,\"in_store\":true,\"busy\":");
+    jb_bool(b, leased);
+    jb_puts(b, ",\"state_bytes\":");
+    jb_i64(b, (int64_t)ms_state_bytes(st->model));
+    jb_puts(b, ",\"expires_in\":");
+    jb_i64(b, ttl);
+    jb_puts(b, "}");
+    return SSTORE_OK;
 }
 
 typedef struct {
     sstore *st;
-    json_t *arr;
-    int rc;
+    jbuf b;
+    int n, rc;
 } list_acc;
 
 static void list_cb(const char *id, void *ud)
 {
     list_acc *a = ud;
-    int rc;
-    json_t *o = a->rc == SSTORE_OK ? redis_info_obj(a->st, id, &rc) : NULL;
-    if (o) json_array_append_new(a->arr, o);
-    else if (a->rc == SSTORE_OK && rc == SSTORE_DOWN) a->rc = SSTORE_DOWN;
-}
-
-static char *dump(json_t *o)
-{
-    char *t = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return t;
+    if (a->rc != SSTORE_OK) return;
+    size_t mark = a->b.len;
+    if (a->n) jb_puts(&a->b, ",");
+    int rc = redis_info_obj(a->st, id, &a->b);
+    if (rc == SSTORE_OK) a->n++;
+    else {
+        a->b.len = mark; /* gone since the scan saw it: left out */
+        if (a->b.p) a->b.p[mark] = 0;
+        if (rc == SSTORE_DOWN) a->rc = SSTORE_DOWN;
+    }
 }
 
 static char *redis_list(sstore *st, int *rc)
 {
-    list_acc a = {st, json_array(), SSTORE_OK};
+    list_acc a = {.st = st, .rc = SSTORE_OK};
+    jb_puts(&a.b, "{\"object\":\"list\",\"data\":[");
     char err[256];
     double t0 = now_s();
     if (seen(st, t0, redis_scan(st->rs, list_cb, &a, err, sizeof err)) < 0) a.rc = SSTORE_DOWN;
+    jb_puts(&a.b, "]}");
+    char *t = jb_finish(&a.b);
     *rc = a.rc;
     if (a.rc != SSTORE_OK) {
-        json_decref(a.arr);
+        free(t);
         return NULL;
     }
-    return dump(json_pack("{s:s, s:o}", "object", "list", "data", a.arr));
+    if (!t) *rc = SSTORE_INVALID;
+    return t;
 }
 
 static char *redis_info1(sstore *st, const char *id, int *rc)
 {
-    json_t *o = redis_info_obj(st, id, rc);
-    return o ? dump(o) : NULL;
+    jbuf b = {0};
+    *rc = redis_info_obj(st, id, &b);
+    char *t = jb_finish(&b);
+    if (*rc != SSTORE_OK) {
+        free(t);
+        return NULL;
+    }
+    return t;
 }
 
 static int redis_del(sstore *st, const char *id)
@@ -321,8 +346,8 @@ static int redis_del(sstore *st, const char *id)
     int rc = seen(st, t0, redis_delete(st->rs, id, err, sizeof err));
     if (rc < 0) return SSTORE_DOWN;
     if (rc == 2) return SSTORE_BUSY;
-    int local = pool_delete(st->pool, id); /* the cached copy, if any */
-    return rc == 1 || local == 0 ? SSTORE_OK : SSTORE_UNKNOWN;
+    srv_status local = pool_delete(st->pool, id); /* the cached copy, if any */
+    return rc == 1 || local == SRV_OK ? SSTORE_OK : SSTORE_UNKNOWN;
 }
 
 static int redis_exp(sstore *st, const char *id, FILE *f, char *err, size_t errcap)

@@ -18,6 +18,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/san"
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:log_path=$work/san/asan
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$work/san/ubsan
+export LSAN_OPTIONS=suppressions=$here/lsan.supp:print_suppressions=0
 # OpenBLAS spins up its own threads per call: keep it to one per test run
 # so parallel test workers do not oversubscribe the cores.
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
@@ -37,7 +38,10 @@ run_node_suite() { # $1 = label, $2 = dir, $3 = metastate binary, rest = test fi
     local label=$1 dir=$2 bin=$3; shift 3
     local tap="$work/$(echo "$label" | tr -c 'a-z0-9' '_').tap"
     echo "== $label"
-    (cd "$dir" && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; }) || status=1
+    # npm ci again whenever the lock file changed since the last install (a
+    # pulled commit that adds a client package must not test stale modules).
+    (cd "$dir" && { [ node_modules/.package-lock.json -nt package-lock.json ] ||
+        npm ci --no-audit --no-fund --loglevel=error; }) || status=1
     METASTATE_BIN="$bin" node --test --test-concurrency=1 \
         --test-reporter=spec --test-reporter-destination=stdout \
         --test-reporter=tap --test-reporter-destination="$tap" "$@" || status=1

@@ -191,11 +191,14 @@ test('kill -9 of the replica holding the lease mid-stream: the other serves the 
 });
 
 test('a generation much longer than the lease keeps it (renewed): the other replica waits for the whole turn', async () => {
-  const lease = ['--state-store', storeUrl(), '--lease-ms', String(600 * SLOW)];
+  // The lease is short against the turn but not so short that a busy host's
+  // scheduling delays (CI, a loaded machine) miss a renewal: 1.5 s, a third
+  // of it between renewals, against a turn of 2500 tokens.
+  const lease = ['--state-store', storeUrl(), '--lease-ms', String(1500 * SLOW)];
   const a = await startServer({ args: lease }), b = await startServer({ args: lease });
   servers.push(a, b);
   const base = { model: MODEL_NAME, temperature: 0, session_id: 'long', logit_bias: { ...asciiBias(), 0: -100 } };
-  const s = await streamUntil(a, { ...base, prompt: 'A long story', max_tokens: 1500 }, 2);
+  const s = await streamUntil(a, { ...base, prompt: 'A long story', max_tokens: 2500 }, 2);
   const tB = api(b, 'POST', '/v1/completions', { ...base, prompt: 'A long story', max_tokens: 4 });
   let text = '';
   for (;;) { const { value, done } = await s.reader.read(); if (done) break; text += new TextDecoder().decode(value); }

@@ -165,3 +165,36 @@ Test(chat_format, reply_round_trip)
     free(seen);
     free(p1);
 }
+
+/* What each request kind adds (SPEC 2.3/2.4): chat always stops at the turn
+ * separator (once, even when the client names it too), never draws
+ * end-of-text and drops the reply's leading space; completions keep exactly
+ * the client's stops and rules. */
+Test(chat_format, policy_per_kind)
+{
+    char *user[] = {"END", "\n\n"};
+    gen_policy p;
+
+    chat_policy(OA_CHAT, NULL, 0, &p);
+    cr_assert_eq(p.n_stops, 1);
+    cr_assert_str_eq(p.stops[0], "\n\n");
+    cr_assert_eq(p.ban_end_of_text, 1);
+    cr_assert_eq(p.skip_leading_space, 1);
+
+    chat_policy(OA_CHAT, user, 1, &p);
+    cr_assert_eq(p.n_stops, 2);
+    cr_assert_str_eq(p.stops[0], "END");
+    cr_assert_str_eq(p.stops[1], "\n\n");
+
+    chat_policy(OA_CHAT, user, 2, &p);
+    cr_assert_eq(p.n_stops, 2); /* not twice */
+
+    chat_policy(OA_COMPLETION, user, 1, &p);
+    cr_assert_eq(p.n_stops, 1);
+    cr_assert_str_eq(p.stops[0], "END");
+    cr_assert_eq(p.ban_end_of_text, 0);
+    cr_assert_eq(p.skip_leading_space, 0);
+
+    chat_policy(OA_COMPLETION, NULL, 0, &p);
+    cr_assert_eq(p.n_stops, 0);
+}
