@@ -32,18 +32,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char path[64], err[600];
     int fd = fuzz_memfile(data, size, path, sizeof path);
-    int rc = pool_import(pool, "imp", path, err, sizeof err);
+    err[0] = 0;
+    srv_status rc = pool_import(pool, "imp", path, err, sizeof err);
     close(fd);
-    if (rc == 0) {
+    if (rc == SRV_OK) {
         /* Read it back through the export path. */
         char *buf = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&buf, &len);
-        if (!f || pool_export(pool, "imp", f, err, sizeof err) != 0) abort();
+        if (!f || pool_export(pool, "imp", f, err, sizeof err) != SRV_OK) abort();
         fclose(f);
         free(buf);
-        if (pool_delete(pool, "imp") != 0) abort();
-    } else if (rc != -1 || !err[0]) {
+        if (pool_delete(pool, "imp") != SRV_OK) abort();
+    } else if (rc != SRV_ERR_INVALID || !err[0]) {
+        /* A rejected upload is SRV_ERR_INVALID with a reason; anything else
+         * (busy, full, out of memory) cannot happen to this one session. */
         abort();
     }
     return 0;
