@@ -91,8 +91,13 @@ INNER
 
 stamp "running the README inside the root (private PID and mount namespaces)"
 set +e
-unshare --pid --fork --mount --mount-proc="$root/proc" bash -c '
+unshare --pid --fork --mount bash -c '
     set -e
+    # The root is a mount point of its own, as / is on a real machine (the
+    # tests start servers in namespaces of their own, which needs that).
+    mount --make-rprivate /
+    mount --bind "$1" "$1"
+    mount -t proc proc "$1/proc"
     mount --rbind /dev "$1/dev"; mount --make-rslave "$1/dev"
     mount -t sysfs sysfs "$1/sys"
     exec chroot "$1" /usr/bin/env -i HOME=/root TERM=dumb \
