@@ -1,7 +1,7 @@
 // Test helpers: build a tiny model once, start/stop real `metastate serve`
 // processes on free loopback ports, and talk to them with raw HTTP.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,10 +25,19 @@ export const IS_ASAN = /\/asan\//.test(BIN);
 export const SLOW = IS_ASAN ? 4 : 1;
 
 const live = new Set();
-process.on('exit', () => { for (const p of live) try { p.kill('SIGKILL'); } catch {} });
+// Every temporary directory a test file makes goes when its process ends: a
+// full run makes hundreds (tiny models are 67 MB each) and filled the disk.
+const made = new Set();
+process.on('exit', () => {
+  for (const p of live) try { p.kill('SIGKILL'); } catch {}
+  if (!process.env.METASTATE_KEEP_TMP) for (const d of made) try { rmSync(d, { recursive: true, force: true }); } catch {}
+});
 
+/** A fresh directory under the system's temp dir, removed at exit (unless METASTATE_KEEP_TMP is set). */
 export function tmpDir(tag = 'ms') {
-  return mkdtempSync(join(tmpdir(), `metastate-${tag}-`));
+  const d = mkdtempSync(join(tmpdir(), `metastate-${tag}-`));
+  made.add(d);
+  return d;
 }
 
 let modelCache = new Map();
