@@ -301,6 +301,19 @@ static void wkv_rows_of_head(void *arg, int h)
     }
 }
 
+/* Item i = (row t, head h) of a batch, whose rows are distinct sequences:
+ * the state touched is row t's own, so items run in any order. */
+static void wkv_head_of_row(void *arg, int i)
+{
+    const wkv_job *j = arg;
+    ms_ctx *c = j->c;
+    const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size, H = c->m->cfg.n_head;
+    const int t = i / H, h = i % H;
+    const size_t ho = (size_t)t * C + (size_t)h * N;
+    float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
+    wkv_head(S, c->r + ho, c->w + ho, c->k + ho, c->v + ho, c->kk + ho, c->a + ho, c->y + ho, N);
+}
+
 static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
     const ms_config *cf = &c->m->cfg;
@@ -351,7 +364,9 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     }
 
     wkv_job wj = {c, l, T};
-    if (T >= 16) /* prefill: heads are independent recurrences, one per thread */
+    if (c->batch && T > 1) /* every (head, row) is its own sequence's recurrence */
+        k_parallel(H * T, wkv_head_of_row, &wj);
+    else if (T >= 16) /* prefill: heads are independent recurrences, one per thread */
         k_parallel(H, wkv_rows_of_head, &wj);
     else
         for (int h = 0; h < H; h++)
