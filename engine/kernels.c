@@ -678,7 +678,13 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
     for (int r = r0; r < r1;) {                                                                  \
         const size_t blk = (size_t)r / K_ROWS;                                                   \
         int b0 = 0;                                                                              \
-        if (PAIRS && B < 4 && r + K_ROWS < r1) {                                                 \
+        if (PAIRS && (B < 4 || PAIRS >= 8) && r + K_ROWS < r1) {                                 \
+            if (PAIRS >= 8)                                                                      \
+                for (; b0 + 8 <= B; b0 += 8)                                                     \
+                    PASS(2, 8)                                                                   \
+            if (PAIRS >= 8)                                                                      \
+                for (; b0 + 4 <= B; b0 += 4)                                                     \
+                    PASS(2, 4)                                                                   \
             for (; b0 + 2 <= B; b0 += 2)                                                         \
                 PASS(2, 2)                                                                       \
             for (; b0 < B; b0++)                                                                 \
@@ -1042,8 +1048,8 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
 #define IWU __m512i
 #define IQ4(p, lo, hi) a5_q4(p, &(lo), &(hi))
 #define IDOTU a5_dot8
-AVX512 static KSIG(mm_avx512_f32) { BLOCKS(PASS_F32, 8, 1) }
-AVX512 static KSIG(mm_avx512_bf16) { BLOCKS(PASS_BF16, 8, 1) }
+AVX512 static KSIG(mm_avx512_f32) { BLOCKS(PASS_F32, 8, 8) }
+AVX512 static KSIG(mm_avx512_bf16) { BLOCKS(PASS_BF16, 8, 8) }
 AVX512BF16 static KSIG(mm_avx512_dbf) { BLOCKS(PASS_DBF, 8, 1) }
 AVX512VNNI static KSIG(mm_avx512_i8) { BLOCKS(PASS_I8, 8, 0) }
 AVX512VNNI static KSIG(mm_avx512_q4) { BLOCKS(PASS_Q4, 8, 0) }
@@ -1296,7 +1302,7 @@ void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
     }
     range_fn fn = pick(W);
     /* Small products are not worth waking anyone for. */
-    if (pool.n_threads < 2 || (size_t)W->rows * W->cols < 65536) {
+    if (pool.n_threads < 2 || (size_t)W->rows * W->cols < 16384) {
         fn(W, &A, Y, B, beta, 0, W->rows);
         return;
     }
