@@ -33,6 +33,7 @@
  */
 #include "engine.h"
 #include "kernels.h"
+#include "kernels_act.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -367,19 +368,6 @@ int k_matmul_any_rows(const k_wmat *W)
 /* ======================================================================== */
 /* Activations prepared once per product                                     */
 
-/* What the kernels read besides W: the fp32 inputs as given (exact
- * formats), or per sequence the inputs rounded to bf16 pairs, or quantized
- * to int8 per group of GRP (scale xs, integer sum xqs, fp32 sum xsum). */
-typedef struct {
-    const float *x;   /* B x cols (exact formats) */
-    size_t ldx;       /* cols */
-    const uint32_t *xb; /* B x kp/2 bf16 pairs, even column in the low half */
-    const int8_t *xq; /* B x kp, padding zero */
-    const float *xs, *xsum; /* B x G */
-    const int32_t *xqs;     /* B x G */
-    size_t kp, G;
-} act;
-
 /* Per-thread buffer for the prepared activations: grown on demand (so only
  * a thread's first products, or a larger batch, allocate), freed when the
  * thread ends. */
@@ -704,9 +692,6 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
         r += K_ROWS;                                                                             \
     }
 
-#define KSIG(name)                                                                               \
-    void name(const k_wmat *W, const act *A, float *Y, int B, float beta, int r0, int r1)
-typedef KSIG((*range_fn));
 
 /* ---------------------------------------------------------------- scalar */
 /* Sixteen lanes as arrays, in loops the compiler vectorizes for the
@@ -1066,7 +1051,10 @@ typedef struct {
     const char *int_name, *bf16_name;
 } isa;
 
+/* In order of preference; "amx" is AVX-512 with tile kernels for the
+ * int8 / q4 / bf16-compute products. */
 static isa isas[] = {
+    {"amx", {mm_avx512_f32, mm_avx512_bf16, k_amx_dbf, k_amx_i8, k_amx_q4}, "amx", "amx"},
     {"avx512", {mm_avx512_f32, mm_avx512_bf16, mm_avx512_dbf, mm_avx512_i8, mm_avx512_q4},
      "vnni", "avx512bf16"},
     {"avx2", {mm_avx2_f32, mm_avx2_bf16, mm_avx2_dbf, mm_avx2_i8, mm_avx2_q4}, "avx2", "emulated"},
@@ -1080,6 +1068,8 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int cpu_has(const char *name)
 {
     __builtin_cpu_init();
+    if (!strcmp(name, "amx"))
+        return k_amx_usable();
     if (!strcmp(name, "avx512"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl");
@@ -1091,23 +1081,25 @@ static int cpu_has(const char *name)
 static void choose_isa(void)
 {
     __builtin_cpu_init();
+    isa *a5 = &isas[1];
     /* AVX-512 without VNNI / BF16 (Skylake-X): those kernels from AVX2. */
     if (!__builtin_cpu_supports("avx512vnni")) {
-        isas[0].fn[F_I8] = mm_avx2_i8;
-        isas[0].fn[F_Q4] = mm_avx2_q4;
-        isas[0].int_name = "avx2";
+        a5->fn[F_I8] = mm_avx2_i8;
+        a5->fn[F_Q4] = mm_avx2_q4;
+        a5->int_name = "avx2";
     }
     if (!__builtin_cpu_supports("avx512bf16")) {
-        isas[0].fn[F_DBF] = mm_avx2_dbf;
-        isas[0].bf16_name = "emulated";
+        a5->fn[F_DBF] = mm_avx2_dbf;
+        a5->bf16_name = "emulated";
     }
+    k_amx_set_fallbacks(a5->fn[F_I8], a5->fn[F_Q4], a5->fn[F_DBF]);
     const char *want = getenv("METASTATE_ISA"); /* lets a user pin a variant */
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
             active = &isas[i];
             return;
         }
-    active = &isas[2];
+    active = &isas[sizeof isas / sizeof isas[0] - 1];
 }
 
 const char *k_isa(void)

@@ -1,5 +1,5 @@
 /*
- * test_kernels.c - every kernel variant the CPU offers (AVX-512, AVX2,
+ * test_kernels.c - every kernel variant the CPU offers (AMX, AVX-512, AVX2,
  * portable), every weight format, batch sizes around the register blocking
  * and shapes with ragged tails, against a double-precision product of the
  * same (dequantized) weights; the thread pool against one thread; the
@@ -12,7 +12,8 @@
 
 #include "kernels.h"
 
-static const char *const isas[] = {"avx512", "avx2", "scalar"};
+static const char *const isas[] = {"amx", "avx512", "avx2", "scalar"};
+#define N_ISAS (sizeof isas / sizeof isas[0])
 
 static float frand(unsigned *s)
 {
@@ -103,7 +104,7 @@ Test(kernels, every_isa_format_batch_and_shape)
     const int shapes[][2] = {{1, 16}, {37, 100}, {64, 768}, {130, 257}, {300, 64}, {17, 3}};
     const int batches[] = {1, 2, 3, 4, 5, 8, 9, 16, 40};
     int ran = 0;
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < N_ISAS; i++) {
         if (k_force_isa(isas[i]))
             continue; /* this CPU lacks it */
         ran++;
@@ -129,7 +130,7 @@ Test(kernels, every_isa_format_batch_and_shape)
 Test(kernels, rounded_inputs_stay_within_the_rounding)
 {
     const double tol[] = {2e-6, 2e-6, 2.0 / 512, 1e-2, 1e-2};
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < N_ISAS; i++) {
         if (k_force_isa(isas[i]))
             continue;
         for (size_t md = 0; md < N_MODES; md++)
@@ -153,7 +154,7 @@ Test(kernels, batched_rows_equal_single_rows_bit_for_bit)
         w[i] = frand(&seed);
     for (int i = 0; i < B * cols; i++)
         x[i] = frand(&seed);
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < N_ISAS; i++) {
         if (k_force_isa(isas[i]))
             continue;
         for (size_t md = 0; md < N_MODES; md++) {
@@ -304,4 +305,67 @@ Test(kernels, formats_round_as_documented)
     }
     cr_expect_eq(k_wmat_bytes(&W), 16 * 128 / 2 + 16 * 2 * 2 * sizeof(float));
     k_wmat_free(&W);
+}
+
+/* The AMX int8 / q4 kernels promise the VNNI kernel's bits (exact integer
+ * sums per group, then the same fp32 steps in the same order): ragged rows
+ * and columns, batches below, at and past a tile's 16 rows (the last 16
+ * overlapping), beta 0 and 1, one thread and the pool. */
+Test(kernels, amx_int8_and_q4_equal_vnni_bit_for_bit)
+{
+    if (k_force_isa("amx"))
+        cr_skip_test("CPU (or kernel) without AMX tiles: the AMX kernels cannot run here");
+    const int shapes[][2] = {{1, 16}, {37, 100}, {64, 768}, {130, 257}, {300, 64}, {17, 3},
+                             {48, 200}, {1030, 1024}};
+    const k_wfmt fmts[] = {K_W_I8, K_W_Q4};
+    for (int threads = 1; threads <= 2; threads++) {
+        k_set_threads(threads);
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (size_t f = 0; f < 2; f++)
+                for (int B = 1; B <= 40; B += B < 18 ? 1 : 11)
+                    for (int beta = 0; beta < 2; beta++) {
+                        const int rows = shapes[s][0], cols = shapes[s][1];
+                        unsigned seed = (unsigned)(rows * 131 + cols * 7 + B);
+                        float *w = malloc(sizeof(float) * rows * cols);
+                        float *x = malloc(sizeof(float) * B * cols);
+                        float *ya = malloc(sizeof(float) * B * rows);
+                        float *yv = malloc(sizeof(float) * B * rows);
+                        for (int i = 0; i < rows * cols; i++)
+                            w[i] = frand(&seed);
+                        for (int i = 0; i < B * cols; i++)
+                            x[i] = frand(&seed) * (i % 7 == 0 ? 10.0f : 1.0f);
+                        for (int i = 0; i < B * rows; i++)
+                            ya[i] = yv[i] = frand(&seed);
+                        k_wmat W;
+                        cr_assert_eq(k_wmat_init(&W, fmts[f], rows, cols, w), 0);
+                        cr_assert_eq(k_force_isa("amx"), 0);
+                        k_matmul(&W, x, ya, B, (float)beta);
+                        cr_assert_eq(k_force_isa("avx512"), 0);
+                        k_matmul(&W, x, yv, B, (float)beta);
+                        cr_expect_eq(memcmp(ya, yv, sizeof(float) * B * rows), 0,
+                                     "%s %dx%d B=%d beta=%d threads=%d: AMX differs from VNNI",
+                                     f ? "q4" : "int8", rows, cols, B, beta, threads);
+                        k_wmat_free(&W);
+                        free(w);
+                        free(x);
+                        free(ya);
+                        free(yv);
+                    }
+    }
+}
+
+/* bf16 compute on tiles: within fp32 rounding of the exact product of the
+ * bf16-rounded operands for prefill-sized chunks too (the batch tests above
+ * cover B up to 40 and batch invariance for B = 1..16). */
+Test(kernels, amx_bf16_prefill_chunks_within_rounding)
+{
+    if (k_force_isa("amx"))
+        cr_skip_test("CPU (or kernel) without AMX tiles: the AMX kernels cannot run here");
+    const mode md = {K_W_BF16, 1, "bf16-dot"};
+    const int shapes[][2] = {{768, 768}, {77, 300}, {33, 2050}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int B = 17; B <= 130; B += 37) {
+            double e = check_product(&md, shapes[s][0], shapes[s][1], B, 1.0f, 0);
+            cr_expect_leq(e, 2e-6, "%dx%d B=%d: rel err %g", shapes[s][0], shapes[s][1], B, e);
+        }
 }

@@ -1,0 +1,43 @@
+/* kernels_act.h - what kernels.c hands its range kernels (the prepared
+ * activations and the kernel signature), and the AMX kernels of
+ * kernels_amx.c that its dispatch may pick. Internal to kernels*.c;
+ * kernels.h stays the engine's interface. */
+#ifndef METASTATE_ENGINE_KERNELS_ACT_H
+#define METASTATE_ENGINE_KERNELS_ACT_H
+
+#include "kernels.h"
+
+/* What the kernels read besides W: the fp32 inputs as given (exact
+ * formats), or per sequence the inputs rounded to bf16 pairs, or quantized
+ * to int8 per group of K_I8_GROUP (scale xs, integer sum xqs, fp32 sum
+ * xsum). */
+typedef struct {
+    const float *x;   /* B x cols (exact formats) */
+    size_t ldx;       /* cols */
+    const uint32_t *xb; /* B x kp/2 bf16 pairs, even column in the low half */
+    const int8_t *xq; /* B x kp, padding zero */
+    const float *xs, *xsum; /* B x G */
+    const int32_t *xqs;     /* B x G */
+    size_t kp, G;
+} act;
+
+/* A range kernel: rows [r0, r1) of Y = beta * Y + X W^T for all B
+ * sequences (r0 a multiple of K_ROWS, r1 one too or W->rows). */
+#define KSIG(name)                                                                               \
+    void name(const k_wmat *W, const act *A, float *Y, int B, float beta, int r0, int r1)
+typedef KSIG((*range_fn));
+
+/* 1 when the CPU has AMX-INT8/BF16 tiles (and the AVX-512 VNNI/BF16 the
+ * AMX kernels also use) and Linux lets this process use them; asks once. */
+int k_amx_usable(void);
+/* The AVX-512 kernels the AMX ones hand over to where tiles do not win
+ * (small int8/q4 batches) or a thread is refused tiles; set before use. */
+void k_amx_set_fallbacks(range_fn i8, range_fn q4, range_fn dbf);
+/* int8 / q4: bit-identical to the VNNI kernels (exact integer sums per
+ * group, then the same fp32 operations in the same order). dbf: tiles for
+ * every batch size, so a sequence gets the same bits in any batch. */
+KSIG(k_amx_i8);
+KSIG(k_amx_q4);
+KSIG(k_amx_dbf);
+
+#endif

@@ -1,0 +1,417 @@
+/*
+ * kernels_amx.c - the int8, q4 and bf16-compute products on AMX tiles, for
+ * kernels.c's dispatch on CPUs that have them.
+ *
+ * Why: vpdpbusd and vdpbf16ps make a 16-row block's product with one
+ * sequence cost 16 instructions per 64 int8 (32 bf16) inputs, so batches
+ * of 8 and prefill chunks are compute-bound; one tile instruction does
+ * that for 16 sequences at once.
+ *
+ * Design:
+ *  - Tiles 0-3 are accumulators and tiles 4-5 the activations (M rows of 64
+ *    bytes, M = min(16, B) sequences), tiles 6-7 the weights (16 rows of 64
+ *    bytes). The packed layouts are already B tiles: an I8 group
+ *    ([16 quads][16 rows][4 bytes]) is one, for TDPBSUD (signed inputs x
+ *    the stored q + 128); a Q4 group becomes one after its nibbles are
+ *    unpacked into a per-thread buffer; 16 BF16 pairs ([16][16 rows][2])
+ *    are one for TDPBF16PS. Batches of more than 16 go 16 at a time, the
+ *    last 16 overlapping the previous ones (their outputs stored once), so
+ *    M never changes within a product and the config is not reloaded.
+ *  - int8 / q4: each group's integer sums leave the tile and take the VNNI
+ *    kernel's fp32 steps (same operations, same order), so the results are
+ *    bit-identical to it; four groups per round keep four tile products in
+ *    flight.
+ *  - bf16: sums stay in the tiles across the row (four row blocks per pass
+ *    share each activation tile); pairs past the last whole tile go
+ *    through vdpbf16ps. Every batch size takes this path, so a sequence's
+ *    outputs do not depend on its batch.
+ *  - Linux hands out tile state per request: each thread asks once
+ *    (ARCH_REQ_XCOMP_PERM) before its first tile instruction and keeps its
+ *    config loaded; a call compares the live config (STTILECFG, a few ns)
+ *    before trusting it. A thread refused tiles runs the AVX-512 kernel.
+ */
+#include "kernels_act.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX                                                                                      \
+    __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512vl,avx512vnni,"   \
+                          "avx512bf16,fma")))
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define TM 16              /* max sequences per activation tile */
+#define GBYTES (K_I8_GROUP * K_ROWS) /* one I8 group of a block: one B tile */
+
+/* int8 / q4 batches below this stay on VNNI, which is as fast there (measured). */
+#define AMX_MIN_B_INT 1
+
+static range_fn fb_i8, fb_q4, fb_dbf;
+
+void k_amx_set_fallbacks(range_fn i8, range_fn q4, range_fn dbf)
+{
+    fb_i8 = i8;
+    fb_q4 = q4;
+    fb_dbf = dbf;
+}
+
+static int ask_tiles(void)
+{
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+
+static int usable;
+static pthread_once_t usable_once = PTHREAD_ONCE_INIT;
+
+static void probe(void)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512vnni") ||
+        !__builtin_cpu_supports("avx512bf16"))
+        return;
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return;
+    __cpuid_count(7, 0, a, b, c, d);
+    const unsigned bf16 = 1u << 22, tile = 1u << 24, int8 = 1u << 25;
+    if ((d & (bf16 | tile | int8)) != (bf16 | tile | int8))
+        return;
+    usable = ask_tiles(); /* fails on kernels without AMX support (before 5.16) */
+}
+
+int k_amx_usable(void)
+{
+    pthread_once(&usable_once, probe);
+    return usable;
+}
+
+/* The 64-byte LDTILECFG operand (palette 1). */
+typedef struct __attribute__((aligned(64))) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tilecfg;
+
+static _Thread_local int t_perm; /* 0 not asked, 1 granted, -1 refused */
+
+/* Makes the calling thread's tiles ready for M-row activations; 0 when
+ * this thread may not use tiles. */
+AMX static int tiles_ready(int M)
+{
+    if (!t_perm)
+        t_perm = ask_tiles() ? 1 : -1;
+    if (t_perm < 0)
+        return 0;
+    tilecfg want, have;
+    memset(&want, 0, sizeof want);
+    want.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        want.colsb[t] = 64;
+        want.rows[t] = (uint8_t)(t < 6 ? M : 16);
+    }
+    _tile_storeconfig(&have);
+    if (memcmp(&want, &have, sizeof want))
+        _tile_loadconfig(&want);
+    return 1;
+}
+
+static int imin(int a, int b) { return a < b ? a : b; }
+
+/* Rows of a batch chunk: sequences [bs, bs + M) go through the tiles,
+ * outputs from sequence bs + skip on are stored. */
+typedef struct {
+    int bs, M, skip;
+} chunk;
+
+static chunk chunk_at(int b0, int B)
+{
+    chunk c = {b0, imin(TM, B), 0};
+    if (b0 + TM > B && B > TM) {
+        c.bs = B - TM;
+        c.skip = b0 - c.bs;
+    }
+    return c;
+}
+
+/* Y[i] = beta * Y[i] + a[i] for the block's nr rows, as the AVX-512
+ * kernels store. */
+AMX static inline void store_rows(__m512 a, float *y, int nr, float beta)
+{
+    const __mmask16 m = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    if (beta != 0.0f)
+        a = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, y)), a);
+    _mm512_mask_storeu_ps(y, m, a);
+}
+
+/* Per-thread buffer for a Q4 block's unpacked weights, grown on demand and
+ * freed when the thread ends. */
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+static _Thread_local struct {
+    void *p;
+    size_t cap;
+} tbuf;
+
+static void buf_free(void *p) { free(p); }
+static void buf_key_make(void) { pthread_key_create(&buf_key, buf_free); }
+
+static void *tbuf_get(size_t bytes)
+{
+    if (bytes <= tbuf.cap)
+        return tbuf.p;
+    pthread_once(&buf_once, buf_key_make);
+    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!p)
+        return NULL;
+    free(tbuf.p);
+    tbuf.p = p;
+    tbuf.cap = bytes;
+    pthread_setspecific(buf_key, p);
+    return p;
+}
+
+/* ------------------------------------------------------------ int8 / q4 */
+
+/* Tile loads that miss the caches stall the tile unit, and the hardware
+ * prefetchers do not run ahead of them as they do for vector loads: the
+ * weights are prefetched this far ahead of use (measured: 8 KiB). */
+#define PF_AHEAD 8192
+
+AMX static inline void prefetch(const void *p, size_t bytes)
+{
+    for (size_t l = 0; l < bytes; l += 64)
+        _mm_prefetch((const char *)p + l, _MM_HINT_T0);
+}
+
+/* n (1..4) groups' integer sums, in cb[t][m], into the fp32 accumulators
+ * acc[m] for m in [skip, M): the VNNI kernel's steps exactly. */
+AMX static inline __attribute__((always_inline)) void int_epilogue(__m512 *acc, int32_t (*cb)[TM][16], int n, size_t g,
+                                    const float *sp, const float *mp, const act *A, int bs,
+                                    int M, int skip, int q4)
+{
+    for (int m = skip; m < M; m++) {
+        __m512 a = acc[m];
+        const size_t i = (size_t)(bs + m) * A->G + g;
+        for (int t = 0; t < n; t++) {
+            __m512i v = _mm512_load_si512(cb[t][m]);
+            if (!q4)
+                v = _mm512_sub_epi32(v, _mm512_set1_epi32(128 * A->xqs[i + t]));
+            const __m512 s = _mm512_loadu_ps(sp + (g + t) * K_ROWS);
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(s, _mm512_set1_ps(A->xs[i + t])),
+                                a);
+            if (q4)
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(mp + (g + t) * K_ROWS),
+                                    _mm512_set1_ps(A->xsum[i + t]), a);
+        }
+        acc[m] = a;
+    }
+}
+
+/* The integer sums of n (1..4) groups from g on into cb[0..n). */
+AMX static inline __attribute__((always_inline)) void int_round(const int8_t *xa, size_t ldx,
+                                                                const uint8_t *wt, size_t g, int n,
+                                                                int32_t (*cb)[TM][16])
+{
+    if (n == 4) {
+        prefetch(wt + g * GBYTES + PF_AHEAD, 4 * GBYTES);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        _tile_loadd(4, xa + g * K_I8_GROUP, ldx);
+        _tile_loadd(6, wt + g * GBYTES, 64);
+        _tile_dpbsud(0, 4, 6);
+        _tile_loadd(5, xa + (g + 1) * K_I8_GROUP, ldx);
+        _tile_loadd(7, wt + (g + 1) * GBYTES, 64);
+        _tile_dpbsud(1, 5, 7);
+        _tile_loadd(4, xa + (g + 2) * K_I8_GROUP, ldx);
+        _tile_loadd(6, wt + (g + 2) * GBYTES, 64);
+        _tile_dpbsud(2, 4, 6);
+        _tile_loadd(5, xa + (g + 3) * K_I8_GROUP, ldx);
+        _tile_loadd(7, wt + (g + 3) * GBYTES, 64);
+        _tile_dpbsud(3, 5, 7);
+        _tile_stored(0, cb[0], 64);
+        _tile_stored(1, cb[1], 64);
+        _tile_stored(2, cb[2], 64);
+        _tile_stored(3, cb[3], 64);
+        return;
+    }
+    prefetch(wt + g * GBYTES + PF_AHEAD, (size_t)n * GBYTES);
+    for (int t = 0; t < n; t++) {
+        _tile_zero(0);
+        _tile_loadd(4, xa + (g + t) * K_I8_GROUP, ldx);
+        _tile_loadd(6, wt + (g + t) * GBYTES, 64);
+        _tile_dpbsud(0, 4, 6);
+        _tile_stored(0, cb[t], 64);
+    }
+}
+
+/* One block (weights wt: G B tiles of GBYTES) times one chunk of
+ * sequences, stored into Y rows [r, r + nr). The fp32 steps of a round
+ * run after the next round's tile products are issued: a load of what a
+ * tile store just wrote waits for that store to retire, so without the
+ * lag the two units would take turns. */
+AMX static inline __attribute__((always_inline)) void int_block(const uint8_t *wt, const float *sp,
+                                                                const float *mp, const act *A,
+                                                                chunk c, float *Y, int ldy, int r,
+                                                                int nr, float beta, int q4)
+{
+    __m512 acc[TM];
+    int32_t cb[2][4][TM][16] __attribute__((aligned(64)));
+    for (int m = 0; m < TM; m++)
+        acc[m] = _mm512_setzero_ps();
+    const int8_t *xa = A->xq + (size_t)c.bs * A->kp;
+    const size_t ldx = A->kp, G = A->G;
+    size_t gp = 0;
+    int np = 0, cur = 0;
+    for (size_t g = 0; g < G; g += 4) {
+        const int n = G - g < 4 ? (int)(G - g) : 4;
+        int_round(xa, ldx, wt, g, n, cb[cur]);
+        if (np)
+            int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
+        gp = g;
+        np = n;
+        cur ^= 1;
+    }
+    int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
+    for (int m = c.skip; m < c.M; m++)
+        store_rows(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
+}
+
+/* A Q4 block's groups as I8-layout B tiles of q (0..15): packed vector v
+ * holds quad v in its low nibbles and quad v + 8 in its high ones. */
+AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
+{
+    const __m512i m = _mm512_set1_epi8(15);
+    for (size_t g = 0; g < G; g++, p += GBYTES / 2, t += GBYTES) {
+        prefetch(p + PF_AHEAD, GBYTES / 2);
+        for (int v = 0; v < 8; v++) {
+            const __m512i w = _mm512_loadu_si512(p + v * 64);
+            _mm512_store_si512(t + v * 64, _mm512_and_si512(w, m));
+            _mm512_store_si512(t + (v + 8) * 64, _mm512_and_si512(_mm512_srli_epi16(w, 4), m));
+        }
+    }
+}
+
+AMX KSIG(k_amx_i8)
+{
+    if (B < AMX_MIN_B_INT || !tiles_ready(imin(TM, B))) {
+        fb_i8(W, A, Y, B, beta, r0, r1);
+        return;
+    }
+    const size_t G = A->G;
+    for (int r = r0; r < r1; r += K_ROWS) {
+        const size_t blk = (size_t)r / K_ROWS;
+        const uint8_t *wt = (const uint8_t *)W->data + blk * G * GBYTES;
+        const float *sp = W->scales + blk * G * K_ROWS;
+        for (int b0 = 0; b0 < B; b0 += TM)
+            int_block(wt, sp, NULL, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r),
+                      beta, 0);
+    }
+}
+
+AMX KSIG(k_amx_q4)
+{
+    const size_t G = A->G;
+    uint8_t *t = B < AMX_MIN_B_INT ? NULL : tbuf_get(G * GBYTES);
+    if (!t || !tiles_ready(imin(TM, B))) {
+        fb_q4(W, A, Y, B, beta, r0, r1);
+        return;
+    }
+    for (int r = r0; r < r1; r += K_ROWS) {
+        const size_t blk = (size_t)r / K_ROWS;
+        q4_unpack((const uint8_t *)W->data + blk * G * GBYTES / 2, t, G);
+        const float *sp = W->scales + blk * G * K_ROWS, *mp = W->mins + blk * G * K_ROWS;
+        for (int b0 = 0; b0 < B; b0 += TM)
+            int_block(t, sp, mp, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r),
+                      beta, 1);
+    }
+}
+
+/* ------------------------------------------------------------ bf16 */
+
+#define TP 16 /* bf16 pairs per tile row */
+
+/* NB (1..4) consecutive blocks from wp (block stride bs elements) times one
+ * chunk: whole tiles of pairs in the tiles, the rest with vdpbf16ps. */
+AMX static inline __attribute__((always_inline)) void dbf_blocks(const uint16_t *wp, size_t bs, int NB, const act *A, chunk c,
+                                  float *Y, int ldy, int r, int r1, float beta)
+{
+    const size_t np = A->kp / 2, nt = np / TP, ldx = np * 4;
+    const uint32_t *xa = A->xb + (size_t)c.bs * np;
+    _tile_zero(0);
+    if (NB > 1)
+        _tile_zero(1);
+    if (NB > 2)
+        _tile_zero(2);
+    if (NB > 3)
+        _tile_zero(3);
+    for (size_t t = 0; t < nt; t++) {
+        const uint16_t *w = wp + t * TP * 2 * K_ROWS;
+        for (int j = 0; j < NB; j++)
+            prefetch(w + (size_t)j * bs + PF_AHEAD / 2, TP * 4 * K_ROWS);
+        _tile_loadd(4, xa + t * TP, ldx);
+        _tile_loadd(6, w, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (NB > 1) {
+            _tile_loadd(7, w + bs, 64);
+            _tile_dpbf16ps(1, 4, 7);
+        }
+        if (NB > 2) {
+            _tile_loadd(6, w + 2 * bs, 64);
+            _tile_dpbf16ps(2, 4, 6);
+        }
+        if (NB > 3) {
+            _tile_loadd(7, w + 3 * bs, 64);
+            _tile_dpbf16ps(3, 4, 7);
+        }
+    }
+    float cb[4][TM][16] __attribute__((aligned(64)));
+    _tile_stored(0, cb[0], 64);
+    if (NB > 1)
+        _tile_stored(1, cb[1], 64);
+    if (NB > 2)
+        _tile_stored(2, cb[2], 64);
+    if (NB > 3)
+        _tile_stored(3, cb[3], 64);
+    for (int j = 0; j < NB; j++) {
+        const uint16_t *wj = wp + (size_t)j * bs;
+        const int rj = r + j * K_ROWS;
+        for (int m = c.skip; m < c.M; m++) {
+            __m512 a = _mm512_load_ps(cb[j][m]);
+            const uint32_t *x = xa + (size_t)m * np;
+            for (size_t p = nt * TP; p < np; p++)
+                a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(wj + p * 2 * K_ROWS),
+                                     (__m512bh)_mm512_set1_epi32((int)x[p]));
+            store_rows(a, Y + (size_t)(c.bs + m) * ldy + rj, imin(K_ROWS, r1 - rj), beta);
+        }
+    }
+}
+
+AMX KSIG(k_amx_dbf)
+{
+    if (!tiles_ready(imin(TM, B))) {
+        fb_dbf(W, A, Y, B, beta, r0, r1);
+        return;
+    }
+    const size_t bs = (size_t)W->kp * K_ROWS;
+    for (int r = r0; r < r1;) {
+        const uint16_t *wp = (const uint16_t *)W->data + (size_t)(r / K_ROWS) * bs;
+        const int nb = (r1 - r + K_ROWS - 1) / K_ROWS;
+        for (int b0 = 0; b0 < B; b0 += TM) {
+            const chunk c = chunk_at(b0, B);
+            if (nb >= 4)
+                dbf_blocks(wp, bs, 4, A, c, Y, W->rows, r, r1, beta);
+            else
+                dbf_blocks(wp, bs, 1, A, c, Y, W->rows, r, r1, beta);
+        }
+        r += (nb >= 4 ? 4 : 1) * K_ROWS;
+    }
+}
