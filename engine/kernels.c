@@ -444,6 +444,66 @@ static float quant_group(const float *x, int n, int8_t *q, int32_t *qsum, float 
     return amax / 127.0f;
 }
 
+/* quant_group of a whole group and the bf16 pairs of 16 column pairs, in
+ * AVX-512: the same operations in the same order (lane sums, then the lanes
+ * added one by one; bf16 rounding in integers, as f32_to_bf16), so the same
+ * bits as the portable code, about 10x faster than the compiler's clone of
+ * quant_group (which took a tenth of a batch-8 int8 step). */
+static int prep_avx512; /* set by choose_isa from the CPU, whatever variant runs */
+
+#define PREP512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+PREP512 static float quant_group64(const float *x, int8_t *q, int32_t *qsum, float *sum)
+{
+    __m512 v[4], mx = _mm512_setzero_ps(), sm = _mm512_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm512_loadu_ps(x + 16 * k);
+        mx = _mm512_max_ps(_mm512_abs_ps(v[k]), mx); /* a NaN input is skipped, as there */
+        sm = _mm512_add_ps(sm, v[k]);
+    }
+    float lanes[16], s = 0;
+    _mm512_storeu_ps(lanes, sm);
+    for (int l = 0; l < 16; l++)
+        s += lanes[l];
+    const float amax = _mm512_reduce_max_ps(mx);
+    const float inv = amax > 0 ? 127.0f / amax : 0;
+    const __m512 vi = _mm512_set1_ps(inv), big = _mm512_set1_ps(12582912.0f);
+    __m512i qs = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++) {
+        const __m512i r = _mm512_cvttps_epi32(
+            _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(v[k], vi), big), big));
+        qs = _mm512_add_epi32(qs, r);
+        _mm_storeu_si128((__m128i *)(q + 16 * k), _mm512_cvtepi32_epi8(r));
+    }
+    *qsum = _mm512_reduce_add_epi32(qs);
+    *sum = s;
+    return amax / 127.0f;
+}
+
+PREP512 static __m256i bf16x16(const float *x)
+{
+    const __m512i u = _mm512_loadu_si512(x);
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)),
+                         _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
+        16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    const __m512i n = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, nan, n));
+}
+
+/* Pairs [0, np) of one row from x (2 * np columns, all present). */
+PREP512 static void bf16_pairs(const float *x, uint32_t *d, int np)
+{
+    int p = 0;
+    for (; p + 16 <= np; p += 16) {
+        _mm256_storeu_si256((__m256i *)(d + p), bf16x16(x + 2 * p));
+        _mm256_storeu_si256((__m256i *)(d + p + 8), bf16x16(x + 2 * p + 16));
+    }
+    for (; p < np; p++)
+        d[p] = (uint32_t)f32_to_bf16(x[2 * p]) | (uint32_t)f32_to_bf16(x[2 * p + 1]) << 16;
+}
+
 /* Fills a for W's format from X; returns -1 when the scratch cannot grow. */
 static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
 {
@@ -462,7 +522,12 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
         for (int b = 0; b < B; b++) {
             const float *x = X + (size_t)b * K;
             uint32_t *d = xb + (size_t)b * a->kp / 2;
-            for (int p = 0; p < W->kp / 2; p++) {
+            int p = 0;
+            if (prep_avx512) {
+                bf16_pairs(x, d, K / 2);
+                p = K / 2;
+            }
+            for (; p < W->kp / 2; p++) {
                 const uint32_t lo = f32_to_bf16(x[2 * p]);
                 const uint32_t hi = 2 * p + 1 < K ? f32_to_bf16(x[2 * p + 1]) : 0;
                 d[p] = lo | hi << 16;
@@ -483,7 +548,9 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
             const int c0 = (int)g * GRP, n = imin(GRP, K - c0);
             const size_t i = (size_t)b * G + g;
             int8_t *q = xq + (size_t)b * a->kp + c0;
-            xs[i] = quant_group(X + (size_t)b * K + c0, n, q, &xqs[i], &xsum[i]);
+            xs[i] = prep_avx512 && n == GRP
+                        ? quant_group64(X + (size_t)b * K + c0, q, &xqs[i], &xsum[i])
+                        : quant_group(X + (size_t)b * K + c0, n, q, &xqs[i], &xsum[i]);
             memset(q + n, 0, (size_t)(GRP - n));
         }
     a->xq = xq;
@@ -1081,6 +1148,8 @@ static int cpu_has(const char *name)
 static void choose_isa(void)
 {
     __builtin_cpu_init();
+    prep_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl");
     isa *a5 = &isas[1];
     /* AVX-512 without VNNI / BF16 (Skylake-X): those kernels from AVX2. */
     if (!__builtin_cpu_supports("avx512vnni")) {

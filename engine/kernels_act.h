@@ -30,8 +30,8 @@ typedef KSIG((*range_fn));
 /* 1 when the CPU has AMX-INT8/BF16 tiles (and the AVX-512 VNNI/BF16 the
  * AMX kernels also use) and Linux lets this process use them; asks once. */
 int k_amx_usable(void);
-/* The AVX-512 kernels the AMX ones hand over to where tiles do not win
- * (small int8/q4 batches) or a thread is refused tiles; set before use. */
+/* The AVX-512 kernels the AMX ones hand over to when a thread is refused
+ * tiles (or memory for the q4 unpack buffer); set before use. */
 void k_amx_set_fallbacks(range_fn i8, range_fn q4, range_fn dbf);
 /* int8 / q4: bit-identical to the VNNI kernels (exact integer sums per
  * group, then the same fp32 operations in the same order). dbf: tiles for

@@ -49,9 +49,6 @@
 #define TM 16              /* max sequences per activation tile */
 #define GBYTES (K_I8_GROUP * K_ROWS) /* one I8 group of a block: one B tile */
 
-/* int8 / q4 batches below this stay on VNNI, which is as fast there (measured). */
-#define AMX_MIN_B_INT 1
-
 static range_fn fb_i8, fb_q4, fb_dbf;
 
 void k_amx_set_fallbacks(range_fn i8, range_fn q4, range_fn dbf)
@@ -181,10 +178,12 @@ static void *tbuf_get(size_t bytes)
 
 /* Tile loads that miss the caches stall the tile unit, and the hardware
  * prefetchers do not run ahead of them as they do for vector loads: the
- * weights are prefetched this far ahead of use (measured: 8 KiB). */
+ * weights are prefetched this far ahead of use (measured: 8 KiB). Inlined
+ * early on purpose: GCC takes a function of prefetches alone for one without
+ * effects and drops the calls. */
 #define PF_AHEAD 8192
 
-AMX static inline void prefetch(const void *p, size_t bytes)
+AMX static inline __attribute__((always_inline)) void prefetch(const void *p, size_t bytes)
 {
     for (size_t l = 0; l < bytes; l += 64)
         _mm_prefetch((const char *)p + l, _MM_HINT_T0);
@@ -302,7 +301,7 @@ AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
 
 AMX KSIG(k_amx_i8)
 {
-    if (B < AMX_MIN_B_INT || !tiles_ready(imin(TM, B))) {
+    if (!tiles_ready(imin(TM, B))) {
         fb_i8(W, A, Y, B, beta, r0, r1);
         return;
     }
@@ -320,7 +319,7 @@ AMX KSIG(k_amx_i8)
 AMX KSIG(k_amx_q4)
 {
     const size_t G = A->G;
-    uint8_t *t = B < AMX_MIN_B_INT ? NULL : tbuf_get(G * GBYTES);
+    uint8_t *t = tbuf_get(G * GBYTES);
     if (!t || !tiles_ready(imin(TM, B))) {
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;
