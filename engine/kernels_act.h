@@ -30,12 +30,13 @@ typedef KSIG((*range_fn));
 /* 1 when the CPU has AMX-INT8/BF16 tiles (and the AVX-512 VNNI/BF16 the
  * AMX kernels also use) and Linux lets this process use them; asks once. */
 int k_amx_usable(void);
-/* The AVX-512 kernels the AMX ones hand over to when a thread is refused
- * tiles (or memory for the q4 unpack buffer); set before use. */
+/* The AVX-512 kernels the AMX ones hand over to where tiles do not win (q4
+ * batches under 4) or a thread is refused tiles; set before use. */
 void k_amx_set_fallbacks(range_fn i8, range_fn q4, range_fn dbf);
 /* int8 / q4: bit-identical to the VNNI kernels (exact integer sums per
- * group, then the same fp32 operations in the same order). dbf: tiles for
- * every batch size, so a sequence gets the same bits in any batch. */
+ * group, then the same fp32 operations in the same order), so any batch
+ * size may take either. dbf: tiles for every batch size, so a sequence gets
+ * the same bits in any batch. */
 KSIG(k_amx_i8);
 KSIG(k_amx_q4);
 KSIG(k_amx_dbf);

@@ -213,77 +213,6 @@ AMX static inline __attribute__((always_inline)) void int_epilogue(__m512 *acc, 
     }
 }
 
-/* The integer sums of n (1..4) groups from g on into cb[0..n). */
-AMX static inline __attribute__((always_inline)) void int_round(const int8_t *xa, size_t ldx,
-                                                                const uint8_t *wt, size_t g, int n,
-                                                                int32_t (*cb)[TM][16])
-{
-    if (n == 4) {
-        prefetch(wt + g * GBYTES + PF_AHEAD, 4 * GBYTES);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        _tile_loadd(4, xa + g * K_I8_GROUP, ldx);
-        _tile_loadd(6, wt + g * GBYTES, 64);
-        _tile_dpbsud(0, 4, 6);
-        _tile_loadd(5, xa + (g + 1) * K_I8_GROUP, ldx);
-        _tile_loadd(7, wt + (g + 1) * GBYTES, 64);
-        _tile_dpbsud(1, 5, 7);
-        _tile_loadd(4, xa + (g + 2) * K_I8_GROUP, ldx);
-        _tile_loadd(6, wt + (g + 2) * GBYTES, 64);
-        _tile_dpbsud(2, 4, 6);
-        _tile_loadd(5, xa + (g + 3) * K_I8_GROUP, ldx);
-        _tile_loadd(7, wt + (g + 3) * GBYTES, 64);
-        _tile_dpbsud(3, 5, 7);
-        _tile_stored(0, cb[0], 64);
-        _tile_stored(1, cb[1], 64);
-        _tile_stored(2, cb[2], 64);
-        _tile_stored(3, cb[3], 64);
-        return;
-    }
-    prefetch(wt + g * GBYTES + PF_AHEAD, (size_t)n * GBYTES);
-    for (int t = 0; t < n; t++) {
-        _tile_zero(0);
-        _tile_loadd(4, xa + (g + t) * K_I8_GROUP, ldx);
-        _tile_loadd(6, wt + (g + t) * GBYTES, 64);
-        _tile_dpbsud(0, 4, 6);
-        _tile_stored(0, cb[t], 64);
-    }
-}
-
-/* One block (weights wt: G B tiles of GBYTES) times one chunk of
- * sequences, stored into Y rows [r, r + nr). The fp32 steps of a round
- * run after the next round's tile products are issued: a load of what a
- * tile store just wrote waits for that store to retire, so without the
- * lag the two units would take turns. */
-AMX static inline __attribute__((always_inline)) void int_block(const uint8_t *wt, const float *sp,
-                                                                const float *mp, const act *A,
-                                                                chunk c, float *Y, int ldy, int r,
-                                                                int nr, float beta, int q4)
-{
-    __m512 acc[TM];
-    int32_t cb[2][4][TM][16] __attribute__((aligned(64)));
-    for (int m = 0; m < TM; m++)
-        acc[m] = _mm512_setzero_ps();
-    const int8_t *xa = A->xq + (size_t)c.bs * A->kp;
-    const size_t ldx = A->kp, G = A->G;
-    size_t gp = 0;
-    int np = 0, cur = 0;
-    for (size_t g = 0; g < G; g += 4) {
-        const int n = G - g < 4 ? (int)(G - g) : 4;
-        int_round(xa, ldx, wt, g, n, cb[cur]);
-        if (np)
-            int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
-        gp = g;
-        np = n;
-        cur ^= 1;
-    }
-    int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
-    for (int m = c.skip; m < c.M; m++)
-        store_rows(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
-}
-
 /* A Q4 block's groups as I8-layout B tiles of q (0..15): packed vector v
  * holds quad v in its low nibbles and quad v + 8 in its high ones. */
 AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
@@ -299,6 +228,91 @@ AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
     }
 }
 
+/* The integer sums of n (1..4) groups into cb[0..n): activation tiles from
+ * xa, weight tiles from wg (GBYTES apart). */
+AMX static inline __attribute__((always_inline)) void int_round(const int8_t *xa, size_t ldx,
+                                                                const uint8_t *wg, int n,
+                                                                int32_t (*cb)[TM][16])
+{
+    if (n == 4) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        _tile_loadd(4, xa, ldx);
+        _tile_loadd(6, wg, 64);
+        _tile_dpbsud(0, 4, 6);
+        _tile_loadd(5, xa + K_I8_GROUP, ldx);
+        _tile_loadd(7, wg + GBYTES, 64);
+        _tile_dpbsud(1, 5, 7);
+        _tile_loadd(4, xa + 2 * K_I8_GROUP, ldx);
+        _tile_loadd(6, wg + 2 * GBYTES, 64);
+        _tile_dpbsud(2, 4, 6);
+        _tile_loadd(5, xa + 3 * K_I8_GROUP, ldx);
+        _tile_loadd(7, wg + 3 * GBYTES, 64);
+        _tile_dpbsud(3, 5, 7);
+        _tile_stored(0, cb[0], 64);
+        _tile_stored(1, cb[1], 64);
+        _tile_stored(2, cb[2], 64);
+        _tile_stored(3, cb[3], 64);
+        return;
+    }
+    for (int t = 0; t < n; t++) {
+        _tile_zero(0);
+        _tile_loadd(4, xa + t * K_I8_GROUP, ldx);
+        _tile_loadd(6, wg + t * GBYTES, 64);
+        _tile_dpbsud(0, 4, 6);
+        _tile_stored(0, cb[t], 64);
+    }
+}
+
+/* One block times one chunk of sequences, stored into Y rows [r, r + nr).
+ * The weight tiles are wt (G of GBYTES: int8, or q4 unpacked beforehand),
+ * or, when wt is NULL, q4p's packed groups unpacked a round at a time into
+ * L1 (a decode batch reads each block once). The fp32 steps of a round run
+ * after the next round's tile products are issued, so the two overlap. */
+AMX static inline __attribute__((always_inline)) void int_block(const uint8_t *wt,
+                                                                const uint8_t *q4p,
+                                                                const float *sp, const float *mp,
+                                                                const act *A, chunk c, float *Y,
+                                                                int ldy, int r, int nr, float beta)
+{
+    const int q4 = mp != NULL;
+    __m512 acc[TM];
+    int32_t cb[2][4][TM][16] __attribute__((aligned(64)));
+    uint8_t tb[2][4 * GBYTES] __attribute__((aligned(64)));
+    for (int m = 0; m < TM; m++)
+        acc[m] = _mm512_setzero_ps();
+    const int8_t *xa = A->xq + (size_t)c.bs * A->kp;
+    const size_t ldx = A->kp, G = A->G;
+    size_t gp = 0;
+    int np = 0, cur = 0;
+    if (!wt)
+        q4_unpack(q4p, tb[0], G < 4 ? G : 4);
+    for (size_t g = 0; g < G; g += 4) {
+        const int n = G - g < 4 ? (int)(G - g) : 4;
+        const uint8_t *wg = tb[cur];
+        if (wt) {
+            wg = wt + g * GBYTES;
+            if (!q4)
+                prefetch(wg + PF_AHEAD, (size_t)n * GBYTES);
+        } else if (g + 4 < G) {
+            /* A round ahead: a tile load of bytes still in the store buffer
+             * would wait for them to be written to L1. */
+            q4_unpack(q4p + (g + 4) * GBYTES / 2, tb[cur ^ 1], G - g - 4 < 4 ? G - g - 4 : 4);
+        }
+        int_round(xa + g * K_I8_GROUP, ldx, wg, n, cb[cur]);
+        if (np)
+            int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
+        gp = g;
+        np = n;
+        cur ^= 1;
+    }
+    int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
+    for (int m = c.skip; m < c.M; m++)
+        store_rows(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
+}
+
 AMX KSIG(k_amx_i8)
 {
     if (!tiles_ready(imin(TM, B))) {
@@ -311,26 +325,37 @@ AMX KSIG(k_amx_i8)
         const uint8_t *wt = (const uint8_t *)W->data + blk * G * GBYTES;
         const float *sp = W->scales + blk * G * K_ROWS;
         for (int b0 = 0; b0 < B; b0 += TM)
-            int_block(wt, sp, NULL, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r),
-                      beta, 0);
+            int_block(wt, NULL, sp, NULL, A, chunk_at(b0, B), Y, W->rows, r,
+                      imin(K_ROWS, r1 - r), beta);
     }
 }
 
+/* Unpacking costs about what vpdpbusd does on a batch of 2 (measured: a
+ * 3072 x 768 product at B = 1 takes 37 us on tiles, 22 us on VNNI; even at
+ * B = 4, ahead from 8), so small batches stay on VNNI, which gives the same
+ * bits. */
+#define Q4_MIN_B 4
+
+/* A batch of up to 16 unpacks each round's groups a round ahead of their
+ * tile products; longer chunks unpack a block once (per-thread buffer) for
+ * all their 16-sequence chunks. */
 AMX KSIG(k_amx_q4)
 {
     const size_t G = A->G;
-    uint8_t *t = tbuf_get(G * GBYTES);
-    if (!t || !tiles_ready(imin(TM, B))) {
+    uint8_t *t = B <= TM ? NULL : tbuf_get(G * GBYTES);
+    if (B < Q4_MIN_B || (B > TM && !t) || !tiles_ready(imin(TM, B))) {
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;
     }
     for (int r = r0; r < r1; r += K_ROWS) {
         const size_t blk = (size_t)r / K_ROWS;
-        q4_unpack((const uint8_t *)W->data + blk * G * GBYTES / 2, t, G);
+        const uint8_t *q4p = (const uint8_t *)W->data + blk * G * GBYTES / 2;
+        if (t)
+            q4_unpack(q4p, t, G);
         const float *sp = W->scales + blk * G * K_ROWS, *mp = W->mins + blk * G * K_ROWS;
         for (int b0 = 0; b0 < B; b0 += TM)
-            int_block(t, sp, mp, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r),
-                      beta, 1);
+            int_block(t, q4p, sp, mp, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r),
+                      beta);
     }
 }
 
