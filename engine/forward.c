@@ -14,6 +14,7 @@
 #include "model.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,13 +199,56 @@ CLONES static void layer_norm(float *dst, const float *x, const float *w, const 
         dst[i] = (x[i] - mu) * inv * w[i] + b[i];
 }
 
+/* Sum of 16 lanes as a fixed tree: lane l with l+8, then l+4, then l+2
+ * and l+1, which is the order of _mm512_reduce_add_ps, so the portable and
+ * the AVX-512 WKV steps give the same bits. A tree is 4 dependent
+ * additions where a lane-by-lane sum was 16 (two such sums per row). */
+static inline float sum16(const float p[16])
+{
+    float t[8];
+    for (int l = 0; l < 8; l++)
+        t[l] = p[l] + p[l + 8];
+    const float u0 = t[0] + t[4], u1 = t[1] + t[5], u2 = t[2] + t[6], u3 = t[3] + t[7];
+    return (u0 + u2) + (u1 + u3);
+}
+
+/* wkv_head for N a multiple of 16 (every released model) with AVX-512:
+ * the portable loop's operations in its order, vector by vector. */
+__attribute__((target("avx512f")))
+static void wkv_head_avx512(float *restrict S, const float *restrict r, const float *restrict w,
+                            const float *restrict k, const float *restrict v,
+                            const float *restrict kk, const float *restrict a, float *restrict y,
+                            int N)
+{
+    float b[256];
+    for (int j = 0; j < N; j += 16)
+        _mm512_storeu_ps(b + j, _mm512_mul_ps(_mm512_loadu_ps(kk + j), _mm512_loadu_ps(a + j)));
+    for (int i = 0; i < N; i++) {
+        float *row = S + (size_t)i * N;
+        __m512 part = _mm512_setzero_ps();
+        for (int j = 0; j < N; j += 16)
+            part = _mm512_sub_ps(part, _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(kk + j)));
+        const __m512 sa = _mm512_set1_ps(_mm512_reduce_add_ps(part)), vi = _mm512_set1_ps(v[i]);
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < N; j += 16) {
+            const __m512 s = _mm512_add_ps(
+                _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w + j)),
+                              _mm512_mul_ps(vi, _mm512_loadu_ps(k + j))),
+                _mm512_mul_ps(sa, _mm512_loadu_ps(b + j)));
+            _mm512_storeu_ps(row + j, s);
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(s, _mm512_loadu_ps(r + j)));
+        }
+        y[i] = _mm512_reduce_add_ps(acc);
+    }
+}
+
 /* One head's WKV step (SPEC 1.3), S is N x N with S[i][j], i = value,
  * j = key; y[i] = (S_new r)[i]. `sa` must read the old row before it is
  * updated, which the row-wise loop guarantees. Meta-State's second pass
  * calls it again with r := kx: the same arithmetic in the same order
  * rebuilds exactly the states of the first pass. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
+__attribute__((target_clones("avx2", "default")))
+static void wkv_portable(float *restrict S, const float *restrict r, const float *restrict w,
                      const float *restrict k, const float *restrict v, const float *restrict kk,
                      const float *restrict a, float *restrict y, int N)
 {
@@ -223,9 +267,7 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
         for (int j0 = 0; j0 < N16; j0 += LANES)
             for (int l = 0; l < LANES; l++)
                 part[l] -= row[j0 + l] * kk[j0 + l];
-        float sa = 0.0f;
-        for (int l = 0; l < LANES; l++)
-            sa += part[l];
+        float sa = sum16(part);
         for (int j = N16; j < N; j++)
             sa -= row[j] * kk[j];
         const float vi = v[i];
@@ -237,9 +279,7 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
                 row[j] = s;
                 acc[l] += s * r[j];
             }
-        float out = 0.0f;
-        for (int l = 0; l < LANES; l++)
-            out += acc[l];
+        float out = sum16(acc);
         for (int j = N16; j < N; j++) {
             const float s = row[j] * w[j] + vi * k[j] + sa * b[j];
             row[j] = s;
@@ -247,6 +287,18 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
         }
         y[i] = out;
     }
+}
+
+static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
+                     const float *restrict k, const float *restrict v, const float *restrict kk,
+                     const float *restrict a, float *restrict y, int N)
+{
+    /* Follows the kernels' instruction set, so forcing one (METASTATE_ISA,
+     * the tests' per-ISA cases) also runs the portable step. */
+    if (N % 16 == 0 && N <= 256 && !strcmp(k_isa(), "avx512"))
+        wkv_head_avx512(S, r, w, k, v, kk, a, y, N);
+    else
+        wkv_portable(S, r, w, k, v, kk, a, y, N);
 }
 
 /* The shift vector of layer l (att or ffn) in row t's state. */

@@ -456,6 +456,41 @@ static float quant_group(const float *x, int n, int8_t *q, int32_t *qsum, float 
     return amax / 127.0f;
 }
 
+static int quant512; /* the AVX-512 set is active (set with it) */
+
+/* quant_group for a whole group of 64 on AVX-512: the same operations in
+ * the same order (lane-wise max and sums over the four vectors, lanes added
+ * 0..15, rounding by the same 1.5 * 2^23 trick), so its results equal the
+ * portable code's bit for bit; the auto-vectorized clone spent most of its
+ * time in the reductions, and quantizing was a sixth of a prefill. */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static float quant_group64_avx512(const float *x, int8_t *q, int32_t *qsum, float *sum)
+{
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16),
+                 v2 = _mm512_loadu_ps(x + 32), v3 = _mm512_loadu_ps(x + 48);
+    const __m512 m = _mm512_max_ps(_mm512_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)),
+                                                 _mm512_abs_ps(v2)), _mm512_abs_ps(v3));
+    const __m512 sm = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(v0, v1), v2), v3);
+    const float amax = _mm512_reduce_max_ps(m);
+    float lanes[16], s = 0;
+    _mm512_storeu_ps(lanes, sm);
+    for (int l = 0; l < 16; l++)
+        s += lanes[l];
+    const float inv = amax > 0 ? 127.0f / amax : 0;
+    const __m512 vi = _mm512_set1_ps(inv), magic = _mm512_set1_ps(12582912.0f);
+    const __m512 src[4] = {v0, v1, v2, v3};
+    __m512i qs = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++) {
+        const __m512 r = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(src[k], vi), magic), magic);
+        const __m512i v = _mm512_cvttps_epi32(r);
+        qs = _mm512_add_epi32(qs, v);
+        _mm_storeu_si128((__m128i *)(q + 16 * k), _mm512_cvtepi32_epi8(v));
+    }
+    *qsum = _mm512_reduce_add_epi32(qs);
+    *sum = s;
+    return amax / 127.0f;
+}
+
 /* Fills a for W's format from X; returns -1 when the scratch cannot grow. */
 static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
 {
@@ -495,7 +530,8 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
             const int c0 = (int)g * GRP, n = imin(GRP, K - c0);
             const size_t i = (size_t)b * G + g;
             int8_t *q = xq + (size_t)b * a->kp + c0;
-            xs[i] = quant_group(X + (size_t)b * K + c0, n, q, &xqs[i], &xsum[i]);
+            xs[i] = n == GRP && quant512 ? quant_group64_avx512(X + (size_t)b * K + c0, q, &xqs[i], &xsum[i])
+                                         : quant_group(X + (size_t)b * K + c0, n, q, &xqs[i], &xsum[i]);
             memset(q + n, 0, (size_t)(GRP - n));
         }
     a->xq = xq;
@@ -1105,6 +1141,7 @@ static void choose_isa(void)
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
             active = &isas[i];
+            quant512 = active == &isas[0];
             return;
         }
     active = &isas[2];
@@ -1134,6 +1171,7 @@ int k_force_isa(const char *name)
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if (!strcmp(name, isas[i].name) && cpu_has(name)) {
             active = &isas[i];
+            quant512 = active == &isas[0];
             return 0;
         }
     return -1;
