@@ -98,28 +98,6 @@ static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, 
 /* ------------------------------------------------------------------------ */
 /* Elementwise pieces                                                        */
 
-/* exp for the elementwise loops: Cephes-style range reduction and a degree-6
- * polynomial, within about 2 ulp of expf, but branch-free so the loops
- * below vectorize (libm's expf is a call per element, which made these
- * loops as slow as the matrix products in prefill). */
-static inline float exp_approx(float x)
-{
-    x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;
-    const float k = floorf(x * 1.44269504088896341f + 0.5f);
-    const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float y = p * r * r + r + 1.0f;
-    const int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return y * scale;
-}
-
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
