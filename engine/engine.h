@@ -357,6 +357,10 @@ void ms_sampler_set_exempt(ms_sampler *s, int32_t id);
 /* Applies bias and penalties to logits (modified in place), draws a token,
  * and records it in the penalty table. */
 int32_t ms_sampler_sample(ms_sampler *s, float *logits);
+/* out[i] = ms_sampler_sample(s[i], logits[i]) for i < n, the draws spread
+ * over the engine's threads; the same tokens as n sequential calls. The n
+ * samplers and logits buffers must be distinct. */
+void ms_sampler_sample_batch(ms_sampler *const *s, float *const *logits, size_t n, int32_t *out);
 
 
 /* Log-probabilities under the model's own distribution: the log-softmax of

@@ -24,6 +24,7 @@
  * all-false mask falls back to greedy.
  */
 #include "internal.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -550,6 +551,24 @@ int32_t ms_sampler_sample(ms_sampler *s, float *logits)
     if (!s->exempt[tok])
         s->occ[tok] += 1.0f;
     return tok;
+}
+
+typedef struct {
+    ms_sampler *const *s;
+    float *const *logits;
+    int32_t *out;
+} sample_job;
+
+static void sample_one(void *arg, int i)
+{
+    const sample_job *j = arg;
+    j->out[i] = ms_sampler_sample(j->s[i], j->logits[i]);
+}
+
+void ms_sampler_sample_batch(ms_sampler *const *s, float *const *logits, size_t n, int32_t *out)
+{
+    sample_job j = { s, logits, out };
+    k_parallel((int)n, sample_one, &j);
 }
 
 /* ======================================================================== */
