@@ -9,8 +9,11 @@
  * work: a prompt chunk of at most --prefill-chunk tokens, or one generated
  * token. That keeps streams flowing while long prompts are processed. All
  * generating slots of an iteration feed their tokens in one batched forward
- * (ms_step_batch): every weight matrix is read once for all of them, so
- * eight streams cost little more than one on a memory-bound CPU.
+ * (ms_forward_mixed): every weight matrix is read once for all of them, so
+ * eight streams cost little more than one on a memory-bound CPU. The same
+ * pass carries one slot's prompt chunk and every prompt's last token (the
+ * one whose logits start generation); their draws run on the engine's
+ * threads together.
  *
  * Sessions. A slot working for a session leases it from the pool and runs
  * directly on the session's state, appending every token it feeds to the
@@ -174,6 +177,8 @@ struct sched {
     int n_slots;
     /* the batched decode step: one context and per-slot arrays, allocated once */
     ms_ctx *batch_ctx;
+    slot *ride;         /* this iteration's prompt chunk that rides with the batched step */
+    size_t ride_m;      /* its length */
     slot **draw_slot;   /* this iteration's draws (n_slots each) */
     ms_sampler **draw_sampler;
     float **draw_logits;
@@ -599,6 +604,11 @@ static int step_prefill(sched *s, slot *sl)
     if (sl->pos < last) {
         size_t m = last - sl->pos;
         if (m > (size_t)s->cfg->prefill_chunk) m = (size_t)s->cfg->prefill_chunk;
+        if (!s->ride) { /* one chunk per iteration shares the batched step's weight pass */
+            s->ride = sl;
+            s->ride_m = m;
+            return 0;
+        }
         if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, NULL, 0, &e) != MS_OK) {
             engine_fail(s, sl, &e);
             return 0;
@@ -706,10 +716,17 @@ static int gen_take(sched *s, slot *sl, int32_t t)
  * session history, metrics and the end of the choice. */
 static void gen_feed(sched *s, int n)
 {
-    if (!n) return;
+    slot *r = s->ride;
+    if (!n && !r) return;
     ms_error e = {0};
-    ms_status st = ms_step_batch(s->batch_ctx, s->feed_state, s->feed_tok, (size_t)n,
-                                 s->feed_logits, &e);
+    ms_status st = ms_forward_mixed(s->batch_ctx, s->feed_state, s->feed_tok, (size_t)n,
+                                    s->feed_logits, r ? r->st : NULL, r ? r->toks + r->pos : NULL,
+                                    r ? s->ride_m : 0, NULL, &e);
+    s->ride = NULL;
+    if (r && st != MS_OK) engine_fail(s, r, &e);
+    else if (r && r->sess && session_push_tokens(r->sess, r->toks + r->pos, s->ride_m))
+        finish_job(s, r, SRV_ERR_NOMEM, "out of memory");
+    else if (r) r->pos += s->ride_m;
     for (int k = 0; k < n; k++) {
         slot *sl = s->feed_slot[k];
         const int prompt = sl->feed_prompt;
@@ -1282,8 +1299,8 @@ static int load_all(sched *s, char *msg, size_t cap)
             snprintf(msg, cap, "out of memory allocating %d sequence slots", s->n_slots);
             return -1;
         }
-    /* One context for the batched decode step, sized for every slot. */
-    s->batch_ctx = ms_ctx_new(s->rt.model, s->n_slots);
+    /* One context for the batched step: every slot's token and a prompt chunk. */
+    s->batch_ctx = ms_ctx_new(s->rt.model, s->n_slots + s->cfg->prefill_chunk);
     s->draw_slot = calloc((size_t)s->n_slots, sizeof *s->draw_slot);
     s->draw_sampler = calloc((size_t)s->n_slots, sizeof *s->draw_sampler);
     s->draw_logits = calloc((size_t)s->n_slots, sizeof *s->draw_logits);
