@@ -12,7 +12,8 @@
 
 #include "kernels.h"
 
-static const char *const isas[] = {"avx512", "avx2", "scalar"};
+static const char *const isas[] = {"avx512", "avxvnni", "avx2", "scalar"};
+#define N_ISAS (sizeof isas / sizeof isas[0])
 
 static float frand(unsigned *s)
 {
@@ -103,7 +104,7 @@ Test(kernels, every_isa_format_batch_and_shape)
     const int shapes[][2] = {{1, 16}, {37, 100}, {64, 768}, {130, 257}, {300, 64}, {17, 3}};
     const int batches[] = {1, 2, 3, 4, 5, 8, 9, 16, 40};
     int ran = 0;
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < N_ISAS; i++) {
         if (k_force_isa(isas[i]))
             continue; /* this CPU lacks it */
         ran++;
@@ -129,7 +130,7 @@ Test(kernels, every_isa_format_batch_and_shape)
 Test(kernels, rounded_inputs_stay_within_the_rounding)
 {
     const double tol[] = {2e-6, 2e-6, 2.0 / 512, 1e-2, 1e-2};
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < N_ISAS; i++) {
         if (k_force_isa(isas[i]))
             continue;
         for (size_t md = 0; md < N_MODES; md++)
@@ -153,7 +154,7 @@ Test(kernels, batched_rows_equal_single_rows_bit_for_bit)
         w[i] = frand(&seed);
     for (int i = 0; i < B * cols; i++)
         x[i] = frand(&seed);
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < N_ISAS; i++) {
         if (k_force_isa(isas[i]))
             continue;
         for (size_t md = 0; md < N_MODES; md++) {
@@ -304,4 +305,37 @@ Test(kernels, formats_round_as_documented)
     }
     cr_expect_eq(k_wmat_bytes(&W), 16 * 128 / 2 + 16 * 2 * 2 * sizeof(float));
     k_wmat_free(&W);
+}
+
+/* The AVX-VNNI int8 / q4 kernels sum the same integers as the AVX2 ones'
+ * vpmaddubsw and apply the scales alike: the same bits. */
+Test(kernels, avx_vnni_equals_avx2_bit_for_bit)
+{
+    if (k_force_isa("avxvnni"))
+        cr_skip_test("CPU lacks AVX-VNNI; this machine cannot run that kernel variant");
+    const int rows = 70, cols = 333, B = 11;
+    unsigned seed = 5;
+    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
+    float *ya = malloc(sizeof(float) * B * rows), *yb = malloc(sizeof(float) * B * rows);
+    for (int i = 0; i < rows * cols; i++)
+        w[i] = frand(&seed);
+    for (int i = 0; i < B * cols; i++)
+        x[i] = frand(&seed);
+    const k_wfmt fmts[] = {K_W_I8, K_W_Q4};
+    for (size_t f = 0; f < 2; f++) {
+        k_wmat W;
+        cr_assert_eq(k_wmat_init(&W, fmts[f], rows, cols, w), 0);
+        for (int b = 1; b <= B; b += 5) {
+            cr_assert_eq(k_force_isa("avxvnni"), 0);
+            k_matmul(&W, x, ya, b, 0.0f);
+            cr_assert_eq(k_force_isa("avx2"), 0);
+            k_matmul(&W, x, yb, b, 0.0f);
+            cr_expect_eq(memcmp(ya, yb, sizeof(float) * (size_t)b * rows), 0, "fmt %zu B=%d", f, b);
+        }
+        k_wmat_free(&W);
+    }
+    free(w);
+    free(x);
+    free(ya);
+    free(yb);
 }
