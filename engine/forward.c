@@ -287,7 +287,7 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
 {
     /* Follows the kernels' instruction set, so forcing one (METASTATE_ISA,
      * the tests' per-ISA cases) also runs the portable step. */
-    if (N % 16 == 0 && N <= 256 && !strcmp(k_isa(), "avx512"))
+    if (N % 16 == 0 && N <= 256 && k_isa_avx512())
         wkv_head_avx512(S, r, w, k, v, kk, a, y, N);
     else
         wkv_portable(S, r, w, k, v, kk, a, y, N);

@@ -1169,6 +1169,8 @@ static int cpu_has(const char *name)
     return !strcmp(name, "scalar");
 }
 
+static int avx512_class(const isa *i) { return !strcmp(i->name, "avx512") || !strcmp(i->name, "amx"); }
+
 static void choose_isa(void)
 {
     __builtin_cpu_init();
@@ -1186,7 +1188,7 @@ static void choose_isa(void)
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
             active = &isas[i];
-            quant512 = active == &isas[0];
+            quant512 = avx512_class(active);
             return;
         }
     active = &isas[sizeof isas / sizeof isas[0] - 1]; /* portable */
@@ -1196,6 +1198,12 @@ const char *k_isa(void)
 {
     pthread_once(&isa_once, choose_isa);
     return active->name;
+}
+
+int k_isa_avx512(void)
+{
+    pthread_once(&isa_once, choose_isa);
+    return avx512_class(active);
 }
 
 const char *k_isa_int(void)
@@ -1216,7 +1224,7 @@ int k_force_isa(const char *name)
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if (!strcmp(name, isas[i].name) && cpu_has(name)) {
             active = &isas[i];
-            quant512 = active == &isas[0];
+            quant512 = avx512_class(active);
             return 0;
         }
     return -1;
@@ -1231,7 +1239,7 @@ int k_matmul_any_rows(const k_wmat *W)
      * sums exactly like decoding. */
     pthread_once(&isa_once, choose_isa);
     return W->fmt == K_W_I8 || W->fmt == K_W_Q4 || (W->fmt == K_W_BF16 && W->dot_bf16) ||
-           active == &isas[0];
+           k_isa_avx512();
 }
 
 static range_fn pick(const k_wmat *W)

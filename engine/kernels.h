@@ -94,6 +94,9 @@ int k_threads(void);
 /* The instruction set in use: "avx512", "avxvnni" (AVX2 with VEX vpdpbusd
  * for int8 / q4), "avx2" or "scalar". */
 const char *k_isa(void);
+/* 1 when the set in use has AVX-512 (the other kernels of the engine
+ * follow it, so forcing a set runs their portable code too). */
+int k_isa_avx512(void);
 /* Forces an instruction set (a k_isa name), for tests and
  * benchmarks; returns 0, or -1 when the CPU lacks it. Not thread-safe: call
  * before any product runs. */
