@@ -284,6 +284,15 @@ ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits,
  * Results are bit for bit those of ms_step on each sequence alone. */
 ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
                         float *const *logits, ms_error *err);
+/* ms_step_batch plus one chunk of n_chunk tokens of another sequence
+ * (chunk_state; chunk_logits NULL or V floats for its last token) in the
+ * same pass over the weights: a prompt being read rides along with the
+ * sequences being decoded. Every state gets, bit for bit, what
+ * ms_step_batch and ms_forward would give it; the states must be distinct,
+ * and n_chunk + min(n, 16) must fit the context's max_chunk rows. */
+ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
+                           float *const *logits, ms_state *chunk_state, const int32_t *chunk,
+                           size_t n_chunk, float *chunk_logits, ms_error *err);
 
 /* ======================================================================== */
 /* Tokenizer (RWKV World vocabulary, greedy longest match)                   */
@@ -357,6 +366,10 @@ void ms_sampler_set_exempt(ms_sampler *s, int32_t id);
 /* Applies bias and penalties to logits (modified in place), draws a token,
  * and records it in the penalty table. */
 int32_t ms_sampler_sample(ms_sampler *s, float *logits);
+/* out[i] = ms_sampler_sample(s[i], logits[i]) for i < n, the draws spread
+ * over the engine's threads; the same tokens as n sequential calls. The n
+ * samplers and logits buffers must be distinct. */
+void ms_sampler_sample_batch(ms_sampler *const *s, float *const *logits, size_t n, int32_t *out);
 
 
 /* Log-probabilities under the model's own distribution: the log-softmax of

@@ -14,6 +14,7 @@
 #include "model.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,12 +37,20 @@ struct ms_ctx {
     float *panel;   /* (n_shares, PANEL_ROWS, panel_cols) widened weights for prefill GEMMs */
     size_t panel_cols; /* max(C, F) */
     int n_shares;   /* prefill products are split in this many row ranges (pool threads) */
-    float *batch_logits; /* (min(max_chunk, K_MAX_BATCH), V) for ms_step_batch */
-    /* The rows of the current call: one sequence (prefill: row t follows row
-     * t-1) or a batch (row t is its own sequence's next token). */
+    float *batch_logits; /* (min(max_chunk, K_MAX_BATCH + 1), V) for the batched calls */
+    int32_t *row_tok;     /* (max_chunk) tokens of a mixed call */
+    /* The rows of the current call: rows [0, n_single) are one token each of
+     * distinct sequences (a decode batch), rows [n_single, T) one chunk of
+     * another sequence (row t follows row t-1). row_state[t] is row t's. */
     ms_state **row_state; /* (max_chunk) */
-    int batch;
+    int n_single;
+    int chunk_logits;     /* with n_single > 0: the chunk's last row gets logits too */
 };
+
+/* Row t starts its sequence in this call (reads the state's shift and
+ * recurrent state), or ends it (leaves its shift vector there). */
+static int row_first(const ms_ctx *c, int t) { return t <= c->n_single; }
+static int row_last(const ms_ctx *c, int t, int T) { return t < c->n_single || t == T - 1; }
 
 /* ------------------------------------------------------------------------ */
 /* Matrix products                                                           */
@@ -85,39 +94,23 @@ static void gemm_share(void *arg, int i)
  * formats (prefill) are compute-bound and go to sgemm. */
 static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, float beta)
 {
-    if (T <= K_MAX_BATCH || k_matmul_any_rows(W)) {
+    /* The single rows always take the kernels, the chunk what it would
+     * take alone: each sequence gets the same bits however it is batched. */
+    const int s = c->n_single < T ? c->n_single : T, n_chunk = T - s;
+    if (n_chunk <= K_MAX_BATCH || k_matmul_any_rows(W)) {
         k_matmul(W, X, Y, T, beta);
         return;
     }
+    if (s)
+        k_matmul(W, X, Y, s, beta);
     const int n = c->n_shares;
-    gemm_job g = {c, Y, X, W, T, ((W->rows + n - 1) / n + 15) & ~15, beta};
+    gemm_job g = {c, Y + (size_t)s * W->rows, X + (size_t)s * W->cols, W, n_chunk,
+                  ((W->rows + n - 1) / n + 15) & ~15, beta};
     k_parallel(n, gemm_share, &g);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Elementwise pieces                                                        */
-
-/* exp for the elementwise loops: Cephes-style range reduction and a degree-6
- * polynomial, within about 2 ulp of expf, but branch-free so the loops
- * below vectorize (libm's expf is a call per element, which made these
- * loops as slow as the matrix products in prefill). */
-static inline float exp_approx(float x)
-{
-    x = x < -87.3f ? -87.3f : x > 88.3f ? 88.3f : x;
-    const float k = floorf(x * 1.44269504088896341f + 0.5f);
-    const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float y = p * r * r + r + 1.0f;
-    const int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return y * scale;
-}
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
@@ -198,13 +191,56 @@ CLONES static void layer_norm(float *dst, const float *x, const float *w, const 
         dst[i] = (x[i] - mu) * inv * w[i] + b[i];
 }
 
+/* Sum of 16 lanes as a fixed tree: lane l with l+8, then l+4, then l+2
+ * and l+1, which is the order of _mm512_reduce_add_ps, so the portable and
+ * the AVX-512 WKV steps give the same bits. A tree is 4 dependent
+ * additions where a lane-by-lane sum was 16 (two such sums per row). */
+static inline float sum16(const float p[16])
+{
+    float t[8];
+    for (int l = 0; l < 8; l++)
+        t[l] = p[l] + p[l + 8];
+    const float u0 = t[0] + t[4], u1 = t[1] + t[5], u2 = t[2] + t[6], u3 = t[3] + t[7];
+    return (u0 + u2) + (u1 + u3);
+}
+
+/* wkv_head for N a multiple of 16 (every released model) with AVX-512:
+ * the portable loop's operations in its order, vector by vector. */
+__attribute__((target("avx512f")))
+static void wkv_head_avx512(float *restrict S, const float *restrict r, const float *restrict w,
+                            const float *restrict k, const float *restrict v,
+                            const float *restrict kk, const float *restrict a, float *restrict y,
+                            int N)
+{
+    float b[256];
+    for (int j = 0; j < N; j += 16)
+        _mm512_storeu_ps(b + j, _mm512_mul_ps(_mm512_loadu_ps(kk + j), _mm512_loadu_ps(a + j)));
+    for (int i = 0; i < N; i++) {
+        float *row = S + (size_t)i * N;
+        __m512 part = _mm512_setzero_ps();
+        for (int j = 0; j < N; j += 16)
+            part = _mm512_sub_ps(part, _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(kk + j)));
+        const __m512 sa = _mm512_set1_ps(_mm512_reduce_add_ps(part)), vi = _mm512_set1_ps(v[i]);
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < N; j += 16) {
+            const __m512 s = _mm512_add_ps(
+                _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w + j)),
+                              _mm512_mul_ps(vi, _mm512_loadu_ps(k + j))),
+                _mm512_mul_ps(sa, _mm512_loadu_ps(b + j)));
+            _mm512_storeu_ps(row + j, s);
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(s, _mm512_loadu_ps(r + j)));
+        }
+        y[i] = _mm512_reduce_add_ps(acc);
+    }
+}
+
 /* One head's WKV step (SPEC 1.3), S is N x N with S[i][j], i = value,
  * j = key; y[i] = (S_new r)[i]. `sa` must read the old row before it is
  * updated, which the row-wise loop guarantees. Meta-State's second pass
  * calls it again with r := kx: the same arithmetic in the same order
  * rebuilds exactly the states of the first pass. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
+__attribute__((target_clones("avx2", "default")))
+static void wkv_portable(float *restrict S, const float *restrict r, const float *restrict w,
                      const float *restrict k, const float *restrict v, const float *restrict kk,
                      const float *restrict a, float *restrict y, int N)
 {
@@ -223,9 +259,7 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
         for (int j0 = 0; j0 < N16; j0 += LANES)
             for (int l = 0; l < LANES; l++)
                 part[l] -= row[j0 + l] * kk[j0 + l];
-        float sa = 0.0f;
-        for (int l = 0; l < LANES; l++)
-            sa += part[l];
+        float sa = sum16(part);
         for (int j = N16; j < N; j++)
             sa -= row[j] * kk[j];
         const float vi = v[i];
@@ -237,9 +271,7 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
                 row[j] = s;
                 acc[l] += s * r[j];
             }
-        float out = 0.0f;
-        for (int l = 0; l < LANES; l++)
-            out += acc[l];
+        float out = sum16(acc);
         for (int j = N16; j < N; j++) {
             const float s = row[j] * w[j] + vi * k[j] + sa * b[j];
             row[j] = s;
@@ -247,6 +279,18 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
         }
         y[i] = out;
     }
+}
+
+static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
+                     const float *restrict k, const float *restrict v, const float *restrict kk,
+                     const float *restrict a, float *restrict y, int N)
+{
+    /* Follows the kernels' instruction set, so forcing one (METASTATE_ISA,
+     * the tests' per-ISA cases) also runs the portable step. */
+    if (N % 16 == 0 && N <= 256 && k_isa_avx512())
+        wkv_head_avx512(S, r, w, k, v, kk, a, y, N);
+    else
+        wkv_portable(S, r, w, k, v, kk, a, y, N);
 }
 
 /* The shift vector of layer l (att or ffn) in row t's state. */
@@ -266,7 +310,7 @@ static void token_shift(ms_ctx *c, int T, int l, int att, const float *const *mi
     const float *xn = c->xn;
     for (int t = 0; t < T; t++) {
         const float *cur = xn + (size_t)t * C;
-        const float *prev = t && !c->batch ? cur - C : shift_of(c, t, l, att);
+        const float *prev = row_first(c, t) ? shift_of(c, t, l, att) : cur - C;
         for (int q = 0; q < nmix; q++) {
             float *o = out[q] + (size_t)t * C;
             const float *mq = mix[q];
@@ -274,8 +318,9 @@ static void token_shift(ms_ctx *c, int T, int l, int att, const float *const *mi
                 o[i] = cur[i] + (prev[i] - cur[i]) * mq[i];
         }
     }
-    for (int t = c->batch ? 0 : T - 1; t < T; t++)
-        memcpy(shift_of(c, t, l, att), xn + (size_t)t * C, (size_t)C * sizeof(float));
+    for (int t = 0; t < T; t++)
+        if (row_last(c, t, T))
+            memcpy(shift_of(c, t, l, att), xn + (size_t)t * C, (size_t)C * sizeof(float));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -286,14 +331,14 @@ typedef struct {
     int l, T;
 } wkv_job;
 
-/* Head h's WKV recurrence over the call's rows, in order (row t reads the
- * state row t-1 left, or its own sequence's state in a batch). */
+/* Head h's WKV recurrence over the chunk's rows, in order (row t reads the
+ * state row t-1 left). */
 static void wkv_rows_of_head(void *arg, int h)
 {
     const wkv_job *j = arg;
     ms_ctx *c = j->c;
     const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size;
-    for (int t = 0; t < j->T; t++) {
+    for (int t = c->n_single; t < j->T; t++) {
         const size_t ho = (size_t)t * C + (size_t)h * N;
         float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
         wkv_head(S, c->r + ho, c->w + ho, c->k + ho, c->v + ho, c->kk + ho, c->a + ho, c->y + ho,
@@ -301,13 +346,18 @@ static void wkv_rows_of_head(void *arg, int h)
     }
 }
 
-/* Item i = (row t, head h) of a batch, whose rows are distinct sequences:
- * the state touched is row t's own, so items run in any order. */
-static void wkv_head_of_row(void *arg, int i)
+/* Item i < n_single * H is (single row t, head h), each its own sequence's
+ * recurrence; the items after it are the chunk's heads. Every item touches
+ * state no other item does, so they run in any order. */
+static void wkv_item(void *arg, int i)
 {
     const wkv_job *j = arg;
     ms_ctx *c = j->c;
     const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size, H = c->m->cfg.n_head;
+    if (i >= c->n_single * H) {
+        wkv_rows_of_head(arg, i - c->n_single * H);
+        return;
+    }
     const int t = i / H, h = i % H;
     const size_t ho = (size_t)t * C + (size_t)h * N;
     float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
@@ -319,8 +369,8 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     const ms_config *cf = &c->m->cfg;
     const int C = cf->n_embd, H = cf->n_head, N = cf->head_size;
     const size_t NN = (size_t)N * N;
-    const float *S = ms_state_wkv(c->row_state[0], l);
-    if (T > 1 && !c->batch) /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
+    const float *S = ms_state_wkv(c->row_state[c->n_single < T ? c->n_single : 0], l);
+    if (T - c->n_single > 1) /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
         for (int q = 0; q < L->n_sse; q++)
             memcpy(c->s_start + (size_t)L->sse_head[q] * NN, S + (size_t)L->sse_head[q] * NN,
                    NN * sizeof(float));
@@ -364,8 +414,8 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     }
 
     wkv_job wj = {c, l, T};
-    if (c->batch && T > 1) /* every (head, row) is its own sequence's recurrence */
-        k_parallel(H * T, wkv_head_of_row, &wj);
+    if (c->n_single) /* independent recurrences: (single row, head) and the chunk's heads */
+        k_parallel(H * c->n_single + (T > c->n_single ? H : 0), wkv_item, &wj);
     else if (T >= 16) /* prefill: heads are independent recurrences, one per thread */
         k_parallel(H, wkv_rows_of_head, &wj);
     else
@@ -409,7 +459,7 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
         for (int t = 0; t < T; t++) {
             const size_t o = (size_t)t * C + (size_t)h * N;
             float *kx = c->xk + o;
-            if (T == 1 || c->batch) { /* row t's state holds S_t now */
+            if (t < c->n_single || T - c->n_single == 1) { /* row t's state holds S_t now */
                 const float *Sh = ms_state_wkv(c->row_state[t], l) + (size_t)h * NN;
                 for (int i = 0; i < N; i++) {
                     float acc = 0.0f;
@@ -450,8 +500,9 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     linear(c, c->x, c->hid, &L->ffn_value, T, 1.0f);
 }
 
-/* Runs T <= max_chunk rows (c->row_state and c->batch say whose); logits as
- * in ms_forward (last row or all rows). */
+/* Runs T <= max_chunk rows (c->row_state and c->n_single say whose).
+ * Logits: with single rows, theirs and (chunk_logits) the chunk's last
+ * row's, in that order; else as in ms_forward (last row or all rows). */
 static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits, int all_logits)
 {
     const ms_model *m = c->m;
@@ -468,10 +519,14 @@ static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits,
     }
     if (!logits)
         return;
-    const int first = all_logits ? 0 : T - 1, rows = T - first;
-    for (int t = first; t < T; t++)
-        layer_norm(c->xn + (size_t)(t - first) * C, c->x + (size_t)t * C, m->ln_out_w,
-                   m->ln_out_b, C);
+    int rows = 0;
+    for (int t = 0; t < T; t++) {
+        const int want = c->n_single ? t < c->n_single || (c->chunk_logits && t == T - 1)
+                                     : all_logits || t == T - 1;
+        if (want)
+            layer_norm(c->xn + (size_t)rows++ * C, c->x + (size_t)t * C, m->ln_out_w,
+                       m->ln_out_b, C);
+    }
     linear(c, logits, c->xn, &m->head, rows, 0.0f);
 }
 
@@ -501,8 +556,9 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
         !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
         !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))) ||
         !(c->row_state = calloc(T, sizeof *c->row_state)) ||
-        !(c->batch_logits = malloc((T < K_MAX_BATCH ? T : K_MAX_BATCH) * (size_t)cf->vocab_size *
-                                   sizeof(float))) ||
+        !(c->batch_logits = malloc((T < K_MAX_BATCH + 1 ? T : K_MAX_BATCH + 1) *
+                                   (size_t)cf->vocab_size * sizeof(float))) ||
+        !(c->row_tok = malloc(T * sizeof *c->row_tok)) ||
         !(c->panel = malloc((size_t)(c->n_shares = k_threads()) * PANEL_ROWS *
                             (c->panel_cols = (size_t)(cf->dim_ffn > cf->n_embd ? cf->dim_ffn
                                                                                 : cf->n_embd)) *
@@ -524,6 +580,7 @@ void ms_ctx_free(ms_ctx *c)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->row_state);
+    free(c->row_tok);
     free(c);
 }
 
@@ -545,7 +602,7 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
             out = logits + done * (size_t)V;
         else if (logits && last)
             out = logits;
-        c->batch = 0;
+        c->n_single = 0;
         for (size_t t = 0; t < T; t++)
             c->row_state[t] = s;
         forward_rows(c, tokens + done, (int)T, out, all_logits);
@@ -562,24 +619,56 @@ ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits, ms_error
 ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
                         float *const *logits, ms_error *err)
 {
+    return ms_forward_mixed(c, states, tokens, n, logits, NULL, NULL, 0, NULL, err);
+}
+
+static ms_status check_tokens(const ms_ctx *c, const int32_t *tokens, size_t n, const char *what,
+                              ms_error *err)
+{
     const int V = c->m->cfg.vocab_size;
-    const size_t cap = c->max_chunk < K_MAX_BATCH ? (size_t)c->max_chunk : K_MAX_BATCH;
     for (size_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
-            return ms_fail(err, MS_ERR_INVALID, "token id %d of sequence %zu is outside the "
-                           "vocabulary (0..%d)", tokens[i], i, V - 1);
+            return ms_fail(err, MS_ERR_INVALID, "token id %d of %s %zu is outside the "
+                           "vocabulary (0..%d)", tokens[i], what, i, V - 1);
+    return MS_OK;
+}
+
+ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
+                           float *const *logits, ms_state *chunk_state, const int32_t *chunk,
+                           size_t n_chunk, float *chunk_logits, ms_error *err)
+{
+    const int V = c->m->cfg.vocab_size;
+    const size_t cap = c->max_chunk < K_MAX_BATCH ? (size_t)c->max_chunk : K_MAX_BATCH;
+    if (check_tokens(c, tokens, n, "sequence", err) ||
+        check_tokens(c, chunk, n_chunk, "the chunk's position", err))
+        return MS_ERR_INVALID;
+    if (!n)
+        return n_chunk ? ms_forward(c, chunk_state, chunk, n_chunk, chunk_logits, 0, err) : MS_OK;
+    if (n_chunk && (n < cap ? n : cap) + n_chunk > (size_t)c->max_chunk)
+        return ms_fail(err, MS_ERR_INVALID, "a chunk of %zu tokens with %zu sequences exceeds "
+                       "the context's %d rows", n_chunk, n < cap ? n : cap, c->max_chunk);
     for (size_t done = 0; done < n;) {
         const size_t B = n - done < cap ? n - done : cap;
-        int want = 0;
-        c->batch = 1;
+        const size_t rows = B + n_chunk; /* the chunk rides with the first group */
+        int want = chunk_logits != NULL && n_chunk;
+        c->n_single = (int)B;
+        c->chunk_logits = want;
         for (size_t i = 0; i < B; i++) {
             c->row_state[i] = states[done + i];
+            c->row_tok[i] = tokens[done + i];
             want |= logits[done + i] != NULL;
         }
-        forward_rows(c, tokens + done, (int)B, want ? c->batch_logits : NULL, 1);
+        for (size_t t = 0; t < n_chunk; t++) {
+            c->row_state[B + t] = chunk_state;
+            c->row_tok[B + t] = chunk[t];
+        }
+        forward_rows(c, c->row_tok, (int)rows, want ? c->batch_logits : NULL, 0);
         for (size_t i = 0; want && i < B; i++)
             if (logits[done + i])
                 memcpy(logits[done + i], c->batch_logits + i * (size_t)V, (size_t)V * sizeof(float));
+        if (n_chunk && chunk_logits)
+            memcpy(chunk_logits, c->batch_logits + B * (size_t)V, (size_t)V * sizeof(float));
+        n_chunk = 0;
         done += B;
     }
     return MS_OK;

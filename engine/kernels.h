@@ -91,16 +91,20 @@ void k_parallel(int n, void (*run)(void *arg, int i), void *arg);
 /* Threads of the pool, the caller included (>= 1). */
 int k_threads(void);
 
-/* The instruction set in use: "amx" (AVX-512 plus tile kernels), "avx512",
- * "avx2" or "scalar". */
+/* The instruction set in use: "amx" (AVX-512 plus tile kernels for int8,
+ * q4 and bf16 compute), "avx512", "avxvnni" (AVX2 with VEX vpdpbusd for
+ * int8 / q4), "avx2" or "scalar". */
 const char *k_isa(void);
-/* Forces an instruction set ("amx", "avx512", "avx2", "scalar"), for tests and
+/* 1 when the set in use has AVX-512 (the other kernels of the engine
+ * follow it, so forcing a set runs their portable code too). */
+int k_isa_avx512(void);
+/* Forces an instruction set (a k_isa name), for tests and
  * benchmarks; returns 0, or -1 when the CPU lacks it. Not thread-safe: call
  * before any product runs. */
 int k_force_isa(const char *name);
 /* Which dot-product instructions the active set uses for int8/q4 and for
- * bf16 compute: "amx" / "vnni" / "avx2" / "scalar" and "amx" / "avx512bf16" /
- * "emulated". */
+ * bf16 compute: "amx" / "vnni" / "avx-vnni" / "avx2" / "scalar" and "amx" /
+ * "avx512bf16" / "emulated". */
 const char *k_isa_int(void);
 const char *k_isa_bf16(void);
 /* Worker threads for k_matmul (>= 1, 1 = calling thread only); set once. */

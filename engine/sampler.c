@@ -24,6 +24,7 @@
  * all-false mask falls back to greedy.
  */
 #include "internal.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -337,6 +338,69 @@ static inline uint32_t bucket_of(float e)
     return bits >> 20;
 }
 
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+/* e[i] = exp(logits[i] - m) (0 for -inf and NaN, which count as -inf), and
+ * their sum. Sixteen double partial sums, added as a fixed tree: every
+ * clone, so every machine, computes the same numbers. */
+CLONES static double softmax_numerators(const float *logits, int32_t n, float m, float *e)
+{
+    enum { LANES = 16 };
+    double part[LANES] = { 0 };
+    const int32_t n16 = n & ~(LANES - 1);
+    for (int32_t i0 = 0; i0 < n16; i0 += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const float d = logits[i0 + l] - m;
+            const float x = d >= -87.3f ? exp_approx(d) : 0.0f;
+            e[i0 + l] = x;
+            part[l] += x;
+        }
+    for (int32_t i = n16; i < n; i++) {
+        const float d = logits[i] - m;
+        e[i] = d >= -87.3f ? exp_approx(d) : 0.0f;
+        part[i - n16] += e[i];
+    }
+    for (int w = LANES / 2; w; w /= 2)
+        for (int l = 0; l < w; l++)
+            part[l] += part[l + w];
+    return part[0];
+}
+
+/* The first index of the largest logit (NaN never wins), -1 when every
+ * logit is -inf or NaN: the sequential scan's answer, found per lane. */
+CLONES static int32_t argmax(const float *logits, int32_t n, float *max)
+{
+    enum { LANES = 16 };
+    float mv[LANES];
+    int32_t mi[LANES];
+    for (int l = 0; l < LANES; l++) {
+        mv[l] = -INFINITY;
+        mi[l] = -1;
+    }
+    const int32_t n16 = n & ~(LANES - 1);
+    for (int32_t i0 = 0; i0 < n16; i0 += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const float v = logits[i0 + l];
+            const int gt = v > mv[l];
+            mv[l] = gt ? v : mv[l];
+            mi[l] = gt ? i0 + l : mi[l];
+        }
+    float m = -INFINITY;
+    int32_t best = -1;
+    for (int l = 0; l < LANES; l++)
+        if (mi[l] >= 0 && (mv[l] > m || (mv[l] == m && mi[l] < best))) {
+            m = mv[l];
+            best = mi[l];
+        }
+    for (int32_t i = n16; i < n; i++)
+        if (logits[i] > m) {
+            m = logits[i];
+            best = i;
+        }
+    *max = m;
+    return best;
+}
+
 /* Samples from the softmax of logits (max logit m, finite). Probabilities
  * are kept unnormalized (e = exp(l - m), total `sum`): comparing against
  * top_p * sum is the same test and saves a pass over the vocabulary. */
@@ -351,17 +415,8 @@ static int32_t sample_probs(ms_sampler *s, const float *logits, float m)
     double *hmass = s->hist_mass;
     int32_t *hcount = s->hist_count;
 
-    /* Four partial sums: shorter dependency chains, same order on every
-     * machine. */
-    double part[4] = { 0, 0, 0, 0 };
-    int32_t i = 0;
-    for (; i < n; i++) {
-        float l = logits[i];
-        float x = l == l ? expf(l - m) : 0.0f; /* NaN counts as -inf */
-        e[i] = x;
-        part[i & 3] += x;
-    }
-    double sum = (part[0] + part[1]) + (part[2] + part[3]);
+    const double sum = softmax_numerators(logits, n, m, e);
+    int32_t i;
 
     /* No filter: draw over the whole vocabulary in id order. */
     if (!use_p && !top_k) {
@@ -474,14 +529,8 @@ int32_t ms_sampler_sample(ms_sampler *s, float *logits)
 
     /* The argmax is needed either way: the answer in greedy mode, the
      * softmax shift otherwise. NaN never wins. */
-    int32_t best = -1;
-    float m = -INFINITY;
-    for (int32_t i = 0; i < n; i++) {
-        if (logits[i] > m) {
-            m = logits[i];
-            best = i;
-        }
-    }
+    float m;
+    const int32_t best = argmax(logits, n, &m);
 
     int32_t tok;
     int greedy = !(p->temperature > 0) || !(p->top_p > 0);
@@ -502,6 +551,24 @@ int32_t ms_sampler_sample(ms_sampler *s, float *logits)
     if (!s->exempt[tok])
         s->occ[tok] += 1.0f;
     return tok;
+}
+
+typedef struct {
+    ms_sampler *const *s;
+    float *const *logits;
+    int32_t *out;
+} sample_job;
+
+static void sample_one(void *arg, int i)
+{
+    const sample_job *j = arg;
+    j->out[i] = ms_sampler_sample(j->s[i], j->logits[i]);
+}
+
+void ms_sampler_sample_batch(ms_sampler *const *s, float *const *logits, size_t n, int32_t *out)
+{
+    sample_job j = { s, logits, out };
+    k_parallel((int)n, sample_one, &j);
 }
 
 /* ======================================================================== */

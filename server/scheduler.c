@@ -9,8 +9,11 @@
  * work: a prompt chunk of at most --prefill-chunk tokens, or one generated
  * token. That keeps streams flowing while long prompts are processed. All
  * generating slots of an iteration feed their tokens in one batched forward
- * (ms_step_batch): every weight matrix is read once for all of them, so
- * eight streams cost little more than one on a memory-bound CPU.
+ * (ms_forward_mixed): every weight matrix is read once for all of them, so
+ * eight streams cost little more than one on a memory-bound CPU. The same
+ * pass carries one slot's prompt chunk and every prompt's last token (the
+ * one whose logits start generation); their draws run on the engine's
+ * threads together.
  *
  * Sessions. A slot working for a session leases it from the pool and runs
  * directly on the session's state, appending every token it feeds to the
@@ -128,6 +131,7 @@ typedef struct slot {
     int paused;         /* GENERATE, but the client's unsent output is over the bound */
     int feed_last;      /* this iteration's token ends the choice (batched feed) */
     int feed_hit;       /* ... because a stop string was hit */
+    int feed_prompt;    /* the queued token is the prompt's last: generation starts after the feed */
     double t_step;      /* when this iteration's token was sampled */
     uint64_t seed;
     double t_admit;
@@ -173,6 +177,12 @@ struct sched {
     int n_slots;
     /* the batched decode step: one context and per-slot arrays, allocated once */
     ms_ctx *batch_ctx;
+    slot *ride;         /* this iteration's prompt chunk that rides with the batched step */
+    size_t ride_m;      /* its length */
+    slot **draw_slot;   /* this iteration's draws (n_slots each) */
+    ms_sampler **draw_sampler;
+    float **draw_logits;
+    int32_t *draw_tok;
     slot **feed_slot;
     ms_state **feed_state;
     int32_t *feed_tok;
@@ -522,8 +532,6 @@ static void engine_fail(sched *s, slot *sl, const ms_error *e)
     finish_job(s, sl, e->code == MS_ERR_INVALID ? SRV_ERR_INVALID : SRV_ERR_ENGINE, e->msg);
 }
 
-/* One prompt chunk. The last prompt token is fed on its own, after the
- * session checkpoint, and is the one that produces logits. */
 /* Logprobs of token t under logits row (the distribution before it). */
 static void report_lp(sched *s, slot *sl, const float *row, int32_t t)
 {
@@ -571,41 +579,63 @@ static void step_prefill_scored(sched *s, slot *sl)
     sl->state = SLOT_GENERATE;
 }
 
-static void step_prefill(sched *s, slot *sl)
+/* Queues token t of sl (its state, logits into `logits` unless NULL) for
+ * this iteration's batched step. */
+static void feed_queue(sched *s, slot *sl, int32_t t, float *logits)
+{
+    int k = 0;
+    while (s->feed_slot[k]) k++;
+    s->feed_slot[k] = sl;
+    s->feed_state[k] = sl->st;
+    s->feed_tok[k] = t;
+    s->feed_logits[k] = logits;
+}
+
+/* One unit of prompt work: a chunk, or queueing the last token for the
+ * batched step. Returns 1 when a token was queued. */
+static int step_prefill(sched *s, slot *sl)
 {
     ms_error e = {0};
     if (sl->echo_lp) {
         step_prefill_scored(s, sl);
-        return;
+        return 0;
     }
     size_t last = sl->n_toks - 1;
     if (sl->pos < last) {
         size_t m = last - sl->pos;
         if (m > (size_t)s->cfg->prefill_chunk) m = (size_t)s->cfg->prefill_chunk;
+        if (!s->ride) { /* one chunk per iteration shares the batched step's weight pass */
+            s->ride = sl;
+            s->ride_m = m;
+            return 0;
+        }
         if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, NULL, 0, &e) != MS_OK) {
             engine_fail(s, sl, &e);
-            return;
+            return 0;
         }
         if (sl->sess && session_push_tokens(sl->sess, sl->toks + sl->pos, m)) {
             finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
-            return;
+            return 0;
         }
         sl->pos += m;
-        if (sl->pos < last) return;
+        if (sl->pos < last) return 0;
     }
     if (sl->sess) {
         ms_state_copy(sl->sess->ckpt, sl->st);
         sl->sess->n_ckpt = sl->pos;
         sl->sess->has_ckpt = 1;
     }
-    if (ms_forward(sl->ctx, sl->st, sl->toks + last, 1, sl->logits, 0, &e) != MS_OK) {
-        engine_fail(s, sl, &e);
-        return;
-    }
-    if (sl->sess && session_push_token(sl->sess, sl->toks[last])) {
-        finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
-        return;
-    }
+    /* The last prompt token is one token with logits, like a generated one:
+     * it rides in this iteration's batched step rather than taking a weight
+     * pass of its own; prompt_done() follows the feed. */
+    sl->feed_prompt = 1;
+    feed_queue(s, sl, sl->toks[last], sl->logits);
+    return 1;
+}
+
+/* After the batched step that fed the prompt's last token. */
+static void prompt_done(sched *s, slot *sl)
+{
     sl->pos = sl->n_toks;
     if (sl->n_choices > 1) {
         ms_state_copy(sl->fork, sl->st);
@@ -614,13 +644,13 @@ static void step_prefill(sched *s, slot *sl)
     sl->state = SLOT_GENERATE;
 }
 
-/* One generated token, first half: sample and emit it, then either finish
- * the choice (end of text, or the last token of a session-less request,
- * which is never needed again) or queue the token for this iteration's
- * batched feed. Returns 1 when queued. */
-static int gen_pick(sched *s, slot *sl)
+/* One generated token, first part: the checks before a draw (deadline,
+ * length, the grammar's mask on the logits). Returns 1 when the slot draws
+ * this iteration; the draws of all slots then run together. */
+static int gen_prepare(sched *s, slot *sl)
 {
     double t0 = sched_now();
+    sl->t_step = t0;
     if (t0 > sl->job->deadline || sl->n_gen >= sl->job->max_tokens) { /* max_tokens 0: echo only */
         finish_choice(s, sl, OA_FINISH_LENGTH, 0);
         return 0;
@@ -635,7 +665,16 @@ static int gen_pick(sched *s, slot *sl)
         }
         ms_mask_apply(sl->logits, sl->mask, s->V);
     }
-    int32_t t = ms_sampler_sample(sl->sampler, sl->logits);
+    return 1;
+}
+
+/* Second part, with the drawn token t: emit it, then either finish the
+ * choice (end of text, or the last token of a session-less request, which
+ * is never needed again) or queue the token for this iteration's batched
+ * feed. Returns 1 when queued. */
+static int gen_take(sched *s, slot *sl, int32_t t)
+{
+    const double t0 = sl->t_step;
     if (sl->gm && t != 0) {
         size_t bl = 0;
         const char *b = ms_token_bytes(s->rt.tok, t, &bl);
@@ -669,13 +708,7 @@ static int gen_pick(sched *s, slot *sl)
     /* Fed even when last, into a session: its history must hold the reply. */
     sl->feed_last = last;
     sl->feed_hit = hit;
-    sl->t_step = t0;
-    int k = 0;
-    while (s->feed_slot[k]) k++;
-    s->feed_slot[k] = sl;
-    s->feed_state[k] = sl->st;
-    s->feed_tok[k] = t;
-    s->feed_logits[k] = last ? NULL : sl->logits;
+    feed_queue(s, sl, t, last ? NULL : sl->logits);
     return 1;
 }
 
@@ -683,19 +716,32 @@ static int gen_pick(sched *s, slot *sl)
  * session history, metrics and the end of the choice. */
 static void gen_feed(sched *s, int n)
 {
-    if (!n) return;
+    slot *r = s->ride;
+    if (!n && !r) return;
     ms_error e = {0};
-    ms_status st = ms_step_batch(s->batch_ctx, s->feed_state, s->feed_tok, (size_t)n,
-                                 s->feed_logits, &e);
+    ms_status st = ms_forward_mixed(s->batch_ctx, s->feed_state, s->feed_tok, (size_t)n,
+                                    s->feed_logits, r ? r->st : NULL, r ? r->toks + r->pos : NULL,
+                                    r ? s->ride_m : 0, NULL, &e);
+    s->ride = NULL;
+    if (r && st != MS_OK) engine_fail(s, r, &e);
+    else if (r && r->sess && session_push_tokens(r->sess, r->toks + r->pos, s->ride_m))
+        finish_job(s, r, SRV_ERR_NOMEM, "out of memory");
+    else if (r) r->pos += s->ride_m;
     for (int k = 0; k < n; k++) {
         slot *sl = s->feed_slot[k];
+        const int prompt = sl->feed_prompt;
         s->feed_slot[k] = NULL;
+        sl->feed_prompt = 0;
         if (st != MS_OK) {
             engine_fail(s, sl, &e);
             continue;
         }
         if (sl->sess && session_push_token(sl->sess, s->feed_tok[k])) {
             finish_job(s, sl, SRV_ERR_NOMEM, "out of memory");
+            continue;
+        }
+        if (prompt) {
+            prompt_done(s, sl);
             continue;
         }
         metrics_observe(MET_H_TOKEN, sched_now() - sl->t_step);
@@ -1043,7 +1089,7 @@ static void update_idle(sched *s)
 static void idle_cb(uv_idle_t *h)
 {
     sched *s = h->data;
-    int n_feed = 0;
+    int n_feed = 0, n_draw = 0;
     for (int i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
         if (!stepping(sl)) continue;
@@ -1053,9 +1099,16 @@ static void idle_cb(uv_idle_t *h)
             finish_job(s, sl, SRV_ERR_CANCELLED, "client disconnected");
             continue;
         }
-        if (sl->state == SLOT_PREFILL) step_prefill(s, sl);
-        else if (!refresh_paused(s, sl)) n_feed += gen_pick(s, sl);
+        if (sl->state == SLOT_PREFILL) n_feed += step_prefill(s, sl);
+        else if (!refresh_paused(s, sl) && gen_prepare(s, sl)) {
+            s->draw_slot[n_draw] = sl;
+            s->draw_sampler[n_draw] = sl->sampler;
+            s->draw_logits[n_draw++] = sl->logits;
+        }
     }
+    ms_sampler_sample_batch(s->draw_sampler, s->draw_logits, (size_t)n_draw, s->draw_tok);
+    for (int k = 0; k < n_draw; k++)
+        n_feed += gen_take(s, s->draw_slot[k], s->draw_tok[k]);
     gen_feed(s, n_feed);
     paused_gauge(s);
     admit(s);
@@ -1246,15 +1299,19 @@ static int load_all(sched *s, char *msg, size_t cap)
             snprintf(msg, cap, "out of memory allocating %d sequence slots", s->n_slots);
             return -1;
         }
-    /* One context for the batched decode step, sized for every slot. */
-    s->batch_ctx = ms_ctx_new(s->rt.model, s->n_slots);
+    /* One context for the batched step: every slot's token and a prompt chunk. */
+    s->batch_ctx = ms_ctx_new(s->rt.model, s->n_slots + s->cfg->prefill_chunk);
+    s->draw_slot = calloc((size_t)s->n_slots, sizeof *s->draw_slot);
+    s->draw_sampler = calloc((size_t)s->n_slots, sizeof *s->draw_sampler);
+    s->draw_logits = calloc((size_t)s->n_slots, sizeof *s->draw_logits);
+    s->draw_tok = calloc((size_t)s->n_slots, sizeof *s->draw_tok);
     s->feed_slot = calloc((size_t)s->n_slots, sizeof *s->feed_slot);
     s->feed_state = calloc((size_t)s->n_slots, sizeof *s->feed_state);
     s->feed_tok = calloc((size_t)s->n_slots, sizeof *s->feed_tok);
     s->feed_logits = calloc((size_t)s->n_slots, sizeof *s->feed_logits);
     s->vocab_index = ms_vocab_index_new(s->rt.tok, s->V);
     if (!s->batch_ctx || !s->feed_slot || !s->feed_state || !s->feed_tok || !s->feed_logits ||
-        !s->vocab_index) {
+        !s->draw_slot || !s->draw_sampler || !s->draw_logits || !s->draw_tok || !s->vocab_index) {
         snprintf(msg, cap, "out of memory allocating the batch step");
         return -1;
     }
@@ -1377,6 +1434,10 @@ void sched_stop(sched *s)
     for (int i = 0; i < s->n_slots; i++) free_slot_mem(&s->slots[i]);
     free(s->slots);
     ms_ctx_free(s->batch_ctx);
+    free(s->draw_slot);
+    free(s->draw_sampler);
+    free(s->draw_logits);
+    free(s->draw_tok);
     free(s->feed_slot);
     free(s->feed_state);
     free(s->feed_tok);

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const [bin, model, weights, label] = process.argv.slice(2);
-const GEN = 64;
+const GEN = 128; // streams of 128 tokens, as llama-server comparisons use
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function start() {

@@ -12,7 +12,7 @@
 
 #include "kernels.h"
 
-static const char *const isas[] = {"amx", "avx512", "avx2", "scalar"};
+static const char *const isas[] = {"amx", "avx512", "avxvnni", "avx2", "scalar"};
 #define N_ISAS (sizeof isas / sizeof isas[0])
 
 static float frand(unsigned *s)
@@ -368,4 +368,37 @@ Test(kernels, amx_bf16_prefill_chunks_within_rounding)
             double e = check_product(&md, shapes[s][0], shapes[s][1], B, 1.0f, 0);
             cr_expect_leq(e, 2e-6, "%dx%d B=%d: rel err %g", shapes[s][0], shapes[s][1], B, e);
         }
+}
+
+/* The AVX-VNNI int8 / q4 kernels sum the same integers as the AVX2 ones'
+ * vpmaddubsw and apply the scales alike: the same bits. */
+Test(kernels, avx_vnni_equals_avx2_bit_for_bit)
+{
+    if (k_force_isa("avxvnni"))
+        cr_skip_test("CPU lacks AVX-VNNI; this machine cannot run that kernel variant");
+    const int rows = 70, cols = 333, B = 11;
+    unsigned seed = 5;
+    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
+    float *ya = malloc(sizeof(float) * B * rows), *yb = malloc(sizeof(float) * B * rows);
+    for (int i = 0; i < rows * cols; i++)
+        w[i] = frand(&seed);
+    for (int i = 0; i < B * cols; i++)
+        x[i] = frand(&seed);
+    const k_wfmt fmts[] = {K_W_I8, K_W_Q4};
+    for (size_t f = 0; f < 2; f++) {
+        k_wmat W;
+        cr_assert_eq(k_wmat_init(&W, fmts[f], rows, cols, w), 0);
+        for (int b = 1; b <= B; b += 5) {
+            cr_assert_eq(k_force_isa("avxvnni"), 0);
+            k_matmul(&W, x, ya, b, 0.0f);
+            cr_assert_eq(k_force_isa("avx2"), 0);
+            k_matmul(&W, x, yb, b, 0.0f);
+            cr_expect_eq(memcmp(ya, yb, sizeof(float) * (size_t)b * rows), 0, "fmt %zu B=%d", f, b);
+        }
+        k_wmat_free(&W);
+    }
+    free(w);
+    free(x);
+    free(ya);
+    free(yb);
 }

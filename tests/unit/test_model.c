@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "tmpdir.h"
 #include "engine.h"
+#include "kernels.h"
 
 TEST_TMPDIR("model")
 
@@ -465,3 +466,82 @@ static void batch_case(const char *heads)
 
 Test(model, batch_step_equals_solo_steps_bit_for_bit) { batch_case(NULL); }
 Test(model, batch_step_equals_solo_steps_with_meta_state) { batch_case("all"); }
+
+/* A prompt chunk riding along with a decode batch (ms_forward_mixed) gives
+ * every sequence, bit for bit, what ms_step_batch and ms_forward give it
+ * separately: for each weight format, with and without Meta-State heads, on
+ * every kernel variant the CPU has, for chunks that take the kernels alone
+ * (1, 5 rows) and ones that take sgemm alone on the exact formats (20). */
+static void mixed_case(const char *heads, const char *isa)
+{
+    if (k_force_isa(isa))
+        cr_skip_test("CPU lacks %s", isa);
+    char p[300];
+    snprintf(p, sizeof p, "%s/mx%s.safetensors", dir, heads ? "ms" : "");
+    char *argv[] = {"gen-model", "--preset", "tiny", "--vocab-size", "512", "--dtype", "bf16",
+                    "--out", p, heads ? "--meta-state" : NULL, NULL};
+    cr_assert_eq(cmd_gen_model(heads ? 10 : 9, argv), 0);
+    static const struct { ms_weights w; ms_compute c; } fmts[] = {
+        {MS_WEIGHTS_F32, MS_COMPUTE_F32}, {MS_WEIGHTS_BF16, MS_COMPUTE_F32},
+        {MS_WEIGHTS_BF16, MS_COMPUTE_BF16}, {MS_WEIGHTS_I8, MS_COMPUTE_F32},
+        {MS_WEIGHTS_Q4, MS_COMPUTE_F32}};
+    enum { NS = 5, V = 512 };
+    for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
+        ms_load_opts lo = {.weights = fmts[f].w, .compute = fmts[f].c};
+        ms_error err;
+        ms_model *m;
+        cr_assert_eq(ms_model_load(p, &lo, &m, &err), MS_OK, "%s", err.msg);
+        ms_ctx *c = ms_ctx_new(m, 64);
+        ms_state *a[NS + 1], *b[NS + 1];
+        float *la = malloc(sizeof(float) * (NS + 1) * V), *lb = malloc(sizeof(float) * (NS + 1) * V);
+        float *pa[NS], *pb[NS];
+        int32_t hist[40], next[NS], chunk[20];
+        for (int i = 0; i <= NS; i++) {
+            a[i] = ms_state_new(m);
+            b[i] = ms_state_new(m);
+            sequence(hist, (size_t)(3 + 4 * i), V);
+            cr_assert_eq(ms_forward(c, a[i], hist, (size_t)(3 + 4 * i), NULL, 0, &err), MS_OK);
+            ms_state_copy(b[i], a[i]);
+        }
+        for (int i = 0; i < NS; i++) {
+            next[i] = (int32_t)((i * 77 + 3) % V);
+            pa[i] = i == 2 ? NULL : la + (size_t)i * V;
+            pb[i] = i == 2 ? NULL : lb + (size_t)i * V;
+        }
+        static const size_t lens[] = {1, 5, 20};
+        for (int round = 0; round < 3; round++) {
+            sequence(chunk, lens[round], V);
+            cr_assert_eq(ms_step_batch(c, a, next, NS, pa, &err), MS_OK, "%s", err.msg);
+            cr_assert_eq(ms_forward(c, a[NS], chunk, lens[round], la + (size_t)NS * V, 0, &err), MS_OK);
+            cr_assert_eq(ms_forward_mixed(c, b, next, NS, pb, b[NS], chunk, lens[round],
+                                          lb + (size_t)NS * V, &err), MS_OK, "%s", err.msg);
+            for (int i = 0; i <= NS; i++) {
+                cr_expect_eq(memcmp(ms_state_cdata(a[i]), ms_state_cdata(b[i]),
+                                    ms_state_nfloats(a[i]) * 4), 0,
+                             "%s fmt %zu chunk %zu: state %d differs", isa, f, lens[round], i);
+                if (i == NS || pa[i])
+                    cr_expect_eq(memcmp(la + (size_t)i * V, lb + (size_t)i * V, V * 4), 0,
+                                 "%s fmt %zu chunk %zu: logits %d differ", isa, f, lens[round], i);
+            }
+            for (int i = 0; i < NS; i++)
+                next[i] = (next[i] + 11) % V;
+        }
+        int32_t big[64] = {0};
+        cr_expect_eq(ms_forward_mixed(c, b, next, NS, pb, b[NS], big, 64, NULL, &err), MS_ERR_INVALID,
+                     "a chunk that does not fit the context is refused");
+        for (int i = 0; i <= NS; i++) {
+            ms_state_free(a[i]);
+            ms_state_free(b[i]);
+        }
+        free(la);
+        free(lb);
+        ms_ctx_free(c);
+        ms_model_free(m);
+    }
+}
+
+Test(model, mixed_chunk_and_batch_equal_separate_calls_avx512) { mixed_case(NULL, "avx512"); }
+Test(model, mixed_chunk_and_batch_equal_separate_calls_avx2) { mixed_case(NULL, "avx2"); }
+Test(model, mixed_chunk_and_batch_equal_separate_calls_scalar) { mixed_case(NULL, "scalar"); }
+Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state) { mixed_case("all", "avx512"); }
+Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state_avx2) { mixed_case("all", "avx2"); }

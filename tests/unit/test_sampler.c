@@ -225,8 +225,10 @@ Test(sampler, nucleus_and_top_k_statistics)
     histogram(s, l, 4, draws, count);
     cr_assert_eq(count[3], 0);
     cr_assert(fabs((double)count[2] / draws - 0.15 / 0.95) < 0.017, "%d", count[2]);
-    /* top_p exactly reached at the first token: only token 0. */
-    p = plain(1.0f, 0.5f, 0, 96);
+    /* top_p reached at the first token: only token 0. (Not exactly at 0.5:
+     * whether 0.5 / (0.5 + 0.3 + 0.15 + 0.05) reaches 0.5 depends on the
+     * last bit of exp, which no two exp implementations agree on.) */
+    p = plain(1.0f, 0.49f, 0, 96);
     ms_sampler_reset(s, &p);
     histogram(s, l, 4, 2000, count);
     cr_assert(count[0] >= 1990, "%d", count[0]);
