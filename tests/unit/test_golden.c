@@ -240,6 +240,7 @@ GOLDEN_WITH(avx2_fp32_rnn, "tiny_l2_d128_fp32", "tiny_l2_d128_fp32.safetensors",
 GOLDEN_WITH(scalar_rnn, "small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, .isa = "scalar")
 GOLDEN_WITH(scalar_fp32_rnn, "tiny_l2_d128_fp32", "tiny_l2_d128_fp32.safetensors", 1, FROM_ZERO, .isa = "scalar")
 GOLDEN_WITH(avx512_rnn, "small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, .isa = "avx512")
+GOLDEN_WITH(amx_rnn, "small_l3_d256_bf16", "small_l3_d256_bf16.safetensors", 1, FROM_ZERO, .isa = "amx")
 
 /* The server prefills in chunks of --prefill-chunk (128): the same cases
  * through that path, for every exact weight format (the file's own, f32,

@@ -540,8 +540,10 @@ static void mixed_case(const char *heads, const char *isa)
     }
 }
 
+Test(model, mixed_chunk_and_batch_equal_separate_calls_amx) { mixed_case(NULL, "amx"); }
 Test(model, mixed_chunk_and_batch_equal_separate_calls_avx512) { mixed_case(NULL, "avx512"); }
 Test(model, mixed_chunk_and_batch_equal_separate_calls_avx2) { mixed_case(NULL, "avx2"); }
 Test(model, mixed_chunk_and_batch_equal_separate_calls_scalar) { mixed_case(NULL, "scalar"); }
 Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state) { mixed_case("all", "avx512"); }
+Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state_amx) { mixed_case("all", "amx"); }
 Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state_avx2) { mixed_case("all", "avx2"); }
