@@ -31,7 +31,7 @@ typedef KSIG((*range_fn));
  * AMX kernels also use) and Linux lets this process use them; asks once. */
 int k_amx_usable(void);
 /* The AVX-512 kernels the AMX ones hand over to where tiles do not win (q4
- * batches under 4) or a thread is refused tiles; set before use. */
+ * batches under 8) or a thread is refused tiles; set before use. */
 void k_amx_set_fallbacks(range_fn i8, range_fn q4, range_fn dbf);
 /* int8 / q4: bit-identical to the VNNI kernels (exact integer sums per
  * group, then the same fp32 operations in the same order), so any batch

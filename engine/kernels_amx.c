@@ -330,11 +330,12 @@ AMX KSIG(k_amx_i8)
     }
 }
 
-/* Unpacking costs about what vpdpbusd does on a batch of 2 (measured: a
- * 3072 x 768 product at B = 1 takes 37 us on tiles, 22 us on VNNI; even at
- * B = 4, ahead from 8), so small batches stay on VNNI, which gives the same
+/* Unpacking the nibbles costs about what vpdpbusd does on a small batch
+ * (a 3072 x 768 product, one thread: B = 1 37 us on tiles, 22 on VNNI; even
+ * at B = 4; the 0.1B batch step on tiles is even at B = 8, 10-15% faster at
+ * 16 and in prefill), so smaller batches stay on VNNI, which gives the same
  * bits. */
-#define Q4_MIN_B 4
+#define Q4_MIN_B 8
 
 /* A batch of up to 16 unpacks each round's groups a round ahead of their
  * tile products; longer chunks unpack a block once (per-thread buffer) for
