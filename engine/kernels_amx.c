@@ -13,14 +13,16 @@
  *    bytes). The packed layouts are already B tiles: an I8 group
  *    ([16 quads][16 rows][4 bytes]) is one, for TDPBSUD (signed inputs x
  *    the stored q + 128); a Q4 group becomes one after its nibbles are
- *    unpacked into a per-thread buffer; 16 BF16 pairs ([16][16 rows][2])
+ *    unpacked into L1 (a round ahead for a decode batch, a block at a time
+ *    for longer chunks; batches under 8 stay on VNNI, as fast there); 16
+ *    BF16 pairs ([16][16 rows][2])
  *    are one for TDPBF16PS. Batches of more than 16 go 16 at a time, the
  *    last 16 overlapping the previous ones (their outputs stored once), so
  *    M never changes within a product and the config is not reloaded.
  *  - int8 / q4: each group's integer sums leave the tile and take the VNNI
  *    kernel's fp32 steps (same operations, same order), so the results are
  *    bit-identical to it; four groups per round keep four tile products in
- *    flight.
+ *    flight, and the weights are prefetched (tile loads that miss stall).
  *  - bf16: sums stay in the tiles across the row (four row blocks per pass
  *    share each activation tile); pairs past the last whole tile go
  *    through vdpbf16ps. Every batch size takes this path, so a sequence's
@@ -43,6 +45,9 @@
 #define AMX                                                                                      \
     __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512f,avx512bw,avx512vl,avx512vnni,"   \
                           "avx512bf16,fma")))
+
+/* The tile loops inline into each kernel, so its constants fold in. */
+#define AMX_INLINE AMX static inline __attribute__((always_inline))
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
@@ -183,7 +188,7 @@ static void *tbuf_get(size_t bytes)
  * effects and drops the calls. */
 #define PF_AHEAD 8192
 
-AMX static inline __attribute__((always_inline)) void prefetch(const void *p, size_t bytes)
+AMX_INLINE void prefetch(const void *p, size_t bytes)
 {
     for (size_t l = 0; l < bytes; l += 64)
         _mm_prefetch((const char *)p + l, _MM_HINT_T0);
@@ -191,9 +196,9 @@ AMX static inline __attribute__((always_inline)) void prefetch(const void *p, si
 
 /* n (1..4) groups' integer sums, in cb[t][m], into the fp32 accumulators
  * acc[m] for m in [skip, M): the VNNI kernel's steps exactly. */
-AMX static inline __attribute__((always_inline)) void int_epilogue(__m512 *acc, int32_t (*cb)[TM][16], int n, size_t g,
-                                    const float *sp, const float *mp, const act *A, int bs,
-                                    int M, int skip, int q4)
+AMX_INLINE void int_epilogue(__m512 *acc, int32_t (*cb)[TM][16], int n, size_t g,
+                             const float *sp, const float *mp, const act *A, int bs, int M,
+                             int skip, int q4)
 {
     for (int m = skip; m < M; m++) {
         __m512 a = acc[m];
@@ -203,8 +208,8 @@ AMX static inline __attribute__((always_inline)) void int_epilogue(__m512 *acc, 
             if (!q4)
                 v = _mm512_sub_epi32(v, _mm512_set1_epi32(128 * A->xqs[i + t]));
             const __m512 s = _mm512_loadu_ps(sp + (g + t) * K_ROWS);
-            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(s, _mm512_set1_ps(A->xs[i + t])),
-                                a);
+            const __m512 sx = _mm512_mul_ps(s, _mm512_set1_ps(A->xs[i + t]));
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sx, a);
             if (q4)
                 a = _mm512_fmadd_ps(_mm512_loadu_ps(mp + (g + t) * K_ROWS),
                                     _mm512_set1_ps(A->xsum[i + t]), a);
@@ -230,9 +235,8 @@ AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
 
 /* The integer sums of n (1..4) groups into cb[0..n): activation tiles from
  * xa, weight tiles from wg (GBYTES apart). */
-AMX static inline __attribute__((always_inline)) void int_round(const int8_t *xa, size_t ldx,
-                                                                const uint8_t *wg, int n,
-                                                                int32_t (*cb)[TM][16])
+AMX_INLINE void int_round(const int8_t *xa, size_t ldx, const uint8_t *wg, int n,
+                          int32_t (*cb)[TM][16])
 {
     if (n == 4) {
         _tile_zero(0);
@@ -271,11 +275,9 @@ AMX static inline __attribute__((always_inline)) void int_round(const int8_t *xa
  * or, when wt is NULL, q4p's packed groups unpacked a round at a time into
  * L1 (a decode batch reads each block once). The fp32 steps of a round run
  * after the next round's tile products are issued, so the two overlap. */
-AMX static inline __attribute__((always_inline)) void int_block(const uint8_t *wt,
-                                                                const uint8_t *q4p,
-                                                                const float *sp, const float *mp,
-                                                                const act *A, chunk c, float *Y,
-                                                                int ldy, int r, int nr, float beta)
+AMX_INLINE void int_block(const uint8_t *wt, const uint8_t *q4p, const float *sp,
+                          const float *mp, const act *A, chunk c, float *Y, int ldy, int r,
+                          int nr, float beta)
 {
     const int q4 = mp != NULL;
     __m512 acc[TM];
@@ -366,8 +368,8 @@ AMX KSIG(k_amx_q4)
 
 /* NB (1..4) consecutive blocks from wp (block stride bs elements) times one
  * chunk: whole tiles of pairs in the tiles, the rest with vdpbf16ps. */
-AMX static inline __attribute__((always_inline)) void dbf_blocks(const uint16_t *wp, size_t bs, int NB, const act *A, chunk c,
-                                  float *Y, int ldy, int r, int r1, float beta)
+AMX_INLINE void dbf_blocks(const uint16_t *wp, size_t bs, int NB, const act *A, chunk c,
+                           float *Y, int ldy, int r, int r1, float beta)
 {
     const size_t np = A->kp / 2, nt = np / TP, ldx = np * 4;
     const uint32_t *xa = A->xb + (size_t)c.bs * np;
