@@ -15,10 +15,10 @@
  *    the stored q + 128); a Q4 group becomes one after its nibbles are
  *    unpacked into L1 (a round ahead for a decode batch, a block at a time
  *    for longer chunks; batches under 8 stay on VNNI, as fast there); 16
- *    BF16 pairs ([16][16 rows][2])
- *    are one for TDPBF16PS. Batches of more than 16 go 16 at a time, the
- *    last 16 overlapping the previous ones (their outputs stored once), so
- *    M never changes within a product and the config is not reloaded.
+ *    BF16 pairs ([16][16 rows][2]) are one for TDPBF16PS. Batches of more
+ *    than 16 go 16 at a time, the last 16 overlapping the previous ones
+ *    (their outputs stored once), so M never changes within a product and
+ *    the config is not reloaded.
  *  - int8 / q4: each group's integer sums leave the tile and take the VNNI
  *    kernel's fp32 steps (same operations, same order), so the results are
  *    bit-identical to it; four groups per round keep four tile products in
