@@ -110,7 +110,7 @@ if ((${#ppl_rows[@]})); then
 fi
 if ((${#http_rows[@]})); then
     echo
-    echo "Through the HTTP server (streaming, 64 tokens per request, one session each):"
+    echo "Through the HTTP server (streaming, 128 tokens per request, one session each):"
     echo
     echo "| model-weights | 1 session tok/s | 4 sessions | 8 sessions | 16 sessions | 8 vs 1 | TTFT at 8 (s) | 10th turn TTFT with session / without (s) |"
     echo "|---|---|---|---|---|---|---|---|"
