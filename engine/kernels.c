@@ -361,35 +361,38 @@ void k_wmat_panel(const k_wmat *W, int r0, int r1, float *dst)
     }
 }
 
-
 /* ======================================================================== */
 /* Activations prepared once per product                                     */
 
-/* Per-thread buffer for the prepared activations: grown on demand (so only
- * a thread's first products, or a larger batch, allocate), freed when the
- * thread ends. */
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static _Thread_local struct scratch {
-    void *p;
-    size_t cap;
-} scratch;
+static _Thread_local struct tbufs {
+    void *p[K_TBUFS];
+    size_t cap[K_TBUFS];
+} tbufs;
+static pthread_key_t tbuf_key;
+static pthread_once_t tbuf_once = PTHREAD_ONCE_INIT;
 
-static void scratch_free(void *p) { free(p); }
-static void scratch_key_make(void) { pthread_key_create(&scratch_key, scratch_free); }
-
-static void *scratch_get(size_t bytes)
+/* Runs at thread exit with this thread's tbufs (still valid then). */
+static void tbufs_free(void *arg)
 {
-    if (bytes <= scratch.cap)
-        return scratch.p;
-    pthread_once(&scratch_once, scratch_key_make);
+    struct tbufs *t = arg;
+    for (int i = 0; i < K_TBUFS; i++)
+        free(t->p[i]);
+}
+static void tbuf_key_make(void) { pthread_key_create(&tbuf_key, tbufs_free); }
+
+void *k_tbuf(int which, size_t bytes)
+{
+    struct tbufs *t = &tbufs;
+    if (bytes <= t->cap[which])
+        return t->p[which];
+    pthread_once(&tbuf_once, tbuf_key_make);
     void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     if (!p)
         return NULL;
-    free(scratch.p);
-    scratch.p = p;
-    scratch.cap = bytes;
-    pthread_setspecific(scratch_key, p); /* non-NULL, so the destructor runs */
+    free(t->p[which]);
+    t->p[which] = p;
+    t->cap[which] = bytes;
+    pthread_setspecific(tbuf_key, t); /* non-NULL, so the destructor runs */
     return p;
 }
 
@@ -516,7 +519,7 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
     if (W->fmt == K_W_F32 || (W->fmt == K_W_BF16 && !W->dot_bf16))
         return 0;
     if (W->fmt == K_W_BF16) {
-        uint32_t *xb = scratch_get((size_t)B * a->kp * 2);
+        uint32_t *xb = k_tbuf(K_TBUF_ACT, (size_t)B * a->kp * 2);
         if (!xb)
             return -1;
         for (int b = 0; b < B; b++) {
@@ -537,7 +540,7 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
         return 0;
     }
     const size_t G = a->G, qbytes = ((size_t)B * a->kp + 63) & ~(size_t)63;
-    char *s = scratch_get(qbytes + (size_t)B * G * 12);
+    char *s = k_tbuf(K_TBUF_ACT, qbytes + (size_t)B * G * 12);
     if (!s)
         return -1;
     int8_t *xq = (int8_t *)s;
@@ -1037,12 +1040,12 @@ AVX2 static KSIG(mm_avx2_bf16) { BLOCKS(PASS_BF16, 4, 1) }
 AVX2 static KSIG(mm_avx2_dbf) { BLOCKS(PASS_DBF, 4, 1) }
 AVX2 static KSIG(mm_avx2_i8) { BLOCKS(PASS_I8, 2, 0) }
 AVX2 static KSIG(mm_avx2_q4) { BLOCKS(PASS_Q4, 2, 0) }
-#include "kernels_undef.h"
 
 /* ------------------------------------------------------------- AVX-VNNI */
 /* AVX2 CPUs with the VEX-encoded vpdpbusd (Alder Lake and later cores,
- * Zen 5): the int8 / q4 kernels as in AVX-512 VNNI, on 8-lane halves. The
- * integer sums are the same as vpmaddubsw's, so the results too. */
+ * Zen 5): the AVX2 vocabulary with the int8 / q4 products of AVX-512 VNNI
+ * on 8-lane halves. The integer sums are the same as vpmaddubsw's, so the
+ * results too. */
 #define AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
 AVX2 static inline i2x8 av_load8(const uint8_t *p)
 {
@@ -1058,24 +1061,15 @@ AVX2 static inline i2x8 av_fix8(i2x8 a, int32_t xqs)
     const __m256i f = _mm256_set1_epi32(128 * xqs);
     return (i2x8){_mm256_sub_epi32(a.lo, f), _mm256_sub_epi32(a.hi, f)};
 }
-
-#define VT v2x8
-#define VZERO a2_zero
-#define VLOAD a2_load
-#define VSET1 a2_set1
-#define VFMA a2_fma
-#define VMUL a2_mul
-#define VSTORE a2_store
-#define IT i2x8
-#define IZERO a2_izero
-#define ICVT a2_icvt
+#undef IW8
+#undef ILOAD8
+#undef IDOT8
+#undef IFIX8
+#undef IDOTU
 #define IW8 i2x8
 #define ILOAD8 av_load8
 #define IDOT8 av_dot8
 #define IFIX8 av_fix8
-#define IADD a2_iadd
-#define IWU i2x8
-#define IQ4(p, lo, hi) a2_q4(p, &(lo), &(hi))
 #define IDOTU av_dot8
 AVXVNNI static KSIG(mm_avxvnni_i8) { BLOCKS(PASS_I8, 4, 0) }
 AVXVNNI static KSIG(mm_avxvnni_q4) { BLOCKS(PASS_Q4, 4, 0) }

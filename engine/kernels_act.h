@@ -27,6 +27,12 @@ typedef struct {
     void name(const k_wmat *W, const act *A, float *Y, int B, float beta, int r0, int r1)
 typedef KSIG((*range_fn));
 
+/* Per-thread scratch buffers, grown on demand (so only a thread's first
+ * products, or larger ones, allocate) and freed when the thread ends. Each
+ * is 64-byte aligned; NULL when it cannot grow. */
+enum { K_TBUF_ACT, K_TBUF_Q4, K_TBUFS };
+void *k_tbuf(int which, size_t bytes);
+
 /* 1 when the CPU has AMX-INT8/BF16 tiles (and the AVX-512 VNNI/BF16 the
  * AMX kernels also use) and Linux lets this process use them; asks once. */
 int k_amx_usable(void);

@@ -152,32 +152,6 @@ AMX static inline void store_rows(__m512 a, float *y, int nr, float beta)
     _mm512_mask_storeu_ps(y, m, a);
 }
 
-/* Per-thread buffer for a Q4 block's unpacked weights, grown on demand and
- * freed when the thread ends. */
-static pthread_key_t buf_key;
-static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
-static _Thread_local struct {
-    void *p;
-    size_t cap;
-} tbuf;
-
-static void buf_free(void *p) { free(p); }
-static void buf_key_make(void) { pthread_key_create(&buf_key, buf_free); }
-
-static void *tbuf_get(size_t bytes)
-{
-    if (bytes <= tbuf.cap)
-        return tbuf.p;
-    pthread_once(&buf_once, buf_key_make);
-    void *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (!p)
-        return NULL;
-    free(tbuf.p);
-    tbuf.p = p;
-    tbuf.cap = bytes;
-    pthread_setspecific(buf_key, p);
-    return p;
-}
 
 /* ------------------------------------------------------------ int8 / q4 */
 
@@ -345,7 +319,7 @@ AMX KSIG(k_amx_i8)
 AMX KSIG(k_amx_q4)
 {
     const size_t G = A->G;
-    uint8_t *t = B <= TM ? NULL : tbuf_get(G * GBYTES);
+    uint8_t *t = B <= TM ? NULL : k_tbuf(K_TBUF_Q4, G * GBYTES);
     if (B < Q4_MIN_B || (B > TM && !t) || !tiles_ready(imin(TM, B))) {
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;

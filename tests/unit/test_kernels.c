@@ -21,6 +21,12 @@ static float frand(unsigned *s)
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
+static void fill(float *a, size_t n, unsigned *seed)
+{
+    for (size_t i = 0; i < n; i++)
+        a[i] = frand(seed);
+}
+
 /* The formats a product can run in: a weight format, with bf16 either
  * exact or through bf16 dot products. */
 typedef struct {
@@ -150,10 +156,8 @@ Test(kernels, batched_rows_equal_single_rows_bit_for_bit)
     unsigned seed = 3;
     float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
     float *yb = malloc(sizeof(float) * B * rows), *y1 = malloc(sizeof(float) * rows);
-    for (int i = 0; i < rows * cols; i++)
-        w[i] = frand(&seed);
-    for (int i = 0; i < B * cols; i++)
-        x[i] = frand(&seed);
+    fill(w, (size_t)rows * cols, &seed);
+    fill(x, (size_t)B * cols, &seed);
     for (size_t i = 0; i < N_ISAS; i++) {
         if (k_force_isa(isas[i]))
             continue;
@@ -214,10 +218,8 @@ Test(kernels, thread_pool_gives_the_single_thread_result)
     unsigned seed = 5;
     float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
     float *y1 = malloc(sizeof(float) * B * rows), *y2 = malloc(sizeof(float) * B * rows);
-    for (int i = 0; i < rows * cols; i++)
-        w[i] = frand(&seed);
-    for (int i = 0; i < B * cols; i++)
-        x[i] = frand(&seed);
+    fill(w, (size_t)rows * cols, &seed);
+    fill(x, (size_t)B * cols, &seed);
     for (size_t md = 0; md < N_MODES; md++) {
         const k_wfmt fmt = modes[md].fmt;
         k_wmat W, Wsmall;
@@ -380,10 +382,8 @@ Test(kernels, avx_vnni_equals_avx2_bit_for_bit)
     unsigned seed = 5;
     float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
     float *ya = malloc(sizeof(float) * B * rows), *yb = malloc(sizeof(float) * B * rows);
-    for (int i = 0; i < rows * cols; i++)
-        w[i] = frand(&seed);
-    for (int i = 0; i < B * cols; i++)
-        x[i] = frand(&seed);
+    fill(w, (size_t)rows * cols, &seed);
+    fill(x, (size_t)B * cols, &seed);
     const k_wfmt fmts[] = {K_W_I8, K_W_Q4};
     for (size_t f = 0; f < 2; f++) {
         k_wmat W;
