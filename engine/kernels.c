@@ -66,6 +66,39 @@ static inline uint16_t f32_to_bf16(float f)
 
 uint16_t ms_bf16_from_f32(float f) { return f32_to_bf16(f); }
 
+/* IEEE binary16, round to nearest even (subnormals, overflow to inf). */
+uint16_t k_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax >= 0x7f800000)
+        return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
+    if (ax >= 0x477ff000) /* 65520 and up round to inf */
+        return (uint16_t)(sign | 0x7c00);
+    if (ax < 0x38800000) { /* under 2^-14: a multiple of 2^-24 */
+        float a;
+        memcpy(&a, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)lrintf(a * 16777216.0f));
+    }
+    uint32_t r = ax - 0x38000000; /* exponent bias 127 -> 15 */
+    r += 0xfff + ((r >> 13) & 1);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+float k_f16_to_f32(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0) {
+        const float f = (float)m * 5.9604644775390625e-8f; /* 2^-24 */
+        return sign ? -f : f;
+    }
+    const uint32_t bits = sign | (e == 31 ? 0x7f800000 | m << 13 : (e + 112) << 23 | m << 13);
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
 #define GRP K_I8_GROUP
 static size_t n_groups(int cols) { return ((size_t)cols + GRP - 1) / GRP; }
 static size_t n_blocks(int rows) { return ((size_t)rows + K_ROWS - 1) / K_ROWS; }
@@ -96,7 +129,7 @@ size_t k_wmat_bytes(const k_wmat *W)
     if (W->fmt == K_W_I8)
         b += nb * ng * K_ROWS * sizeof(float);
     if (W->fmt == K_W_Q4)
-        b += 2 * nb * ng * K_ROWS * sizeof(float);
+        b += 2 * nb * ng * K_ROWS * sizeof(uint16_t);
     return b;
 }
 
@@ -119,12 +152,13 @@ int k_wmat_alloc(k_wmat *W, k_wfmt fmt, int rows, int cols)
     W->kp = fmt == K_W_F32 ? cols : fmt == K_W_BF16 ? (cols + 1) & ~1 : (int)n_groups(cols) * GRP;
     const size_t nb = n_blocks(rows), ng = n_groups(cols);
     W->data = zalloc64(nb * block_bytes(W));
-    if (fmt == K_W_I8 || fmt == K_W_Q4)
+    if (fmt == K_W_I8)
         W->scales = zalloc64(nb * ng * K_ROWS * sizeof(float));
-    if (fmt == K_W_Q4)
-        W->mins = zalloc64(nb * ng * K_ROWS * sizeof(float));
-    if (!W->data || ((fmt == K_W_I8 || fmt == K_W_Q4) && !W->scales) ||
-        (fmt == K_W_Q4 && !W->mins)) {
+    if (fmt == K_W_Q4) {
+        W->hscales = zalloc64(nb * ng * K_ROWS * sizeof(uint16_t));
+        W->hmins = zalloc64(nb * ng * K_ROWS * sizeof(uint16_t));
+    }
+    if (!W->data || (fmt == K_W_I8 && !W->scales) || (fmt == K_W_Q4 && (!W->hscales || !W->hmins))) {
         k_wmat_free(W);
         return -1;
     }
@@ -165,21 +199,22 @@ static float quant_i8(const float *s, int n, int8_t *q)
     return amax / 127.0f;
 }
 
-/* Asymmetric 4-bit of n values: w ~ min + q * scale, q in 0..15. */
-static void quant_q4(const float *s, int n, uint8_t *q, float *scale, float *min)
+/* Asymmetric 4-bit of n values: w ~ min + q * scale, q in 0..15, scale and
+ * min rounded to fp16 first, and q chosen against the rounded pair. */
+static void quant_q4(const float *s, int n, uint8_t *q, uint16_t *scale, uint16_t *min)
 {
     float lo = s[0], hi = s[0];
     for (int i = 1; i < n; i++) {
         lo = fminf(lo, s[i]);
         hi = fmaxf(hi, s[i]);
     }
-    const float sc = (hi - lo) / 15.0f, inv = sc > 0 ? 1.0f / sc : 0;
+    *min = k_f32_to_f16(lo);
+    *scale = k_f32_to_f16((hi - lo) / 15.0f);
+    const float mn = k_f16_to_f32(*min), sc = k_f16_to_f32(*scale), inv = sc > 0 ? 1.0f / sc : 0;
     for (int i = 0; i < n; i++) {
-        long v = lrintf((s[i] - lo) * inv);
+        long v = lrintf((s[i] - mn) * inv);
         q[i] = (uint8_t)(v < 0 ? 0 : v > 15 ? 15 : v);
     }
-    *scale = sc;
-    *min = lo;
 }
 
 /* Byte offset of (row i of the block, column c) inside a packed I8/Q4
@@ -247,7 +282,7 @@ void k_wmat_set_rows(k_wmat *W, int r0, int r1, const float *src)
                         d[i8_off(i, c)] = (uint8_t)(q[c] + 128);
                 } else {
                     uint8_t q[GRP];
-                    quant_q4(s + c0, n, q, &W->scales[si], &W->mins[si]);
+                    quant_q4(s + c0, n, q, &W->hscales[si], &W->hmins[si]);
                     uint8_t *d = (uint8_t *)base + g * GRP * K_ROWS / 2;
                     for (int c = 0; c < GRP; c++) {
                         int high;
@@ -275,9 +310,11 @@ void k_wmat_free(k_wmat *W)
 {
     free(W->data);
     free(W->scales);
-    free(W->mins);
+    free(W->hscales);
+    free(W->hmins);
     W->data = NULL;
-    W->scales = W->mins = NULL;
+    W->scales = NULL;
+    W->hscales = W->hmins = NULL;
 }
 
 /* Weight (r, c) of a packed matrix, as the format holds it. */
@@ -300,7 +337,7 @@ static float packed_at(const k_wmat *W, int r, int c)
         const uint8_t *d = (const uint8_t *)base + g * GRP * K_ROWS / 2;
         int high;
         const uint8_t v = d[q4_off(i, c % GRP, &high)];
-        return W->mins[si] + (float)(high ? v >> 4 : v & 15) * W->scales[si];
+        return k_f16_to_f32(W->hmins[si]) + (float)(high ? v >> 4 : v & 15) * k_f16_to_f32(W->hscales[si]);
     }
     }
     return 0;
@@ -713,7 +750,8 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
     {                                                                                            \
         ACC_ZERO(1, NB)                                                                          \
         const uint8_t *wp = (const uint8_t *)W->data + blk * (size_t)W->kp * K_ROWS / 2;         \
-        const float *sp = W->scales + blk * A->G * K_ROWS, *mp = W->mins + blk * A->G * K_ROWS;  \
+        const uint16_t *sp = W->hscales + blk * A->G * K_ROWS;                                   \
+        const uint16_t *mp = W->hmins + blk * A->G * K_ROWS;                                     \
         for (size_t g = 0; g < A->G; g++) {                                                      \
             IT ia[NB], ib[NB];                                                                   \
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
@@ -732,7 +770,7 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
                         ia[q] = IDOTU(ia[q], hi, x1);                                            \
                 }                                                                                \
             }                                                                                    \
-            const VT s = VLOAD(sp + g * K_ROWS), mn = VLOAD(mp + g * K_ROWS);                    \
+            const VT s = VLOADH(sp + g * K_ROWS), mn = VLOADH(mp + g * K_ROWS);                  \
             UNROLL for (int q = 0; q < NB; q++) {                                                \
                 const size_t i = (size_t)(b0 + q) * A->G + g;                                    \
                 acc[q] = VFMA(ICVT(IADD(ia[q], ib[q])), VMUL(s, VSET1(A->xs[i])), acc[q]);       \
@@ -792,6 +830,13 @@ typedef struct {
 typedef const uint8_t *u8p;
 
 static inline v16 s_zero(void) { return (v16){{0}}; }
+static inline v16 s_loadh(const uint16_t *p)
+{
+    v16 r;
+    for (int l = 0; l < 16; l++)
+        r.v[l] = k_f16_to_f32(p[l]);
+    return r;
+}
 static inline v16 s_load(const float *p)
 {
     v16 r;
@@ -888,6 +933,7 @@ static inline i16v s_dotu(i16v acc, u64b w, int32_t x4)
 #define VT v16
 #define VZERO s_zero
 #define VLOAD s_load
+#define VLOADH s_loadh
 #define VSET1 s_set1
 #define VFMA s_fma
 #define VMUL s_mul
@@ -919,7 +965,7 @@ static KSIG(mm_scalar_q4) { BLOCKS(PASS_Q4, 4, 0) }
  * through vpmaddubsw (u8 x s8 pairs to s16): q4 values (0..15) are
  * unsigned already; int8 weights use the sign trick (|w| times x with w's
  * sign), which cannot saturate since both are within -127..127. */
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
 typedef struct {
     __m256 lo, hi;
 } v2x8;
@@ -935,6 +981,11 @@ typedef struct {
 
 AVX2 static inline v2x8 a2_zero(void) { return (v2x8){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 AVX2 static inline v2x8 a2_load(const float *p) { return (v2x8){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+AVX2 static inline v2x8 a2_loadh(const uint16_t *p)
+{
+    return (v2x8){_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
+                  _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)))};
+}
 AVX2 static inline v2x8 a2_set1(float x) { return (v2x8){_mm256_set1_ps(x), _mm256_set1_ps(x)}; }
 AVX2 static inline v2x8 a2_fma(v2x8 a, v2x8 b, v2x8 c)
 {
@@ -1016,6 +1067,7 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
 #define VT v2x8
 #define VZERO a2_zero
 #define VLOAD a2_load
+#define VLOADH a2_loadh
 #define VSET1 a2_set1
 #define VFMA a2_fma
 #define VMUL a2_mul
@@ -1046,7 +1098,7 @@ AVX2 static KSIG(mm_avx2_q4) { BLOCKS(PASS_Q4, 2, 0) }
  * Zen 5): the AVX2 vocabulary with the int8 / q4 products of AVX-512 VNNI
  * on 8-lane halves. The integer sums are the same as vpmaddubsw's, so the
  * results too. */
-#define AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
+#define AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 AVX2 static inline i2x8 av_load8(const uint8_t *p)
 {
     return (i2x8){_mm256_loadu_si256((const __m256i *)p), _mm256_loadu_si256((const __m256i *)(p + 32))};
@@ -1080,12 +1132,13 @@ AVXVNNI static KSIG(mm_avxvnni_q4) { BLOCKS(PASS_Q4, 4, 0) }
  * q + 128 unsigned weights and signed inputs; the 128 * sum(x) excess is
  * taken off per group) and the bf16 one AVX512_BF16 (vdpbf16ps). A CPU
  * with AVX-512 but without those runs the AVX2 kernels for them. */
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-#define AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512vnni")))
-#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx512bf16")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
+#define AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c,avx512vnni")))
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c,avx512bf16")))
 
 AVX512 static inline __m512 a5_zero(void) { return _mm512_setzero_ps(); }
 AVX512 static inline __m512 a5_load(const float *p) { return _mm512_loadu_ps(p); }
+AVX512 static inline __m512 a5_loadh(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 AVX512 static inline __m512 a5_set1(float x) { return _mm512_set1_ps(x); }
 AVX512 static inline __m512 a5_fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
 AVX512 static inline __m512 a5_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
@@ -1129,6 +1182,7 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
 #define VT __m512
 #define VZERO a5_zero
 #define VLOAD a5_load
+#define VLOADH a5_loadh
 #define VSET1 a5_set1
 #define VFMA a5_fma
 #define VMUL a5_mul
@@ -1182,6 +1236,14 @@ static isa isas[] = {
 static const isa *active; /* chosen once; read-only afterwards (k_force_isa aside) */
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 
+/* F16C (fp16 <-> fp32, for the q4 scales): GCC 12's __builtin_cpu_supports
+ * answers 0 for it even where the CPU has it, so CPUID leaf 1 is read. */
+static int has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+}
+
 static int cpu_has(const char *name)
 {
     __builtin_cpu_init();
@@ -1189,9 +1251,9 @@ static int cpu_has(const char *name)
         return k_amx_usable();
     if (!strcmp(name, "avx512"))
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
+               __builtin_cpu_supports("avx512vl") && has_f16c();
     if (!strcmp(name, "avx2"))
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
     if (!strcmp(name, "avxvnni")) { /* GCC 12's __builtin_cpu_supports does not know it */
         unsigned a, b, c, d;
         return cpu_has("avx2") && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a >> 4 & 1);

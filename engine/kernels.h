@@ -43,8 +43,8 @@ typedef struct k_wmat {
     int dot_bf16;  /* BF16 packed only; set by the owner before products run */
     int kp;        /* packed: cols rounded up to a whole pair (BF16) or group (I8, Q4) */
     void *data;
-    float *scales; /* I8, Q4 */
-    float *mins;   /* Q4 */
+    float *scales; /* I8 */
+    uint16_t *hscales, *hmins; /* Q4, as IEEE fp16: a tenth of a q4 token's bytes less than fp32 */
 } k_wmat;
 
 /* Bytes held (and read per product) for W. */

@@ -30,8 +30,13 @@ typedef KSIG((*range_fn));
 /* Per-thread scratch buffers, grown on demand (so only a thread's first
  * products, or larger ones, allocate) and freed when the thread ends. Each
  * is 64-byte aligned; NULL when it cannot grow. */
-enum { K_TBUF_ACT, K_TBUF_Q4, K_TBUFS };
+enum { K_TBUF_ACT, K_TBUF_Q4, K_TBUF_Q4S, K_TBUFS };
 void *k_tbuf(int which, size_t bytes);
+
+/* IEEE fp16 (the q4 scales): rounding to nearest even, and widening
+ * exactly; the same bits as the F16C instructions. */
+uint16_t k_f32_to_f16(float f);
+float k_f16_to_f32(uint16_t h);
 
 /* 1 when the CPU has AMX-INT8/BF16 tiles (and the AVX-512 VNNI/BF16 the
  * AMX kernels also use) and Linux lets this process use them; asks once. */

@@ -320,7 +320,8 @@ AMX KSIG(k_amx_q4)
 {
     const size_t G = A->G;
     uint8_t *t = B <= TM ? NULL : k_tbuf(K_TBUF_Q4, G * GBYTES);
-    if (B < Q4_MIN_B || (B > TM && !t) || !tiles_ready(imin(TM, B))) {
+    float *sf = k_tbuf(K_TBUF_Q4S, 2 * G * K_ROWS * sizeof(float)); /* a block's scales, mins */
+    if (B < Q4_MIN_B || (B > TM && !t) || !sf || !tiles_ready(imin(TM, B))) {
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;
     }
@@ -329,7 +330,12 @@ AMX KSIG(k_amx_q4)
         const uint8_t *q4p = (const uint8_t *)W->data + blk * G * GBYTES / 2;
         if (t)
             q4_unpack(q4p, t, G);
-        const float *sp = W->scales + blk * G * K_ROWS, *mp = W->mins + blk * G * K_ROWS;
+        const uint16_t *hs = W->hscales + blk * G * K_ROWS, *hm = W->hmins + blk * G * K_ROWS;
+        float *sp = sf, *mp = sf + G * K_ROWS;
+        for (size_t i = 0; i < G * K_ROWS; i += 16) { /* fp16 -> fp32, exactly as the VNNI kernel */
+            _mm512_storeu_ps(sp + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(hs + i))));
+            _mm512_storeu_ps(mp + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(hm + i))));
+        }
         for (int b0 = 0; b0 < B; b0 += TM)
             int_block(t, q4p, sp, mp, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r),
                       beta);

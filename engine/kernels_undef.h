@@ -4,6 +4,7 @@
 #undef VT
 #undef VZERO
 #undef VLOAD
+#undef VLOADH
 #undef VSET1
 #undef VFMA
 #undef VMUL

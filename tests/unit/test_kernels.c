@@ -7,10 +7,12 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
+#include "kernels_act.h"
 
 static const char *const isas[] = {"amx", "avx512", "avxvnni", "avx2", "scalar"};
 #define N_ISAS (sizeof isas / sizeof isas[0])
@@ -305,7 +307,8 @@ Test(kernels, formats_round_as_documented)
             cr_expect_leq(fabsf(q[i] - g[i]), 0.51f * (hi - lo) / 15, "q4 [%d] %g -> %g", i,
                           g[i], q[i]);
     }
-    cr_expect_eq(k_wmat_bytes(&W), 16 * 128 / 2 + 16 * 2 * 2 * sizeof(float));
+    /* Scale and minimum per (row, group) as fp16. */
+    cr_expect_eq(k_wmat_bytes(&W), 16 * 128 / 2 + 16 * 2 * 2 * sizeof(uint16_t));
     k_wmat_free(&W);
 }
 
@@ -401,4 +404,41 @@ Test(kernels, avx_vnni_equals_avx2_bit_for_bit)
     free(x);
     free(ya);
     free(yb);
+}
+
+/* The portable fp16 conversions of the q4 scales agree with F16C bit for
+ * bit: every fp16 value widened, and floats across the whole range
+ * (subnormal, overflow, ties) rounded. */
+__attribute__((target("f16c"))) static void f16c_check(void)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float a = k_f16_to_f32((uint16_t)h);
+        const float b = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h)));
+        if (a == a || b == b)
+            cr_expect_eq(memcmp(&a, &b, 4), 0, "widen %04x: %g vs %g", h, a, b);
+    }
+    unsigned seed = 11;
+    for (int i = 0; i < 2000000; i++) {
+        seed = seed * 1103515245u + 12345u;
+        /* half of them with exponents around fp16's range (2^-27 .. 2^17) */
+        uint32_t bits = i & 1 ? seed ^ (seed << 7)
+                              : (seed & 0x807fffffu) | (100u + (seed >> 8) % 45) << 23;
+        float f;
+        memcpy(&f, &bits, 4);
+        if (f != f)
+            continue;
+        const uint16_t a = k_f32_to_f16(f);
+        const uint16_t b = (uint16_t)_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT), 0);
+        cr_expect_eq(a, b, "round %g (%08x): %04x vs %04x", f, bits, a, b);
+        if (a != b)
+            return;
+    }
+}
+
+Test(kernels, fp16_conversions_equal_f16c)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2")) /* F16C came with AVX2's generation */
+        cr_skip_test("CPU lacks F16C");
+    f16c_check();
 }
