@@ -21,7 +21,9 @@ async function waitFor(fn, ms, what) {
 // Far more prompt than --timeout (0.5 s) allows at 16 tokens per step:
 // seconds of prefill (more under ASan), during which the deadline is not
 // looked at (only between tokens of the reply).
-const LONG_PROMPT = 'abcdefgh '.repeat(6000);
+// Long enough that its prefill outlasts the tests' 0.5 s limits by a wide
+// margin (54k tokens took 0.55 s once prefill ran on the packed kernels).
+const LONG_PROMPT = 'abcdefgh '.repeat(60000);
 
 test('--max-tokens-cap clamps max_tokens; max_completion_tokens is honoured', async () => {
   const s = await startServer({ args: ['--max-tokens-cap', '3'] });
