@@ -379,6 +379,10 @@ test('copy and regenerate a reply; settings and tabs by keyboard alone', async (
   await page.keyboard.type('50');
   await page.keyboard.press('Enter'); // Enter in a field saves
   await page.waitForSelector('#settings:not([open])');
+  // The dialog's close event (which saves) is a task queued after the
+  // dialog closes, so the save may land just after the attribute goes.
+  await page.waitForFunction(() => JSON.parse(localStorage.getItem('metastate.settings') || '{}').max_tokens === '50',
+    { timeout: 5000 }).catch(() => {});
   assert.equal((await saved()).max_tokens, '50');
   await page.focus('#open-settings');
   await page.keyboard.press('Enter');
