@@ -159,7 +159,7 @@ typedef struct ms_load_opts {
 int ms_weights_parse(const char *s);
 /* Parses "f32", "bf16"; -1 when unknown. */
 int ms_compute_parse(const char *s);
-/* Name of the kernel variant in use ("amx", "avx512", "avx2", "scalar"). */
+/* Name of the kernel variant in use ("amx", "avx512", "avxvnni", "avx2", "scalar"). */
 const char *ms_kernel_isa(void);
 
 /* Loads a checkpoint (.pth or safetensors, BlinkDL tensor names). Weights are

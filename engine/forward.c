@@ -331,19 +331,22 @@ typedef struct {
     int l, T;
 } wkv_job;
 
+/* Head h's WKV step for row t of layer l, on row t's state. */
+static void wkv_row(ms_ctx *c, int l, int t, int h)
+{
+    const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size;
+    const size_t ho = (size_t)t * C + (size_t)h * N;
+    float *S = ms_state_wkv(c->row_state[t], l) + (size_t)h * N * N;
+    wkv_head(S, c->r + ho, c->w + ho, c->k + ho, c->v + ho, c->kk + ho, c->a + ho, c->y + ho, N);
+}
+
 /* Head h's WKV recurrence over the chunk's rows, in order (row t reads the
  * state row t-1 left). */
 static void wkv_rows_of_head(void *arg, int h)
 {
     const wkv_job *j = arg;
-    ms_ctx *c = j->c;
-    const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size;
-    for (int t = c->n_single; t < j->T; t++) {
-        const size_t ho = (size_t)t * C + (size_t)h * N;
-        float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
-        wkv_head(S, c->r + ho, c->w + ho, c->k + ho, c->v + ho, c->kk + ho, c->a + ho, c->y + ho,
-                 N);
-    }
+    for (int t = j->c->n_single; t < j->T; t++)
+        wkv_row(j->c, j->l, t, h);
 }
 
 /* Item i < n_single * H is (single row t, head h), each its own sequence's
@@ -352,16 +355,11 @@ static void wkv_rows_of_head(void *arg, int h)
 static void wkv_item(void *arg, int i)
 {
     const wkv_job *j = arg;
-    ms_ctx *c = j->c;
-    const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size, H = c->m->cfg.n_head;
-    if (i >= c->n_single * H) {
-        wkv_rows_of_head(arg, i - c->n_single * H);
-        return;
-    }
-    const int t = i / H, h = i % H;
-    const size_t ho = (size_t)t * C + (size_t)h * N;
-    float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
-    wkv_head(S, c->r + ho, c->w + ho, c->k + ho, c->v + ho, c->kk + ho, c->a + ho, c->y + ho, N);
+    const int H = j->c->m->cfg.n_head;
+    if (i >= j->c->n_single * H)
+        wkv_rows_of_head(arg, i - j->c->n_single * H);
+    else
+        wkv_row(j->c, j->l, i / H, i % H);
 }
 
 static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)

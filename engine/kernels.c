@@ -481,7 +481,7 @@ static float quant_group(const float *x, int n, int8_t *q, int32_t *qsum, float 
     return amax / 127.0f;
 }
 
-static int quant512; /* the AVX-512 set is active (set with it) */
+static int avx512_on; /* the set in use is AVX-512 class; set with it */
 
 /* quant_group for a whole group of 64 on AVX-512: the same operations in
  * the same order (lane-wise max and sums over the four vectors, lanes added
@@ -532,16 +532,16 @@ PREP512 static __m256i bf16x16(const float *x)
     return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, nan, n));
 }
 
-/* Pairs [0, np) of one row from x (2 * np columns, all present). */
-PREP512 static void bf16_pairs(const float *x, uint32_t *d, int np)
+/* The whole blocks of 16 pairs among the np of one row from x; returns how
+ * many pairs it wrote (the caller rounds the rest). */
+PREP512 static int bf16_pairs(const float *x, uint32_t *d, int np)
 {
     int p = 0;
     for (; p + 16 <= np; p += 16) {
         _mm256_storeu_si256((__m256i *)(d + p), bf16x16(x + 2 * p));
         _mm256_storeu_si256((__m256i *)(d + p + 8), bf16x16(x + 2 * p + 16));
     }
-    for (; p < np; p++)
-        d[p] = (uint32_t)f32_to_bf16(x[2 * p]) | (uint32_t)f32_to_bf16(x[2 * p + 1]) << 16;
+    return p;
 }
 
 /* Fills a for W's format from X; returns -1 when the scratch cannot grow. */
@@ -562,12 +562,7 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
         for (int b = 0; b < B; b++) {
             const float *x = X + (size_t)b * K;
             uint32_t *d = xb + (size_t)b * a->kp / 2;
-            int p = 0;
-            if (quant512) {
-                bf16_pairs(x, d, K / 2);
-                p = K / 2;
-            }
-            for (; p < W->kp / 2; p++) {
+            for (int p = avx512_on ? bf16_pairs(x, d, K / 2) : 0; p < W->kp / 2; p++) {
                 const uint32_t lo = f32_to_bf16(x[2 * p]);
                 const uint32_t hi = 2 * p + 1 < K ? f32_to_bf16(x[2 * p + 1]) : 0;
                 d[p] = lo | hi << 16;
@@ -588,8 +583,8 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
             const int c0 = (int)g * GRP, n = imin(GRP, K - c0);
             const size_t i = (size_t)b * G + g;
             int8_t *q = xq + (size_t)b * a->kp + c0;
-            xs[i] = n == GRP && quant512 ? quant_group64_avx512(X + (size_t)b * K + c0, q, &xqs[i], &xsum[i])
-                                         : quant_group(X + (size_t)b * K + c0, n, q, &xqs[i], &xsum[i]);
+            xs[i] = n == GRP && avx512_on ? quant_group64_avx512(X + (size_t)b * K + c0, q, &xqs[i], &xsum[i])
+                                          : quant_group(X + (size_t)b * K + c0, n, q, &xqs[i], &xsum[i]);
             memset(q + n, 0, (size_t)(GRP - n));
         }
     a->xq = xq;
@@ -787,12 +782,12 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
         const size_t blk = (size_t)r / K_ROWS;                                                   \
         int b0 = 0;                                                                              \
         if (PAIRS && (B < 4 || PAIRS >= 8) && r + K_ROWS < r1) {                                 \
-            if (PAIRS >= 8)                                                                      \
+            if (PAIRS >= 8) {                                                                    \
                 for (; b0 + 8 <= B; b0 += 8)                                                     \
                     PASS(2, 8)                                                                   \
-            if (PAIRS >= 8)                                                                      \
                 for (; b0 + 4 <= B; b0 += 4)                                                     \
                     PASS(2, 4)                                                                   \
+            }                                                                                    \
             for (; b0 + 2 <= B; b0 += 2)                                                         \
                 PASS(2, 2)                                                                       \
             for (; b0 < B; b0++)                                                                 \
@@ -811,7 +806,6 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
             PASS(1, 1)                                                                           \
         r += K_ROWS;                                                                             \
     }
-
 
 /* ---------------------------------------------------------------- scalar */
 /* Sixteen lanes as arrays, in loops the compiler vectorizes for the
@@ -1153,13 +1147,6 @@ AVX512BF16 static inline __m512 a5_dpbf(__m512 acc, __m512i w, uint32_t x)
 {
     return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)_mm512_set1_epi32((int)x));
 }
-AVX512 static inline void a5_store(__m512 a, float *y, int nr, float beta)
-{
-    const __mmask16 m = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    if (beta != 0.0f)
-        a = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, y)), a);
-    _mm512_mask_storeu_ps(y, m, a);
-}
 AVX512 static inline __m512i a5_izero(void) { return _mm512_setzero_si512(); }
 AVX512 static inline __m512 a5_icvt(__m512i a) { return _mm512_cvtepi32_ps(a); }
 AVX512 static inline __m512i a5_load8(const uint8_t *p) { return _mm512_loadu_si512(p); }
@@ -1190,7 +1177,7 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
 #define VBW __m512i
 #define VBLOAD a5_bload
 #define VDPBF a5_dpbf
-#define VSTORE a5_store
+#define VSTORE k_store16
 #define IT __m512i
 #define IZERO a5_izero
 #define ICVT a5_icvt
@@ -1282,7 +1269,7 @@ static void choose_isa(void)
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
             active = &isas[i];
-            quant512 = avx512_class(active);
+            avx512_on = avx512_class(active);
             return;
         }
     active = &isas[sizeof isas / sizeof isas[0] - 1]; /* portable */
@@ -1297,7 +1284,7 @@ const char *k_isa(void)
 int k_isa_avx512(void)
 {
     pthread_once(&isa_once, choose_isa);
-    return avx512_class(active);
+    return avx512_on;
 }
 
 const char *k_isa_int(void)
@@ -1318,7 +1305,7 @@ int k_force_isa(const char *name)
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if (!strcmp(name, isas[i].name) && cpu_has(name)) {
             active = &isas[i];
-            quant512 = avx512_class(active);
+            avx512_on = avx512_class(active);
             return 0;
         }
     return -1;
@@ -1331,7 +1318,6 @@ int k_matmul_any_rows(const k_wmat *W)
      * the passes (0.1B layer products at 128 rows: 320 GFLOP/s, where sgemm
      * on panels widened per chunk gave the prefill ~185), and prefill then
      * sums exactly like decoding. */
-    pthread_once(&isa_once, choose_isa);
     return W->fmt == K_W_I8 || W->fmt == K_W_Q4 || (W->fmt == K_W_BF16 && W->dot_bf16) ||
            k_isa_avx512();
 }

@@ -7,6 +7,8 @@
 
 #include "kernels.h"
 
+#include <immintrin.h>
+
 /* What the kernels read besides W: the fp32 inputs as given (exact
  * formats), or per sequence the inputs rounded to bf16 pairs, or quantized
  * to int8 per group of K_I8_GROUP (scale xs, integer sum xqs, fp32 sum
@@ -26,6 +28,17 @@ typedef struct {
 #define KSIG(name)                                                                               \
     void name(const k_wmat *W, const act *A, float *Y, int B, float beta, int r0, int r1)
 typedef KSIG((*range_fn));
+
+/* Y[i] = beta * Y[i] + a[i] for the nr (<= 16) rows of a block: the one
+ * store of the AVX-512 and AMX kernels, which must give the same bits. */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static inline void k_store16(__m512 a, float *y,
+                                                                                  int nr, float beta)
+{
+    const __mmask16 m = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    if (beta != 0.0f)
+        a = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, y)), a);
+    _mm512_mask_storeu_ps(y, m, a);
+}
 
 /* Per-thread scratch buffers, grown on demand (so only a thread's first
  * products, or larger ones, allocate) and freed when the thread ends. Each

@@ -142,16 +142,6 @@ static chunk chunk_at(int b0, int B)
     return c;
 }
 
-/* Y[i] = beta * Y[i] + a[i] for the block's nr rows, as the AVX-512
- * kernels store. */
-AMX static inline void store_rows(__m512 a, float *y, int nr, float beta)
-{
-    const __mmask16 m = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
-    if (beta != 0.0f)
-        a = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, y)), a);
-    _mm512_mask_storeu_ps(y, m, a);
-}
-
 
 /* ------------------------------------------------------------ int8 / q4 */
 
@@ -286,7 +276,7 @@ AMX_INLINE void int_block(const uint8_t *wt, const uint8_t *q4p, const float *sp
     }
     int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
     for (int m = c.skip; m < c.M; m++)
-        store_rows(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
+        k_store16(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
 }
 
 AMX KSIG(k_amx_i8)
@@ -397,7 +387,7 @@ AMX_INLINE void dbf_blocks(const uint16_t *wp, size_t bs, int NB, const act *A, 
             for (size_t p = nt * TP; p < np; p++)
                 a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(wj + p * 2 * K_ROWS),
                                      (__m512bh)_mm512_set1_epi32((int)x[p]));
-            store_rows(a, Y + (size_t)(c.bs + m) * ldy + rj, imin(K_ROWS, r1 - rj), beta);
+            k_store16(a, Y + (size_t)(c.bs + m) * ldy + rj, imin(K_ROWS, r1 - rj), beta);
         }
     }
 }

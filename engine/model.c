@@ -388,10 +388,10 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
             for (int r = 0; r < rows; r++)
                 for (int c = 0; c < cols; c++)
                     tr[(size_t)c * rows + r] = tmp[(size_t)r * cols + c];
-            /* bf16 unless the model runs in fp32: the LoRA matrices are a fifth of
-             * the bytes a q4 token reads, they come as bf16 in the released
-             * checkpoints (so nothing is lost), and the bf16 kernel widens
-             * exactly, in the fp32 kernel's order. */
+            /* bf16 unless the model runs in fp32: as fp32 the LoRA matrices were
+             * a fifth of the bytes a q4 token read, they come as bf16 in the
+             * released checkpoints (so nothing is lost), and the bf16 kernel
+             * widens exactly, in the fp32 kernel's order. */
             rc = k_wmat_init(b->dst_mat, m->wfmt == K_W_F32 ? K_W_F32 : K_W_BF16, cols, rows, tr);
         } else if (!(rc = b->dst_mat == &m->emb ? k_wmat_alloc_plain(b->dst_mat, emb_fmt, rows, cols)
                                                 : k_wmat_alloc(b->dst_mat, m->wfmt, rows, cols))) {

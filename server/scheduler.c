@@ -131,7 +131,6 @@ typedef struct slot {
     int paused;         /* GENERATE, but the client's unsent output is over the bound */
     int feed_last;      /* this iteration's token ends the choice (batched feed) */
     int feed_hit;       /* ... because a stop string was hit */
-    int feed_prompt;    /* the queued token is the prompt's last: generation starts after the feed */
     double t_step;      /* when this iteration's token was sampled */
     uint64_t seed;
     double t_admit;
@@ -628,7 +627,6 @@ static int step_prefill(sched *s, slot *sl)
     /* The last prompt token is one token with logits, like a generated one:
      * it rides in this iteration's batched step rather than taking a weight
      * pass of its own; prompt_done() follows the feed. */
-    sl->feed_prompt = 1;
     feed_queue(s, sl, sl->toks[last], sl->logits);
     return 1;
 }
@@ -729,9 +727,8 @@ static void gen_feed(sched *s, int n)
     else if (r) r->pos += s->ride_m;
     for (int k = 0; k < n; k++) {
         slot *sl = s->feed_slot[k];
-        const int prompt = sl->feed_prompt;
+        const int prompt = sl->state == SLOT_PREFILL; /* its last token: generation starts */
         s->feed_slot[k] = NULL;
-        sl->feed_prompt = 0;
         if (st != MS_OK) {
             engine_fail(s, sl, &e);
             continue;
