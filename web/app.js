@@ -471,7 +471,8 @@ async function complete() {
 
 async function exportState() {
   const id = ui.currentId;
-  if (!ui.sessions.has(id)) return notice('This conversation has no state on the server yet: send a message first.');
+  // The server decides, not ui.sessions: that list is refreshed only after a
+  // reply has been shown, so a click right after a reply would find it stale.
   try {
     const r = await request('GET', `/v1/sessions/${encodeURIComponent(id)}/state`);
     const url = URL.createObjectURL(await r.blob());
@@ -481,7 +482,11 @@ async function exportState() {
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   } catch (e) {
-    showError(e);
+    if (e instanceof ApiError && e.status === 404) {
+      notice('This conversation has no state on the server yet: send a message first.');
+    } else {
+      showError(e);
+    }
   }
 }
 

@@ -266,6 +266,21 @@ test('export and import a conversation state as a file', async () => {
   const page = await open(A);
   await connected(page, 'default');
   await setSettings(page, { temperature: 0, max_tokens: 30 });
+  // Nothing sent yet: the server has no state for this conversation; a notice says so.
+  await page.click('#export-state');
+  await page.waitForFunction(() => /no state on the server yet/.test(document.getElementById('notice-text').textContent));
+  const logged404 = (m) => /status of 404/.test(m);
+  assert.ok(page.problems.console.every(logged404), page.problems.console.join('\n'));
+  page.problems.console.length = 0; // the browser logs that 404; nothing else was logged
+  // Export right after the reply shows, while the page's refresh of its session list is
+  // still on the way (held back here, as a slow network would).
+  await page.setRequestInterception(true);
+  const slowList = (r) => {
+    if (r.isInterceptResolutionHandled()) return;
+    if (new URL(r.url()).pathname === '/v1/sessions') setTimeout(() => r.continue(), 2000);
+    else r.continue();
+  };
+  page.on('request', slowList);
   await chatTurn(page, 'Remember the word teapot.');
   const id = await currentId(page);
   const dl = tmpDir('download');
@@ -276,8 +291,11 @@ test('export and import a conversation state as a file', async () => {
   await page.click('#export-state');
   const file = join(dl, `${id}.safetensors`);
   for (let i = 0; i < 200 && !(existsSync(file) && readdirSync(dl).length === 1); i++) await sleep(50);
+  assert.ok(existsSync(file), `downloaded ${file}; the page says: ${await page.$eval('#notice-text', (e) => e.textContent)}`);
   const ref = await api(A, 'GET', `/v1/sessions/${id}/state`);
   assert.deepEqual(new Uint8Array(readFileSync(file)), ref.bytes, 'downloaded file == the session state');
+  page.off('request', slowList);
+  await page.setRequestInterception(false);
 
   const before = new Set(await sessionIds(A));
   const input = await page.$('#import-file');
