@@ -97,7 +97,6 @@ async function connect() {
   if (!m) throw new ApiError(0, 'The server lists no model.');
   ui.model = m.id;
   ui.needKey = false;
-  $('model-name').textContent = m.id;
   const sel = $('state-select');
   const keep = settings.get().state || '';
   sel.replaceChildren(el('option', { value: '', text: 'none (zero state)' }),
@@ -105,6 +104,8 @@ async function connect() {
   sel.value = (m.initial_states || []).includes(keep) ? keep : '';
   notice('');
   await refreshSessions();
+  // Last: the name is the sign that the page is ready to send.
+  $('model-name').textContent = m.id;
 }
 
 async function refreshSessions() {

@@ -385,6 +385,8 @@ test('copy and regenerate a reply; settings and tabs by keyboard alone', async (
   await page.browserContext().overridePermissions(A.url, ['clipboard-read', 'clipboard-write', 'clipboard-sanitized-write']);
   await connected(page, 'default');
   // Keyboard only: the composer has focus; Tab reaches Send; the settings dialog opens and closes.
+  // The page focuses it once it has listed the sessions too, just after the model name shows.
+  await page.waitForFunction(() => document.activeElement.id === 'input', { timeout: 5000 }).catch(() => {});
   assert.equal(await page.evaluate(() => document.activeElement.id), 'input');
   await page.keyboard.press('Tab');
   assert.equal(await page.evaluate(() => document.activeElement.id), 'send');
