@@ -31,7 +31,8 @@ struct ms_ctx {
     /* (T, C) activations */
     float *x, *xn, *xr, *xw, *xk, *xv, *xa, *xg;
     float *r, *k, *v, *w, *a, *g, *kk, *vfirst, *y, *tmp;
-    float *lora; /* (T, max LoRA rank) */
+    float *lora; /* (4, T, rank): the decay, in-context rate, gate and value LoRAs' hidden rows */
+    int rank;    /* the largest LoRA rank */
     float *hid;  /* (T, F) */
     float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
     float *panel;   /* (n_shares, PANEL_ROWS, panel_cols) widened weights for prefill GEMMs */
@@ -107,6 +108,23 @@ static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, 
     gemm_job g = {c, Y + (size_t)s * W->rows, X + (size_t)s * W->cols, W, n_chunk,
                   ((W->rows + n - 1) / n + 15) & ~15, beta};
     k_parallel(n, gemm_share, &g);
+}
+
+/* Several linear() of T rows whose inputs are not each other's outputs:
+ * those that take the kernels alone go to the pool as one loop (one wake-up
+ * and wait instead of one per product); the same bits as one by one. */
+static void linear_many(ms_ctx *c, const k_product *p, int n, int T)
+{
+    const int n_chunk = T - (c->n_single < T ? c->n_single : T);
+    k_product kern[8];
+    int nk = 0;
+    for (int i = 0; i < n; i++) {
+        if ((n_chunk <= K_MAX_BATCH || k_matmul_any_rows(p[i].W)) && nk < 8)
+            kern[nk++] = p[i];
+        else
+            linear(c, p[i].Y, p[i].X, p[i].W, T, p[i].beta);
+    }
+    k_matmul_many(kern, nk, T);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -379,22 +397,23 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     float *const outs[6] = {c->xr, c->xw, c->xk, c->xv, c->xa, c->xg};
     token_shift(c, T, l, 1, mix, outs, 6);
 
-    linear(c, c->r, c->xr, &L->wr, T, 0.0f);
-    linear(c, c->k, c->xk, &L->wk, T, 0.0f);
-    linear(c, c->v, c->xv, &L->wv, T, 0.0f);
-
-    linear(c, c->lora, c->xw, &L->w1, T, 0.0f);
-    vec_tanh(c->lora, (size_t)T * cf->d_decay);
-    linear(c, c->w, c->lora, &L->w2, T, 0.0f);
-    linear(c, c->lora, c->xa, &L->a1, T, 0.0f);
-    linear(c, c->a, c->lora, &L->a2, T, 0.0f);
-    linear(c, c->lora, c->xg, &L->g1, T, 0.0f);
-    vec_sigmoid(c->lora, (size_t)T * cf->d_gate);
-    linear(c, c->g, c->lora, &L->g2, T, 0.0f);
-    if (l > 0) {
-        linear(c, c->lora, c->xv, &L->v1, T, 0.0f);
-        linear(c, c->tmp, c->lora, &L->v2, T, 0.0f);
-    }
+    /* The projections of the shifted inputs, then the LoRA's second
+     * halves: two passes of the pool for eleven products. */
+    float *lw = c->lora, *la = lw + (size_t)T * c->rank, *lg = la + (size_t)T * c->rank,
+          *lv = lg + (size_t)T * c->rank;
+    const k_product first[] = {
+        {&L->wr, c->xr, c->r, 0.0f}, {&L->wk, c->xk, c->k, 0.0f}, {&L->wv, c->xv, c->v, 0.0f},
+        {&L->w1, c->xw, lw, 0.0f},   {&L->a1, c->xa, la, 0.0f},   {&L->g1, c->xg, lg, 0.0f},
+        {&L->v1, c->xv, lv, 0.0f},
+    };
+    linear_many(c, first, l > 0 ? 7 : 6, T);
+    vec_tanh(lw, (size_t)T * cf->d_decay);
+    vec_sigmoid(lg, (size_t)T * cf->d_gate);
+    const k_product second[] = {
+        {&L->w2, lw, c->w, 0.0f}, {&L->a2, la, c->a, 0.0f}, {&L->g2, lg, c->g, 0.0f},
+        {&L->v2, lv, c->tmp, 0.0f},
+    };
+    linear_many(c, second, l > 0 ? 4 : 3, T);
 
     for (int t = 0; t < T; t++) {
         const size_t o = (size_t)t * C;
@@ -550,7 +569,8 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
     for (size_t i = 0; i < n_tc; i++)
         if (!(*tc[i] = aligned_alloc(64, ((T * C * sizeof(float)) + 63) & ~(size_t)63)))
             goto fail;
-    if (!(c->lora = malloc(T * (size_t)rank * sizeof(float))) ||
+    c->rank = rank;
+    if (!(c->lora = malloc(4 * T * (size_t)rank * sizeof(float))) ||
         !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
         !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))) ||
         !(c->row_state = calloc(T, sizeof *c->row_state)) ||

@@ -545,7 +545,20 @@ PREP512 static int bf16_pairs(const float *x, uint32_t *d, int np)
 }
 
 /* Fills a for W's format from X; returns -1 when the scratch cannot grow. */
-static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
+/* Scratch bytes act_prepare needs for B rows of inputs to W (64-byte
+ * multiples, so several products' share one buffer aligned). */
+static size_t act_bytes(const k_wmat *W, int B)
+{
+    if (W->fmt == K_W_F32 || (W->fmt == K_W_BF16 && !W->dot_bf16))
+        return 0;
+    if (W->fmt == K_W_BF16)
+        return ((size_t)B * (size_t)W->kp * 2 + 63) & ~(size_t)63;
+    const size_t qbytes = ((size_t)B * (size_t)W->kp + 63) & ~(size_t)63;
+    return (qbytes + (size_t)B * n_groups(W->cols) * 12 + 63) & ~(size_t)63;
+}
+
+/* Fills a for B rows of X, in buf (act_bytes(W, B) bytes). */
+static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *buf)
 {
     const int K = W->cols;
     memset(a, 0, sizeof *a);
@@ -554,11 +567,9 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
     a->kp = (size_t)W->kp;
     a->G = n_groups(K);
     if (W->fmt == K_W_F32 || (W->fmt == K_W_BF16 && !W->dot_bf16))
-        return 0;
+        return;
     if (W->fmt == K_W_BF16) {
-        uint32_t *xb = k_tbuf(K_TBUF_ACT, (size_t)B * a->kp * 2);
-        if (!xb)
-            return -1;
+        uint32_t *xb = buf;
         for (int b = 0; b < B; b++) {
             const float *x = X + (size_t)b * K;
             uint32_t *d = xb + (size_t)b * a->kp / 2;
@@ -569,12 +580,10 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
             }
         }
         a->xb = xb;
-        return 0;
+        return;
     }
     const size_t G = a->G, qbytes = ((size_t)B * a->kp + 63) & ~(size_t)63;
-    char *s = k_tbuf(K_TBUF_ACT, qbytes + (size_t)B * G * 12);
-    if (!s)
-        return -1;
+    char *s = buf;
     int8_t *xq = (int8_t *)s;
     float *xs = (float *)(s + qbytes), *xsum = xs + (size_t)B * G;
     int32_t *xqs = (int32_t *)(xsum + (size_t)B * G);
@@ -591,7 +600,6 @@ static int act_prepare(act *a, const k_wmat *W, const float *X, int B)
     a->xs = xs;
     a->xsum = xsum;
     a->xqs = xqs;
-    return 0;
 }
 
 /* ======================================================================== */
@@ -1446,55 +1454,90 @@ void k_parallel(int n, void (*run)(void *arg, int i), void *arg)
     pthread_mutex_unlock(&pool.busy);
 }
 
+/* The products of one k_matmul_many call, cut into chunks of whole blocks:
+ * product i's chunks are items [first[i], first[i + 1]) of one parallel
+ * loop. */
+enum { MANY_MAX = 8 };
 typedef struct {
-    const k_wmat *W;
-    const act *A;
-    float *Y;
-    int B;
-    float beta;
-    range_fn fn;
-    int rows_per_chunk;
+    const k_product *p;
+    int n, B;
+    act A[MANY_MAX];
+    range_fn fn[MANY_MAX];
+    int per[MANY_MAX];
+    int first[MANY_MAX + 1];
 } matmul_job;
 
-static void matmul_chunk(void *arg, int i)
+static void matmul_chunk(void *arg, int item)
 {
     const matmul_job *m = arg;
-    const int r0 = i * m->rows_per_chunk;
-    const int r1 = r0 + m->rows_per_chunk < m->W->rows ? r0 + m->rows_per_chunk : m->W->rows;
-    m->fn(m->W, m->A, m->Y, m->B, m->beta, r0, r1);
+    int i = 0;
+    while (item >= m->first[i + 1])
+        i++;
+    const k_wmat *W = m->p[i].W;
+    const int r0 = (item - m->first[i]) * m->per[i];
+    const int r1 = r0 + m->per[i] < W->rows ? r0 + m->per[i] : W->rows;
+    m->fn[i](W, &m->A[i], m->p[i].Y, m->B, m->p[i].beta, r0, r1);
+}
+
+/* Without memory for the prepared inputs: the exact product (the same
+ * weights, fp32 inputs), one weight at a time. */
+static void matmul_fallback(const k_product *p, int B)
+{
+    const k_wmat *W = p->W;
+    for (int b = 0; b < B; b++)
+        for (int r = 0; r < W->rows; r++) {
+            float s = 0;
+            for (int c = 0; c < W->cols; c++)
+                s += packed_at(W, r, c) * p->X[(size_t)b * W->cols + c];
+            float *y = p->Y + (size_t)b * W->rows + r;
+            *y = p->beta == 0.0f ? s : p->beta * *y + s;
+        }
+}
+
+void k_matmul_many(const k_product *p, int n, int B)
+{
+    pthread_once(&isa_once, choose_isa);
+    for (int done = 0; done < n; done += MANY_MAX) {
+        const int cnt = n - done < MANY_MAX ? n - done : MANY_MAX;
+        matmul_job m = {.p = p + done, .n = cnt, .B = B};
+        size_t bytes = 0, off[MANY_MAX];
+        for (int i = 0; i < cnt; i++) {
+            off[i] = bytes;
+            bytes += act_bytes(m.p[i].W, B);
+        }
+        char *buf = bytes ? k_tbuf(K_TBUF_ACT, bytes) : NULL;
+        if (bytes && !buf) {
+            for (int i = 0; i < cnt; i++)
+                matmul_fallback(&m.p[i], B);
+            continue;
+        }
+        size_t weights = 0;
+        for (int i = 0; i < cnt; i++) {
+            const k_wmat *W = m.p[i].W;
+            act_prepare(&m.A[i], W, m.p[i].X, B, buf ? buf + off[i] : NULL);
+            m.fn[i] = pick(W);
+            weights += (size_t)W->rows * W->cols;
+            /* Four chunks per thread: long enough that each thread reads
+             * long sequential runs (which the prefetchers follow), enough
+             * of them that a thread that starts late leaves its share to
+             * the others. Chunks are whole blocks; a small product is one. */
+            const int T = pool.n_threads;
+            m.per[i] = (size_t)W->rows * W->cols < 16384
+                           ? W->rows
+                           : ((W->rows + 4 * T - 1) / (4 * T) + K_ROWS - 1) & ~(K_ROWS - 1);
+            m.first[i + 1] = m.first[i] + (W->rows + m.per[i] - 1) / m.per[i];
+        }
+        /* Small products are not worth waking anyone for. */
+        if (pool.n_threads < 2 || weights < 16384)
+            for (int item = 0; item < m.first[cnt]; item++)
+                matmul_chunk(&m, item);
+        else
+            k_parallel(m.first[cnt], matmul_chunk, &m);
+    }
 }
 
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
 {
-    pthread_once(&isa_once, choose_isa);
-    act A;
-    if (act_prepare(&A, W, X, B)) {
-        /* No memory for the prepared inputs: the exact product instead
-         * (the same weights, fp32 inputs), one row block at a time. */
-        for (int b = 0; b < B; b++)
-            for (int r = 0; r < W->rows; r++) {
-                float w[1], s = 0;
-                for (int c = 0; c < W->cols; c++) {
-                    w[0] = packed_at(W, r, c);
-                    s += w[0] * X[(size_t)b * W->cols + c];
-                }
-                float *y = Y + (size_t)b * W->rows + r;
-                *y = beta == 0.0f ? s : beta * *y + s;
-            }
-        return;
-    }
-    range_fn fn = pick(W);
-    /* Small products are not worth waking anyone for. */
-    if (pool.n_threads < 2 || (size_t)W->rows * W->cols < 16384) {
-        fn(W, &A, Y, B, beta, 0, W->rows);
-        return;
-    }
-    /* Four chunks per thread: long enough that each thread reads long
-     * sequential runs (which the prefetchers follow), enough of them that a
-     * thread that starts late leaves its share to the others. Chunks are
-     * whole blocks. */
-    int per = ((W->rows + 4 * pool.n_threads - 1) / (4 * pool.n_threads) + K_ROWS - 1) &
-              ~(K_ROWS - 1);
-    matmul_job m = {W, &A, Y, B, beta, fn, per};
-    k_parallel((W->rows + per - 1) / per, matmul_chunk, &m);
+    const k_product p = {W, X, Y, beta};
+    k_matmul_many(&p, 1, B);
 }

@@ -84,6 +84,18 @@ int k_matmul_any_rows(const k_wmat *W);
 #define K_MAX_BATCH 16 /* decode batch the engine hands to k_matmul at once */
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta);
 
+/* Y = beta * Y + X W^T of one k_matmul_many call (X is B x W->cols). */
+typedef struct {
+    const k_wmat *W;
+    const float *X;
+    float *Y;
+    float beta;
+} k_product;
+/* Independent products (no Y overlaps another's X or Y), each bit-identical
+ * to its own k_matmul call, in one pass of the pool: one wake-up and one
+ * wait for all, and the threads share out their blocks together. */
+void k_matmul_many(const k_product *p, int n, int B);
+
 /* Runs run(arg, i) for i in [0, n) on the pool (the caller takes part);
  * returns when all are done. Items must be independent. When the pool is
  * busy with another caller's loop, this caller runs its items alone. */

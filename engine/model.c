@@ -391,8 +391,14 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
             /* bf16 unless the model runs in fp32: as fp32 the LoRA matrices were
              * a fifth of the bytes a q4 token read, they come as bf16 in the
              * released checkpoints (so nothing is lost), and the bf16 kernel
-             * widens exactly, in the fp32 kernel's order. */
+             * widens exactly, in the fp32 kernel's order. Where the large
+             * products already round their inputs (int8, q4, bf16 compute),
+             * these take bf16 dot products too: exact fp32 products were a
+             * twelfth of a q4 batch step, compute-bound. */
             rc = k_wmat_init(b->dst_mat, m->wfmt == K_W_F32 ? K_W_F32 : K_W_BF16, cols, rows, tr);
+            if (!rc)
+                b->dst_mat->dot_bf16 = b->dst_mat->packed && b->dst_mat->fmt == K_W_BF16 &&
+                                       (dot_bf16 || m->wfmt == K_W_I8 || m->wfmt == K_W_Q4);
         } else if (!(rc = b->dst_mat == &m->emb ? k_wmat_alloc_plain(b->dst_mat, emb_fmt, rows, cols)
                                                 : k_wmat_alloc(b->dst_mat, m->wfmt, rows, cols))) {
             b->dst_mat->dot_bf16 = b->dst_mat->packed && m->wfmt == K_W_BF16 && dot_bf16;

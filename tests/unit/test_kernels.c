@@ -253,6 +253,60 @@ Test(kernels, thread_pool_gives_the_single_thread_result)
     free(y2);
 }
 
+/* k_matmul_many: products of mixed shapes (small ones the pool does not
+ * split, large ones it does, ragged row counts), each with its own inputs
+ * and beta, in one call; every output equals its own k_matmul's, on every
+ * instruction set, and more than the call's eight at once. */
+Test(kernels, matmul_many_equals_one_product_at_a_time)
+{
+    k_set_threads(2);
+    static const int shape[][2] = {{768, 768}, {64, 768}, {768, 64}, {100, 200}, {3, 70},
+                                   {1000, 130}, {16, 64}, {517, 768}, {40, 40}, {2049, 96}};
+    enum { NP = sizeof shape / sizeof shape[0] };
+    unsigned seed = 11;
+    for (size_t is = 0; is < N_ISAS; is++) {
+        if (k_force_isa(isas[is]))
+            continue;
+        for (size_t md = 0; md < N_MODES; md++)
+            for (int B = 1; B <= 17; B += 8) {
+                k_wmat W[NP];
+                k_product p[NP];
+                float *x[NP], *y1[NP], *y2[NP];
+                for (int i = 0; i < NP; i++) {
+                    const int rows = shape[i][0], cols = shape[i][1];
+                    float *w = malloc(sizeof(float) * rows * cols);
+                    fill(w, (size_t)rows * cols, &seed);
+                    cr_assert_eq(k_wmat_init(&W[i], modes[md].fmt, rows, cols, w), 0);
+                    W[i].dot_bf16 = modes[md].dot_bf16;
+                    free(w);
+                    x[i] = malloc(sizeof(float) * B * cols);
+                    y1[i] = malloc(sizeof(float) * B * rows);
+                    y2[i] = malloc(sizeof(float) * B * rows);
+                    fill(x[i], (size_t)B * cols, &seed);
+                    fill(y1[i], (size_t)B * rows, &seed);
+                    memcpy(y2[i], y1[i], sizeof(float) * B * rows);
+                    /* The reference: this product alone, beta applied here. */
+                    const float beta = i % 3 == 0 ? 1.0f : 0.0f;
+                    float *t = malloc(sizeof(float) * B * rows);
+                    k_matmul(&W[i], x[i], t, B, 0.0f);
+                    for (int j = 0; j < B * rows; j++)
+                        y1[i][j] = beta != 0.0f ? y1[i][j] + t[j] : t[j];
+                    free(t);
+                    p[i] = (k_product){&W[i], x[i], y2[i], beta};
+                }
+                k_matmul_many(p, NP, B);
+                for (int i = 0; i < NP; i++) {
+                    cr_expect_eq(memcmp(y1[i], y2[i], sizeof(float) * B * shape[i][0]), 0,
+                                 "%s %s B=%d product %d differs", isas[is], modes[md].name, B, i);
+                    k_wmat_free(&W[i]);
+                    free(x[i]);
+                    free(y1[i]);
+                    free(y2[i]);
+                }
+            }
+    }
+}
+
 Test(kernels, formats_round_as_documented)
 {
     const float v[] = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, -0.0f};
