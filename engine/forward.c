@@ -146,26 +146,31 @@ CLONES static void vec_sigmoid(float *x, size_t n)
         x[i] = sigmoidf(x[i]);
 }
 
-/* One row of the time mix's elementwise part (SPEC 1.3): decay, in-context
- * rate, the removal key kk (normalized later), the modified key, and the
- * value residual (layer 0 records v_first instead). */
+/* The time mix's elementwise part (SPEC 1.3) for channels [c0, c0 + n) of
+ * one row (pointers at channel c0): decay, in-context rate, the removal
+ * key kk (normalized later), the modified key, and the value residual
+ * (layer 0 records v_first instead). */
 CLONES static void mix_row(float *restrict w, float *restrict a, float *restrict k,
                            float *restrict kk, float *restrict v, float *restrict vfirst,
-                           const float *restrict vgate, const ms_layer *L, int first_layer, int C)
+                           const float *restrict vgate, const ms_layer *L, int first_layer, int c0,
+                           int n)
 {
-    for (int ch = 0; ch < C; ch++) {
-        w[ch] = exp_approx(-DECAY_SCALE * sigmoidf(L->w0[ch] + w[ch]));
-        const float ai = sigmoidf(L->a0[ch] + a[ch]);
+    const float *w0 = L->w0 + c0, *a0 = L->a0 + c0, *k_k = L->k_k + c0, *k_a = L->k_a + c0;
+    for (int ch = 0; ch < n; ch++) {
+        w[ch] = exp_approx(-DECAY_SCALE * sigmoidf(w0[ch] + w[ch]));
+        const float ai = sigmoidf(a0[ch] + a[ch]);
         a[ch] = ai;
         const float ki = k[ch];
-        kk[ch] = ki * L->k_k[ch];
-        k[ch] = ki * (1.0f + (ai - 1.0f) * L->k_a[ch]);
+        kk[ch] = ki * k_k[ch];
+        k[ch] = ki * (1.0f + (ai - 1.0f) * k_a[ch]);
     }
-    if (first_layer)
-        memcpy(vfirst, v, (size_t)C * sizeof(float));
-    else
-        for (int ch = 0; ch < C; ch++)
-            v[ch] += (vfirst[ch] - v[ch]) * sigmoidf(L->v0[ch] + vgate[ch]);
+    if (first_layer) {
+        memcpy(vfirst, v, (size_t)n * sizeof(float));
+    } else {
+        const float *v0 = L->v0 + c0;
+        for (int ch = 0; ch < n; ch++)
+            v[ch] += (vfirst[ch] - v[ch]) * sigmoidf(v0[ch] + vgate[ch]);
+    }
 }
 
 /* Statistics in 16 fp32 lanes added in a fixed order (two passes: mean,
@@ -346,38 +351,69 @@ static void token_shift(ms_ctx *c, int T, int l, int att, const float *const *mi
 
 typedef struct {
     ms_ctx *c;
+    const ms_layer *L;
     int l, T;
-} wkv_job;
+} head_job;
 
-/* Head h's WKV step for row t of layer l, on row t's state. */
-static void wkv_row(ms_ctx *c, int l, int t, int h)
+/* Head h of row t, from the projections to the gated output: the mix of
+ * its channels, kk normalized, the WKV step on row t's state, GroupNorm,
+ * the r.k bonus and the gate. Each (row, head) touches only its own
+ * channels and state, so these run in parallel and hot in cache. */
+static void head_row(const head_job *j, int t, int h)
 {
+    ms_ctx *c = j->c;
+    const ms_layer *L = j->L;
     const int C = c->m->cfg.n_embd, N = c->m->cfg.head_size;
-    const size_t ho = (size_t)t * C + (size_t)h * N;
-    float *S = ms_state_wkv(c->row_state[t], l) + (size_t)h * N * N;
-    wkv_head(S, c->r + ho, c->w + ho, c->k + ho, c->v + ho, c->kk + ho, c->a + ho, c->y + ho, N);
+    const size_t o = (size_t)t * C + (size_t)h * N;
+    mix_row(c->w + o, c->a + o, c->k + o, c->kk + o, c->v + o, c->vfirst + o, c->tmp + o, L,
+            j->l == 0, h * N, N);
+    float *kk = c->kk + o;
+    double ss = 0;
+    for (int i = 0; i < N; i++)
+        ss += (double)kk[i] * kk[i];
+    const float kinv = 1.0f / fmaxf((float)sqrt(ss), 1e-12f);
+    for (int i = 0; i < N; i++)
+        kk[i] *= kinv;
+
+    float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
+    float *y = c->y + o;
+    wkv_head(S, c->r + o, c->w + o, c->k + o, c->v + o, kk, c->a + o, y, N);
+
+    float mu, var;
+    norm_stats(y, N, &mu, &var);
+    const float inv = 1.0f / sqrtf(var + GN_EPS);
+    const float *r = c->r + o, *k = c->k + o, *v = c->v + o, *g = c->g + o;
+    const float *rk = L->r_k + (size_t)h * N, *lw = L->lnx_w + (size_t)h * N,
+                *lb = L->lnx_b + (size_t)h * N;
+    float bonus = 0.0f;
+    for (int i = 0; i < N; i++)
+        bonus += r[i] * k[i] * rk[i];
+    for (int i = 0; i < N; i++) {
+        const float out = (y[i] - mu) * inv * lw[i] + lb[i] + bonus * v[i];
+        y[i] = out * g[i];
+    }
 }
 
-/* Head h's WKV recurrence over the chunk's rows, in order (row t reads the
- * state row t-1 left). */
-static void wkv_rows_of_head(void *arg, int h)
+/* Head h over the chunk's rows, in order (row t reads the state row t-1
+ * left). */
+static void head_rows_of_chunk(void *arg, int h)
 {
-    const wkv_job *j = arg;
+    const head_job *j = arg;
     for (int t = j->c->n_single; t < j->T; t++)
-        wkv_row(j->c, j->l, t, h);
+        head_row(j, t, h);
 }
 
 /* Item i < n_single * H is (single row t, head h), each its own sequence's
  * recurrence; the items after it are the chunk's heads. Every item touches
  * state no other item does, so they run in any order. */
-static void wkv_item(void *arg, int i)
+static void head_item(void *arg, int i)
 {
-    const wkv_job *j = arg;
+    const head_job *j = arg;
     const int H = j->c->m->cfg.n_head;
     if (i >= j->c->n_single * H)
-        wkv_rows_of_head(arg, i - j->c->n_single * H);
+        head_rows_of_chunk(arg, i - j->c->n_single * H);
     else
-        wkv_row(j->c, j->l, i / H, i % H);
+        head_row(j, i / H, i % H);
 }
 
 static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
@@ -415,47 +451,14 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     };
     linear_many(c, second, l > 0 ? 4 : 3, T);
 
-    for (int t = 0; t < T; t++) {
-        const size_t o = (size_t)t * C;
-        mix_row(c->w + o, c->a + o, c->k + o, c->kk + o, c->v + o, c->vfirst + o, c->tmp + o, L,
-                l == 0, C);
-    }
-    for (size_t hrow = 0; hrow < (size_t)T * H; hrow++) { /* L2-normalize kk per head */
-        float *p = c->kk + hrow * N;
-        double ss = 0;
-        for (int j = 0; j < N; j++)
-            ss += (double)p[j] * p[j];
-        float inv = 1.0f / fmaxf((float)sqrt(ss), 1e-12f);
-        for (int j = 0; j < N; j++)
-            p[j] *= inv;
-    }
-
-    wkv_job wj = {c, l, T};
+    head_job hj = {c, L, l, T};
     if (c->n_single) /* independent recurrences: (single row, head) and the chunk's heads */
-        k_parallel(H * c->n_single + (T > c->n_single ? H : 0), wkv_item, &wj);
+        k_parallel(H * c->n_single + (T > c->n_single ? H : 0), head_item, &hj);
     else if (T >= 16) /* prefill: heads are independent recurrences, one per thread */
-        k_parallel(H, wkv_rows_of_head, &wj);
+        k_parallel(H, head_rows_of_chunk, &hj);
     else
         for (int h = 0; h < H; h++)
-            wkv_rows_of_head(&wj, h);
-
-    for (size_t hrow = 0; hrow < (size_t)T * H; hrow++) {
-        const int h = (int)(hrow % (size_t)H);
-        const size_t base = hrow * N;
-        float *y = c->y + base;
-        float mu, var;
-        norm_stats(y, N, &mu, &var);
-        const float inv = 1.0f / sqrtf(var + GN_EPS);
-        float bonus = 0.0f;
-        for (int j = 0; j < N; j++)
-            bonus += c->r[base + j] * c->k[base + j] * L->r_k[h * N + j];
-        for (int j = 0; j < N; j++) {
-            const int ch = h * N + j;
-            float out = (y[j] - mu) * inv * L->lnx_w[ch] + L->lnx_b[ch];
-            out += bonus * c->v[base + j];
-            y[j] = out * c->g[base + j];
-        }
-    }
+            head_rows_of_chunk(&hj, h);
     linear(c, c->x, c->y, &L->wo, T, 1.0f);
 }
 
