@@ -3,7 +3,6 @@
  */
 #include "agent_request.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,25 +11,6 @@
 #include "tools.h"
 
 #define AGENT_MAX_TOOLS 128
-
-static int bad(oa_error *e, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int bad(oa_error *e, const char *param, const char *fmt, ...)
-{
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    oa_error_set(e, 400, "invalid_request_error", param, NULL, "%s", msg);
-    return -1;
-}
-
-static int nomem(oa_error *e)
-{
-    oa_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
-    return -1;
-}
 
 static json_t *opt(json_t *o, const char *k)
 {
@@ -47,24 +27,24 @@ int agent_parse_prompt_ids(json_t *v, oa_request *r, oa_error *e)
     r->prompt_ids = calloc(np, sizeof *r->prompt_ids);
     r->prompt_n_ids = calloc(np, sizeof *r->prompt_n_ids);
     if (!r->prompts || !r->prompt_ids || !r->prompt_n_ids)
-        return nomem(e);
+        return oa_nomem(e);
     for (size_t p = 0; p < np; p++) {
         json_t *arr = nested ? json_array_get(v, p) : v;
         if (!json_is_array(arr))
-            return bad(e, "prompt", "Invalid 'prompt': mixing token-id arrays and other values.");
+            return oa_bad(e, "prompt", "Invalid 'prompt': mixing token-id arrays and other values.");
         size_t k = json_array_size(arr);
         if (k == 0)
-            return bad(e, "prompt", "Invalid 'prompt': an empty token-id array.");
+            return oa_bad(e, "prompt", "Invalid 'prompt': an empty token-id array.");
         if (!(r->prompts[p] = strdup("")))
-            return nomem(e);
+            return oa_nomem(e);
         r->n_prompts = p + 1;
         if (!(r->prompt_ids[p] = malloc(k * sizeof(int32_t))))
-            return nomem(e);
+            return oa_nomem(e);
         for (size_t i = 0; i < k; i++) {
             json_t *t = json_array_get(arr, i);
             if (!json_is_integer(t) || json_integer_value(t) < 0 ||
                 json_integer_value(t) > INT32_MAX)
-                return bad(e, "prompt",
+                return oa_bad(e, "prompt",
                            "Invalid 'prompt': token ids must be non-negative integers.");
             r->prompt_ids[p][i] = (int32_t)json_integer_value(t);
         }
@@ -96,17 +76,17 @@ int agent_parse_message(json_t *msgs, size_t i, oa_message *msg, oa_error *e)
         snprintf(param, sizeof param, "messages[%zu].tool_call_id", i);
         json_t *id = opt(m, "tool_call_id");
         if (!id)
-            return bad(e, param, "Missing required parameter: '%s'.", param);
+            return oa_bad(e, param, "Missing required parameter: '%s'.", param);
         if (!json_is_string(id))
-            return bad(e, param, "Invalid type for '%s': expected a string.", param);
+            return oa_bad(e, param, "Invalid type for '%s': expected a string.", param);
         if (!(msg->tool_call_id = strdup(json_string_value(id))))
-            return nomem(e);
+            return oa_nomem(e);
         const char *name = call_name(msgs, i, msg->tool_call_id);
         if (name) { /* "f -> result" tells the model which call this answers */
             size_t a = strlen(name), b = strlen(msg->content);
             char *c = malloc(a + 4 + b + 1);
             if (!c)
-                return nomem(e);
+                return oa_nomem(e);
             memcpy(c, name, a);
             memcpy(c + a, " -> ", 4);
             memcpy(c + a + 4, msg->content, b + 1);
@@ -122,12 +102,12 @@ int agent_parse_message(json_t *msgs, size_t i, oa_message *msg, oa_error *e)
         return 0;
     snprintf(param, sizeof param, "messages[%zu].tool_calls", i);
     if (!json_is_array(calls))
-        return bad(e, param, "Invalid type for '%s': expected an array.", param);
+        return oa_bad(e, param, "Invalid type for '%s': expected an array.", param);
     if (json_array_size(calls) == 0)
         return 0;
     json_t *out = json_array();
     if (!out)
-        return nomem(e);
+        return oa_nomem(e);
     for (size_t k = 0; k < json_array_size(calls); k++) {
         json_t *c = json_array_get(calls, k);
         json_t *f = json_object_get(c, "function");
@@ -135,7 +115,7 @@ int agent_parse_message(json_t *msgs, size_t i, oa_message *msg, oa_error *e)
         json_t *args = json_object_get(f, "arguments");
         if (!json_is_string(name)) {
             json_decref(out);
-            return bad(e, param, "Missing required parameter: '%s[%zu].function.name'.", param, k);
+            return oa_bad(e, param, "Missing required parameter: '%s[%zu].function.name'.", param, k);
         }
         json_t *o = json_object();
         json_object_set(o, "name", name);
@@ -147,7 +127,7 @@ int agent_parse_message(json_t *msgs, size_t i, oa_message *msg, oa_error *e)
     }
     msg->tool_calls = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(out);
-    return msg->tool_calls ? 0 : nomem(e);
+    return msg->tool_calls ? 0 : oa_nomem(e);
 }
 
 static int valid_name(const char *s)
@@ -169,29 +149,29 @@ static int parse_tools(json_t *root, oa_request *r, oa_error *e)
     json_t *tools = opt(root, "tools");
     if (tools) {
         if (!json_is_array(tools))
-            return bad(e, "tools", "Invalid type for 'tools': expected an array.");
+            return oa_bad(e, "tools", "Invalid type for 'tools': expected an array.");
         size_t n = json_array_size(tools);
         if (n > AGENT_MAX_TOOLS)
-            return bad(e, "tools", "Invalid 'tools': at most %d tools.", AGENT_MAX_TOOLS);
+            return oa_bad(e, "tools", "Invalid 'tools': at most %d tools.", AGENT_MAX_TOOLS);
         if (n && !(r->tools = calloc(n, sizeof *r->tools)))
-            return nomem(e);
+            return oa_nomem(e);
         for (size_t i = 0; i < n; i++) {
             char param[64];
             json_t *t = json_array_get(tools, i);
             const char *type = json_string_value(json_object_get(t, "type"));
             snprintf(param, sizeof param, "tools[%zu].type", i);
             if (!type || strcmp(type, "function"))
-                return bad(e, param, "Invalid value for '%s': only 'function' tools are supported.",
+                return oa_bad(e, param, "Invalid value for '%s': only 'function' tools are supported.",
                            param);
             json_t *f = json_object_get(t, "function");
             const char *name = json_string_value(json_object_get(f, "name"));
             snprintf(param, sizeof param, "tools[%zu].function.name", i);
             if (!name || !valid_name(name))
-                return bad(e, param, "Invalid '%s': expected 1 to 64 characters from [A-Za-z0-9_-].",
+                return oa_bad(e, param, "Invalid '%s': expected 1 to 64 characters from [A-Za-z0-9_-].",
                            param);
             for (size_t k = 0; k < r->n_tools; k++)
                 if (!strcmp(r->tools[k].name, name))
-                    return bad(e, param, "Invalid 'tools': the name '%s' is used twice.", name);
+                    return oa_bad(e, param, "Invalid 'tools': the name '%s' is used twice.", name);
             oa_tool *ot = &r->tools[r->n_tools++];
             json_t *params = opt(f, "parameters");
             json_t *desc = opt(f, "description");
@@ -199,12 +179,12 @@ static int parse_tools(json_t *root, oa_request *r, oa_error *e)
             ot->description = json_is_string(desc) ? strdup(json_string_value(desc)) : NULL;
             if (params && !json_is_object(params)) {
                 snprintf(param, sizeof param, "tools[%zu].function.parameters", i);
-                return bad(e, param, "Invalid type for '%s': expected an object.", param);
+                return oa_bad(e, param, "Invalid type for '%s': expected an object.", param);
             }
             ot->parameters = params ? json_dumps(params, JSON_COMPACT | JSON_PRESERVE_ORDER)
                                     : strdup("{\"type\":\"object\",\"properties\":{}}");
             if (!ot->name || !ot->parameters || (json_is_string(desc) && !ot->description))
-                return nomem(e);
+                return oa_nomem(e);
         }
     }
     r->tool_choice = r->n_tools ? OA_TOOLS_AUTO : OA_TOOLS_NONE;
@@ -219,7 +199,7 @@ static int parse_tools(json_t *root, oa_request *r, oa_error *e)
             else if (!strcmp(s, "required"))
                 r->tool_choice = OA_TOOLS_REQUIRED;
             else
-                return bad(e, "tool_choice",
+                return oa_bad(e, "tool_choice",
                            "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' "
                            "or an object naming a function.");
         } else if (json_is_object(tc)) {
@@ -228,26 +208,26 @@ static int parse_tools(json_t *root, oa_request *r, oa_error *e)
             if (!name) /* Responses API form: {"type":"function","name":"f"} */
                 name = json_string_value(json_object_get(tc, "name"));
             if (!name)
-                return bad(e, "tool_choice", "Missing required parameter: 'tool_choice.function.name'.");
+                return oa_bad(e, "tool_choice", "Missing required parameter: 'tool_choice.function.name'.");
             r->tool_choice = OA_TOOLS_NAMED;
             r->tool_named = -1;
             for (size_t k = 0; k < r->n_tools; k++)
                 if (!strcmp(r->tools[k].name, name))
                     r->tool_named = (int)k;
             if (r->tool_named < 0)
-                return bad(e, "tool_choice",
+                return oa_bad(e, "tool_choice",
                            "Invalid 'tool_choice': no function named '%.64s' in 'tools'.", name);
         } else {
-            return bad(e, "tool_choice", "Invalid type for 'tool_choice': expected a string or an object.");
+            return oa_bad(e, "tool_choice", "Invalid type for 'tool_choice': expected a string or an object.");
         }
         if (r->tool_choice == OA_TOOLS_REQUIRED && !r->n_tools)
-            return bad(e, "tool_choice", "Invalid 'tool_choice': 'required' needs 'tools'.");
+            return oa_bad(e, "tool_choice", "Invalid 'tool_choice': 'required' needs 'tools'.");
     }
     r->parallel_tool_calls = 1;
     json_t *pc = opt(root, "parallel_tool_calls");
     if (pc) {
         if (!json_is_boolean(pc))
-            return bad(e, "parallel_tool_calls", "Invalid type for 'parallel_tool_calls': expected a boolean.");
+            return oa_bad(e, "parallel_tool_calls", "Invalid type for 'parallel_tool_calls': expected a boolean.");
         r->parallel_tool_calls = json_is_true(pc);
     }
     return 0;
@@ -261,10 +241,10 @@ static int parse_format(json_t *root, oa_request *r, oa_error *e)
     if (!rf)
         return 0;
     if (!json_is_object(rf))
-        return bad(e, "response_format", "Invalid type for 'response_format': expected an object.");
+        return oa_bad(e, "response_format", "Invalid type for 'response_format': expected an object.");
     const char *type = json_string_value(json_object_get(rf, "type"));
     if (!type)
-        return bad(e, "response_format.type", "Missing required parameter: 'response_format.type'.");
+        return oa_bad(e, "response_format.type", "Missing required parameter: 'response_format.type'.");
     json_t *schema = NULL;
     int strict = 0;
     if (!strcmp(type, "text")) {
@@ -275,18 +255,18 @@ static int parse_format(json_t *root, oa_request *r, oa_error *e)
         r->format = OA_FORMAT_JSON_SCHEMA;
         json_t *js = json_object_get(rf, "json_schema");
         if (!json_is_object(js))
-            return bad(e, "response_format.json_schema",
+            return oa_bad(e, "response_format.json_schema",
                        "Missing required parameter: 'response_format.json_schema'.");
         if (!json_is_string(json_object_get(js, "name")))
-            return bad(e, "response_format.json_schema.name",
+            return oa_bad(e, "response_format.json_schema.name",
                        "Missing required parameter: 'response_format.json_schema.name'.");
         schema = opt(js, "schema");
         strict = json_is_true(json_object_get(js, "strict"));
         if (schema && !json_is_object(schema))
-            return bad(e, "response_format.json_schema.schema",
+            return oa_bad(e, "response_format.json_schema.schema",
                        "Invalid type for 'response_format.json_schema.schema': expected an object.");
     } else {
-        return bad(e, "response_format.type",
+        return oa_bad(e, "response_format.type",
                    "Invalid value: '%.40s'. Supported values are: 'text', 'json_object' and "
                    "'json_schema'.", type);
     }
@@ -297,7 +277,7 @@ int agent_format_grammar(oa_request *r, json_t *schema, int strict, const char *
 {
     ms_grammar *g = ms_grammar_new();
     if (!g)
-        return nomem(e);
+        return oa_nomem(e);
     int32_t doc;
     if (schema) {
         doc = js_schema_node(g, schema, strict, param, e);
@@ -314,7 +294,7 @@ int agent_format_grammar(oa_request *r, json_t *schema, int strict, const char *
     ms_error err = { 0 };
     if (ms_grammar_finish(g, root, &err) != MS_OK) {
         ms_grammar_free(g);
-        return bad(e, param, "Invalid schema for '%s': %s.", param, err.msg);
+        return oa_bad(e, param, "Invalid schema for '%s': %s.", param, err.msg);
     }
     r->grammar = g;
     return 0;
@@ -326,30 +306,30 @@ int agent_parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
     if (kind == OA_CHAT) {
         if (lp) {
             if (!json_is_boolean(lp))
-                return bad(e, "logprobs", "Invalid type for 'logprobs': expected a boolean.");
+                return oa_bad(e, "logprobs", "Invalid type for 'logprobs': expected a boolean.");
             r->logprobs = json_is_true(lp);
         }
         json_t *tl = opt(root, "top_logprobs");
         if (tl) {
             if (!json_is_integer(tl) || json_integer_value(tl) < 0 || json_integer_value(tl) > 20)
-                return bad(e, "top_logprobs",
+                return oa_bad(e, "top_logprobs",
                            "Invalid 'top_logprobs': expected an integer between 0 and 20.");
             if (!r->logprobs)
-                return bad(e, "top_logprobs",
+                return oa_bad(e, "top_logprobs",
                            "Invalid 'top_logprobs': 'logprobs' must be true to use it.");
             r->top_logprobs = (int)json_integer_value(tl);
         }
     } else {
         if (lp) {
             if (!json_is_integer(lp) || json_integer_value(lp) < 0 || json_integer_value(lp) > 5)
-                return bad(e, "logprobs", "Invalid 'logprobs': expected an integer between 0 and 5.");
+                return oa_bad(e, "logprobs", "Invalid 'logprobs': expected an integer between 0 and 5.");
             r->logprobs = 1;
             r->top_logprobs = (int)json_integer_value(lp);
         }
         json_t *echo = opt(root, "echo");
         if (echo) {
             if (!json_is_boolean(echo))
-                return bad(e, "echo", "Invalid type for 'echo': expected a boolean.");
+                return oa_bad(e, "echo", "Invalid type for 'echo': expected a boolean.");
             r->echo = json_is_true(echo);
         }
         return 0;

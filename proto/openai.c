@@ -94,11 +94,7 @@ char *oa_error_json(const oa_error *e)
 
 /* =============================================================== requests */
 
-static int bad(oa_error *e, const char *param, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* A 400 invalid_request_error; always returns -1 so callers can `return bad(...)`. */
-static int bad(oa_error *e, const char *param, const char *fmt, ...)
+int oa_bad(oa_error *e, const char *param, const char *fmt, ...)
 {
     char msg[1024]; /* larger than e->message: oa_error_set clips on a char boundary */
     va_list ap;
@@ -109,7 +105,7 @@ static int bad(oa_error *e, const char *param, const char *fmt, ...)
     return -1;
 }
 
-static int nomem(oa_error *e)
+int oa_nomem(oa_error *e)
 {
     oa_error_set(e, 500, "server_error", NULL, NULL, "The server ran out of memory.");
     return -1;
@@ -133,7 +129,7 @@ static const char *got_name(const json_t *v)
 
 static int type_err(oa_error *e, const char *param, const char *expected, const json_t *v)
 {
-    return bad(e, param, "Invalid type for '%s': expected %s, but got %s instead.", param,
+    return oa_bad(e, param, "Invalid type for '%s': expected %s, but got %s instead.", param,
                expected, got_name(v));
 }
 
@@ -170,11 +166,11 @@ static int get_int(json_t *root, const char *key, json_int_t lo, json_int_t hi,
         return type_err(e, key, "an integer", v);
     json_int_t x = json_integer_value(v);
     if (x < lo)
-        return bad(e, key,
+        return oa_bad(e, key,
                    "Invalid '%s': integer below minimum value. Expected a value >= %lld, "
                    "but got %lld instead.", key, (long long)lo, (long long)x);
     if (x > hi)
-        return bad(e, key,
+        return oa_bad(e, key,
                    "Invalid '%s': integer above maximum value. Expected a value <= %lld, "
                    "but got %lld instead.", key, (long long)hi, (long long)x);
     *out = x;
@@ -192,11 +188,11 @@ static int get_num(json_t *root, const char *key, double lo, double hi, float *o
         return type_err(e, key, "a number", v);
     double x = json_number_value(v);
     if (x < lo)
-        return bad(e, key,
+        return oa_bad(e, key,
                    "Invalid '%s': decimal below minimum value. Expected a value >= %g, "
                    "but got %g instead.", key, lo, x);
     if (x > hi)
-        return bad(e, key,
+        return oa_bad(e, key,
                    "Invalid '%s': decimal above maximum value. Expected a value <= %g, "
                    "but got %g instead.", key, hi, x);
     *out = (float)x;
@@ -223,7 +219,7 @@ static int get_str(json_t *root, const char *key, char **out, oa_error *e)
     if (!json_is_string(v))
         return type_err(e, key, "a string", v);
     if (!(*out = dup_json_str(v)))
-        return nomem(e);
+        return oa_nomem(e);
     return 1;
 }
 
@@ -231,12 +227,12 @@ static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
 {
     json_t *v = opt(root, "prompt");
     if (!v)
-        return bad(e, "prompt", "Missing required parameter: 'prompt'.");
+        return oa_bad(e, "prompt", "Missing required parameter: 'prompt'.");
     if (json_is_string(v)) {
         if (!(r->prompts = calloc(1, sizeof *r->prompts)))
-            return nomem(e);
+            return oa_nomem(e);
         if (!(r->prompts[0] = dup_json_str(v)))
-            return nomem(e);
+            return oa_nomem(e);
         r->n_prompts = 1;
         return 0;
     }
@@ -244,7 +240,7 @@ static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
         return type_err(e, "prompt", "a string or an array of strings", v);
     size_t n = json_array_size(v);
     if (n == 0)
-        return bad(e, "prompt",
+        return oa_bad(e, "prompt",
                    "Invalid 'prompt': empty array. Expected an array with minimum length 1, "
                    "but got an empty array instead.");
     for (size_t i = 0; i < n; i++) {
@@ -256,10 +252,10 @@ static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
             return type_err(e, "prompt", "a string or an array of strings", it);
     }
     if (!(r->prompts = calloc(n, sizeof *r->prompts)))
-        return nomem(e);
+        return oa_nomem(e);
     for (size_t i = 0; i < n; i++) {
         if (!(r->prompts[i] = dup_json_str(json_array_get(v, i))))
-            return nomem(e); /* n_prompts counts only filled slots... */
+            return oa_nomem(e); /* n_prompts counts only filled slots... */
         r->n_prompts = i + 1; /* ...so oa_request_free frees exactly those */
     }
     return 0;
@@ -277,17 +273,17 @@ static int parse_parts(json_t *arr, size_t mi, char **out, oa_error *e)
             return type_err(e, param, "an object", part);
         json_t *type = json_object_get(part, "type");
         if (!json_is_string(type))
-            return bad(e, param, "Missing required parameter: '%s.type'.", param);
+            return oa_bad(e, param, "Missing required parameter: '%s.type'.", param);
         if (strcmp(json_string_value(type), "text") != 0) {
             char shown[48];
             copy_clipped(shown, sizeof shown, json_string_value(type));
-            return bad(e, param,
+            return oa_bad(e, param,
                        "Invalid value for '%s.type': content parts of type '%s' are not "
                        "supported; only 'text' is.", param, shown);
         }
         json_t *text = json_object_get(part, "text");
         if (!text)
-            return bad(e, param, "Missing required parameter: '%s.text'.", param);
+            return oa_bad(e, param, "Missing required parameter: '%s.text'.", param);
         if (!json_is_string(text)) {
             snprintf(param, sizeof param, "messages[%zu].content[%zu].text", mi, j);
             return type_err(e, param, "a string", text);
@@ -296,7 +292,7 @@ static int parse_parts(json_t *arr, size_t mi, char **out, oa_error *e)
     }
     char *s = malloc(total + 1), *p = s;
     if (!s)
-        return nomem(e);
+        return oa_nomem(e);
     for (size_t j = 0; j < n; j++) {
         json_t *text = json_object_get(json_array_get(arr, j), "text");
         if (j > 0)
@@ -313,16 +309,16 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
 {
     json_t *v = opt(root, "messages");
     if (!v)
-        return bad(e, "messages", "Missing required parameter: 'messages'.");
+        return oa_bad(e, "messages", "Missing required parameter: 'messages'.");
     if (!json_is_array(v))
         return type_err(e, "messages", "an array", v);
     size_t n = json_array_size(v);
     if (n == 0)
-        return bad(e, "messages",
+        return oa_bad(e, "messages",
                    "Invalid 'messages': empty array. Expected an array with minimum length 1, "
                    "but got an empty array instead.");
     if (!(r->messages = calloc(n, sizeof *r->messages)))
-        return nomem(e);
+        return oa_nomem(e);
     for (size_t i = 0; i < n; i++) {
         char param[96];
         json_t *m = json_array_get(v, i);
@@ -333,7 +329,7 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
         snprintf(param, sizeof param, "messages[%zu].role", i);
         json_t *role = json_object_get(m, "role");
         if (!role || json_is_null(role))
-            return bad(e, param, "Missing required parameter: '%s'.", param);
+            return oa_bad(e, param, "Missing required parameter: '%s'.", param);
         if (!json_is_string(role))
             return type_err(e, param, "a string", role);
         const char *rs = json_string_value(role);
@@ -350,7 +346,7 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
         if (!norm) {
             char shown[48];
             copy_clipped(shown, sizeof shown, rs);
-            return bad(e, param,
+            return oa_bad(e, param,
                        "Invalid value: '%s'. Supported values are: 'system', 'developer', "
                        "'user', 'assistant' and 'tool'.", shown);
         }
@@ -362,7 +358,7 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
             /* OpenAI allows a null content only on assistant turns (those
              * that carried tool calls); for us they are empty replies. */
             if (!assistant)
-                return bad(e, param, "Missing required parameter: '%s'.", param);
+                return oa_bad(e, param, "Missing required parameter: '%s'.", param);
             content = dupn("", 0);
         } else if (json_is_string(c)) {
             content = dup_json_str(c);
@@ -373,13 +369,13 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
             return type_err(e, param, "a string or an array of content parts", c);
         }
         if (!content)
-            return nomem(e);
+            return oa_nomem(e);
         /* Count the message before the role copy can fail, so that
          * oa_request_free releases its content either way. */
         r->messages[i].content = content;
         r->n_messages = i + 1;
         if (!(r->messages[i].role = dupn(norm, strlen(norm))))
-            return nomem(e);
+            return oa_nomem(e);
         if (agent_parse_message(v, i, &r->messages[i], e) < 0)
             return -1;
     }
@@ -395,7 +391,7 @@ static int parse_stop(json_t *root, oa_request *r, oa_error *e)
         if (json_string_length(v) == 0)
             return 0;
         if (!(r->stop[0] = dup_json_str(v)))
-            return nomem(e);
+            return oa_nomem(e);
         r->n_stop = 1;
         return 0;
     }
@@ -403,7 +399,7 @@ static int parse_stop(json_t *root, oa_request *r, oa_error *e)
         return type_err(e, "stop", "a string or an array of strings", v);
     size_t n = json_array_size(v);
     if (n > OA_MAX_STOP)
-        return bad(e, "stop",
+        return oa_bad(e, "stop",
                    "Invalid 'stop': array too long. Expected an array with maximum length %d, "
                    "but got an array with length %zu instead.", OA_MAX_STOP, n);
     for (size_t i = 0; i < n; i++) {
@@ -413,7 +409,7 @@ static int parse_stop(json_t *root, oa_request *r, oa_error *e)
         if (json_string_length(it) == 0)
             continue; /* an empty stop would match before any text */
         if (!(r->stop[r->n_stop] = dup_json_str(it)))
-            return nomem(e);
+            return oa_nomem(e);
         r->n_stop++;
     }
     return 0;
@@ -447,7 +443,7 @@ static int parse_logit_bias(json_t *root, oa_request *r, oa_error *e)
     if (n == 0)
         return 0;
     if (!(r->logit_bias = calloc(n, sizeof *r->logit_bias)))
-        return nomem(e);
+        return oa_nomem(e);
     const char *key;
     json_t *val;
     json_object_foreach(v, key, val) {
@@ -455,7 +451,7 @@ static int parse_logit_bias(json_t *root, oa_request *r, oa_error *e)
         if (parse_token_key(key, &lb->token) < 0) {
             char shown[48];
             copy_clipped(shown, sizeof shown, key);
-            return bad(e, "logit_bias",
+            return oa_bad(e, "logit_bias",
                        "Invalid key in 'logit_bias': '%s' is not a token id (expected a "
                        "non-negative integer as a string).", shown);
         }
@@ -463,7 +459,7 @@ static int parse_logit_bias(json_t *root, oa_request *r, oa_error *e)
             return type_err(e, "logit_bias", "a number", val);
         double x = json_number_value(val);
         if (x < -100 || x > 100)
-            return bad(e, "logit_bias",
+            return oa_bad(e, "logit_bias",
                        "Invalid 'logit_bias': the bias for token %" PRId32 " must be between "
                        "-100 and 100, but got %g instead.", lb->token, x);
         lb->bias = (float)x;
@@ -492,11 +488,11 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
 {
     json_t *model = opt(root, "model");
     if (!model)
-        return bad(e, "model", "You must provide a model parameter.");
+        return oa_bad(e, "model", "You must provide a model parameter.");
     if (!json_is_string(model))
         return type_err(e, "model", "a string", model);
     if (!(r->model = dup_json_str(model)))
-        return nomem(e);
+        return oa_nomem(e);
 
     if ((kind == OA_CHAT ? parse_messages(root, r, e) : parse_prompt(root, r, e)) < 0)
         return -1;
@@ -547,7 +543,7 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
         if (!json_is_object(so))
             return type_err(e, "stream_options", "an object", so);
         if (!r->stream)
-            return bad(e, "stream_options",
+            return oa_bad(e, "stream_options",
                        "The 'stream_options' parameter is only allowed when 'stream' is "
                        "enabled.");
         json_t *iu = opt(so, "include_usage");
@@ -564,7 +560,7 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
         get_str(root, "session_id", &r->session_id, e) < 0)
         return -1;
     if (r->session_id && !oa_session_id_valid(r->session_id, strlen(r->session_id)))
-        return bad(e, "session_id",
+        return oa_bad(e, "session_id",
                    "Invalid 'session_id': expected 1 to 128 characters from [A-Za-z0-9._:-], "
                    "not '.' or '..'.");
     return agent_parse_fields(kind, root, r, e);
@@ -597,7 +593,7 @@ int oa_request_parse(oa_kind kind, const char *body, size_t len, oa_request *out
     json_error_t jerr;
     json_t *root = json_loadb(body ? body : "", body ? len : 0, 0, &jerr);
     if (!root) {
-        bad(e, NULL,
+        oa_bad(e, NULL,
             "We could not parse the JSON body of your request: %s (line %d, column %d).",
             jerr.text, jerr.line, jerr.column);
         oa_request_free(out);
@@ -605,7 +601,7 @@ int oa_request_parse(oa_kind kind, const char *body, size_t len, oa_request *out
     }
     int rc = 0;
     if (!json_is_object(root))
-        rc = bad(e, NULL, "Invalid request body: expected a JSON object, but got %s instead.",
+        rc = oa_bad(e, NULL, "Invalid request body: expected a JSON object, but got %s instead.",
                  got_name(root));
     else
         rc = parse_fields(kind, root, out, e);

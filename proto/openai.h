@@ -32,6 +32,12 @@ typedef struct oa_error {
 int oa_error_set(oa_error *e, int status, const char *type, const char *param,
                  const char *code, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
+/* A 400 invalid_request_error about param (may be NULL); returns -1, so a
+ * parser can `return oa_bad(...)`. */
+int oa_bad(oa_error *e, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* A 500 server_error saying the server ran out of memory; returns -1. */
+int oa_nomem(oa_error *e);
 /* {"error":{"message","type","param","code"}} */
 char *oa_error_json(const oa_error *e);
 

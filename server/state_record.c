@@ -37,22 +37,6 @@ static uint32_t crc32_of(const unsigned char *b, size_t n)
     return (uint32_t)crc32_z(0, b, n);
 }
 
-static void put_u32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get_u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get_u64(const unsigned char *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
 
 static size_t nfloats(const ms_config *c)
 {
@@ -74,19 +58,19 @@ size_t record_encode(const store_record *r, const ms_config *cfg, const uint8_t 
     if (cap < need) return 0;
     unsigned char *p = out;
     memcpy(p, MAGIC, 8);
-    put_u32(p + 8, VERSION);
-    put_u32(p + 12, (uint32_t)cfg->n_layer);
-    put_u32(p + 16, (uint32_t)cfg->n_embd);
-    put_u32(p + 20, (uint32_t)cfg->n_head);
-    put_u32(p + 24, (uint32_t)cfg->head_size);
-    put_u32(p + 28, (cfg->meta_state ? F_META : 0) | (r->tokens_known ? F_TOKENS : 0) |
+    rec_put_u32(p + 8, VERSION);
+    rec_put_u32(p + 12, (uint32_t)cfg->n_layer);
+    rec_put_u32(p + 16, (uint32_t)cfg->n_embd);
+    rec_put_u32(p + 20, (uint32_t)cfg->n_head);
+    rec_put_u32(p + 24, (uint32_t)cfg->head_size);
+    rec_put_u32(p + 28, (cfg->meta_state ? F_META : 0) | (r->tokens_known ? F_TOKENS : 0) |
                         (r->ckpt ? F_CKPT : 0));
     memcpy(p + 32, fp, 32);
-    put_u64(p + 64, r->tokens_known ? r->n_tokens : 0);
-    put_u64(p + 72, r->ckpt ? r->n_ckpt : 0);
+    rec_put_u64(p + 64, r->tokens_known ? r->n_tokens : 0);
+    rec_put_u64(p + 72, r->ckpt ? r->n_ckpt : 0);
     p += HDR_BYTES;
     size_t name_len = strnlen(r->init_state, STORE_NAME_MAX);
-    put_u32(p, (uint32_t)name_len);
+    rec_put_u32(p, (uint32_t)name_len);
     memcpy(p + 4, r->init_state, name_len);
     p += 4 + name_len;
     size_t sb = nfloats(cfg) * sizeof(float);
@@ -100,7 +84,7 @@ size_t record_encode(const store_record *r, const ms_config *cfg, const uint8_t 
         memcpy(p, r->tokens, r->n_tokens * sizeof(int32_t));
         p += r->n_tokens * sizeof(int32_t);
     }
-    put_u32(p, crc32_of(out, (size_t)(p - out)));
+    rec_put_u32(p, crc32_of(out, (size_t)(p - out)));
     return need;
 }
 
@@ -115,23 +99,23 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
     r->init_state[0] = 0;
     if (len < HDR_BYTES || memcmp(buf, MAGIC, 8))
         return fail(err, errcap, "%s: not a metastate session record (bad magic or truncated header)", what);
-    uint32_t ver = get_u32(buf + 8);
+    uint32_t ver = rec_get_u32(buf + 8);
     if (ver != 1 && ver != VERSION)
         return fail(err, errcap, "%s: session record version %u, this server reads versions 1 to %u",
                     what, ver, VERSION);
-    uint32_t L = get_u32(buf + 12), C = get_u32(buf + 16), H = get_u32(buf + 20), N = get_u32(buf + 24);
+    uint32_t L = rec_get_u32(buf + 12), C = rec_get_u32(buf + 16), H = rec_get_u32(buf + 20), N = rec_get_u32(buf + 24);
     if ((int)L != cfg->n_layer || (int)C != cfg->n_embd || (int)H != cfg->n_head ||
         (int)N != cfg->head_size)
         return fail(err, errcap, "%s: state of shape L=%u C=%u H=%u N=%u, the model has L=%d C=%d H=%d N=%d",
                     what, L, C, H, N, cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->head_size);
     if (!ms_model_state_compatible(model, buf + 32))
         return fail(err, errcap, "%s: state made with another model (fingerprint mismatch)", what);
-    uint32_t flags = get_u32(buf + 28);
-    uint64_t nt = get_u64(buf + 64), nc = get_u64(buf + 72);
+    uint32_t flags = rec_get_u32(buf + 28);
+    uint64_t nt = rec_get_u64(buf + 64), nc = rec_get_u64(buf + 72);
     size_t off = HDR_BYTES;
     uint32_t name_len = 0;
     if (ver >= 2) {
-        if (len < off + 4 || (name_len = get_u32(buf + off)) > STORE_NAME_MAX ||
+        if (len < off + 4 || (name_len = rec_get_u32(buf + off)) > STORE_NAME_MAX ||
             len < off + 4 + name_len || memchr(buf + off + 4, 0, name_len))
             return fail(err, errcap, "%s: bad initial-state name (truncated or corrupt)", what);
         off += 4 + name_len;
@@ -145,7 +129,7 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
     if ((uint64_t)len != expect)
         return fail(err, errcap, "%s: %zu bytes, a record with this header has %llu (truncated or corrupt)",
                     what, len, (unsigned long long)expect);
-    if (get_u32(buf + len - 4) != crc32_of(buf, len - 4))
+    if (rec_get_u32(buf + len - 4) != crc32_of(buf, len - 4))
         return fail(err, errcap, "%s: checksum mismatch (value corrupt)", what);
     {
         /* The floats may sit at any alignment in buf: check a copy's worth at a time. */
@@ -161,7 +145,7 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
     }
     const unsigned char *toks = buf + off + nf * 4 * (has_ckpt ? 2 : 1);
     for (uint64_t i = 0; i < nt; i++) {
-        int32_t t = (int32_t)get_u32(toks + 4 * i);
+        int32_t t = (int32_t)rec_get_u32(toks + 4 * i);
         if (t < 0 || t >= cfg->vocab_size)
             return fail(err, errcap, "%s: token id %d out of range", what, t);
     }
@@ -184,5 +168,5 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
 
 long long record_peek_tokens(const unsigned char *buf, size_t len)
 {
-    return len >= HDR_BYTES && !memcmp(buf, MAGIC, 8) ? (long long)get_u64(buf + 64) : -1;
+    return len >= HDR_BYTES && !memcmp(buf, MAGIC, 8) ? (long long)rec_get_u64(buf + 64) : -1;
 }

@@ -19,6 +19,24 @@
 #include "engine.h"
 #include "state_store.h"
 
+/* The record's little-endian fields, for both stores (files and values). */
+static inline void rec_put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static inline void rec_put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static inline uint32_t rec_get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t rec_get_u64(const unsigned char *p)
+{
+    return (uint64_t)rec_get_u32(p) | (uint64_t)rec_get_u32(p + 4) << 32;
+}
+
 /* Bytes record_encode writes for r (a model with config cfg). */
 size_t record_size(const store_record *r, const ms_config *cfg);
 

@@ -27,6 +27,7 @@
 #include "state_store.h"
 
 #include "openai.h"
+#include "state_record.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -77,23 +78,6 @@ static void path_of(char *out, size_t cap, const char *dir, const char *id, cons
 
 /* ------------------------------------------------------------------ save */
 
-static void put_u32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put_u64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get_u32(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static uint64_t get_u64(const unsigned char *p)
-{
-    return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
-
 /* Writes n bytes and folds them into *crc; -1 on a short write. */
 static int wr(FILE *f, const void *p, size_t n, uint32_t *crc)
 {
@@ -139,20 +123,20 @@ int store_save(const char *dir, const char *id, const store_record *r,
     }
     unsigned char h[HDR_BYTES];
     memcpy(h, MAGIC, 8);
-    put_u32(h + 8, VERSION);
-    put_u32(h + 12, (uint32_t)cfg->n_layer);
-    put_u32(h + 16, (uint32_t)cfg->n_embd);
-    put_u32(h + 20, (uint32_t)cfg->n_head);
-    put_u32(h + 24, (uint32_t)cfg->head_size);
+    rec_put_u32(h + 8, VERSION);
+    rec_put_u32(h + 12, (uint32_t)cfg->n_layer);
+    rec_put_u32(h + 16, (uint32_t)cfg->n_embd);
+    rec_put_u32(h + 20, (uint32_t)cfg->n_head);
+    rec_put_u32(h + 24, (uint32_t)cfg->head_size);
     uint32_t flags = (cfg->meta_state ? F_META : 0) | (r->tokens_known ? F_TOKENS : 0) |
                      (r->ckpt ? F_CKPT : 0);
-    put_u32(h + 28, flags);
+    rec_put_u32(h + 28, flags);
     memcpy(h + 32, fp, 32);
-    put_u64(h + 64, r->tokens_known ? r->n_tokens : 0);
-    put_u64(h + 72, r->ckpt ? r->n_ckpt : 0);
+    rec_put_u64(h + 64, r->tokens_known ? r->n_tokens : 0);
+    rec_put_u64(h + 72, r->ckpt ? r->n_ckpt : 0);
     size_t name_len = strnlen(r->init_state, STORE_NAME_MAX);
     unsigned char nl[4];
-    put_u32(nl, (uint32_t)name_len);
+    rec_put_u32(nl, (uint32_t)name_len);
     uint32_t crc = 0;
     int bad = wr(f, h, sizeof h, &crc);
     bad = bad || wr(f, nl, 4, &crc) || wr(f, r->init_state, name_len, &crc);
@@ -164,7 +148,7 @@ int store_save(const char *dir, const char *id, const store_record *r,
         bad = bad || wr(f, r->tokens, r->n_tokens * sizeof(int32_t), &crc);
     }
     unsigned char tail[4];
-    put_u32(tail, crc);
+    rec_put_u32(tail, crc);
     bad = bad || fwrite(tail, 1, 4, f) != 4;
     bad = bad || fflush(f) != 0 || fsync(fileno(f)) != 0;
     int saved = errno;
@@ -266,13 +250,13 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
         fail(err, errcap, "%s: not a metastate session file (bad magic or truncated header)", path);
         goto out;
     }
-    uint32_t ver = get_u32(h + 8);
+    uint32_t ver = rec_get_u32(h + 8);
     if (ver != 1 && ver != VERSION) {
         fail(err, errcap, "%s: session file version %u, this server reads versions 1 to %u", path,
              ver, VERSION);
         goto out;
     }
-    uint32_t L = get_u32(h + 12), C = get_u32(h + 16), H = get_u32(h + 20), N = get_u32(h + 24);
+    uint32_t L = rec_get_u32(h + 12), C = rec_get_u32(h + 16), H = rec_get_u32(h + 20), N = rec_get_u32(h + 24);
     if ((int)L != cfg->n_layer || (int)C != cfg->n_embd || (int)H != cfg->n_head ||
         (int)N != cfg->head_size) {
         fail(err, errcap, "%s: state of shape L=%u C=%u H=%u N=%u, the model has L=%d C=%d H=%d N=%d",
@@ -283,13 +267,13 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
         fail(err, errcap, "%s: state made with another model (fingerprint mismatch)", path);
         goto out;
     }
-    uint32_t flags = get_u32(h + 28);
-    uint64_t nt = get_u64(h + 64), nc = get_u64(h + 72);
+    uint32_t flags = rec_get_u32(h + 28);
+    uint64_t nt = rec_get_u64(h + 64), nc = rec_get_u64(h + 72);
     char name[STORE_NAME_MAX + 1] = "";
     uint32_t name_len = 0;
     if (ver >= 2) {
         unsigned char nl[4];
-        if (rd(f, nl, 4, &crc) || (name_len = get_u32(nl)) > STORE_NAME_MAX ||
+        if (rd(f, nl, 4, &crc) || (name_len = rec_get_u32(nl)) > STORE_NAME_MAX ||
             rd(f, name, name_len, &crc) || memchr(name, 0, name_len)) {
             fail(err, errcap, "%s: bad initial-state name (truncated or corrupt)", path);
             goto out;
@@ -332,7 +316,7 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
         goto out;
     }
     unsigned char tail[4];
-    if (fread(tail, 1, 4, f) != 4 || get_u32(tail) != crc) {
+    if (fread(tail, 1, 4, f) != 4 || rec_get_u32(tail) != crc) {
         fail(err, errcap, "%s: checksum mismatch (file corrupt)", path);
         goto out;
     }
@@ -373,7 +357,7 @@ long long store_peek_tokens(const char *dir, const char *id)
     FILE *f = open_regular(path);
     if (!f) return -1;
     unsigned char h[HDR_BYTES];
-    long long n = fread(h, 1, sizeof h, f) == sizeof h && !memcmp(h, MAGIC, 8) ? (long long)get_u64(h + 64) : -1;
+    long long n = fread(h, 1, sizeof h, f) == sizeof h && !memcmp(h, MAGIC, 8) ? (long long)rec_get_u64(h + 64) : -1;
     fclose(f);
     return n;
 }
