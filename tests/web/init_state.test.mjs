@@ -45,7 +45,7 @@ before(async () => {
   await donor.stop();
   const file = stateTuningFile(Buffer.from(st.bytes), join(tmpDir('web-init'), 'ada.safetensors'));
   srv = await startServer({ model: MODEL, args: ['--vocab', VOCAB, '--init-state', `ada=${file}`] });
-  browser = await launch();
+  browser = await launch({ protocolTimeout: T + 10000 }); // longer than any single wait
 });
 after(async () => {
   await browser?.close();

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
-export async function launch() {
+/** protocolTimeout bounds every call, a waitForFunction's whole wait included. */
+export async function launch({ protocolTimeout = 120000 } = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'metastate-chromium-'));
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
@@ -16,7 +17,7 @@ export async function launch() {
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       `--user-data-dir=${profile}`],
-    protocolTimeout: 120000,
+    protocolTimeout,
     timeout: 60000,
   });
   const close = browser.close.bind(browser);
