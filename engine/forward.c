@@ -322,6 +322,23 @@ static float *shift_of(ms_ctx *c, int t, int l, int att)
     return att ? ms_state_att_shift(c->row_state[t], l) : ms_state_ffn_shift(c->row_state[t], l);
 }
 
+/* One row of one mix: o = cur + (prev - cur) * mq. */
+CLONES static void shift_mix(float *restrict o, const float *restrict cur,
+                             const float *restrict prev, const float *restrict mq, int C)
+{
+    for (int i = 0; i < C; i++)
+        o[i] = cur[i] + (prev[i] - cur[i]) * mq[i];
+}
+
+/* The channel mix's activation, max(x, 0)^2. */
+CLONES static void relu_squared(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const float h = x[i] > 0.0f ? x[i] : 0.0f;
+        x[i] = h * h;
+    }
+}
+
 /* Token shift for rows [0, T): D = prev - XN, where prev is the previous
  * row of the same sequence, or the state's vector for a sequence's first
  * row; then out_q = XN + D*mix_q for each mix. Each sequence's state then
@@ -334,12 +351,8 @@ static void token_shift(ms_ctx *c, int T, int l, int att, const float *const *mi
     for (int t = 0; t < T; t++) {
         const float *cur = xn + (size_t)t * C;
         const float *prev = row_first(c, t) ? shift_of(c, t, l, att) : cur - C;
-        for (int q = 0; q < nmix; q++) {
-            float *o = out[q] + (size_t)t * C;
-            const float *mq = mix[q];
-            for (int i = 0; i < C; i++)
-                o[i] = cur[i] + (prev[i] - cur[i]) * mq[i];
-        }
+        for (int q = 0; q < nmix; q++)
+            shift_mix(out[q] + (size_t)t * C, cur, prev, mix[q], C);
     }
     for (int t = 0; t < T; t++)
         if (row_last(c, t, T))
@@ -513,10 +526,7 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     if (L->n_sse)
         self_state_encoder(c, L, l, T);
     linear(c, c->hid, c->xk, &L->ffn_key, T, 0.0f);
-    for (size_t i = 0; i < (size_t)T * F; i++) {
-        float h = c->hid[i] > 0.0f ? c->hid[i] : 0.0f;
-        c->hid[i] = h * h;
-    }
+    relu_squared(c->hid, (size_t)T * F);
     linear(c, c->x, c->hid, &L->ffn_value, T, 1.0f);
 }
 
