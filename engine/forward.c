@@ -119,7 +119,8 @@ static void linear_many(ms_ctx *c, const k_product *p, int n, int T)
     k_product kern[8];
     int nk = 0;
     for (int i = 0; i < n; i++) {
-        if ((n_chunk <= K_MAX_BATCH || k_matmul_any_rows(p[i].W)) && nk < 8)
+        if ((n_chunk <= K_MAX_BATCH || k_matmul_any_rows(p[i].W)) &&
+            nk < (int)(sizeof kern / sizeof kern[0]))
             kern[nk++] = p[i];
         else
             linear(c, p[i].Y, p[i].X, p[i].W, T, p[i].beta);
@@ -322,6 +323,16 @@ static float *shift_of(ms_ctx *c, int t, int l, int att)
     return att ? ms_state_att_shift(c->row_state[t], l) : ms_state_ffn_shift(c->row_state[t], l);
 }
 
+/* 1 / max(|p|, 1e-12) for p of n floats, |p| summed in double (the L2
+ * normalizations of kk and of the Self-State Encoder's read-out). */
+static float inv_norm(const float *p, int n)
+{
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)p[i] * p[i];
+    return 1.0f / fmaxf((float)sqrt(ss), 1e-12f);
+}
+
 /* One row of one mix: o = cur + (prev - cur) * mq. */
 CLONES static void shift_mix(float *restrict o, const float *restrict cur,
                              const float *restrict prev, const float *restrict mq, int C)
@@ -381,10 +392,7 @@ static void head_row(const head_job *j, int t, int h)
     mix_row(c->w + o, c->a + o, c->k + o, c->kk + o, c->v + o, c->vfirst + o, c->tmp + o, L,
             j->l == 0, h * N, N);
     float *kk = c->kk + o;
-    double ss = 0;
-    for (int i = 0; i < N; i++)
-        ss += (double)kk[i] * kk[i];
-    const float kinv = 1.0f / fmaxf((float)sqrt(ss), 1e-12f);
+    const float kinv = inv_norm(kk, N);
     for (int i = 0; i < N; i++)
         kk[i] *= kinv;
 
@@ -504,10 +512,7 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
                 wkv_head(c->s_start + (size_t)h * NN, kx, c->w + o, c->k + o, c->v + o,
                          c->kk + o, c->a + o, u, N);
             }
-            double ss = 0;
-            for (int i = 0; i < N; i++)
-                ss += (double)u[i] * u[i];
-            const float inv = 1.0f / fmaxf((float)sqrt(ss), 1e-12f);
+            const float inv = inv_norm(u, N);
             const float *gamma = L->ms_gamma + (size_t)h * N;
             for (int i = 0; i < N; i++)
                 kx[i] += gamma[i] * (u[i] * inv);

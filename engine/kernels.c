@@ -544,12 +544,17 @@ PREP512 static int bf16_pairs(const float *x, uint32_t *d, int np)
     return p;
 }
 
-/* Fills a for W's format from X; returns -1 when the scratch cannot grow. */
+/* The exact formats read the fp32 inputs as given: nothing to prepare. */
+static int inputs_as_given(const k_wmat *W)
+{
+    return W->fmt == K_W_F32 || (W->fmt == K_W_BF16 && !W->dot_bf16);
+}
+
 /* Scratch bytes act_prepare needs for B rows of inputs to W (64-byte
  * multiples, so several products' share one buffer aligned). */
 static size_t act_bytes(const k_wmat *W, int B)
 {
-    if (W->fmt == K_W_F32 || (W->fmt == K_W_BF16 && !W->dot_bf16))
+    if (inputs_as_given(W))
         return 0;
     if (W->fmt == K_W_BF16)
         return ((size_t)B * (size_t)W->kp * 2 + 63) & ~(size_t)63;
@@ -566,7 +571,7 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
     a->ldx = (size_t)K;
     a->kp = (size_t)W->kp;
     a->G = n_groups(K);
-    if (W->fmt == K_W_F32 || (W->fmt == K_W_BF16 && !W->dot_bf16))
+    if (inputs_as_given(W))
         return;
     if (W->fmt == K_W_BF16) {
         uint32_t *xb = buf;
@@ -1460,7 +1465,7 @@ void k_parallel(int n, void (*run)(void *arg, int i), void *arg)
 enum { MANY_MAX = 8 };
 typedef struct {
     const k_product *p;
-    int n, B;
+    int B;
     act A[MANY_MAX];
     range_fn fn[MANY_MAX];
     int per[MANY_MAX];
@@ -1499,7 +1504,7 @@ void k_matmul_many(const k_product *p, int n, int B)
     pthread_once(&isa_once, choose_isa);
     for (int done = 0; done < n; done += MANY_MAX) {
         const int cnt = n - done < MANY_MAX ? n - done : MANY_MAX;
-        matmul_job m = {.p = p + done, .n = cnt, .B = B};
+        matmul_job m = {.p = p + done, .B = B};
         size_t bytes = 0, off[MANY_MAX];
         for (int i = 0; i < cnt; i++) {
             off[i] = bytes;
