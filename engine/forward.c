@@ -234,13 +234,16 @@ __attribute__((target("avx512f")))
 static void wkv_head_avx512(float *restrict S, const float *restrict r, const float *restrict w,
                             const float *restrict k, const float *restrict v,
                             const float *restrict kk, const float *restrict a, float *restrict y,
-                            int N)
+                            int N, const float *pf)
 {
     float b[256];
     for (int j = 0; j < N; j += 16)
         _mm512_storeu_ps(b + j, _mm512_mul_ps(_mm512_loadu_ps(kk + j), _mm512_loadu_ps(a + j)));
     for (int i = 0; i < N; i++) {
         float *row = S + (size_t)i * N;
+        if (pf)
+            for (int q = 0; q < N; q += 16)
+                _mm_prefetch((const char *)(pf + (size_t)i * N + q), _MM_HINT_T0);
         __m512 part = _mm512_setzero_ps();
         for (int j = 0; j < N; j += 16)
             part = _mm512_sub_ps(part, _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(kk + j)));
@@ -305,14 +308,16 @@ static void wkv_portable(float *restrict S, const float *restrict r, const float
     }
 }
 
+/* pf: another head's state, read ahead into the cache row by row while this
+ * one is stepped (NULL: none); it changes no result. */
 static void wkv_head(float *restrict S, const float *restrict r, const float *restrict w,
                      const float *restrict k, const float *restrict v, const float *restrict kk,
-                     const float *restrict a, float *restrict y, int N)
+                     const float *restrict a, float *restrict y, int N, const float *pf)
 {
     /* Follows the kernels' instruction set, so forcing one (METASTATE_ISA,
      * the tests' per-ISA cases) also runs the portable step. */
     if (N % 16 == 0 && N <= 256 && k_isa_avx512())
-        wkv_head_avx512(S, r, w, k, v, kk, a, y, N);
+        wkv_head_avx512(S, r, w, k, v, kk, a, y, N, pf);
     else
         wkv_portable(S, r, w, k, v, kk, a, y, N);
 }
@@ -383,7 +388,7 @@ typedef struct {
  * its channels, kk normalized, the WKV step on row t's state, GroupNorm,
  * the r.k bonus and the gate. Each (row, head) touches only its own
  * channels and state, so these run in parallel and hot in cache. */
-static void head_row(const head_job *j, int t, int h)
+static void head_row(const head_job *j, int t, int h, const float *pf)
 {
     ms_ctx *c = j->c;
     const ms_layer *L = j->L;
@@ -398,7 +403,7 @@ static void head_row(const head_job *j, int t, int h)
 
     float *S = ms_state_wkv(c->row_state[t], j->l) + (size_t)h * N * N;
     float *y = c->y + o;
-    wkv_head(S, c->r + o, c->w + o, c->k + o, c->v + o, kk, c->a + o, y, N);
+    wkv_head(S, c->r + o, c->w + o, c->k + o, c->v + o, kk, c->a + o, y, N, pf);
 
     float mu, var;
     norm_stats(y, N, &mu, &var);
@@ -421,7 +426,17 @@ static void head_rows_of_chunk(void *arg, int h)
 {
     const head_job *j = arg;
     for (int t = j->c->n_single; t < j->T; t++)
-        head_row(j, t, h);
+        head_row(j, t, h, NULL);
+}
+
+/* The WKV state of item i, which the thread now running item i - threads
+ * most likely takes next (items go out in order), or NULL past the singles. */
+static const float *next_state(const head_job *j, int i)
+{
+    const int H = j->c->m->cfg.n_head, N = j->c->m->cfg.head_size;
+    if (i >= j->c->n_single * H)
+        return NULL;
+    return ms_state_wkv(j->c->row_state[i / H], j->l) + (size_t)(i % H) * N * N;
 }
 
 /* Item i < n_single * H is (single row t, head h), each its own sequence's
@@ -433,8 +448,8 @@ static void head_item(void *arg, int i)
     const int H = j->c->m->cfg.n_head;
     if (i >= j->c->n_single * H)
         head_rows_of_chunk(arg, i - j->c->n_single * H);
-    else
-        head_row(j, i / H, i % H);
+    else /* a batch's states come from memory: fetch the next one meanwhile */
+        head_row(j, i / H, i % H, next_state(j, i + k_threads()));
 }
 
 static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
@@ -510,7 +525,7 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
                 }
             } else {
                 wkv_head(c->s_start + (size_t)h * NN, kx, c->w + o, c->k + o, c->v + o,
-                         c->kk + o, c->a + o, u, N);
+                         c->kk + o, c->a + o, u, N, NULL);
             }
             const float inv = inv_norm(u, N);
             const float *gamma = L->ms_gamma + (size_t)h * N;
