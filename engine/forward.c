@@ -216,9 +216,8 @@ CLONES static void layer_norm(float *dst, const float *x, const float *w, const 
 }
 
 /* Sum of 16 lanes as a fixed tree: lane l with l+8, then l+4, then l+2
- * and l+1, which is the order of _mm512_reduce_add_ps, so the portable and
- * the AVX-512 WKV steps give the same bits. A tree is 4 dependent
- * additions where a lane-by-lane sum was 16 (two such sums per row). */
+ * and l+1 (halving). The AVX-512 step sums sixteen rows' lanes at once in
+ * the same tree (sum16x16), so both give the same bits. */
 static inline float sum16(const float p[16])
 {
     float t[8];
@@ -228,53 +227,103 @@ static inline float sum16(const float p[16])
     return (u0 + u2) + (u1 + u3);
 }
 
-/* wkv_head for N a multiple of 16 (every released model) with AVX-512:
- * the portable loop's operations in its order, vector by vector. */
-__attribute__((target("avx512f")))
-static void wkv_head_avx512(float *restrict S, const float *restrict r, const float *restrict w,
-                            const float *restrict k, const float *restrict v,
-                            const float *restrict kk, const float *restrict a, float *restrict y,
-                            int N, const float *pf)
+#define WKV512 __attribute__((target("avx512f,fma")))
+
+/* Lane i of the result is sum16(p[i]): the sixteen sums of a block of rows
+ * by swapping halves between vectors (about 3 instructions per row, where
+ * a horizontal sum took 8 and then a broadcast). */
+WKV512 static inline __m512 sum16x16(const __m512 p[16])
+{
+    __m512 q[8], r[4], s[2];
+    for (int i = 0; i < 8; i++) /* [rows 2i, 2i+1] lanes l + (l+8) */
+        q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++) /* rows 4i..4i+3, one per 128-bit lane: l + (l+4) */
+        r[i] = _mm512_add_ps(_mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++) { /* lanes 0 + 2 and 1 + 3 of rows 8i + {0..3}, 8i + {4..7} */
+        const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(r[2 * i]), _mm512_castps_pd(r[2 * i + 1]));
+        const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(r[2 * i]), _mm512_castps_pd(r[2 * i + 1]));
+        s[i] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+    }
+    /* Position 4L + k now holds row L + 4k. */
+    const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(s[0], s[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_ps(s[0], s[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i rows = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(rows, t);
+}
+
+/* The WKV step of wkv_scalar for N a multiple of 16 (every released
+ * model), sixteen rows at a time: first the sixteen sa, then the sixteen
+ * updated rows and outputs. Inlined with N = 64 so the rows' loops unroll. */
+WKV512 static inline __attribute__((always_inline)) void
+wkv_avx512_body(float *restrict S, const float *restrict r, const float *restrict w,
+                const float *restrict k, const float *restrict v, const float *restrict kk,
+                const float *restrict a, float *restrict y, int N, const float *pf)
 {
     float b[256];
     for (int j = 0; j < N; j += 16)
         _mm512_storeu_ps(b + j, _mm512_mul_ps(_mm512_loadu_ps(kk + j), _mm512_loadu_ps(a + j)));
-    for (int i = 0; i < N; i++) {
-        float *row = S + (size_t)i * N;
-        if (pf)
-            for (int q = 0; q < N; q += 16)
-                _mm_prefetch((const char *)(pf + (size_t)i * N + q), _MM_HINT_T0);
-        __m512 part = _mm512_setzero_ps();
-        for (int j = 0; j < N; j += 16)
-            part = _mm512_sub_ps(part, _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(kk + j)));
-        const __m512 sa = _mm512_set1_ps(_mm512_reduce_add_ps(part)), vi = _mm512_set1_ps(v[i]);
-        __m512 acc = _mm512_setzero_ps();
-        for (int j = 0; j < N; j += 16) {
-            const __m512 s = _mm512_add_ps(
-                _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w + j)),
-                              _mm512_mul_ps(vi, _mm512_loadu_ps(k + j))),
-                _mm512_mul_ps(sa, _mm512_loadu_ps(b + j)));
-            _mm512_storeu_ps(row + j, s);
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(s, _mm512_loadu_ps(r + j)));
+    for (int i0 = 0; i0 < N; i0 += 16) {
+        __m512 p[16];
+        float sa[16];
+        for (int i = 0; i < 16; i++) {
+            const float *row = S + (size_t)(i0 + i) * N;
+            __m512 part = _mm512_setzero_ps();
+            for (int j = 0; j < N; j += 16)
+                part = _mm512_fnmadd_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(kk + j), part);
+            p[i] = part;
         }
-        y[i] = _mm512_reduce_add_ps(acc);
+        _mm512_storeu_ps(sa, sum16x16(p));
+        for (int i = 0; i < 16; i++) {
+            float *row = S + (size_t)(i0 + i) * N;
+            if (pf)
+                for (int q = 0; q < N; q += 16)
+                    _mm_prefetch((const char *)(pf + (size_t)(i0 + i) * N + q), _MM_HINT_T0);
+            const __m512 sai = _mm512_set1_ps(sa[i]), vi = _mm512_set1_ps(v[i0 + i]);
+            __m512 acc = _mm512_setzero_ps();
+            for (int j = 0; j < N; j += 16) {
+                const __m512 t = _mm512_fmadd_ps(sai, _mm512_loadu_ps(b + j),
+                                                 _mm512_mul_ps(vi, _mm512_loadu_ps(k + j)));
+                const __m512 s = _mm512_fmadd_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w + j), t);
+                _mm512_storeu_ps(row + j, s);
+                acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(r + j), acc);
+            }
+            p[i] = acc;
+        }
+        _mm512_storeu_ps(y + i0, sum16x16(p));
     }
+}
+
+WKV512 static void wkv_head_avx512(float *restrict S, const float *restrict r,
+                                   const float *restrict w, const float *restrict k,
+                                   const float *restrict v, const float *restrict kk,
+                                   const float *restrict a, float *restrict y, int N,
+                                   const float *pf)
+{
+    if (N == 64)
+        wkv_avx512_body(S, r, w, k, v, kk, a, y, 64, pf);
+    else
+        wkv_avx512_body(S, r, w, k, v, kk, a, y, N, pf);
 }
 
 /* One head's WKV step (SPEC 1.3), S is N x N with S[i][j], i = value,
  * j = key; y[i] = (S_new r)[i]. `sa` must read the old row before it is
  * updated, which the row-wise loop guarantees. Meta-State's second pass
  * calls it again with r := kx: the same arithmetic in the same order
- * rebuilds exactly the states of the first pass. */
-__attribute__((target_clones("avx2", "default")))
-static void wkv_portable(float *restrict S, const float *restrict r, const float *restrict w,
-                     const float *restrict k, const float *restrict v, const float *restrict kk,
-                     const float *restrict a, float *restrict y, int N)
+ * rebuilds exactly the states of the first pass. Fused multiply-adds, one
+ * rounding each (fmaf here; an instruction in the AVX2 and AVX-512 steps,
+ * which give the same bits): half the vector operations of separate
+ * multiplies and adds. */
+static void wkv_scalar(float *restrict S, const float *restrict r, const float *restrict w,
+                       const float *restrict k, const float *restrict v,
+                       const float *restrict kk, const float *restrict a, float *restrict y,
+                       int N)
 {
-    /* Sums are kept in 16 lanes (added up in a fixed order at the end) so
-     * the compiler can vectorize them without reassociating; every clone
-     * then computes the same numbers. N is a multiple of 16 in every
-     * released model; other sizes take the tail loops. */
+    /* Sums are kept in 16 lanes and added up in sum16's tree, the order of
+     * the vector steps (which the CPUs that have them take instead). N is a
+     * multiple of 16 in every released model; other sizes take the tail
+     * loops. */
     enum { LANES = 16 };
     float b[256];
     const int N16 = N & ~(LANES - 1);
@@ -285,26 +334,67 @@ static void wkv_portable(float *restrict S, const float *restrict r, const float
         float part[LANES] = {0};
         for (int j0 = 0; j0 < N16; j0 += LANES)
             for (int l = 0; l < LANES; l++)
-                part[l] -= row[j0 + l] * kk[j0 + l];
+                part[l] = fmaf(-row[j0 + l], kk[j0 + l], part[l]);
         float sa = sum16(part);
         for (int j = N16; j < N; j++)
-            sa -= row[j] * kk[j];
+            sa = fmaf(-row[j], kk[j], sa);
         const float vi = v[i];
         float acc[LANES] = {0};
         for (int j0 = 0; j0 < N16; j0 += LANES)
             for (int l = 0; l < LANES; l++) {
                 const int j = j0 + l;
-                const float s = row[j] * w[j] + vi * k[j] + sa * b[j];
+                const float s = fmaf(row[j], w[j], fmaf(sa, b[j], vi * k[j]));
                 row[j] = s;
-                acc[l] += s * r[j];
+                acc[l] = fmaf(s, r[j], acc[l]);
             }
         float out = sum16(acc);
         for (int j = N16; j < N; j++) {
-            const float s = row[j] * w[j] + vi * k[j] + sa * b[j];
+            const float s = fmaf(row[j], w[j], fmaf(sa, b[j], vi * k[j]));
             row[j] = s;
-            out += s * r[j];
+            out = fmaf(s, r[j], out);
         }
         y[i] = out;
+    }
+}
+
+#define WKV256 __attribute__((target("avx2,fma")))
+
+/* sum16 of the lanes lo (0-7) and hi (8-15). */
+WKV256 static inline float sum16_256(__m256 lo, __m256 hi)
+{
+    const __m256 t = _mm256_add_ps(lo, hi);
+    const __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    const __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
+/* wkv_scalar for N a multiple of 16 with AVX2 (GCC does not vectorize its
+ * fmaf lanes): the same operations, eight lanes at a time. */
+WKV256 static void wkv_avx2(float *restrict S, const float *restrict r, const float *restrict w,
+                            const float *restrict k, const float *restrict v,
+                            const float *restrict kk, const float *restrict a,
+                            float *restrict y, int N)
+{
+    float b[256];
+    for (int j = 0; j < N; j += 8)
+        _mm256_storeu_ps(b + j, _mm256_mul_ps(_mm256_loadu_ps(kk + j), _mm256_loadu_ps(a + j)));
+    for (int i = 0; i < N; i++) {
+        float *row = S + (size_t)i * N;
+        __m256 p0 = _mm256_setzero_ps(), p1 = _mm256_setzero_ps();
+        for (int j = 0; j < N; j += 16) {
+            p0 = _mm256_fnmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(kk + j), p0);
+            p1 = _mm256_fnmadd_ps(_mm256_loadu_ps(row + j + 8), _mm256_loadu_ps(kk + j + 8), p1);
+        }
+        const __m256 sa = _mm256_set1_ps(sum16_256(p0, p1)), vi = _mm256_set1_ps(v[i]);
+        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int j = 0; j < N; j += 8) {
+            const __m256 t = _mm256_fmadd_ps(sa, _mm256_loadu_ps(b + j),
+                                             _mm256_mul_ps(vi, _mm256_loadu_ps(k + j)));
+            const __m256 s = _mm256_fmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(w + j), t);
+            _mm256_storeu_ps(row + j, s);
+            acc[(j >> 3) & 1] = _mm256_fmadd_ps(s, _mm256_loadu_ps(r + j), acc[(j >> 3) & 1]);
+        }
+        y[i] = sum16_256(acc[0], acc[1]);
     }
 }
 
@@ -318,8 +408,10 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
      * the tests' per-ISA cases) also runs the portable step. */
     if (N % 16 == 0 && N <= 256 && k_isa_avx512())
         wkv_head_avx512(S, r, w, k, v, kk, a, y, N, pf);
+    else if (N % 16 == 0 && N <= 256 && k_isa_fma())
+        wkv_avx2(S, r, w, k, v, kk, a, y, N);
     else
-        wkv_portable(S, r, w, k, v, kk, a, y, N);
+        wkv_scalar(S, r, w, k, v, kk, a, y, N);
 }
 
 /* The shift vector of layer l (att or ffn) in row t's state. */

@@ -1300,6 +1300,12 @@ int k_isa_avx512(void)
     return avx512_on;
 }
 
+int k_isa_fma(void)
+{
+    pthread_once(&isa_once, choose_isa);
+    return strcmp(active->name, "scalar") != 0;
+}
+
 const char *k_isa_int(void)
 {
     pthread_once(&isa_once, choose_isa);

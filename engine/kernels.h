@@ -110,6 +110,8 @@ const char *k_isa(void);
 /* 1 when the set in use has AVX-512 (the other kernels of the engine
  * follow it, so forcing a set runs their portable code too). */
 int k_isa_avx512(void);
+/* 1 when the set in use has AVX2 with FMA (every set but "scalar"). */
+int k_isa_fma(void);
 /* Forces an instruction set (a k_isa name), for tests and
  * benchmarks; returns 0, or -1 when the CPU lacks it. Not thread-safe: call
  * before any product runs. */
