@@ -547,3 +547,56 @@ Test(model, mixed_chunk_and_batch_equal_separate_calls_scalar) { mixed_case(NULL
 Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state) { mixed_case("all", "avx512"); }
 Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state_amx) { mixed_case("all", "amx"); }
 Test(model, mixed_chunk_and_batch_equal_separate_calls_meta_state_avx2) { mixed_case("all", "avx2"); }
+
+/* Token-by-token steps with f32 weights on one kernel variant: the final
+ * state and every step's logits. */
+static void steps_on(const char *isa, const char *path, float *state, size_t nstate,
+                     float *logits, int n, int V)
+{
+    cr_assert_eq(k_force_isa(isa), 0);
+    ms_load_opts lo = {.weights = MS_WEIGHTS_F32};
+    ms_error err;
+    ms_model *m;
+    cr_assert_eq(ms_model_load(path, &lo, &m, &err), MS_OK, "%s", err.msg);
+    ms_ctx *c = ms_ctx_new(m, 16);
+    ms_state *s = ms_state_new(m);
+    int32_t toks[64];
+    sequence(toks, (size_t)n, V);
+    for (int t = 0; t < n; t++)
+        cr_assert_eq(ms_step(c, s, toks[t], logits + (size_t)t * V, &err), MS_OK, "%s", err.msg);
+    cr_assert_eq(ms_state_nfloats(s), nstate);
+    memcpy(state, ms_state_cdata(s), nstate * sizeof(float));
+    ms_state_free(s);
+    ms_ctx_free(c);
+    ms_model_free(m);
+}
+
+/* The AVX2 and AVX-512 variants compute the same numbers in the same order
+ * (the products, and the WKV step's fused multiply-adds and sums, which
+ * AVX-512 does sixteen rows at a time): a session may move between
+ * machines of either kind without its numbers changing. */
+Test(model, avx2_and_avx512_steps_equal_bit_for_bit)
+{
+    if (k_force_isa("avx2") || k_force_isa("avx512"))
+        cr_skip_test("this CPU lacks AVX2 or AVX-512");
+    char p[300];
+    gen("isa.safetensors", "f32", p, sizeof p);
+    enum { N = 24, V = 512 };
+    ms_load_opts lo = {.weights = MS_WEIGHTS_F32};
+    ms_error err;
+    ms_model *m;
+    cr_assert_eq(ms_model_load(p, &lo, &m, &err), MS_OK, "%s", err.msg);
+    ms_state *probe = ms_state_new(m);
+    const size_t ns = ms_state_nfloats(probe);
+    ms_state_free(probe);
+    ms_model_free(m);
+    float *s2 = malloc(ns * 4), *s5 = malloc(ns * 4), *l2 = malloc(N * V * 4), *l5 = malloc(N * V * 4);
+    steps_on("avx2", p, s2, ns, l2, N, V);
+    steps_on("avx512", p, s5, ns, l5, N, V);
+    cr_expect_eq(memcmp(s2, s5, ns * 4), 0, "states differ");
+    cr_expect_eq(memcmp(l2, l5, (size_t)N * V * 4), 0, "logits differ");
+    free(s2);
+    free(s5);
+    free(l2);
+    free(l5);
+}
