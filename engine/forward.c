@@ -24,6 +24,7 @@
 #define GN_EPS 64e-5f         /* BlinkDL hard-codes 64e-5 for the GroupNorm of ln_x */
 #define DEFAULT_CHUNK 128
 #define PANEL_ROWS 256 /* rows of a packed matrix widened (transposed) at a time for sgemm */
+#define SHIFT_ITEMS 8   /* parallel items of a layer norm and token shift */
 
 struct ms_ctx {
     const ms_model *m;
@@ -36,6 +37,7 @@ struct ms_ctx {
     float *hid;  /* (T, F) */
     float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
     float *panel;   /* (n_shares, PANEL_ROWS, panel_cols) widened weights for prefill GEMMs */
+    float *prev_xn; /* (SHIFT_ITEMS, C) a shift item's recomputed previous row */
     size_t panel_cols; /* max(C, F) */
     int n_shares;   /* prefill products are split in this many row ranges (pool threads) */
     float *batch_logits; /* (min(max_chunk, K_MAX_BATCH + 1), V) for the batched calls */
@@ -447,24 +449,58 @@ CLONES static void relu_squared(float *x, size_t n)
     }
 }
 
-/* Token shift for rows [0, T): D = prev - XN, where prev is the previous
- * row of the same sequence, or the state's vector for a sequence's first
- * row; then out_q = XN + D*mix_q for each mix. Each sequence's state then
- * keeps its last row. */
-static void token_shift(ms_ctx *c, int T, int l, int att, const float *const *mix,
-                        float *const *out, int nmix)
+typedef struct {
+    ms_ctx *c;
+    const float *ln_w, *ln_b;
+    const float *const *mix;
+    float *const *out;
+    int T, l, att, nmix, per;
+} shift_job;
+
+/* Rows [t0, t1) of a layer norm and token shift: xn = LN(x); D = prev - xn,
+ * where prev is the previous row of the same sequence (normalized again
+ * here when another item has it), or the state's vector for a sequence's
+ * first row; then out_q = xn + D*mix_q for each mix. */
+static void norm_shift_rows(void *arg, int item)
+{
+    const shift_job *j = arg;
+    ms_ctx *c = j->c;
+    const int C = c->m->cfg.n_embd;
+    const int t0 = item * j->per, t1 = t0 + j->per < j->T ? t0 + j->per : j->T;
+    for (int t = t0; t < t1; t++) {
+        float *cur = c->xn + (size_t)t * C;
+        layer_norm(cur, c->x + (size_t)t * C, j->ln_w, j->ln_b, C);
+        const float *prev = cur - C;
+        if (row_first(c, t)) {
+            prev = shift_of(c, t, j->l, j->att);
+        } else if (t == t0) {
+            float *p = c->prev_xn + (size_t)item * C;
+            layer_norm(p, c->x + (size_t)(t - 1) * C, j->ln_w, j->ln_b, C);
+            prev = p;
+        }
+        for (int q = 0; q < j->nmix; q++)
+            shift_mix(j->out[q] + (size_t)t * C, cur, prev, j->mix[q], C);
+    }
+}
+
+/* Layer norm (ln_w, ln_b) of rows [0, T) into xn, then their token shift
+ * (norm_shift_rows), on the pool when a prefill chunk is among them. Each sequence's state then keeps its last row, once every
+ * item has read the shift vectors it started from. */
+static void norm_and_shift(ms_ctx *c, int T, int l, int att, const float *ln_w,
+                           const float *ln_b, const float *const *mix, float *const *out, int nmix)
 {
     const int C = c->m->cfg.n_embd;
-    const float *xn = c->xn;
-    for (int t = 0; t < T; t++) {
-        const float *cur = xn + (size_t)t * C;
-        const float *prev = row_first(c, t) ? shift_of(c, t, l, att) : cur - C;
-        for (int q = 0; q < nmix; q++)
-            shift_mix(out[q] + (size_t)t * C, cur, prev, mix[q], C);
-    }
+    const int n = T < SHIFT_ITEMS ? T : SHIFT_ITEMS;
+    shift_job j = {c, ln_w, ln_b, mix, out, T, l, att, nmix, (T + n - 1) / n};
+    const int items = (T + j.per - 1) / j.per;
+    if (T - c->n_single >= 16) /* a decode batch's rows: less than a pool pass costs */
+        k_parallel(items, norm_shift_rows, &j);
+    else
+        for (int i = 0; i < items; i++)
+            norm_shift_rows(&j, i);
     for (int t = 0; t < T; t++)
         if (row_last(c, t, T))
-            memcpy(shift_of(c, t, l, att), xn + (size_t)t * C, (size_t)C * sizeof(float));
+            memcpy(shift_of(c, t, l, att), c->xn + (size_t)t * C, (size_t)C * sizeof(float));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -547,7 +583,7 @@ static void head_item(void *arg, int i)
 static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
     const ms_config *cf = &c->m->cfg;
-    const int C = cf->n_embd, H = cf->n_head, N = cf->head_size;
+    const int H = cf->n_head, N = cf->head_size;
     const size_t NN = (size_t)N * N;
     const float *S = ms_state_wkv(c->row_state[c->n_single < T ? c->n_single : 0], l);
     if (T - c->n_single > 1) /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
@@ -555,11 +591,9 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
             memcpy(c->s_start + (size_t)L->sse_head[q] * NN, S + (size_t)L->sse_head[q] * NN,
                    NN * sizeof(float));
 
-    for (int t = 0; t < T; t++)
-        layer_norm(c->xn + (size_t)t * C, c->x + (size_t)t * C, L->ln1_w, L->ln1_b, C);
     const float *mix[6] = {L->x_r, L->x_w, L->x_k, L->x_v, L->x_a, L->x_g};
     float *const outs[6] = {c->xr, c->xw, c->xk, c->xv, c->xa, c->xg};
-    token_shift(c, T, l, 1, mix, outs, 6);
+    norm_and_shift(c, T, l, 1, L->ln1_w, L->ln1_b, mix, outs, 6);
 
     /* The projections of the shifted inputs, then the LoRA's second
      * halves: two passes of the pool for eleven products. */
@@ -629,12 +663,10 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
 
 static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
-    const int C = c->m->cfg.n_embd, F = L->dim_ffn;
-    for (int t = 0; t < T; t++)
-        layer_norm(c->xn + (size_t)t * C, c->x + (size_t)t * C, L->ln2_w, L->ln2_b, C);
+    const int F = L->dim_ffn;
     const float *mix[1] = {L->ffn_x_k};
     float *const outs[1] = {c->xk};
-    token_shift(c, T, l, 0, mix, outs, 1);
+    norm_and_shift(c, T, l, 0, L->ln2_w, L->ln2_b, mix, outs, 1);
     if (L->n_sse)
         self_state_encoder(c, L, l, T);
     linear(c, c->hid, c->xk, &L->ffn_key, T, 0.0f);
@@ -698,6 +730,7 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
     if (!(c->lora = malloc(4 * T * (size_t)rank * sizeof(float))) ||
         !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
         !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))) ||
+        !(c->prev_xn = malloc(SHIFT_ITEMS * C * sizeof(float))) ||
         !(c->row_state = calloc(T, sizeof *c->row_state)) ||
         !(c->batch_logits = malloc((T < K_MAX_BATCH + 1 ? T : K_MAX_BATCH + 1) *
                                    (size_t)cf->vocab_size * sizeof(float))) ||
@@ -719,7 +752,7 @@ void ms_ctx_free(ms_ctx *c)
         return;
     float *bufs[] = {c->x, c->xn, c->xr, c->xw, c->xk, c->xv, c->xa, c->xg, c->r, c->k,
                      c->v, c->w, c->a, c->g, c->kk, c->vfirst, c->y, c->tmp, c->lora, c->hid,
-                     c->s_start, c->panel, c->batch_logits};
+                     c->s_start, c->prev_xn, c->panel, c->batch_logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->row_state);
