@@ -366,8 +366,9 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
             scratch = need;
     }
     m->arena = aligned_alloc(64, vec_floats * sizeof(float) + 64);
+    m->mats = k_arena_new();
     float *tmp = malloc(scratch * sizeof(float));
-    if (!m->arena || !tmp) {
+    if (!m->arena || !m->mats || !tmp) {
         free(tmp);
         return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory for the weights", path);
     }
@@ -395,12 +396,14 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
              * products already round their inputs (int8, q4, bf16 compute),
              * these take bf16 dot products too: exact fp32 products were a
              * twelfth of a q4 batch step, compute-bound. */
-            rc = k_wmat_init(b->dst_mat, m->wfmt == K_W_F32 ? K_W_F32 : K_W_BF16, cols, rows, tr);
+            rc = k_wmat_init_in(b->dst_mat, m->mats, m->wfmt == K_W_F32 ? K_W_F32 : K_W_BF16,
+                                cols, rows, tr);
             if (!rc)
                 b->dst_mat->dot_bf16 = b->dst_mat->packed && b->dst_mat->fmt == K_W_BF16 &&
                                        (dot_bf16 || m->wfmt == K_W_I8 || m->wfmt == K_W_Q4);
         } else if (!(rc = b->dst_mat == &m->emb ? k_wmat_alloc_plain(b->dst_mat, emb_fmt, rows, cols)
-                                                : k_wmat_alloc(b->dst_mat, m->wfmt, rows, cols))) {
+                                                : k_wmat_alloc_in(b->dst_mat, m->mats, m->wfmt,
+                                                                  rows, cols))) {
             b->dst_mat->dot_bf16 = b->dst_mat->packed && m->wfmt == K_W_BF16 && dot_bf16;
             const size_t row_bytes = b->t->nbytes / (size_t)rows;
             for (int r0 = 0; r0 < rows; r0 += CHUNK_ROWS) {
@@ -564,6 +567,7 @@ void ms_model_free(ms_model *m)
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
             k_wmat_free(mats[i]);
     }
+    k_arena_free(m->mats);
     free(m->layers);
     free(m);
 }

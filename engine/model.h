@@ -42,6 +42,7 @@ struct ms_model {
     k_wmat head;       /* (V,C) */
     ms_layer *layers;  /* (L) */
     float *arena;      /* owns every float vector above */
+    k_arena *mats;     /* owns the packed matrices' memory (not the embedding's) */
     k_wfmt wfmt;       /* format of the big matrices */
     int *sse_heads;    /* owns every layer's sse_head list (L*H ints) */
     size_t weight_bytes;

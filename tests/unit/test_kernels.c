@@ -496,3 +496,41 @@ Test(kernels, fp16_conversions_equal_f16c)
         cr_skip_test("CPU lacks F16C");
     f16c_check();
 }
+
+/* Matrices in an arena (every format, several sizes, one larger than a
+ * chunk) hold and multiply exactly what malloc'd ones do, and go away with
+ * the arena (the sanitizer build reports anything left). */
+Test(kernels, arena_matrices_equal_malloced_ones)
+{
+    static const k_wfmt fmts[] = {K_W_F32, K_W_BF16, K_W_I8, K_W_Q4};
+    static const int shapes[][2] = {{40, 70}, {768, 768}, {4096, 2304}};
+    k_arena *a = k_arena_new();
+    cr_assert_not_null(a);
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int rows = shapes[s][0], cols = shapes[s][1];
+        float *w = malloc(sizeof(float) * (size_t)rows * cols), *x = malloc(sizeof(float) * 3 * cols);
+        float *y1 = malloc(sizeof(float) * 3 * rows), *y2 = malloc(sizeof(float) * 3 * rows);
+        for (size_t i = 0; i < (size_t)rows * cols; i++)
+            w[i] = (float)((i * 7919u) % 1001u) / 1000.0f - 0.5f;
+        for (int i = 0; i < 3 * cols; i++)
+            x[i] = (float)((i * 31) % 97) / 97.0f - 0.4f;
+        for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
+            k_wmat M, A;
+            cr_assert_eq(k_wmat_init(&M, fmts[f], rows, cols, w), 0);
+            cr_assert_eq(k_wmat_init_in(&A, a, fmts[f], rows, cols, w), 0);
+            cr_assert_eq(k_wmat_bytes(&M), k_wmat_bytes(&A));
+            cr_assert_eq((uintptr_t)A.data % 64, 0, "arena memory is 64-byte aligned");
+            k_matmul(&M, x, y1, 3, 0.0f);
+            k_matmul(&A, x, y2, 3, 0.0f);
+            cr_expect_eq(memcmp(y1, y2, sizeof(float) * 3 * rows), 0, "fmt %d %dx%d", (int)fmts[f],
+                         rows, cols);
+            k_wmat_free(&M);
+            k_wmat_free(&A);
+        }
+        free(w);
+        free(x);
+        free(y1);
+        free(y2);
+    }
+    k_arena_free(a);
+}
