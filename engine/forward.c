@@ -484,8 +484,9 @@ static void norm_shift_rows(void *arg, int item)
 }
 
 /* Layer norm (ln_w, ln_b) of rows [0, T) into xn, then their token shift
- * (norm_shift_rows), on the pool when a prefill chunk is among them. Each sequence's state then keeps its last row, once every
- * item has read the shift vectors it started from. */
+ * (norm_shift_rows), on the pool when a prefill chunk is among them. Each
+ * sequence's state then keeps its last row, once every item has read the
+ * shift vectors it started from. */
 static void norm_and_shift(ms_ctx *c, int T, int l, int att, const float *ln_w,
                            const float *ln_b, const float *const *mix, float *const *out, int nmix)
 {
@@ -493,11 +494,11 @@ static void norm_and_shift(ms_ctx *c, int T, int l, int att, const float *ln_w,
     const int n = T < SHIFT_ITEMS ? T : SHIFT_ITEMS;
     shift_job j = {c, ln_w, ln_b, mix, out, T, l, att, nmix, (T + n - 1) / n};
     const int items = (T + j.per - 1) / j.per;
-    if (T - c->n_single >= 16) /* a decode batch's rows: less than a pool pass costs */
-        k_parallel(items, norm_shift_rows, &j);
-    else
+    if (T - c->n_single < 16) /* a decode batch's rows cost less than a pool pass */
         for (int i = 0; i < items; i++)
             norm_shift_rows(&j, i);
+    else
+        k_parallel(items, norm_shift_rows, &j);
     for (int t = 0; t < T; t++)
         if (row_last(c, t, T))
             memcpy(shift_of(c, t, l, att), c->xn + (size_t)t * C, (size_t)C * sizeof(float));

@@ -550,6 +550,7 @@ static float quant_group(const float *x, int n, int8_t *q, int32_t *qsum, float 
 }
 
 static int avx512_on; /* the set in use is AVX-512 class; set with it */
+static int fma_on;    /* the set in use has AVX2 and FMA (all but scalar); set with it */
 
 /* quant_group for a whole group of 64 on AVX-512: the same operations in
  * the same order (lane-wise max and sums over the four vectors, lanes added
@@ -856,22 +857,6 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
         ACC_STORE(1, NB)                                                                         \
     }
 
-/* Slice i of n of the weights of the (up to) two blocks from block blk on
- * (rows_left rows), into L2. A prefill chunk makes many passes over a pair
- * of blocks, which stays in L2 after the first; the first would wait for
- * memory (in-cache vs streamed f32 products at 128 rows: 336 vs 299
- * GFLOP/s). Spread over the passes, the next pair arrives meanwhile. */
-static inline void next_pair_slice(const k_wmat *W, size_t blk, int rows_left, int i, int n)
-{
-    if (rows_left <= 0)
-        return;
-    const size_t bytes = block_bytes(W) * (rows_left > K_ROWS ? 2 : 1),
-                 sl = (bytes / (size_t)n + 63) & ~(size_t)63, o0 = (size_t)i * sl;
-    const char *p = (const char *)W->data + blk * block_bytes(W);
-    for (size_t o = o0; o < o0 + sl && o < bytes; o += 64)
-        __builtin_prefetch(p + o, 0, 2);
-}
-
 /* Rows [r0, r1) (r0 a multiple of K_ROWS, r1 one too or W->rows). Batches
  * under 4 take two blocks per pass (PAIRS = 1, exact formats). */
 #define BLOCKS(PASS, NBMAX, PAIRS)                                                               \
@@ -880,13 +865,8 @@ static inline void next_pair_slice(const k_wmat *W, size_t blk, int rows_left, i
         int b0 = 0;                                                                              \
         if (PAIRS && (B < 4 || PAIRS >= 8) && r + K_ROWS < r1) {                                 \
             if (PAIRS >= 8) {                                                                    \
-                const int np_ = B / 8;                                                           \
-                for (; b0 + 8 <= B; b0 += 8) {                                                   \
-                    if (np_ >= 4)                                                                \
-                        next_pair_slice(W, blk + 2, r + 2 * K_ROWS < r1 ? r1 - r - 2 * K_ROWS : 0, \
-                                        b0 / 8, np_);                                            \
+                for (; b0 + 8 <= B; b0 += 8)                                                     \
                     PASS(2, 8)                                                                   \
-                }                                                                                \
                 for (; b0 + 4 <= B; b0 += 4)                                                     \
                     PASS(2, 4)                                                                   \
             }                                                                                    \
@@ -1372,6 +1352,7 @@ static void choose_isa(void)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
             active = &isas[i];
             avx512_on = avx512_class(active);
+            fma_on = strcmp(active->name, "scalar") != 0;
             return;
         }
     active = &isas[sizeof isas / sizeof isas[0] - 1]; /* portable */
@@ -1392,7 +1373,7 @@ int k_isa_avx512(void)
 int k_isa_fma(void)
 {
     pthread_once(&isa_once, choose_isa);
-    return strcmp(active->name, "scalar") != 0;
+    return fma_on;
 }
 
 const char *k_isa_int(void)
@@ -1414,6 +1395,7 @@ int k_force_isa(const char *name)
         if (!strcmp(name, isas[i].name) && cpu_has(name)) {
             active = &isas[i];
             avx512_on = avx512_class(active);
+            fma_on = strcmp(active->name, "scalar") != 0;
             return 0;
         }
     return -1;
