@@ -14,8 +14,9 @@
  *    ([16 quads][16 rows][4 bytes]) is one, for TDPBSUD (signed inputs x
  *    the stored q + 128); a Q4 group becomes one after its nibbles are
  *    unpacked into L1 (a round ahead for a decode batch, a block at a time
- *    for longer chunks; batches under 8 stay on VNNI, as fast there); 16
- *    BF16 pairs ([16][16 rows][2]) are one for TDPBF16PS. Batches of more
+ *    for longer chunks); 16 BF16 pairs ([16][16 rows][2]) are one for
+ *    TDPBF16PS. int8 and q4 batches of up to 8 stay on VNNI, faster there
+ *    on weights streamed from memory (INT_MIN_B). Batches of more
  *    than 16 go 16 at a time, the last 16 overlapping the previous ones
  *    (their outputs stored once), so M never changes within a product and
  *    the config is not reloaded.
@@ -147,10 +148,12 @@ static chunk chunk_at(int b0, int B)
 
 /* Tile loads that miss the caches stall the tile unit, and the hardware
  * prefetchers do not run ahead of them as they do for vector loads: the
- * weights are prefetched this far ahead of use (measured: 8 KiB). Inlined
- * early on purpose: GCC takes a function of prefetches alone for one without
- * effects and drops the calls. */
-#define PF_AHEAD 8192
+ * weights are prefetched this far ahead of use. Measured on weights
+ * streamed from memory: 2 KiB; 8 KiB read 12% slower (bf16 takes four
+ * blocks at a time, so four streams). Inlined early on purpose: GCC takes a
+ * function of prefetches alone for one without effects and drops the
+ * calls. */
+#define PF_AHEAD 2048
 
 AMX_INLINE void prefetch(const void *p, size_t bytes)
 {
@@ -279,9 +282,17 @@ AMX_INLINE void int_block(const uint8_t *wt, const uint8_t *q4p, const float *sp
         k_store16(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
 }
 
+/* Batches of up to 8 stay on VNNI, which gives the same bits. With the
+ * weights streamed from memory (any model past the caches), a 3072 x 768
+ * product on both threads runs faster there: int8 B = 1 at 30 GB/s against
+ * 24 on tiles, B = 8 15% faster, q4 B = 8 20% faster; from the caches the
+ * two are even up to 8. Tiles win from about 12 (in cache from 10) and in
+ * prefill. */
+#define INT_MIN_B 9
+
 AMX KSIG(k_amx_i8)
 {
-    if (!tiles_ready(imin(TM, B))) {
+    if (B < INT_MIN_B || !tiles_ready(imin(TM, B))) {
         fb_i8(W, A, Y, B, beta, r0, r1);
         return;
     }
@@ -296,13 +307,6 @@ AMX KSIG(k_amx_i8)
     }
 }
 
-/* Unpacking the nibbles costs about what vpdpbusd does on a small batch
- * (a 3072 x 768 product, one thread: B = 1 37 us on tiles, 22 on VNNI; even
- * at B = 4; the 0.1B batch step on tiles is even at B = 8, 10-15% faster at
- * 16 and in prefill), so smaller batches stay on VNNI, which gives the same
- * bits. */
-#define Q4_MIN_B 8
-
 /* A batch of up to 16 unpacks each round's groups a round ahead of their
  * tile products; longer chunks unpack a block once (per-thread buffer) for
  * all their 16-sequence chunks. */
@@ -311,7 +315,7 @@ AMX KSIG(k_amx_q4)
     const size_t G = A->G;
     uint8_t *t = B <= TM ? NULL : k_tbuf(K_TBUF_Q4, G * GBYTES);
     float *sf = k_tbuf(K_TBUF_Q4S, 2 * G * K_ROWS * sizeof(float)); /* a block's scales, mins */
-    if (B < Q4_MIN_B || (B > TM && !t) || !sf || !tiles_ready(imin(TM, B))) {
+    if (B < INT_MIN_B || (B > TM && !t) || !sf || !tiles_ready(imin(TM, B))) {
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;
     }
