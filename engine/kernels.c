@@ -1541,13 +1541,46 @@ void k_parallel(int n, void (*run)(void *arg, int i), void *arg)
  * loop. */
 enum { MANY_MAX = 8 };
 typedef struct {
+    int runs, short_runs, short_blocks;
+} cut;
+typedef struct {
     const k_product *p;
     int B;
     act A[MANY_MAX];
     range_fn fn[MANY_MAX];
-    int per[MANY_MAX];
+    cut cut[MANY_MAX];
     int first[MANY_MAX + 1];
 } matmul_job;
+
+/* How a product is cut for T threads. A decode batch (B <= 16) streams the
+ * weights from memory, and each run a thread starts costs the prefetchers
+ * a ramp (3072 x 768, both threads, q4 B = 1: 22-25 GB/s in four equal
+ * chunks per thread, 26-27 in one): one long run per thread over 15/16 of
+ * the blocks, then one short one per thread for the rest, which whichever
+ * thread is ahead takes. A prefill chunk is compute-bound: four equal
+ * chunks per thread balance it better (f32 prefill 2% slower cut as a
+ * decode batch is). A small product is one chunk. */
+static cut cut_for(const k_wmat *W, int T, int B)
+{
+    const int blocks = (W->rows + K_ROWS - 1) / K_ROWS;
+    if ((size_t)W->rows * W->cols < 16384)
+        return (cut){1, 0, 0};
+    if (B > 16)
+        return (cut){4 * T, 0, 0};
+    return (cut){T, blocks >= 16 ? T : 0, blocks / 16};
+}
+
+/* Rows [*r0, *r1) of chunk k (< runs + short_runs); empty when there are
+ * fewer blocks than runs. */
+static void chunk_rows(int rows, cut c, int k, int *r0, int *r1)
+{
+    const int blocks = (rows + K_ROWS - 1) / K_ROWS;
+    const int tail = k >= c.runs, t = tail ? k - c.runs : k, n = tail ? c.short_runs : c.runs;
+    const int share = tail ? c.short_blocks : blocks - c.short_blocks, q = share / n, rem = share % n;
+    const int b0 = (tail ? blocks - c.short_blocks : 0) + t * q + (t < rem ? t : rem);
+    *r0 = b0 * K_ROWS;
+    *r1 = imin((b0 + q + (t < rem)) * K_ROWS, rows);
+}
 
 static void matmul_chunk(void *arg, int item)
 {
@@ -1556,9 +1589,10 @@ static void matmul_chunk(void *arg, int item)
     while (item >= m->first[i + 1])
         i++;
     const k_wmat *W = m->p[i].W;
-    const int r0 = (item - m->first[i]) * m->per[i];
-    const int r1 = r0 + m->per[i] < W->rows ? r0 + m->per[i] : W->rows;
-    m->fn[i](W, &m->A[i], m->p[i].Y, m->B, m->p[i].beta, r0, r1);
+    int r0, r1;
+    chunk_rows(W->rows, m->cut[i], item - m->first[i], &r0, &r1);
+    if (r0 < r1)
+        m->fn[i](W, &m->A[i], m->p[i].Y, m->B, m->p[i].beta, r0, r1);
 }
 
 /* Without memory for the prepared inputs: the exact product (the same
@@ -1599,15 +1633,8 @@ void k_matmul_many(const k_product *p, int n, int B)
             act_prepare(&m.A[i], W, m.p[i].X, B, buf ? buf + off[i] : NULL);
             m.fn[i] = pick(W);
             weights += (size_t)W->rows * W->cols;
-            /* Four chunks per thread: long enough that each thread reads
-             * long sequential runs (which the prefetchers follow), enough
-             * of them that a thread that starts late leaves its share to
-             * the others. Chunks are whole blocks; a small product is one. */
-            const int T = pool.n_threads;
-            m.per[i] = (size_t)W->rows * W->cols < 16384
-                           ? W->rows
-                           : ((W->rows + 4 * T - 1) / (4 * T) + K_ROWS - 1) & ~(K_ROWS - 1);
-            m.first[i + 1] = m.first[i] + (W->rows + m.per[i] - 1) / m.per[i];
+            m.cut[i] = cut_for(W, pool.n_threads, B);
+            m.first[i + 1] = m.first[i] + m.cut[i].runs + m.cut[i].short_runs;
         }
         /* Small products are not worth waking anyone for. */
         if (pool.n_threads < 2 || weights < 16384)

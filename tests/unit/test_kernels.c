@@ -213,40 +213,48 @@ Test(kernels, panel_is_the_weights_transposed)
     free(p);
 }
 
+/* The pool cuts a decode batch (B <= 16) into a long run per thread and a
+ * short tail, a prefill chunk into four chunks per thread, and a product of
+ * fewer blocks than chunks into some empty ones: every row is computed
+ * once, as one thread computes it. */
 Test(kernels, thread_pool_gives_the_single_thread_result)
 {
     k_set_threads(2);
-    const int rows = 4099, cols = 512, B = 3; /* large enough to be split */
+    const int shapes[] = {4099, 40}, batches[] = {3, 20}, cols = 512; /* both split */
     unsigned seed = 5;
-    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
-    float *y1 = malloc(sizeof(float) * B * rows), *y2 = malloc(sizeof(float) * B * rows);
-    fill(w, (size_t)rows * cols, &seed);
-    fill(x, (size_t)B * cols, &seed);
-    for (size_t md = 0; md < N_MODES; md++) {
-        const k_wfmt fmt = modes[md].fmt;
-        k_wmat W, Wsmall;
-        cr_assert_eq(k_wmat_init(&W, fmt, rows, cols, w), 0);
-        W.dot_bf16 = modes[md].dot_bf16;
-        k_matmul(&W, x, y1, B, 0.0f);
-        /* Row by row, each below the size the pool splits: one thread. */
-        for (int r = 0; r < rows; r++) {
-            cr_assert_eq(k_wmat_init(&Wsmall, fmt, 1, cols, w + (size_t)r * cols), 0);
-            Wsmall.dot_bf16 = modes[md].dot_bf16;
-            for (int b = 0; b < B; b++) {
-                float one;
-                k_matmul(&Wsmall, x + b * cols, &one, 1, 0.0f);
-                y2[b * rows + r] = one;
+    float *w = malloc(sizeof(float) * 4099 * cols), *x = malloc(sizeof(float) * 20 * cols);
+    float *y1 = malloc(sizeof(float) * 20 * 4099), *y2 = malloc(sizeof(float) * 20 * 4099);
+    fill(w, (size_t)4099 * cols, &seed);
+    fill(x, (size_t)20 * cols, &seed);
+    for (size_t md = 0; md < N_MODES; md++)
+        for (int s = 0; s < 2; s++)
+            for (int bi = 0; bi < 2; bi++) {
+                const k_wfmt fmt = modes[md].fmt;
+                const int rows = shapes[s], B = batches[bi];
+                k_wmat W, Wsmall;
+                cr_assert_eq(k_wmat_init(&W, fmt, rows, cols, w), 0);
+                W.dot_bf16 = modes[md].dot_bf16;
+                k_matmul(&W, x, y1, B, 0.0f);
+                /* Row by row, each below the size the pool splits: one thread. */
+                for (int r = 0; r < rows; r++) {
+                    cr_assert_eq(k_wmat_init(&Wsmall, fmt, 1, cols, w + (size_t)r * cols), 0);
+                    Wsmall.dot_bf16 = modes[md].dot_bf16;
+                    for (int b = 0; b < B; b++) {
+                        float one;
+                        k_matmul(&Wsmall, x + b * cols, &one, 1, 0.0f);
+                        y2[b * rows + r] = one;
+                    }
+                    k_wmat_free(&Wsmall);
+                }
+                cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0, "%s %d rows B=%d differs",
+                             modes[md].name, rows, B);
+                /* Many products back to back: the pool hands out work by generation. */
+                for (int rep = 0; rep < 100; rep++) {
+                    k_matmul(&W, x, y2, B, 0.0f);
+                    cr_assert_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0, "rep %d differs", rep);
+                }
+                k_wmat_free(&W);
             }
-            k_wmat_free(&Wsmall);
-        }
-        cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0, "%s differs", modes[md].name);
-        /* Many products back to back: the pool hands out work by generation. */
-        for (int rep = 0; rep < 200; rep++) {
-            k_matmul(&W, x, y2, B, 0.0f);
-            cr_assert_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0, "rep %d differs", rep);
-        }
-        k_wmat_free(&W);
-    }
     free(w);
     free(x);
     free(y1);
