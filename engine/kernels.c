@@ -1332,6 +1332,13 @@ static int cpu_has(const char *name)
 
 static int avx512_class(const isa *i) { return !strcmp(i->name, "avx512") || !strcmp(i->name, "amx"); }
 
+static void use_isa(const isa *i)
+{
+    active = i;
+    avx512_on = avx512_class(i);
+    fma_on = strcmp(i->name, "scalar") != 0;
+}
+
 static void choose_isa(void)
 {
     __builtin_cpu_init();
@@ -1350,12 +1357,10 @@ static void choose_isa(void)
     const char *want = getenv("METASTATE_ISA"); /* lets a user pin a variant */
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
-            active = &isas[i];
-            avx512_on = avx512_class(active);
-            fma_on = strcmp(active->name, "scalar") != 0;
+            use_isa(&isas[i]);
             return;
         }
-    active = &isas[sizeof isas / sizeof isas[0] - 1]; /* portable */
+    use_isa(&isas[sizeof isas / sizeof isas[0] - 1]); /* portable */
 }
 
 const char *k_isa(void)
@@ -1393,9 +1398,7 @@ int k_force_isa(const char *name)
     pthread_once(&isa_once, choose_isa);
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if (!strcmp(name, isas[i].name) && cpu_has(name)) {
-            active = &isas[i];
-            avx512_on = avx512_class(active);
-            fma_on = strcmp(active->name, "scalar") != 0;
+            use_isa(&isas[i]);
             return 0;
         }
     return -1;
@@ -1540,6 +1543,9 @@ void k_parallel(int n, void (*run)(void *arg, int i), void *arg)
  * product i's chunks are items [first[i], first[i + 1]) of one parallel
  * loop. */
 enum { MANY_MAX = 8 };
+/* Products of fewer weights are one chunk, and passes of fewer are not
+ * worth waking anyone for. */
+#define SPLIT_MIN 16384
 typedef struct {
     int runs, short_runs, short_blocks;
 } cut;
@@ -1562,8 +1568,8 @@ typedef struct {
  * decode batch is). A small product is one chunk. */
 static cut cut_for(const k_wmat *W, int T, int B)
 {
-    const int blocks = (W->rows + K_ROWS - 1) / K_ROWS;
-    if ((size_t)W->rows * W->cols < 16384)
+    const int blocks = (int)n_blocks(W->rows);
+    if ((size_t)W->rows * W->cols < SPLIT_MIN)
         return (cut){1, 0, 0};
     if (B > 16)
         return (cut){4 * T, 0, 0};
@@ -1574,7 +1580,7 @@ static cut cut_for(const k_wmat *W, int T, int B)
  * fewer blocks than runs. */
 static void chunk_rows(int rows, cut c, int k, int *r0, int *r1)
 {
-    const int blocks = (rows + K_ROWS - 1) / K_ROWS;
+    const int blocks = (int)n_blocks(rows);
     const int tail = k >= c.runs, t = tail ? k - c.runs : k, n = tail ? c.short_runs : c.runs;
     const int share = tail ? c.short_blocks : blocks - c.short_blocks, q = share / n, rem = share % n;
     const int b0 = (tail ? blocks - c.short_blocks : 0) + t * q + (t < rem ? t : rem);
@@ -1636,8 +1642,7 @@ void k_matmul_many(const k_product *p, int n, int B)
             m.cut[i] = cut_for(W, pool.n_threads, B);
             m.first[i + 1] = m.first[i] + m.cut[i].runs + m.cut[i].short_runs;
         }
-        /* Small products are not worth waking anyone for. */
-        if (pool.n_threads < 2 || weights < 16384)
+        if (pool.n_threads < 2 || weights < SPLIT_MIN)
             for (int item = 0; item < m.first[cnt]; item++)
                 matmul_chunk(&m, item);
         else

@@ -313,9 +313,13 @@ AMX KSIG(k_amx_i8)
 AMX KSIG(k_amx_q4)
 {
     const size_t G = A->G;
+    if (B < INT_MIN_B) { /* before the buffers: every decode step comes here */
+        fb_q4(W, A, Y, B, beta, r0, r1);
+        return;
+    }
     uint8_t *t = B <= TM ? NULL : k_tbuf(K_TBUF_Q4, G * GBYTES);
     float *sf = k_tbuf(K_TBUF_Q4S, 2 * G * K_ROWS * sizeof(float)); /* a block's scales, mins */
-    if (B < INT_MIN_B || (B > TM && !t) || !sf || !tiles_ready(imin(TM, B))) {
+    if ((B > TM && !t) || !sf || !tiles_ready(imin(TM, B))) {
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;
     }
