@@ -558,6 +558,18 @@ static void head_rows_of_chunk(void *arg, int h)
         head_row(j, t, h, NULL);
 }
 
+/* Heads [i * H / n, (i + 1) * H / n) of a prefill chunk, for share i of n:
+ * the channels that share i of each product (gemm_share) just wrote, so a
+ * thread reads its own cache where the pool gives both loops' item i to the
+ * same thread (it mostly does; any thread may run any share). */
+static void head_share(void *arg, int i)
+{
+    const head_job *j = arg;
+    const int H = j->c->m->cfg.n_head, n = j->c->n_shares;
+    for (int h = i * H / n; h < (i + 1) * H / n; h++)
+        head_rows_of_chunk(arg, h);
+}
+
 /* The WKV state of item i, which the thread now running item i - threads
  * most likely takes next (items go out in order), or NULL past the singles. */
 static const float *next_state(const head_job *j, int i)
@@ -617,8 +629,8 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     head_job hj = {c, L, l, T};
     if (c->n_single) /* independent recurrences: (single row, head) and the chunk's heads */
         k_parallel(H * c->n_single + (T > c->n_single ? H : 0), head_item, &hj);
-    else if (T >= 16) /* prefill: heads are independent recurrences, one per thread */
-        k_parallel(H, head_rows_of_chunk, &hj);
+    else if (T >= 16) /* prefill: heads are independent recurrences */
+        k_parallel(c->n_shares, head_share, &hj);
     else
         for (int h = 0; h < H; h++)
             head_rows_of_chunk(&hj, h);
