@@ -379,11 +379,12 @@ int cmd_bench(int argc, char **argv)
                n_prompt, acc_max, acc_mean, 100 * acc_top1);
     printf("RESULT label=%s weights=%s compute=%s threads=%d prefill_tps=%.1f prefill_eff=%.3f "
            "sgemm_gflops=%.0f gen_tps=%.1f gen_eff=%.3f gen_eff_weights=%.3f bw_gbs=%.1f "
-           "weights_mb=%.0f read_mb=%.1f state_rw_mb=%.1f rss_mb=%.0f acc=%d acc_max=%.3g acc_mean=%.3g acc_top1=%.4f "
+           "weights_mb=%.0f read_mb=%.1f state_rw_mb=%.1f rss_mb=%.0f acc=%d acc_max=%.3g "
+           "acc_mean=%.3g acc_top1=%.4f "
            "step1_ms=%.3f step2_ms=%.3f step4_ms=%.3f step8_ms=%.3f step16_ms=%.3f sink=%llu\n",
            label, weights, compute, threads, pp, pre_eff, peak / 1e9, tg, gen_eff, gen_eff_w,
-           bw / 1e9, weights_mb, w_bytes / 1048576.0, s_bytes / 1048576.0, rss_mb, want_acc, acc_max,
-           acc_mean, acc_top1, step[0] * 1e3, step[1] * 1e3, step[2] * 1e3, step[3] * 1e3,
+           bw / 1e9, weights_mb, w_bytes / 1048576.0, s_bytes / 1048576.0, rss_mb, want_acc,
+           acc_max, acc_mean, acc_top1, step[0] * 1e3, step[1] * 1e3, step[2] * 1e3, step[3] * 1e3,
            step[4] * 1e3, (unsigned long long)(sink & 1));
     rc = 0;
     goto done;
