@@ -360,7 +360,7 @@ int cmd_bench(int argc, char **argv)
     printf("%s: L=%d C=%d V=%d, %s weights, %s compute (kernels %s): %.0f MB held, %.0f MB read "
            "per token, load %.2f s, RSS after load %.0f MB, %d threads\n",
            label, cfg->n_layer, cfg->n_embd, cfg->vocab_size, weights, compute, ms_kernel_isa(),
-           weights_mb, ms_model_bytes_per_token(m) / 1048576.0, t_load, rss_mb, threads);
+           weights_mb, w_bytes / 1048576.0, t_load, rss_mb, threads);
     printf("  prefill %ld tokens: %.1f tok/s (%.0f%% of sgemm peak %.0f GFLOP/s)\n", n_prompt, pp,
            100 * pre_eff, peak / 1e9);
     printf("  generation %ld tokens: %.1f tok/s (%.0f%% of memory bandwidth %.1f GB/s, for "

@@ -1558,7 +1558,7 @@ typedef struct {
     int first[MANY_MAX + 1];
 } matmul_job;
 
-/* How a product is cut for T threads. A decode batch (B <= 16) streams the
+/* How a product is cut for T threads. A decode batch (B <= K_MAX_BATCH) streams the
  * weights from memory, and each run a thread starts costs the prefetchers
  * a ramp (3072 x 768, both threads, q4 B = 1: 22-25 GB/s in four equal
  * chunks per thread, 26-27 in one): one long run per thread over 15/16 of
@@ -1571,7 +1571,7 @@ static cut cut_for(const k_wmat *W, int T, int B)
     const int blocks = (int)n_blocks(W->rows);
     if ((size_t)W->rows * W->cols < SPLIT_MIN)
         return (cut){1, 0, 0};
-    if (B > 16)
+    if (B > K_MAX_BATCH)
         return (cut){4 * T, 0, 0};
     return (cut){T, blocks >= 16 ? T : 0, blocks / 16};
 }

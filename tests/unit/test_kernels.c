@@ -221,11 +221,12 @@ Test(kernels, thread_pool_gives_the_single_thread_result)
 {
     k_set_threads(2);
     const int shapes[] = {4099, 40}, batches[] = {3, 20}, cols = 512; /* both split */
+    const size_t R = (size_t)shapes[0], NB = (size_t)batches[1]; /* the largest of each */
     unsigned seed = 5;
-    float *w = malloc(sizeof(float) * 4099 * cols), *x = malloc(sizeof(float) * 20 * cols);
-    float *y1 = malloc(sizeof(float) * 20 * 4099), *y2 = malloc(sizeof(float) * 20 * 4099);
-    fill(w, (size_t)4099 * cols, &seed);
-    fill(x, (size_t)20 * cols, &seed);
+    float *w = malloc(sizeof(float) * R * cols), *x = malloc(sizeof(float) * NB * cols);
+    float *y1 = malloc(sizeof(float) * NB * R), *y2 = malloc(sizeof(float) * NB * R);
+    fill(w, R * cols, &seed);
+    fill(x, NB * cols, &seed);
     for (size_t md = 0; md < N_MODES; md++)
         for (int s = 0; s < 2; s++)
             for (int bi = 0; bi < 2; bi++) {
