@@ -13,17 +13,19 @@
  *    bytes). The packed layouts are already B tiles: an I8 group
  *    ([16 quads][16 rows][4 bytes]) is one, for TDPBSUD (signed inputs x
  *    the stored q + 128); a Q4 group becomes one after its nibbles are
- *    unpacked into L1 (a round ahead for a decode batch, a block at a time
- *    for longer chunks); 16 BF16 pairs ([16][16 rows][2]) are one for
- *    TDPBF16PS. int8 and q4 batches of up to 8 stay on VNNI, faster there
- *    on weights streamed from memory (INT_MIN_B). Batches of more
+ *    unpacked into L1 (four groups ahead for a decode batch, a block at a
+ *    time for longer chunks); 16 BF16 pairs ([16][16 rows][2]) are one for
+ *    TDPBF16PS. Single int8 rows and q4 batches of up to 8 stay on VNNI,
+ *    faster there on weights streamed from memory (I8_MIN_B, Q4_MIN_B).
+ *    Batches of more
  *    than 16 go 16 at a time, the last 16 overlapping the previous ones
  *    (their outputs stored once), so M never changes within a product and
  *    the config is not reloaded.
  *  - int8 / q4: each group's integer sums leave the tile and take the VNNI
  *    kernel's fp32 steps (same operations, same order), so the results are
- *    bit-identical to it; four groups per round keep four tile products in
- *    flight, and the weights are prefetched (tile loads that miss stall).
+ *    bit-identical to it; a rolling pipeline over the groups keeps tile
+ *    products in flight while earlier groups' sums are stored and scaled,
+ *    and the weights are prefetched (tile loads that miss stall).
  *  - bf16: sums stay in the tiles across the row (four row blocks per pass
  *    share each activation tile); pairs past the last whole tile go
  *    through vdpbf16ps. Every batch size takes this path, so a sequence's
@@ -200,99 +202,83 @@ AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
     }
 }
 
-/* The integer sums of n (1..4) groups into cb[0..n): activation tiles from
- * xa, weight tiles from wg (GBYTES apart). */
-AMX_INLINE void int_round(const int8_t *xa, size_t ldx, const uint8_t *wg, int n,
-                          int32_t (*cb)[TM][16])
-{
-    if (n == 4) {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        _tile_loadd(4, xa, ldx);
-        _tile_loadd(6, wg, 64);
-        _tile_dpbsud(0, 4, 6);
-        _tile_loadd(5, xa + K_I8_GROUP, ldx);
-        _tile_loadd(7, wg + GBYTES, 64);
-        _tile_dpbsud(1, 5, 7);
-        _tile_loadd(4, xa + 2 * K_I8_GROUP, ldx);
-        _tile_loadd(6, wg + 2 * GBYTES, 64);
-        _tile_dpbsud(2, 4, 6);
-        _tile_loadd(5, xa + 3 * K_I8_GROUP, ldx);
-        _tile_loadd(7, wg + 3 * GBYTES, 64);
-        _tile_dpbsud(3, 5, 7);
-        _tile_stored(0, cb[0], 64);
-        _tile_stored(1, cb[1], 64);
-        _tile_stored(2, cb[2], 64);
-        _tile_stored(3, cb[3], 64);
-        return;
-    }
-    for (int t = 0; t < n; t++) {
-        _tile_zero(0);
-        _tile_loadd(4, xa + t * K_I8_GROUP, ldx);
-        _tile_loadd(6, wg + t * GBYTES, 64);
-        _tile_dpbsud(0, 4, 6);
-        _tile_stored(0, cb[t], 64);
-    }
-}
+/* Group j of a block, step j of the rolling pipeline below: its tile
+ * product into accumulator tile J (= j % 4) from input tiles TA, TB
+ * (4 + j % 2, 6 + j % 2); the sums of group j - 2 leave tile S (= (j + 2)
+ * % 4) for cb[S]; group j - 4, stored two steps ago, takes the fp32 steps.
+ * Tile numbers are instruction immediates, hence a macro. */
+#define INT_STEP(J, TA, TB, S)                                                                   \
+    if (j + J < G) {                                                                             \
+        const size_t g = j + J;                                                                  \
+        const uint8_t *wg;                                                                       \
+        if (wt) {                                                                                \
+            wg = wt + g * GBYTES;                                                                \
+            if (!q4)                                                                             \
+                prefetch(wg + PF_AHEAD, GBYTES);                                                 \
+        } else {                                                                                 \
+            wg = ring[g % 8];                                                                    \
+            if (J == 0 && g + 4 < G)                                                             \
+                q4_unpack(q4p + (g + 4) * GBYTES / 2, ring[(g + 4) % 8], imin(4, (int)(G - g - 4))); \
+        }                                                                                        \
+        _tile_zero(J);                                                                           \
+        _tile_loadd(TA, xa + g * K_I8_GROUP, ldx);                                               \
+        _tile_loadd(TB, wg, 64);                                                                 \
+        _tile_dpbsud(J, TA, TB);                                                                 \
+    }                                                                                            \
+    if (j + J >= 2 && j + J - 2 < G)                                                             \
+        _tile_stored(S, cb[S], 64);                                                              \
+    if (j + J >= 4 && j + J - 4 < G)                                                             \
+        int_epilogue(acc, &cb[J], 1, j + J - 4, sp, mp, A, c.bs, c.M, c.skip, q4);
 
 /* One block times one chunk of sequences, stored into Y rows [r, r + nr).
  * The weight tiles are wt (G of GBYTES: int8, or q4 unpacked beforehand),
- * or, when wt is NULL, q4p's packed groups unpacked a round at a time into
- * L1 (a decode batch reads each block once). The fp32 steps of a round run
- * after the next round's tile products are issued, so the two overlap. */
+ * or, when wt is NULL, q4p's packed groups unpacked four groups ahead into
+ * a ring in L1 (a decode batch reads each block once; a tile load of bytes
+ * still in the store buffer would wait for them to reach L1).
+ * A rolling pipeline over the groups, so no tile instruction waits on its
+ * own group's store: group j's product uses accumulator j % 4, its sums
+ * are stored two groups later and take the fp32 steps four groups later,
+ * in group order as before. Against rounds of four groups (all four
+ * accumulators zeroed, multiplied, stored, then the next round waits on
+ * those stores): a 3072 x 768 int8 product of 8 sequences from the caches
+ * 20% faster; a 0.1B int8 decode step at B = 8 8-10% faster, prefill
+ * 1.5-3%. */
 AMX_INLINE void int_block(const uint8_t *wt, const uint8_t *q4p, const float *sp,
                           const float *mp, const act *A, chunk c, float *Y, int ldy, int r,
                           int nr, float beta)
 {
     const int q4 = mp != NULL;
     __m512 acc[TM];
-    int32_t cb[2][4][TM][16] __attribute__((aligned(64)));
-    uint8_t tb[2][4 * GBYTES] __attribute__((aligned(64)));
+    int32_t cb[4][TM][16] __attribute__((aligned(64)));
+    uint8_t ring[8][GBYTES] __attribute__((aligned(64)));
     for (int m = 0; m < TM; m++)
         acc[m] = _mm512_setzero_ps();
     const int8_t *xa = A->xq + (size_t)c.bs * A->kp;
     const size_t ldx = A->kp, G = A->G;
-    size_t gp = 0;
-    int np = 0, cur = 0;
     if (!wt)
-        q4_unpack(q4p, tb[0], G < 4 ? G : 4);
-    for (size_t g = 0; g < G; g += 4) {
-        const int n = G - g < 4 ? (int)(G - g) : 4;
-        const uint8_t *wg = tb[cur];
-        if (wt) {
-            wg = wt + g * GBYTES;
-            if (!q4)
-                prefetch(wg + PF_AHEAD, (size_t)n * GBYTES);
-        } else if (g + 4 < G) {
-            /* A round ahead: a tile load of bytes still in the store buffer
-             * would wait for them to be written to L1. */
-            q4_unpack(q4p + (g + 4) * GBYTES / 2, tb[cur ^ 1], G - g - 4 < 4 ? G - g - 4 : 4);
-        }
-        int_round(xa + g * K_I8_GROUP, ldx, wg, n, cb[cur]);
-        if (np)
-            int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
-        gp = g;
-        np = n;
-        cur ^= 1;
+        q4_unpack(q4p, ring[0], G < 4 ? G : 4);
+    for (size_t j = 0; j < G + 4; j += 4) {
+        INT_STEP(0, 4, 6, 2)
+        INT_STEP(1, 5, 7, 3)
+        INT_STEP(2, 4, 6, 0)
+        INT_STEP(3, 5, 7, 1)
     }
-    int_epilogue(acc, cb[cur ^ 1], np, gp, sp, mp, A, c.bs, c.M, c.skip, q4);
     for (int m = c.skip; m < c.M; m++)
         k_store16(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
 }
 
-/* Batches of up to 8 stay on VNNI, which gives the same bits. With the
- * weights streamed from memory (any model past the caches), a 3072 x 768
- * product on both threads runs faster there: int8 B = 1 at 30 GB/s against
- * 24 on tiles, B = 8 15% faster, q4 B = 8 20% faster; from the caches the
- * two are even up to 8. Tiles win from about 12 (in cache from 10) and in
- * prefill. */
-#define INT_MIN_B 9
+/* Smaller batches stay on VNNI, which gives the same bits. Measured in
+ * the model (0.1B and 0.4B steps, weights streamed from memory): int8 on
+ * tiles is 3% slower at B = 1 (VNNI reads 30 GB/s there, tiles 24) and
+ * faster from B = 2 (B = 2 -4..-8%, B = 3 -9..-14%, B = 8 -5..-10%); q4 on
+ * tiles is 3-8% slower at B = 8, where its nibbles cost VNNI little, and
+ * even or faster from about 12. */
+#define I8_MIN_B 2
+#define Q4_MIN_B 9
 
 AMX KSIG(k_amx_i8)
 {
-    if (B < INT_MIN_B || !tiles_ready(imin(TM, B))) {
+    if (B < I8_MIN_B || !tiles_ready(imin(TM, B))) {
         fb_i8(W, A, Y, B, beta, r0, r1);
         return;
     }
@@ -307,13 +293,13 @@ AMX KSIG(k_amx_i8)
     }
 }
 
-/* A batch of up to 16 unpacks each round's groups a round ahead of their
- * tile products; longer chunks unpack a block once (per-thread buffer) for
+/* A batch of up to 16 unpacks its groups four ahead of their tile
+ * products; longer chunks unpack a block once (per-thread buffer) for
  * all their 16-sequence chunks. */
 AMX KSIG(k_amx_q4)
 {
     const size_t G = A->G;
-    if (B < INT_MIN_B) { /* before the buffers: every decode step comes here */
+    if (B < Q4_MIN_B) { /* before the buffers: most decode steps come here */
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;
     }
