@@ -17,10 +17,9 @@
  *    time for longer chunks); 16 BF16 pairs ([16][16 rows][2]) are one for
  *    TDPBF16PS. Single int8 rows and q4 batches of up to 8 stay on VNNI,
  *    faster there on weights streamed from memory (I8_MIN_B, Q4_MIN_B).
- *    Batches of more
- *    than 16 go 16 at a time, the last 16 overlapping the previous ones
- *    (their outputs stored once), so M never changes within a product and
- *    the config is not reloaded.
+ *    Batches of more than 16 go 16 at a time, the last 16 overlapping the
+ *    previous ones (their outputs stored once), so M never changes within
+ *    a product and the config is not reloaded.
  *  - int8 / q4: each group's integer sums leave the tile and take the VNNI
  *    kernel's fp32 steps (same operations, same order), so the results are
  *    bit-identical to it; a rolling pipeline over the groups keeps tile
@@ -163,26 +162,21 @@ AMX_INLINE void prefetch(const void *p, size_t bytes)
         _mm_prefetch((const char *)p + l, _MM_HINT_T0);
 }
 
-/* n (1..4) groups' integer sums, in cb[t][m], into the fp32 accumulators
- * acc[m] for m in [skip, M): the VNNI kernel's steps exactly. */
-AMX_INLINE void int_epilogue(__m512 *acc, int32_t (*cb)[TM][16], int n, size_t g,
-                             const float *sp, const float *mp, const act *A, int bs, int M,
-                             int skip, int q4)
+/* Group g's integer sums, in cb[m], into the fp32 accumulators acc[m] for
+ * m in [skip, M): the VNNI kernel's steps exactly. */
+AMX_INLINE void int_epilogue(__m512 *acc, int32_t (*cb)[16], size_t g, const float *sp,
+                             const float *mp, const act *A, int bs, int M, int skip, int q4)
 {
+    const __m512 s = _mm512_loadu_ps(sp + g * K_ROWS);
     for (int m = skip; m < M; m++) {
-        __m512 a = acc[m];
         const size_t i = (size_t)(bs + m) * A->G + g;
-        for (int t = 0; t < n; t++) {
-            __m512i v = _mm512_load_si512(cb[t][m]);
-            if (!q4)
-                v = _mm512_sub_epi32(v, _mm512_set1_epi32(128 * A->xqs[i + t]));
-            const __m512 s = _mm512_loadu_ps(sp + (g + t) * K_ROWS);
-            const __m512 sx = _mm512_mul_ps(s, _mm512_set1_ps(A->xs[i + t]));
-            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sx, a);
-            if (q4)
-                a = _mm512_fmadd_ps(_mm512_loadu_ps(mp + (g + t) * K_ROWS),
-                                    _mm512_set1_ps(A->xsum[i + t]), a);
-        }
+        __m512i v = _mm512_load_si512(cb[m]);
+        if (!q4)
+            v = _mm512_sub_epi32(v, _mm512_set1_epi32(128 * A->xqs[i]));
+        const __m512 sx = _mm512_mul_ps(s, _mm512_set1_ps(A->xs[i]));
+        __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sx, acc[m]);
+        if (q4)
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(mp + g * K_ROWS), _mm512_set1_ps(A->xsum[i]), a);
         acc[m] = a;
     }
 }
@@ -229,7 +223,7 @@ AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
     if (j + J >= 2 && j + J - 2 < G)                                                             \
         _tile_stored(S, cb[S], 64);                                                              \
     if (j + J >= 4 && j + J - 4 < G)                                                             \
-        int_epilogue(acc, &cb[J], 1, j + J - 4, sp, mp, A, c.bs, c.M, c.skip, q4);
+        int_epilogue(acc, cb[J], j + J - 4, sp, mp, A, c.bs, c.M, c.skip, q4);
 
 /* One block times one chunk of sequences, stored into Y rows [r, r + nr).
  * The weight tiles are wt (G of GBYTES: int8, or q4 unpacked beforehand),
