@@ -737,6 +737,10 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
         ACC_STORE(NR, NB)                                                                        \
     }
 
+/* Both blocks' weights are widened before the sequences' inputs are
+ * broadcast, so each broadcast serves both blocks: with the broadcasts
+ * inside the block loop, 2 x 8 passes kept sixteen of them live beside the
+ * sixteen sums and spilled two sums to the stack every column pair. */
 #define PASS_BF16(NR, NB)                                                                        \
     {                                                                                            \
         ACC_ZERO(NR, NB)                                                                         \
@@ -746,14 +750,17 @@ static inline int32_t x4_at(const act *A, int b, size_t quad)
         const int K = W->cols;                                                                   \
         int j = 0;                                                                               \
         for (; j + 1 < K; j += 2) {                                                              \
+            VT we[NR], wo[NR];                                                                   \
             UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
-                VT we, wo;                                                                       \
                 PREFETCH(wp + rb * bs + (size_t)j * K_ROWS);                                     \
-                VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we, wo);                                \
-                UNROLL for (int q = 0; q < NB; q++) {                                            \
-                    const float *x = xp + (size_t)q * A->ldx + j;                                \
-                    acc[rb * NB + q] = VFMA(we, VSET1(x[0]), acc[rb * NB + q]);                  \
-                    acc[rb * NB + q] = VFMA(wo, VSET1(x[1]), acc[rb * NB + q]);                  \
+                VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we[rb], wo[rb]);                        \
+            }                                                                                    \
+            UNROLL for (int q = 0; q < NB; q++) {                                                \
+                const float *x = xp + (size_t)q * A->ldx + j;                                    \
+                const VT x0 = VSET1(x[0]), x1 = VSET1(x[1]);                                     \
+                UNROLL for (int rb = 0; rb < NR; rb++) {                                         \
+                    acc[rb * NB + q] = VFMA(we[rb], x0, acc[rb * NB + q]);                       \
+                    acc[rb * NB + q] = VFMA(wo[rb], x1, acc[rb * NB + q]);                       \
                 }                                                                                \
             }                                                                                    \
         }                                                                                        \
