@@ -25,11 +25,13 @@ BUILD_PKGS := gcc libc6-dev make pkg-config libmicrohttpd-dev libjansson-dev \
 RUN_PKGS   := curl
 TEST_PKGS  := libcriterion-dev curl nodejs npm chromium redis-server fortunes python3-numpy \
               clang libclang-rt-14-dev
+# make bench: the serving benchmark's client, and the held-out text for bits per byte.
+BENCH_PKGS := nodejs fortunes python3-numpy
 # CI (.ci/run) requires the reference checks, so it installs what they need;
 # a user's make test skips them without it, saying so.
 REF_PKGS   := $(if $(filter-out 0,$(METASTATE_REQUIRE_REFERENCE)),python3-torch python3-numpy,)
 
-.PHONY: all deps deps-test deps-run fresh-debian build unit-bin check test bench run clean asan \
+.PHONY: all deps deps-test deps-run deps-bench fresh-debian build unit-bin check test bench run clean asan \
         fuzz fuzz-bin fuzz-run
 
 all: deps
@@ -44,10 +46,13 @@ deps-test:
 deps-run:
 	@bash tools/deps.sh $(BUILD_PKGS) $(RUN_PKGS)
 
+deps-bench:
+	@bash tools/deps.sh $(BUILD_PKGS) $(BENCH_PKGS)
+
 test: deps-test
 	@$(MAKE) --no-print-directory check
 
-bench: deps
+bench: deps-bench
 	@$(MAKE) --no-print-directory build
 	@bash tools/bench.sh $(BUILD)
 

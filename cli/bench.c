@@ -3,11 +3,12 @@
  * on this machine, as ratios to limits measured in the same run (machines
  * are shared and noisy, so absolute numbers alone say little).
  *
- *  - memory read bandwidth: every core sums its share of a buffer far larger
- *    than the caches, on 2 MB pages as the weights are; best of several passes;
- *  - sgemm peak: OpenBLAS on 2048^3, best of a few;
+ *  - the machine's limits (bench_limits.c): memory read bandwidth (before
+ *    and after the timed parts, the better of the two), sgemm peak and FMA
+ *    peak;
  *  - prefill: tokens/s for --prompt tokens, and prefill efficiency =
- *    2 x (matrix parameters per token) x tokens/s / sgemm peak;
+ *    2 x (matrix parameters per token) x tokens/s / sgemm peak, and the
+ *    same over the FMA peak;
  *  - generation: tokens/s for --gen tokens one at a time, and generation
  *    efficiency = bytes per token x tokens/s / bandwidth, where a token
  *    moves every matrix once and its state twice (read, then written); the
@@ -23,15 +24,12 @@
 #include "cli.h"
 #include "engine.h"
 
-#include <cblas.h>
 #include <getopt.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,89 +38,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-typedef struct {
-    const uint64_t *p;
-    size_t n;
-    uint64_t sum;
-} bw_job;
-
-static void *bw_worker(void *arg)
-{
-    bw_job *j = arg;
-    uint64_t s[8] = {0};
-    for (size_t i = 0; i + 8 <= j->n; i += 8)
-        for (int k = 0; k < 8; k++)
-            s[k] += j->p[i + k];
-    j->sum = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
-    return NULL;
-}
-
-/* Best-of-5 read bandwidth in bytes/s with n_threads threads. */
-static double measure_bandwidth(int n_threads, uint64_t *sink)
-{
-    const size_t bytes = (size_t)1 << 30, n = bytes / 8;
-    uint64_t *buf = aligned_alloc((size_t)2 << 20, bytes);
-    if (!buf)
-        return 0;
-    /* On 2 MB pages like the engine's weights, so the bound is the best
-     * this machine reads, not one lowered by TLB misses. */
-    madvise(buf, bytes, MADV_HUGEPAGE);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = i;
-    double best = 0;
-    pthread_t th[64];
-    bw_job jobs[64];
-    if (n_threads > 64)
-        n_threads = 64;
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = now_s();
-        for (int t = 0; t < n_threads; t++) {
-            jobs[t] = (bw_job){buf + n / n_threads * t, n / n_threads, 0};
-            pthread_create(&th[t], NULL, bw_worker, &jobs[t]);
-        }
-        for (int t = 0; t < n_threads; t++) {
-            pthread_join(th[t], NULL);
-            *sink += jobs[t].sum;
-        }
-        double bw = bytes / (now_s() - t0);
-        if (bw > best)
-            best = bw;
-    }
-    free(buf);
-    return best;
-}
-
-/* Best-of-3 OpenBLAS sgemm throughput in FLOP/s on 2048^3, on every core
- * (the engine keeps OpenBLAS to one thread and splits GEMMs itself; the
- * reference is the library at its best). */
-static double measure_sgemm(int n_threads)
-{
-    const int n = 2048;
-    openblas_set_num_threads(n_threads);
-    float *a = malloc(sizeof(float) * n * n), *b = malloc(sizeof(float) * n * n),
-          *c = malloc(sizeof(float) * n * n);
-    double best = 0;
-    if (a && b && c) {
-        for (long i = 0; i < (long)n * n; i++) {
-            a[i] = (float)(i % 13) * 0.01f;
-            b[i] = (float)(i % 7) * 0.02f;
-        }
-        for (int rep = 0; rep < 4; rep++) {
-            double t0 = now_s();
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n,
-                        0.0f, c, n);
-            double f = 2.0 * n * n * (double)n / (now_s() - t0);
-            if (rep && f > best) /* the first call warms up OpenBLAS's threads */
-                best = f;
-        }
-    }
-    free(a);
-    free(b);
-    free(c);
-    openblas_set_num_threads(1);
-    return best;
 }
 
 static long rss_kb(void)
@@ -243,7 +158,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: metastate bench --model PATH [--weights auto|f32|bf16|int8|q4]\n"
                "                       [--compute f32|bf16] [--threads N] [--prompt N] [--gen N]\n"
                "                       [--batch-steps N] [--accuracy] [--label TEXT]\n"
-               "Measures memory bandwidth, sgemm peak, prefill and generation speed of one\n"
+               "Measures memory bandwidth, sgemm and FMA peaks, prefill and generation speed of one\n"
                "model, and the step time of batches of 1, 2, 4, 8 and 16 sequences\n"
                "(--batch-steps 0 skips them); --accuracy also compares its logits with\n"
                "fp32 weights.\n");
@@ -309,6 +224,12 @@ int cmd_bench(int argc, char **argv)
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
         toks[i] = (int32_t)((seed >> 33) % (uint64_t)cfg->vocab_size);
     }
+    /* Bandwidth before and after the timed parts (the better one is the
+     * bound): a neighbour's burst during one probe no longer halves it. */
+    const long ncpu = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
+    const int n_cores = ncpu > 0 ? (int)ncpu : 1;
+    uint64_t sink = 0;
+    const double bw_before = bench_bandwidth(n_cores, &sink);
     /* Warm up once so first-touch page faults are not measured. */
     if (ms_forward(ctx, s, toks, 8, logits, 0, &err))
         goto fail;
@@ -341,10 +262,9 @@ int cmd_bench(int argc, char **argv)
         if ((step[i] = batch_step(m, batches[i], (int)batch_steps, &err)) < 0)
             goto fail;
 
-    long ncpu = threads > 0 ? threads : sysconf(_SC_NPROCESSORS_ONLN);
-    uint64_t sink = 0;
-    const double bw = measure_bandwidth(ncpu > 0 ? (int)ncpu : 1, &sink);
-    const double peak = measure_sgemm(ncpu > 0 ? (int)ncpu : 1);
+    const double bw_after = bench_bandwidth(n_cores, &sink);
+    const double bw = bw_after > bw_before ? bw_after : bw_before;
+    const double peak = bench_sgemm_peak(n_cores), fma_peak = bench_fma_peak(n_cores);
     const double weights_mb = ms_model_weight_bytes(m) / 1048576.0;
     const double pp = n_prompt / t_prefill, tg = n_gen / t_gen;
     /* A token reads every matrix once and reads and writes its sequence's
@@ -352,6 +272,7 @@ int cmd_bench(int argc, char **argv)
     const double w_bytes = (double)ms_model_bytes_per_token(m), s_bytes = 2.0 * ms_state_bytes(m);
     const double gen_eff = (w_bytes + s_bytes) * tg / bw, gen_eff_w = w_bytes * tg / bw;
     const double pre_eff = 2 * matrix_params(cfg) * pp / peak;
+    const double pre_eff_fma = fma_peak > 0 ? 2 * matrix_params(cfg) * pp / fma_peak : 0;
     double acc_max = 0, acc_mean = 0, acc_top1 = 1;
     if (want_acc && accuracy(model_path, m, toks, n_prompt, &acc_max, &acc_mean, &acc_top1)) {
         fprintf(stderr, "bench: accuracy run failed\n");
@@ -361,8 +282,9 @@ int cmd_bench(int argc, char **argv)
            "per token, load %.2f s, RSS after load %.0f MB, %d threads\n",
            label, cfg->n_layer, cfg->n_embd, cfg->vocab_size, weights, compute, ms_kernel_isa(),
            weights_mb, w_bytes / 1048576.0, t_load, rss_mb, threads);
-    printf("  prefill %ld tokens: %.1f tok/s (%.0f%% of sgemm peak %.0f GFLOP/s)\n", n_prompt, pp,
-           100 * pre_eff, peak / 1e9);
+    printf("  prefill %ld tokens: %.1f tok/s (%.0f%% of sgemm peak %.0f GFLOP/s, %.0f%% of FMA "
+           "peak %.0f GFLOP/s)\n",
+           n_prompt, pp, 100 * pre_eff, peak / 1e9, 100 * pre_eff_fma, fma_peak / 1e9);
     printf("  generation %ld tokens: %.1f tok/s (%.0f%% of memory bandwidth %.1f GB/s, for "
            "%.1f MB of weights and %.1f MB of state read and written per token; weights alone "
            "%.0f%%)\n",
@@ -378,12 +300,12 @@ int cmd_bench(int argc, char **argv)
         printf("  vs fp32 weights over %ld tokens: max |dlogit| %.3g, mean %.3g, top-1 %.1f%%\n",
                n_prompt, acc_max, acc_mean, 100 * acc_top1);
     printf("RESULT label=%s weights=%s compute=%s threads=%d prefill_tps=%.1f prefill_eff=%.3f "
-           "sgemm_gflops=%.0f gen_tps=%.1f gen_eff=%.3f gen_eff_weights=%.3f bw_gbs=%.1f "
+           "sgemm_gflops=%.0f prefill_eff_fma=%.3f fma_gflops=%.0f gen_tps=%.1f gen_eff=%.3f gen_eff_weights=%.3f bw_gbs=%.1f "
            "weights_mb=%.0f read_mb=%.1f state_rw_mb=%.1f rss_mb=%.0f acc=%d acc_max=%.3g "
            "acc_mean=%.3g acc_top1=%.4f "
            "step1_ms=%.3f step2_ms=%.3f step4_ms=%.3f step8_ms=%.3f step16_ms=%.3f sink=%llu\n",
-           label, weights, compute, threads, pp, pre_eff, peak / 1e9, tg, gen_eff, gen_eff_w,
-           bw / 1e9, weights_mb, w_bytes / 1048576.0, s_bytes / 1048576.0, rss_mb, want_acc,
+           label, weights, compute, threads, pp, pre_eff, peak / 1e9, pre_eff_fma, fma_peak / 1e9,
+           tg, gen_eff, gen_eff_w, bw / 1e9, weights_mb, w_bytes / 1048576.0, s_bytes / 1048576.0, rss_mb, want_acc,
            acc_max, acc_mean, acc_top1, step[0] * 1e3, step[1] * 1e3, step[2] * 1e3, step[3] * 1e3,
            step[4] * 1e3, (unsigned long long)(sink & 1));
     rc = 0;

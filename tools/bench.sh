@@ -74,13 +74,13 @@ ref() { # ref LABEL KEY: KEY of the f32 row of LABEL
 }
 
 echo
-echo "| model | weights | prefill tok/s | prefill / sgemm peak | prefill vs f32 | generation tok/s | generation / bandwidth: weights + state (weights alone) | bandwidth GB/s | sgemm GFLOP/s | vs f32: max, mean abs logit diff, top-1 |"
+echo "| model | weights | prefill tok/s | prefill / sgemm peak (/ FMA peak) | prefill vs f32 | generation tok/s | generation / bandwidth: weights + state (weights alone) | bandwidth GB/s | sgemm (FMA) GFLOP/s | vs f32: max, mean abs logit diff, top-1 |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for r in "${engine_rows[@]}"; do
     accs="-"
     [[ $(kv "$r" acc) == 1 ]] && accs="$(kv "$r" acc_max), $(kv "$r" acc_mean), $(awk -v t="$(kv "$r" acc_top1)" 'BEGIN{printf "%.1f%%", t*100}')"
     vs=$(awk -v a="$(kv "$r" prefill_tps)" -v b="$(ref "$(kv "$r" label)" prefill_tps)" 'BEGIN{ if (b == "-") print "-"; else printf "%.2fx", a/b }')
-    echo "| $(kv "$r" label) | $(fmt "$r") | $(kv "$r" prefill_tps) | $(pct "$(kv "$r" prefill_eff)") | $vs | $(kv "$r" gen_tps) | $(pct "$(kv "$r" gen_eff)") ($(pct "$(kv "$r" gen_eff_weights)")) | $(kv "$r" bw_gbs) | $(kv "$r" sgemm_gflops) | $accs |"
+    echo "| $(kv "$r" label) | $(fmt "$r") | $(kv "$r" prefill_tps) | $(pct "$(kv "$r" prefill_eff)") ($(pct "$(kv "$r" prefill_eff_fma)")) | $vs | $(kv "$r" gen_tps) | $(pct "$(kv "$r" gen_eff)") ($(pct "$(kv "$r" gen_eff_weights)")) | $(kv "$r" bw_gbs) | $(kv "$r" sgemm_gflops) ($(kv "$r" fma_gflops)) | $accs |"
 done
 echo
 echo "Batched decoding (ms_step_batch, every weight read once per step): step time in ms, aggregate tokens/s in parentheses."
@@ -130,4 +130,4 @@ if ((${#constraint_rows[@]})); then
     done
 fi
 echo
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB; threads: ${threads/#0/all}; each row's bandwidth and sgemm peak measured in its own process"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB; threads: ${threads/#0/all}; each row's bandwidth, sgemm and FMA peaks measured in its own process"
