@@ -249,10 +249,12 @@ Test(sampler, large_vocab_nucleus_matches_full_sort)
     enum { V = 65536 };
     float *l = malloc(V * sizeof *l), *x = malloc(V * sizeof *x);
     float *prob = malloc(V * sizeof *prob), *sorted = malloc(V * sizeof *sorted);
-    const float scales[3] = { 12.0f, 4.0f, 0.5f }; /* peaked .. nearly flat */
+    /* peaked .. nearly flat; at 0.05 tens of thousands of tokens share one
+     * histogram bucket, so the sampler narrows that bucket (refine_cut) */
+    const float scales[4] = { 12.0f, 4.0f, 0.5f, 0.05f };
     const float tops[3] = { 0.3f, 0.6f, 0.95f };
     ms_sampler *s = ms_sampler_new(V, NULL);
-    for (int a = 0; a < 3; a++) {
+    for (int a = 0; a < 4; a++) {
         fill_logits(l, V, 100 + (uint64_t)a, scales[a]);
         float m = -INFINITY;
         for (int i = 0; i < V; i++)
@@ -266,13 +268,17 @@ Test(sampler, large_vocab_nucleus_matches_full_sort)
         for (int b = 0; b < 3; b++) {
             double cum = 0;
             float cutoff = sorted[V - 1];
+            int n_nucleus = V;
             for (int i = 0; i < V; i++) {
                 cum += sorted[i];
                 if (cum >= tops[b]) {
                     cutoff = sorted[i];
+                    n_nucleus = i + 1;
                     break;
                 }
             }
+            const float median = sorted[n_nucleus / 2];
+            int lower_half = 0;
             ms_sampler_params p = plain(1.0f, tops[b], 0, (uint64_t)(a * 3 + b));
             ms_sampler_reset(s, &p);
             struct timespec t0, t1;
@@ -283,7 +289,13 @@ Test(sampler, large_vocab_nucleus_matches_full_sort)
                 /* float rounding may differ by an ulp at the very cutoff */
                 cr_assert(prob[t] >= cutoff * 0.9999f, "scale %g top_p %g: token %d p=%g < %g",
                           scales[a], tops[b], t, prob[t], cutoff);
+                lower_half += prob[t] <= median;
             }
+            /* Nearly flat: half the draws fall in the nucleus's lower half
+             * (about 30 of 60), so a cut placed too high shows. */
+            if (scales[a] < 0.1f)
+                cr_assert_geq(lower_half, 12, "scale %g top_p %g: %d of %d draws in the lower half",
+                              scales[a], tops[b], lower_half, draws);
             clock_gettime(CLOCK_MONOTONIC, &t1);
             cr_log_info("V=65536 scale %g top_p %g: %.1f us/draw", scales[a], tops[b],
                         ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / 1e3 /
