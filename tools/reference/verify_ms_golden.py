@@ -5,9 +5,14 @@ Regenerates every file with make_ms_golden.py into a temporary folder and
 compares: model files bitwise (they are inputs: weights drawn from fixed
 seeds), manifests field by field (token lists and every non-float field
 exactly, floats within the output tolerance), output tensors with the same
-names, shapes and dtypes and values within 1e-6 (relative above magnitude 1:
-logits reach ~10, where one fp32 ulp is ~1e-6). Exits 1 on any difference,
-0 (with a SKIP line) when torch is not installed.
+names, shapes and dtypes and values within 3e-5 (relative above magnitude 1).
+The files are PyTorch's fp32 results on the machine that made them; on
+another CPU its products sum in another order (Zen 5 against the Intel
+machine: states up to 1.05e-5 apart, the seq-vs-rnn differences recorded in
+the manifests 4.8e-6 against 6.2e-6), so the bound is three times that,
+still far below what any change of the reference's math moves (1e-3 and
+more) and below the engine's own tolerance (1e-4). Exits 1 on any
+difference, 0 (with a SKIP line) when torch is not installed.
 
     /usr/bin/python3 tools/reference/verify_ms_golden.py [GOLDEN_DIR]
 """
@@ -20,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
 sys.path.insert(0, HERE)
 from skip import NO_BINARY, NO_SHARED, NO_TORCH, skip  # noqa: E402
-TOL = 1e-6
+TOL = 3e-5
 
 
 def close(a, b):
