@@ -394,6 +394,11 @@ static long rss_kb(void)
 
 Test(model, resident_memory_after_load_is_near_the_weights)
 {
+#if defined(__SANITIZE_ADDRESS__)
+    /* ASan keeps freed blocks in quarantine and adds shadow memory, both
+     * resident: on Zen 5 that alone read 1.35x. The normal build checks. */
+    cr_skip_test("ASan build: the sanitizer's quarantine and shadow are resident too");
+#endif
     char p[300];
     snprintf(p, sizeof p, "%s/big.safetensors", dir);
     /* Full 65536-row vocabulary: 64 MB of weights, large enough to measure. */
