@@ -158,8 +158,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: metastate bench --model PATH [--weights auto|f32|bf16|int8|q4]\n"
                "                       [--compute f32|bf16] [--threads N] [--prompt N] [--gen N]\n"
                "                       [--batch-steps N] [--accuracy] [--label TEXT]\n"
-               "Measures memory bandwidth, sgemm and FMA peaks, prefill and generation speed of one\n"
-               "model, and the step time of batches of 1, 2, 4, 8 and 16 sequences\n"
+               "Measures memory bandwidth, sgemm and FMA peaks, prefill and generation speed\n"
+               "of one model, and the step time of batches of 1, 2, 4, 8 and 16 sequences\n"
                "(--batch-steps 0 skips them); --accuracy also compares its logits with\n"
                "fp32 weights.\n");
 }
@@ -300,12 +300,14 @@ int cmd_bench(int argc, char **argv)
         printf("  vs fp32 weights over %ld tokens: max |dlogit| %.3g, mean %.3g, top-1 %.1f%%\n",
                n_prompt, acc_max, acc_mean, 100 * acc_top1);
     printf("RESULT label=%s weights=%s compute=%s threads=%d prefill_tps=%.1f prefill_eff=%.3f "
-           "sgemm_gflops=%.0f prefill_eff_fma=%.3f fma_gflops=%.0f gen_tps=%.1f gen_eff=%.3f gen_eff_weights=%.3f bw_gbs=%.1f "
+           "sgemm_gflops=%.0f prefill_eff_fma=%.3f fma_gflops=%.0f gen_tps=%.1f gen_eff=%.3f "
+           "gen_eff_weights=%.3f bw_gbs=%.1f "
            "weights_mb=%.0f read_mb=%.1f state_rw_mb=%.1f rss_mb=%.0f acc=%d acc_max=%.3g "
            "acc_mean=%.3g acc_top1=%.4f "
            "step1_ms=%.3f step2_ms=%.3f step4_ms=%.3f step8_ms=%.3f step16_ms=%.3f sink=%llu\n",
            label, weights, compute, threads, pp, pre_eff, peak / 1e9, pre_eff_fma, fma_peak / 1e9,
-           tg, gen_eff, gen_eff_w, bw / 1e9, weights_mb, w_bytes / 1048576.0, s_bytes / 1048576.0, rss_mb, want_acc,
+           tg, gen_eff, gen_eff_w, bw / 1e9, weights_mb, w_bytes / 1048576.0,
+           s_bytes / 1048576.0, rss_mb, want_acc,
            acc_max, acc_mean, acc_top1, step[0] * 1e3, step[1] * 1e3, step[2] * 1e3, step[3] * 1e3,
            step[4] * 1e3, (unsigned long long)(sink & 1));
     rc = 0;

@@ -117,16 +117,19 @@ double bench_bandwidth(int n_threads, uint64_t *sink)
         buf[i] = i;
     n_threads = clamp_threads(n_threads);
     __builtin_cpu_init();
-    const int width = __builtin_cpu_supports("avx512f") ? 8 : __builtin_cpu_supports("avx2") ? 4 : 1;
+    const int width = __builtin_cpu_supports("avx512f") ? 8
+                      : __builtin_cpu_supports("avx2") ? 4
+                                                         : 1;
+    const size_t share = n / (size_t)n_threads / 32 * 32; /* whole 256-byte steps */
     bw_job jobs[64];
     double best = 0;
     for (int rep = 0; rep < 5; rep++) {
-        for (int t = 0; t < n_threads; t++) /* shares of whole 256-byte lines */
-            jobs[t] = (bw_job){buf + n / n_threads / 32 * 32 * t, n / n_threads / 32 * 32, width, 0};
+        for (int t = 0; t < n_threads; t++)
+            jobs[t] = (bw_job){buf + share * (size_t)t, share, width, 0};
         double t0 = now_s();
         if (!run_threads(n_threads, bw_worker, jobs, sizeof jobs[0]))
             break;
-        double bw = bytes / (now_s() - t0);
+        double bw = (double)(share * (size_t)n_threads * 8) / (now_s() - t0);
         for (int t = 0; t < n_threads; t++)
             *sink += jobs[t].sum;
         best = bw > best ? bw : best;
