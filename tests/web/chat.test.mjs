@@ -50,6 +50,35 @@ async function open(srv, opts) {
   return page;
 }
 
+/**
+ * The random model (257 byte tokens) ends a chat reply when it samples "\n\n" (token 11 twice;
+ * its end token is banned in chat already): 1 in 300 replies within 12 tokens here. A test that
+ * needs the reply still streaming when it acts bans "\n" through logit_bias, as a client may.
+ */
+async function endless(page) {
+  await page.setRequestInterception(true);
+  page.on('request', (r) => {
+    if (r.method() !== 'POST' || !r.url().endsWith('/v1/chat/completions')) return r.continue();
+    const body = JSON.parse(r.postData());
+    body.logit_bias = { 11: -100 };
+    return r.continue({ postData: JSON.stringify(body) });
+  });
+}
+
+/** Waits until the streaming reply shows more than `n` characters, or fails saying what the page shows instead. */
+async function streamingPast(page, n) {
+  await page.waitForFunction((k) => (document.querySelector('.msg.assistant.streaming .bubble')?.textContent.length ?? 0) > k
+    || document.querySelector('.msg.assistant:not(.streaming) .stats') || document.querySelector('#notice.error:not([hidden])'),
+    {}, n);
+  const seen = await page.evaluate(() => ({
+    streaming: document.querySelector('.msg.assistant.streaming .bubble')?.textContent ?? null,
+    finished: document.querySelector('.msg.assistant:not(.streaming) .stats')?.textContent ?? null,
+    notice: document.getElementById('notice').hidden ? null : document.getElementById('notice-text').textContent,
+  }));
+  assert.ok(seen.streaming?.length > n, `a reply streaming past ${n} characters; the page shows ${JSON.stringify(seen)}, ` +
+    `problems ${JSON.stringify(page.problems)}`);
+}
+
 const connected = (page, model) =>
   page.waitForFunction((m) => document.getElementById('model-name').textContent === m, {}, model);
 
@@ -200,8 +229,9 @@ test('Stop mid-stream keeps the partial reply and the server stops generating', 
   const page = await open(B);
   await connected(page, 'random');
   await setSettings(page, { temperature: 1, top_p: 1, max_tokens: 4000 });
+  await endless(page);
   await send(page, 'Go on forever.');
-  await page.waitForFunction(() => (document.querySelector('.msg.assistant.streaming .bubble')?.textContent.length ?? 0) > 3);
+  await streamingPast(page, 3);
   assert.equal((await metrics(B)).metastate_active_sequences, 1);
   const partialBefore = await page.$eval('.msg.assistant.streaming .bubble', (b) => b.textContent);
   await page.click('#stop');
@@ -444,6 +474,7 @@ test('auto-scroll follows the reply until the user scrolls up', async () => {
   const page = await open(B, { width: 480, height: 420 });
   await connected(page, 'random');
   await setSettings(page, { temperature: 1, top_p: 1, max_tokens: 4000 });
+  await endless(page);
   await send(page, 'Fill the screen.');
   const atBottom = () => page.$eval('#messages', (m) => m.scrollHeight - m.scrollTop - m.clientHeight < 40);
   await page.waitForFunction(() => {
