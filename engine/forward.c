@@ -780,7 +780,10 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
             out = logits + done * (size_t)V;
         else if (logits && last)
             out = logits;
-        c->n_single = 0;
+        /* A lone token is a decode row, as in a batch of one: its heads go
+         * to the pool, where a chunk shorter than 16 rows keeps them on
+         * this thread. Same bits either way (tests/unit batched = single). */
+        c->n_single = T == 1;
         for (size_t t = 0; t < T; t++)
             c->row_state[t] = s;
         forward_rows(c, tokens + done, (int)T, out, all_logits);
