@@ -111,46 +111,61 @@ out:
     return rc;
 }
 
-/* Seconds per ms_step_batch of B sequences (best of a few runs of n
- * steps), each sequence first given a short prompt of its own. */
-static double batch_step(const ms_model *m, int B, int n, ms_error *err)
+enum { N_BATCHES = 5, BATCH_MAX = 16, BATCH_REPS = 5 };
+static const int batches[N_BATCHES] = {1, 2, 4, 8, 16};
+
+/* Seconds per ms_step_batch of 1, 2, 4, 8 and 16 sequences into step[]:
+ * the best of BATCH_REPS runs of n steps each. The sizes take turns within
+ * every round, so a neighbour's burst on this shared machine slows one
+ * round of all of them rather than every run of one size, and the ratios
+ * between sizes stay comparable. Each sequence first gets a short prompt
+ * of its own; -1 on failure (err says why). */
+static int time_batches(const ms_model *m, int n, double step[N_BATCHES], ms_error *err)
 {
     const int V = ms_model_config(m)->vocab_size;
-    ms_ctx *ctx = ms_ctx_new(m, 16);
-    ms_state *st[16] = {0};
-    float *lg = malloc((size_t)B * (size_t)V * sizeof *lg);
-    float *lp[16];
-    int32_t tok[16];
-    double best = -1;
-    if (!ctx || !lg)
+    ms_ctx *ctx = ms_ctx_new(m, BATCH_MAX);
+    ms_state *st[BATCH_MAX] = {0};
+    float *lg = malloc((size_t)BATCH_MAX * (size_t)V * sizeof *lg);
+    float *lp[BATCH_MAX];
+    int32_t tok[BATCH_MAX];
+    int rc = -1;
+    if (!ctx || !lg) {
+        snprintf(err->msg, sizeof err->msg, "out of memory for the batch runs");
         goto out;
-    for (int b = 0; b < B; b++) {
+    }
+    for (int b = 0; b < BATCH_MAX; b++) {
         int32_t p[4] = {(int32_t)(b * 7 + 1) % V, (int32_t)(b * 13 + 2) % V, 3 % V, 4 % V};
-        if (!(st[b] = ms_state_new(m)) || ms_forward(ctx, st[b], p, 4, lg, 0, err))
+        if (!(st[b] = ms_state_new(m))) {
+            snprintf(err->msg, sizeof err->msg, "out of memory for the batch runs' states");
+            goto out;
+        }
+        if (ms_forward(ctx, st[b], p, 4, lg, 0, err))
             goto out;
         tok[b] = p[3];
         lp[b] = lg + (size_t)b * V;
     }
-    best = 1e30;
-    for (int rep = 0; rep < 3; rep++) {
-        double t0 = now_s();
-        for (int i = 0; i < n; i++) {
-            if (ms_step_batch(ctx, st, tok, (size_t)B, lp, err)) {
-                best = -1;
-                goto out;
+    for (int i = 0; i < N_BATCHES; i++)
+        step[i] = 1e30;
+    for (int rep = 0; rep < BATCH_REPS; rep++)
+        for (int i = 0; i < N_BATCHES; i++) {
+            const int B = batches[i];
+            double t0 = now_s();
+            for (int s = 0; s < n; s++) {
+                if (ms_step_batch(ctx, st, tok, (size_t)B, lp, err))
+                    goto out;
+                for (int b = 0; b < B; b++) /* an arbitrary id: speed does not depend on it */
+                    tok[b] = (tok[b] + 17 * b + 1) % V;
             }
-            for (int b = 0; b < B; b++) /* feed back an arbitrary id: speed does not depend on it */
-                tok[b] = (tok[b] + 17 * b + 1) % V;
+            const double t = (now_s() - t0) / n;
+            step[i] = t < step[i] ? t : step[i];
         }
-        double t = (now_s() - t0) / n;
-        best = t < best ? t : best;
-    }
+    rc = 0;
 out:
-    for (int b = 0; b < B; b++)
+    for (int b = 0; b < BATCH_MAX; b++)
         ms_state_free(st[b]);
     ms_ctx_free(ctx);
     free(lg);
-    return best;
+    return rc;
 }
 
 static void usage(FILE *f)
@@ -256,11 +271,9 @@ int cmd_bench(int argc, char **argv)
         t_gen = tg < t_gen ? tg : t_gen;
     }
 
-    static const int batches[] = {1, 2, 4, 8, 16};
-    double step[5] = {0};
-    for (int i = 0; batch_steps > 0 && i < 5; i++)
-        if ((step[i] = batch_step(m, batches[i], (int)batch_steps, &err)) < 0)
-            goto fail;
+    double step[N_BATCHES] = {0};
+    if (batch_steps > 0 && time_batches(m, (int)batch_steps, step, &err))
+        goto fail;
 
     const double bw_after = bench_bandwidth(n_cores, &sink);
     const double bw = bw_after > bw_before ? bw_after : bw_before;
@@ -292,7 +305,7 @@ int cmd_bench(int argc, char **argv)
            100 * gen_eff_w);
     if (batch_steps > 0) {
         printf("  batch step time (ms) / aggregate tok/s:");
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < N_BATCHES; i++)
             printf("  B=%d %.2f / %.0f", batches[i], step[i] * 1e3, batches[i] / step[i]);
         printf("  (B=8 step = %.2fx B=1)\n", step[3] / step[0]);
     }
