@@ -780,9 +780,9 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
             out = logits + done * (size_t)V;
         else if (logits && last)
             out = logits;
-        /* A lone token is a decode row, as in a batch of one: its heads go
-         * to the pool, where a chunk shorter than 16 rows keeps them on
-         * this thread. Same bits either way (tests/unit batched = single). */
+        /* A lone token is a decode row, the path ms_step_batch takes for a
+         * batch of one: its heads go to the pool, which a chunk of under 16
+         * rows does not use. */
         c->n_single = T == 1;
         for (size_t t = 0; t < T; t++)
             c->row_state[t] = s;
