@@ -715,7 +715,7 @@ static inline int32_t x4_of(const int8_t *p)
  * AVX-512 kernels') read them through a pointer per sequence set up before
  * the loop: with the address computed from the batch index, GCC kept one
  * int8 sum of the 2 x 8 loop on the stack, a store-to-load chain through
- * every iteration (in L2, one thread: int8 B=8 0.0200 -> 0.0151 ms, B=16
+ * every iteration (in L2, one thread: int8 B=8 0.0201 -> 0.0157 ms, B=16
  * 0.0401 -> 0.0306). The AVX-VNNI passes of 4, short of registers either
  * way, were 10% slower with the pointers. */
 #define X4(NB, q, c)                                                                             \
