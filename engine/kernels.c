@@ -711,13 +711,17 @@ static inline int32_t x4_of(const int8_t *p)
     return v;
 }
 
-/* Inputs [c, c + 4) of the pass's sequence q. Passes of 8 sequences (the
+/* X_ROWS declares the pass's per-sequence input pointers xr; X4 reads
+ * inputs [c, c + 4) of the pass's sequence q. Passes of 8 sequences (the
  * AVX-512 kernels') read them through a pointer per sequence set up before
  * the loop: with the address computed from the batch index, GCC kept one
  * int8 sum of the 2 x 8 loop on the stack, a store-to-load chain through
  * every iteration (in L2, one thread: int8 B=8 0.0201 -> 0.0157 ms, B=16
  * 0.0401 -> 0.0306). The AVX-VNNI passes of 4, short of registers either
  * way, were 10% slower with the pointers. */
+#define X_ROWS(NB)                                                                               \
+    const int8_t *xr[NB];                                                                        \
+    UNROLL for (int q = 0; q < NB; q++) xr[q] = A->xq + (size_t)(b0 + q) * A->kp;
 #define X4(NB, q, c)                                                                             \
     ((NB) >= 8 ? x4_of(xr[q] + (c)) : x4_of(A->xq + (size_t)(b0 + (q)) * A->kp + (c)))
 
@@ -816,8 +820,7 @@ static inline int32_t x4_of(const int8_t *p)
         ACC_ZERO(1, NB)                                                                          \
         const uint8_t *wp = (const uint8_t *)W->data + blk * (size_t)W->kp * K_ROWS;             \
         const float *sp = W->scales + blk * A->G * K_ROWS;                                       \
-        const int8_t *xr[NB];                                                                    \
-        UNROLL for (int q = 0; q < NB; q++) xr[q] = A->xq + (size_t)(b0 + q) * A->kp;            \
+        X_ROWS(NB)                                                                               \
         for (size_t g = 0; g < A->G; g++) {                                                      \
             IT ia[NB], ib[NB];                                                                   \
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
@@ -851,8 +854,7 @@ static inline int32_t x4_of(const int8_t *p)
         const uint8_t *wp = (const uint8_t *)W->data + blk * (size_t)W->kp * K_ROWS / 2;         \
         const uint16_t *sp = W->hscales + blk * A->G * K_ROWS;                                   \
         const uint16_t *mp = W->hmins + blk * A->G * K_ROWS;                                     \
-        const int8_t *xr[NB];                                                                    \
-        UNROLL for (int q = 0; q < NB; q++) xr[q] = A->xq + (size_t)(b0 + q) * A->kp;            \
+        X_ROWS(NB)                                                                               \
         for (size_t g = 0; g < A->G; g++) {                                                      \
             IT ia[NB], ib[NB];                                                                   \
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
