@@ -6,7 +6,8 @@
  * overflow, so hostile bodies end as a 400 with line/column), then copied
  * field by field into an oa_request that owns plain C strings: the server
  * never touches jansson. Validation follows OpenAI's observable behaviour:
- * null means absent, unknown fields are ignored, and each error names the
+ * null means absent, unknown fields are ignored (known ones the server does
+ * not implement are refused: params_unsupported.c), and each error names the
  * field in `param` with OpenAI-like wording so SDK users see familiar text.
  *
  * Output goes through a small append-only writer instead of jansson: chunks
@@ -17,6 +18,7 @@
  */
 #include "openai.h"
 #include "agent_request.h"
+#include "params_unsupported.h"
 
 #include "json_write.h"
 
@@ -563,6 +565,8 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
         return oa_bad(e, "session_id",
                    "Invalid 'session_id': expected 1 to 128 characters from [A-Za-z0-9._:-], "
                    "not '.' or '..'.");
+    if (oa_check_unsupported(kind == OA_CHAT ? OA_EP_CHAT : OA_EP_COMPLETIONS, root, r->n, e))
+        return -1;
     return agent_parse_fields(kind, root, r, e);
 }
 

@@ -2,6 +2,7 @@
  * responses.c - Responses API <-> chat pipeline (see responses.h).
  */
 #include "responses.h"
+#include "params_unsupported.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +124,8 @@ json_t *resp_to_chat(json_t *req, json_t *prev, json_t **history, oa_error *e)
     *history = NULL;
     if (!json_is_object(req))
         return bad(e, NULL, "Invalid request body: expected a JSON object.");
+    if (oa_check_unsupported(OA_EP_RESPONSES, req, 1, e))
+        return NULL;
     json_t *chat = json_object();
     json_t *hist = json_array();
     json_t *model = json_object_get(req, "model");
@@ -291,13 +294,13 @@ json_t *resp_object(json_t *req, const resp_result *r)
     ECHO("parallel_tool_calls", json_true());
     ECHO("previous_response_id", json_null());
     json_object_set_new(o, "reasoning", json_pack("{s:n,s:n}", "effort", "summary"));
-    json_object_set_new(o, "store", json_true());
+    ECHO("store", json_true());
     ECHO("temperature", json_real(1.0));
     ECHO("text", json_pack("{s:{s:s}}", "format", "type", "text"));
     ECHO("tool_choice", json_string("auto"));
     ECHO("tools", json_array());
     ECHO("top_p", json_real(1.0));
-    json_object_set_new(o, "truncation", json_string("disabled"));
+    ECHO("truncation", json_string("disabled"));
     ECHO("user", json_null());
     ECHO("metadata", json_object());
 #undef ECHO

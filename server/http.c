@@ -558,9 +558,12 @@ static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_ca
     }
 }
 
-/* Remembers the conversation this response ended, for previous_response_id. */
+/* Remembers the conversation this response ended, for previous_response_id,
+ * unless the request said store: false. */
 static void resp_remember(http_req *r, const resp_result *rr)
 {
+    if (json_is_false(json_object_get(r->resp_req, "store")))
+        return;
     json_t *m = json_deep_copy(r->resp_hist);
     json_array_append_new(m, resp_reply_message(rr));
     resp_store_put(r->resp_id, r->session_id, m);

@@ -127,6 +127,74 @@ test('extensions top_k, penalty_decay and user are accepted; unknown fields igno
   assert.equal(r.status, 200, r.text);
 });
 
+// OpenAI parameters the server knows but does not implement: a 400 naming the
+// parameter, never a 200 that ignored it; their do-nothing forms, and the
+// parameters that never change a reply, pass.
+test('parameters the server lacks are a 400 naming them; their empty forms pass', async () => {
+  const chat = { model: MODEL_NAME, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 };
+  const fn = { name: 'f', parameters: { type: 'object', properties: {} } };
+  const refused = [
+    ['completions', { suffix: ' world' }, 'suffix', 'unsupported_parameter'],
+    ['completions', { best_of: 3 }, 'best_of', 'unsupported_value'],
+    ['completions', { best_of: 1, n: 2 }, 'best_of', null],
+    ['chat', { functions: [fn] }, 'functions', 'unsupported_parameter'],
+    ['chat', { function_call: 'auto' }, 'function_call', 'unsupported_parameter'],
+    ['chat', { modalities: ['text', 'audio'] }, 'modalities', 'unsupported_parameter'],
+    ['chat', { audio: { voice: 'alloy', format: 'wav' } }, 'audio', 'unsupported_parameter'],
+    ['chat', { reasoning_effort: 'low' }, 'reasoning_effort', 'unsupported_parameter'],
+    ['chat', { verbosity: 'low' }, 'verbosity', 'unsupported_parameter'],
+    ['chat', { web_search_options: {} }, 'web_search_options', 'unsupported_parameter'],
+    ['chat', { store: true }, 'store', 'unsupported_parameter'],
+    ['chat', { metadata: 'x' }, 'metadata', null],
+    ['responses', { background: true }, 'background', 'unsupported_parameter'],
+    ['responses', { reasoning: { effort: 'high' } }, 'reasoning', 'unsupported_parameter'],
+    ['responses', { include: ['message.output_text.logprobs'] }, 'include', 'unsupported_parameter'],
+    ['responses', { top_logprobs: 3 }, 'top_logprobs', 'unsupported_parameter'],
+    ['responses', { conversation: 'conv_1' }, 'conversation', 'unsupported_parameter'],
+    ['responses', { truncation: 'middle' }, 'truncation', null],
+    ['responses', { text: { verbosity: 'high' } }, 'text.verbosity', 'unsupported_parameter'],
+    ['responses', { stream: 'yes' }, 'stream', null],
+  ];
+  const create = (kind, extra) => kind === 'completions'
+    ? oa.completions.create({ model: MODEL_NAME, prompt: 'x', max_tokens: 2, ...extra })
+    : kind === 'chat' ? oa.chat.completions.create({ ...chat, ...extra })
+      : oa.responses.create({ model: MODEL_NAME, input: 'hi', max_output_tokens: 2, ...extra });
+  for (const [kind, extra, param, code] of refused)
+    await assert.rejects(create(kind, extra), (e) => {
+      assert.ok(e instanceof OpenAI.BadRequestError, `${kind} ${param}: ${e}`);
+      assert.equal(e.param, param);
+      assert.equal(e.code, code, e.message);
+      assert.match(e.message, new RegExp(param.replace('.', '\\.')));
+      return true;
+    }, `${kind} ${JSON.stringify(extra)}`);
+
+  const accepted = [
+    ['completions', { suffix: '', best_of: 2, n: 2 }],
+    ['chat', { modalities: ['text'], store: false, audio: null, functions: null, metadata: { a: 'b' },
+      service_tier: 'auto', prompt_cache_key: 'k', safety_identifier: 'u',
+      prediction: { type: 'content', content: 'hi' } }],
+    ['responses', { background: false, reasoning: { effort: null }, include: ['reasoning.encrypted_content'],
+      top_logprobs: 0, truncation: 'auto', max_tool_calls: 2, metadata: { a: 'b' } }],
+  ];
+  for (const [kind, extra] of accepted) {
+    const r = await create(kind, extra);
+    assert.ok(r.id, `${kind} ${JSON.stringify(extra)}`);
+  }
+});
+
+test('responses: store false keeps no copy to continue from; the reply says so', async () => {
+  const kept = await oa.responses.create({ model: MODEL_NAME, input: 'hi', max_output_tokens: 2 });
+  assert.equal(kept.store, true);
+  const gone = await oa.responses.create({ model: MODEL_NAME, input: 'hi', max_output_tokens: 2,
+    store: false, truncation: 'auto' });
+  assert.equal(gone.store, false);
+  assert.equal(gone.truncation, 'auto');
+  await oa.responses.create({ model: MODEL_NAME, input: 'more', max_output_tokens: 2,
+    previous_response_id: kept.id });
+  await assert.rejects(oa.responses.create({ model: MODEL_NAME, input: 'more', max_output_tokens: 2,
+    previous_response_id: gone.id }), (e) => e.status === 404 && e.param === 'previous_response_id');
+});
+
 test('errors: unknown model 404, bad type 400 with param, SDK error classes', async () => {
   await assert.rejects(oa.completions.create({ model: 'nope', prompt: 'x' }), (e) => {
     assert.ok(e instanceof OpenAI.NotFoundError);
