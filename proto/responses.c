@@ -101,8 +101,9 @@ static int add_input(json_t *msgs, json_t *input, oa_error *e)
                 bad(e, "input", "Invalid 'input': a function_call_output item needs 'call_id'.");
                 return -1;
             }
-            json_t *txt = json_is_string(out) ? json_incref(out)
-                                              : json_string(""); /* non-text outputs: empty */
+            json_t *txt = content_text(out, i, e); /* a string or text parts, as a message's */
+            if (!txt)
+                return -1;
             json_array_append_new(msgs, json_pack("{s:s,s:s,s:o}", "role", "tool", "tool_call_id",
                                                   cid, "content", txt));
             open_calls = NULL;

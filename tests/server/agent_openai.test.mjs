@@ -264,3 +264,16 @@ test('responses: built-in tools are a clear 400', async () => {
   await assert.rejects(oa.responses.create({ model: M, input: 'x', tools: [{ type: 'web_search_preview' }] }),
     (e) => e.status === 400 && /built-in/.test(e.message));
 });
+
+test('responses: a function_call_output given as text parts reaches the model like its string', async () => {
+  const call = { type: 'function_call', call_id: 'call_1', name: 'get_weather', arguments: '{"city":"Oslo"}' };
+  const ask = (output) => oa.responses.create({ model: M, max_output_tokens: 1, temperature: 0,
+    input: [{ role: 'user', content: 'Weather in Oslo?' }, call, { type: 'function_call_output', call_id: 'call_1', output }] });
+  const asString = await ask('3 C, rain');
+  const asParts = await ask([{ type: 'input_text', text: '3 C, rain' }]);
+  const longer = await ask('3 C, rain, wind'); // byte vocabulary: one token per byte
+  assert.equal(asParts.usage.input_tokens, asString.usage.input_tokens);
+  assert.equal(longer.usage.input_tokens, asString.usage.input_tokens + ', wind'.length);
+  await assert.rejects(ask([{ type: 'input_image', image_url: 'data:image/png;base64,AAAA' }]),
+    (e) => e.status === 400 && e.param === 'input' && /only text/.test(e.message));
+});
