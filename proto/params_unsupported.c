@@ -8,22 +8,47 @@
 
 #include <string.h>
 
-typedef enum {
-    ANY_STRING,   /* no effect on the output: type-checked, accepted */
-    ANY_OBJECT,   /* likewise */
-    ANY_INTEGER,  /* likewise */
-    ANY_BOOLEAN,  /* read elsewhere; type-checked here */
-    NEVER,        /* any value other than null asks for what we lack */
-    EMPTY_STRING, /* "" asks for nothing */
-    FALSE_ONLY,   /* false asks for nothing */
-    TEXT_ONLY,    /* ["text"]: the only output modality */
-    ZERO_ONLY,    /* 0 asks for nothing */
+/* A parameter's value type, and which of its values ask for nothing. */
+typedef struct {
+    int (*type_ok)(const json_t *v);
+    const char *type_name; /* for "expected ..." */
+    int (*asks_nothing)(const json_t *v); /* NULL: every value (no effect on the output) */
 } rule;
+
+static int is_string(const json_t *v) { return json_is_string(v); }
+static int is_object(const json_t *v) { return json_is_object(v); }
+static int is_integer(const json_t *v) { return json_is_integer(v); }
+static int is_boolean(const json_t *v) { return json_is_boolean(v); }
+static int is_array(const json_t *v) { return json_is_array(v); }
+static int is_any(const json_t *v) { return v != NULL; }
+static int never(const json_t *v) { return v == NULL; }
+static int is_empty(const json_t *v) { return json_string_length(v) == 0; }
+static int is_false(const json_t *v) { return json_is_false(v); }
+static int is_zero(const json_t *v) { return json_integer_value(v) == 0; }
+static int is_text_only(const json_t *v)
+{
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        const json_t *m = json_array_get(v, i);
+        if (!json_is_string(m) || strcmp(json_string_value(m), "text"))
+            return 0;
+    }
+    return 1;
+}
+
+static const rule ANY_STRING = {is_string, "a string", NULL};
+static const rule ANY_OBJECT = {is_object, "an object", NULL};
+static const rule ANY_INTEGER = {is_integer, "an integer", NULL};
+static const rule ANY_BOOLEAN = {is_boolean, "a boolean", NULL}; /* read elsewhere */
+static const rule NEVER = {is_any, "", never}; /* any value but null asks for what we lack */
+static const rule EMPTY_STRING = {is_string, "a string", is_empty};
+static const rule FALSE_ONLY = {is_boolean, "a boolean", is_false};
+static const rule ZERO_ONLY = {is_integer, "an integer", is_zero};
+static const rule TEXT_ONLY = {is_array, "an array of strings", is_text_only}; /* ["text"] */
 
 typedef struct {
     const char *name;
     unsigned endpoints; /* oa_endpoint bits */
-    rule rule;
+    const rule *rule;
     const char *why; /* completes "... with this server: " */
 } known_param;
 
@@ -31,32 +56,32 @@ typedef struct {
 #define H OA_EP_CHAT
 #define R OA_EP_RESPONSES
 static const known_param params[] = {
-    {"suffix", C, EMPTY_STRING,
+    {"suffix", C, &EMPTY_STRING,
      "RWKV models write left to right and cannot fill in text before a suffix"},
-    {"functions", H, NEVER, "send the same definitions in 'tools' as {\"type\": \"function\", "
+    {"functions", H, &NEVER, "send the same definitions in 'tools' as {\"type\": \"function\", "
                             "\"function\": ...}"},
-    {"function_call", H, NEVER, "use 'tool_choice'"},
-    {"audio", H, NEVER, "the model generates text only"},
-    {"modalities", H, TEXT_ONLY, "the model generates text only"},
-    {"reasoning_effort", H, NEVER, "the model has no reasoning effort setting"},
-    {"verbosity", H, NEVER, "the model has no verbosity setting"},
-    {"web_search_options", H | R, NEVER, "the server has no web search"},
-    {"store", H, FALSE_ONLY,
+    {"function_call", H, &NEVER, "use 'tool_choice'"},
+    {"audio", H, &NEVER, "the model generates text only"},
+    {"modalities", H, &TEXT_ONLY, "the model generates text only"},
+    {"reasoning_effort", H, &NEVER, "the model has no reasoning effort setting"},
+    {"verbosity", H, &NEVER, "the model has no verbosity setting"},
+    {"web_search_options", H | R, &NEVER, "the server has no web search"},
+    {"store", H, &FALSE_ONLY,
      "chat completions are not kept for retrieval (the Responses API, /v1/responses, keeps "
      "responses for previous_response_id)"},
-    {"store", R, ANY_BOOLEAN, NULL}, /* false: server/http.c keeps no copy */
-    {"stream", R, ANY_BOOLEAN, NULL},
-    {"background", R, FALSE_ONLY, "responses run while the request waits for them"},
-    {"conversation", R, NEVER, "the server has no Conversations API; use previous_response_id"},
-    {"prompt", R, NEVER, "the server has no stored prompt templates; send 'instructions'"},
-    {"top_logprobs", R, ZERO_ONLY, "the Responses API here returns no log probabilities "
+    {"store", R, &ANY_BOOLEAN, NULL}, /* false: server/http.c keeps no copy */
+    {"stream", R, &ANY_BOOLEAN, NULL},
+    {"background", R, &FALSE_ONLY, "responses run while the request waits for them"},
+    {"conversation", R, &NEVER, "the server has no Conversations API; use previous_response_id"},
+    {"prompt", R, &NEVER, "the server has no stored prompt templates; send 'instructions'"},
+    {"top_logprobs", R, &ZERO_ONLY, "the Responses API here returns no log probabilities "
                                    "(chat completions do, with 'logprobs')"},
-    {"metadata", H | R, ANY_OBJECT, NULL},
-    {"service_tier", H | R, ANY_STRING, NULL},
-    {"prompt_cache_key", H | R, ANY_STRING, NULL},
-    {"safety_identifier", H | R, ANY_STRING, NULL},
-    {"prediction", H, ANY_OBJECT, NULL}, /* predicted outputs only make a reply faster */
-    {"max_tool_calls", R, ANY_INTEGER, NULL}, /* counts built-in tools, of which there are none */
+    {"metadata", H | R, &ANY_OBJECT, NULL},
+    {"service_tier", H | R, &ANY_STRING, NULL},
+    {"prompt_cache_key", H | R, &ANY_STRING, NULL},
+    {"safety_identifier", H | R, &ANY_STRING, NULL},
+    {"prediction", H, &ANY_OBJECT, NULL}, /* predicted outputs only make a reply faster */
+    {"max_tool_calls", R, &ANY_INTEGER, NULL}, /* counts built-in tools, of which there are none */
 };
 #undef C
 #undef H
@@ -77,51 +102,12 @@ static int bad_type(oa_error *e, const char *param, const char *expected)
     return -1;
 }
 
-static int text_only(json_t *v)
-{
-    size_t i;
-    json_t *m;
-    if (!json_is_array(v))
-        return 0;
-    json_array_foreach (v, i, m)
-        if (!json_is_string(m) || strcmp(json_string_value(m), "text"))
-            return 0;
-    return 1;
-}
-
 static int check_param(const known_param *p, json_t *v, oa_error *e)
 {
-    switch (p->rule) {
-    case ANY_STRING: return json_is_string(v) ? 0 : bad_type(e, p->name, "a string");
-    case ANY_OBJECT: return json_is_object(v) ? 0 : bad_type(e, p->name, "an object");
-    case ANY_INTEGER: return json_is_integer(v) ? 0 : bad_type(e, p->name, "an integer");
-    case ANY_BOOLEAN: return json_is_boolean(v) ? 0 : bad_type(e, p->name, "a boolean");
-    case NEVER: break;
-    case EMPTY_STRING:
-        if (!json_is_string(v))
-            return bad_type(e, p->name, "a string");
-        if (!json_string_length(v))
-            return 0;
-        break;
-    case FALSE_ONLY:
-        if (!json_is_boolean(v))
-            return bad_type(e, p->name, "a boolean");
-        if (json_is_false(v))
-            return 0;
-        break;
-    case TEXT_ONLY:
-        if (!json_is_array(v))
-            return bad_type(e, p->name, "an array of strings");
-        if (text_only(v))
-            return 0;
-        break;
-    case ZERO_ONLY:
-        if (!json_is_integer(v))
-            return bad_type(e, p->name, "an integer");
-        if (!json_integer_value(v))
-            return 0;
-        break;
-    }
+    if (!p->rule->type_ok(v))
+        return bad_type(e, p->name, p->rule->type_name);
+    if (!p->rule->asks_nothing || p->rule->asks_nothing(v))
+        return 0;
     return unsupported(e, p->name, p->why);
 }
 
