@@ -1,7 +1,7 @@
 /*
  * params_unsupported.c - known OpenAI parameters the server does not
  * implement (see params_unsupported.h). One table, so adding a parameter
- * OpenAI introduces is one line, and the README's list can be checked
+ * OpenAI introduces is one line, and docs/API.md's list can be checked
  * against it.
  */
 #include "params_unsupported.h"
