@@ -288,6 +288,39 @@ Test(openai, null_means_absent)
     }
 }
 
+/* Known OpenAI parameters the server does not implement: refused by name
+ * (params_unsupported.c) unless in the form that asks for nothing. */
+Test(openai, unimplemented_parameters_refused)
+{
+    expect_400(OA_COMPLETION, "\"suffix\":\"s\"", "suffix", "Unsupported parameter");
+    expect_400(OA_COMPLETION, "\"suffix\":1", "suffix", "expected a string");
+    expect_400(OA_COMPLETION, "\"best_of\":2", "best_of", "above n");
+    expect_400(OA_COMPLETION, "\"best_of\":2,\"n\":3", "best_of", "at least n");
+    expect_400(OA_COMPLETION, "\"best_of\":\"2\"", "best_of", "an integer");
+    expect_400(OA_CHAT, "\"functions\":[]", "functions", "'tools'");
+    expect_400(OA_CHAT, "\"modalities\":[\"audio\"]", "modalities", "text only");
+    expect_400(OA_CHAT, "\"modalities\":\"text\"", "modalities", "an array");
+    expect_400(OA_CHAT, "\"store\":true", "store", "/v1/responses");
+    expect_400(OA_CHAT, "\"store\":\"no\"", "store", "a boolean");
+    expect_400(OA_CHAT, "\"service_tier\":1", "service_tier", "a string");
+    expect_400(OA_CHAT, "\"reasoning_effort\":\"low\"", "reasoning_effort", NULL);
+    char *b = chat_body("\"audio\":{}");
+    oa_request r;
+    oa_error e;
+    cr_assert_eq(parse(OA_CHAT, b, &r, &e), -1);
+    cr_assert_str_eq(e.code, "unsupported_parameter");
+    free(b);
+    /* Their do-nothing forms, and the parameters that never change a reply. */
+    expect_ok(OA_COMPLETION, "\"best_of\":2,\"n\":2,\"suffix\":null", &r);
+    cr_assert_eq(r.n, 2);
+    oa_request_free(&r);
+    expect_ok(OA_CHAT,
+              "\"modalities\":[\"text\"],\"store\":false,\"audio\":null,\"metadata\":{},"
+              "\"prediction\":{\"type\":\"content\",\"content\":\"x\"},\"service_tier\":\"auto\"",
+              &r);
+    oa_request_free(&r);
+}
+
 Test(openai, unknown_fields_ignored)
 {
     oa_request r;
@@ -296,7 +329,8 @@ Test(openai, unknown_fields_ignored)
               &r);
     cr_assert_eq(r.n_messages, 1);
     oa_request_free(&r);
-    expect_ok(OA_COMPLETION, "\"echo\":true,\"suffix\":\"s\",\"best_of\":2", &r);
+    expect_ok(OA_COMPLETION, "\"echo\":true,\"whatever\":\"s\",\"suffix\":\"\",\"best_of\":1",
+              &r);
     cr_assert_eq(r.n_prompts, 1);
     oa_request_free(&r);
     /* Unknown members of known objects too. */
