@@ -38,8 +38,10 @@ static json_t *content_text(json_t *c, size_t i, oa_error *e)
                         json_string_value(json_object_get(p, "text")) : "") + 1;
     }
     char *s = malloc(total + 1), *q = s;
-    if (!s)
+    if (!s) {
+        oa_nomem(e);
         return NULL;
+    }
     for (size_t k = 0; k < json_array_size(c); k++) {
         const char *t = json_string_value(json_object_get(json_array_get(c, k), "text"));
         if (k)
