@@ -129,7 +129,7 @@ static const char *got_name(const json_t *v)
     return "an unknown value";
 }
 
-static int type_err(oa_error *e, const char *param, const char *expected, const json_t *v)
+int oa_type_err(oa_error *e, const char *param, const char *expected, const json_t *v)
 {
     return oa_bad(e, param, "Invalid type for '%s': expected %s, but got %s instead.", param,
                expected, got_name(v));
@@ -165,7 +165,7 @@ static int get_int(json_t *root, const char *key, json_int_t lo, json_int_t hi,
     if (!v)
         return 0;
     if (!json_is_integer(v))
-        return type_err(e, key, "an integer", v);
+        return oa_type_err(e, key, "an integer", v);
     json_int_t x = json_integer_value(v);
     if (x < lo)
         return oa_bad(e, key,
@@ -187,7 +187,7 @@ static int get_num(json_t *root, const char *key, double lo, double hi, float *o
     if (!v)
         return 0;
     if (!json_is_number(v))
-        return type_err(e, key, "a number", v);
+        return oa_type_err(e, key, "a number", v);
     double x = json_number_value(v);
     if (x < lo)
         return oa_bad(e, key,
@@ -207,7 +207,7 @@ static int get_bool(json_t *root, const char *key, int *out, oa_error *e)
     if (!v)
         return 0;
     if (!json_is_boolean(v))
-        return type_err(e, key, "a boolean", v);
+        return oa_type_err(e, key, "a boolean", v);
     *out = json_is_true(v);
     return 1;
 }
@@ -219,7 +219,7 @@ static int get_str(json_t *root, const char *key, char **out, oa_error *e)
     if (!v)
         return 0;
     if (!json_is_string(v))
-        return type_err(e, key, "a string", v);
+        return oa_type_err(e, key, "a string", v);
     if (!(*out = dup_json_str(v)))
         return oa_nomem(e);
     return 1;
@@ -239,7 +239,7 @@ static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
         return 0;
     }
     if (!json_is_array(v))
-        return type_err(e, "prompt", "a string or an array of strings", v);
+        return oa_type_err(e, "prompt", "a string or an array of strings", v);
     size_t n = json_array_size(v);
     if (n == 0)
         return oa_bad(e, "prompt",
@@ -251,7 +251,7 @@ static int parse_prompt(json_t *root, oa_request *r, oa_error *e)
         if (json_is_integer(it) || json_is_array(it))
             return agent_parse_prompt_ids(v, r, e);
         if (!json_is_string(it))
-            return type_err(e, "prompt", "a string or an array of strings", it);
+            return oa_type_err(e, "prompt", "a string or an array of strings", it);
     }
     if (!(r->prompts = calloc(n, sizeof *r->prompts)))
         return oa_nomem(e);
@@ -272,7 +272,7 @@ static int parse_parts(json_t *arr, size_t mi, char **out, oa_error *e)
         json_t *part = json_array_get(arr, j);
         snprintf(param, sizeof param, "messages[%zu].content[%zu]", mi, j);
         if (!json_is_object(part))
-            return type_err(e, param, "an object", part);
+            return oa_type_err(e, param, "an object", part);
         json_t *type = json_object_get(part, "type");
         if (!json_is_string(type))
             return oa_bad(e, param, "Missing required parameter: '%s.type'.", param);
@@ -288,7 +288,7 @@ static int parse_parts(json_t *arr, size_t mi, char **out, oa_error *e)
             return oa_bad(e, param, "Missing required parameter: '%s.text'.", param);
         if (!json_is_string(text)) {
             snprintf(param, sizeof param, "messages[%zu].content[%zu].text", mi, j);
-            return type_err(e, param, "a string", text);
+            return oa_type_err(e, param, "a string", text);
         }
         total += json_string_length(text) + (j > 0);
     }
@@ -313,7 +313,7 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
     if (!v)
         return oa_bad(e, "messages", "Missing required parameter: 'messages'.");
     if (!json_is_array(v))
-        return type_err(e, "messages", "an array", v);
+        return oa_type_err(e, "messages", "an array", v);
     size_t n = json_array_size(v);
     if (n == 0)
         return oa_bad(e, "messages",
@@ -326,14 +326,14 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
         json_t *m = json_array_get(v, i);
         snprintf(param, sizeof param, "messages[%zu]", i);
         if (!json_is_object(m))
-            return type_err(e, param, "an object", m);
+            return oa_type_err(e, param, "an object", m);
 
         snprintf(param, sizeof param, "messages[%zu].role", i);
         json_t *role = json_object_get(m, "role");
         if (!role || json_is_null(role))
             return oa_bad(e, param, "Missing required parameter: '%s'.", param);
         if (!json_is_string(role))
-            return type_err(e, param, "a string", role);
+            return oa_type_err(e, param, "a string", role);
         const char *rs = json_string_value(role);
         const char *norm = NULL;
         int assistant = 0;
@@ -368,7 +368,7 @@ static int parse_messages(json_t *root, oa_request *r, oa_error *e)
             if (parse_parts(c, i, &content, e) < 0)
                 return -1;
         } else {
-            return type_err(e, param, "a string or an array of content parts", c);
+            return oa_type_err(e, param, "a string or an array of content parts", c);
         }
         if (!content)
             return oa_nomem(e);
@@ -398,7 +398,7 @@ static int parse_stop(json_t *root, oa_request *r, oa_error *e)
         return 0;
     }
     if (!json_is_array(v))
-        return type_err(e, "stop", "a string or an array of strings", v);
+        return oa_type_err(e, "stop", "a string or an array of strings", v);
     size_t n = json_array_size(v);
     if (n > OA_MAX_STOP)
         return oa_bad(e, "stop",
@@ -407,7 +407,7 @@ static int parse_stop(json_t *root, oa_request *r, oa_error *e)
     for (size_t i = 0; i < n; i++) {
         json_t *it = json_array_get(v, i);
         if (!json_is_string(it))
-            return type_err(e, "stop", "a string or an array of strings", it);
+            return oa_type_err(e, "stop", "a string or an array of strings", it);
         if (json_string_length(it) == 0)
             continue; /* an empty stop would match before any text */
         if (!(r->stop[r->n_stop] = dup_json_str(it)))
@@ -440,7 +440,7 @@ static int parse_logit_bias(json_t *root, oa_request *r, oa_error *e)
     if (!v)
         return 0;
     if (!json_is_object(v))
-        return type_err(e, "logit_bias", "an object", v);
+        return oa_type_err(e, "logit_bias", "an object", v);
     size_t n = json_object_size(v);
     if (n == 0)
         return 0;
@@ -458,7 +458,7 @@ static int parse_logit_bias(json_t *root, oa_request *r, oa_error *e)
                        "non-negative integer as a string).", shown);
         }
         if (!json_is_number(val))
-            return type_err(e, "logit_bias", "a number", val);
+            return oa_type_err(e, "logit_bias", "a number", val);
         double x = json_number_value(val);
         if (x < -100 || x > 100)
             return oa_bad(e, "logit_bias",
@@ -492,7 +492,7 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
     if (!model)
         return oa_bad(e, "model", "You must provide a model parameter.");
     if (!json_is_string(model))
-        return type_err(e, "model", "a string", model);
+        return oa_type_err(e, "model", "a string", model);
     if (!(r->model = dup_json_str(model)))
         return oa_nomem(e);
 
@@ -543,7 +543,7 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
     json_t *so = opt(root, "stream_options");
     if (so) {
         if (!json_is_object(so))
-            return type_err(e, "stream_options", "an object", so);
+            return oa_type_err(e, "stream_options", "an object", so);
         if (!r->stream)
             return oa_bad(e, "stream_options",
                        "The 'stream_options' parameter is only allowed when 'stream' is "
@@ -551,7 +551,7 @@ static int parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
         json_t *iu = opt(so, "include_usage");
         if (iu) {
             if (!json_is_boolean(iu))
-                return type_err(e, "stream_options.include_usage", "a boolean", iu);
+                return oa_type_err(e, "stream_options.include_usage", "a boolean", iu);
             r->include_usage = json_is_true(iu);
         }
     }

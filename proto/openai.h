@@ -36,6 +36,10 @@ int oa_error_set(oa_error *e, int status, const char *type, const char *param,
  * parser can `return oa_bad(...)`. */
 int oa_bad(oa_error *e, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* oa_bad's "Invalid type for 'param': expected ..., but got ... instead."
+ * (v is the value sent); returns -1. */
+struct json_t; /* jansson's; only the proto parsers pass one */
+int oa_type_err(oa_error *e, const char *param, const char *expected, const struct json_t *v);
 /* A 500 server_error saying the server ran out of memory; returns -1. */
 int oa_nomem(oa_error *e);
 /* {"error":{"message","type","param","code"}} */

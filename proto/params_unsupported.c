@@ -95,17 +95,10 @@ static int unsupported(oa_error *e, const char *param, const char *why)
     return -1;
 }
 
-static int bad_type(oa_error *e, const char *param, const char *expected)
-{
-    oa_error_set(e, 400, "invalid_request_error", param, NULL,
-                 "Invalid type for '%s': expected %s.", param, expected);
-    return -1;
-}
-
 static int check_param(const known_param *p, json_t *v, oa_error *e)
 {
     if (!p->rule->type_ok(v))
-        return bad_type(e, p->name, p->rule->type_name);
+        return oa_type_err(e, p->name, p->rule->type_name, v);
     if (!p->rule->asks_nothing || p->rule->asks_nothing(v))
         return 0;
     return unsupported(e, p->name, p->why);
@@ -117,7 +110,7 @@ static int check_param(const known_param *p, json_t *v, oa_error *e)
 static int check_best_of(json_t *v, int n, oa_error *e)
 {
     if (!json_is_integer(v))
-        return bad_type(e, "best_of", "an integer");
+        return oa_type_err(e, "best_of", "an integer", v);
     const json_int_t b = json_integer_value(v);
     if (b < n || b < 1) {
         oa_error_set(e, 400, "invalid_request_error", "best_of", NULL,
@@ -143,10 +136,10 @@ static int check_include(json_t *v, oa_error *e)
     size_t i;
     json_t *m;
     if (!json_is_array(v))
-        return bad_type(e, "include", "an array of strings");
+        return oa_type_err(e, "include", "an array of strings", v);
     json_array_foreach (v, i, m) {
         if (!json_is_string(m))
-            return bad_type(e, "include", "an array of strings");
+            return oa_type_err(e, "include", "an array of strings", m);
         if (!strcmp(json_string_value(m), "message.output_text.logprobs"))
             return unsupported(e, "include",
                                "the Responses API here returns no log probabilities (chat "
@@ -160,7 +153,7 @@ static int check_include(json_t *v, oa_error *e)
 static int check_reasoning(json_t *v, oa_error *e)
 {
     if (!json_is_object(v))
-        return bad_type(e, "reasoning", "an object");
+        return oa_type_err(e, "reasoning", "an object", v);
     const char *k;
     json_t *m;
     json_object_foreach (v, k, m)
