@@ -44,7 +44,7 @@ typedef struct k_wmat {
     int kp;        /* packed: cols rounded up to a whole pair (BF16) or group (I8, Q4) */
     void *data;
     float *scales; /* I8 */
-    uint16_t *hscales, *hmins; /* Q4, as IEEE fp16: a tenth of a q4 token's bytes less than fp32 */
+    uint16_t *hscales; /* Q4, as IEEE fp16 (signed; w = scale * (q - 8)): 34 bytes per 64 weights */
     int in_arena;  /* the memory is a k_arena's, freed with it */
 } k_wmat;
 

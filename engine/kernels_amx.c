@@ -165,19 +165,14 @@ AMX_INLINE void prefetch(const void *p, size_t bytes)
 /* Group g's integer sums, in cb[m], into the fp32 accumulators acc[m] for
  * m in [skip, M): the VNNI kernel's steps exactly. */
 AMX_INLINE void int_epilogue(__m512 *acc, int32_t (*cb)[16], size_t g, const float *sp,
-                             const float *mp, const act *A, int bs, int M, int skip, int q4)
+                             const act *A, int bs, int M, int skip)
 {
     const __m512 s = _mm512_loadu_ps(sp + g * K_ROWS);
     for (int m = skip; m < M; m++) {
         const size_t i = (size_t)(bs + m) * A->G + g;
-        __m512i v = _mm512_load_si512(cb[m]);
-        if (!q4)
-            v = _mm512_sub_epi32(v, _mm512_set1_epi32(128 * A->xqs[i]));
+        const __m512i v = _mm512_sub_epi32(_mm512_load_si512(cb[m]), _mm512_set1_epi32(A->xoff[i]));
         const __m512 sx = _mm512_mul_ps(s, _mm512_set1_ps(A->xs[i]));
-        __m512 a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sx, acc[m]);
-        if (q4)
-            a = _mm512_fmadd_ps(_mm512_loadu_ps(mp + g * K_ROWS), _mm512_set1_ps(A->xsum[i]), a);
-        acc[m] = a;
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sx, acc[m]);
     }
 }
 
@@ -223,7 +218,7 @@ AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
     if (j + J >= 2 && j + J - 2 < G)                                                             \
         _tile_stored(S, cb[S], 64);                                                              \
     if (j + J >= 4 && j + J - 4 < G)                                                             \
-        int_epilogue(acc, cb[J], j + J - 4, sp, mp, A, c.bs, c.M, c.skip, q4);
+        int_epilogue(acc, cb[J], j + J - 4, sp, A, c.bs, c.M, c.skip);
 
 /* One block times one chunk of sequences, stored into Y rows [r, r + nr).
  * The weight tiles are wt (G of GBYTES: int8, or q4 unpacked beforehand),
@@ -237,11 +232,10 @@ AMX static void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
  * accumulators zeroed, multiplied, stored, then the next round waits on
  * those stores): a 3072 x 768 int8 product of 8 sequences from the caches
  * 20% faster; a 0.1B int8 batch-8 step 6-11% faster; prefill within 2%. */
-AMX_INLINE void int_block(const uint8_t *wt, const uint8_t *q4p, const float *sp,
-                          const float *mp, const act *A, chunk c, float *Y, int ldy, int r,
-                          int nr, float beta)
+AMX_INLINE void int_block(const uint8_t *wt, const uint8_t *q4p, const float *sp, const act *A,
+                          chunk c, float *Y, int ldy, int r, int nr, float beta)
 {
-    const int q4 = mp != NULL;
+    const int q4 = q4p != NULL;
     __m512 acc[TM];
     int32_t cb[4][TM][16] __attribute__((aligned(64)));
     uint8_t ring[8][GBYTES] __attribute__((aligned(64)));
@@ -282,8 +276,7 @@ AMX KSIG(k_amx_i8)
         const uint8_t *wt = (const uint8_t *)W->data + blk * G * GBYTES;
         const float *sp = W->scales + blk * G * K_ROWS;
         for (int b0 = 0; b0 < B; b0 += TM)
-            int_block(wt, NULL, sp, NULL, A, chunk_at(b0, B), Y, W->rows, r,
-                      imin(K_ROWS, r1 - r), beta);
+            int_block(wt, NULL, sp, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r), beta);
     }
 }
 
@@ -298,8 +291,8 @@ AMX KSIG(k_amx_q4)
         return;
     }
     uint8_t *t = B <= TM ? NULL : k_tbuf(K_TBUF_Q4, G * GBYTES);
-    float *sf = k_tbuf(K_TBUF_Q4S, 2 * G * K_ROWS * sizeof(float)); /* a block's scales, mins */
-    if ((B > TM && !t) || !sf || !tiles_ready(imin(TM, B))) {
+    float *sp = k_tbuf(K_TBUF_Q4S, G * K_ROWS * sizeof(float)); /* a block's scales */
+    if ((B > TM && !t) || !sp || !tiles_ready(imin(TM, B))) {
         fb_q4(W, A, Y, B, beta, r0, r1);
         return;
     }
@@ -308,15 +301,11 @@ AMX KSIG(k_amx_q4)
         const uint8_t *q4p = (const uint8_t *)W->data + blk * G * GBYTES / 2;
         if (t)
             q4_unpack(q4p, t, G);
-        const uint16_t *hs = W->hscales + blk * G * K_ROWS, *hm = W->hmins + blk * G * K_ROWS;
-        float *sp = sf, *mp = sf + G * K_ROWS;
-        for (size_t i = 0; i < G * K_ROWS; i += 16) { /* fp16 -> fp32, exactly as the VNNI kernel */
+        const uint16_t *hs = W->hscales + blk * G * K_ROWS;
+        for (size_t i = 0; i < G * K_ROWS; i += 16) /* fp16 -> fp32, exactly as the VNNI kernel */
             _mm512_storeu_ps(sp + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(hs + i))));
-            _mm512_storeu_ps(mp + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(hm + i))));
-        }
         for (int b0 = 0; b0 < B; b0 += TM)
-            int_block(t, q4p, sp, mp, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r),
-                      beta);
+            int_block(t, q4p, sp, A, chunk_at(b0, B), Y, W->rows, r, imin(K_ROWS, r1 - r), beta);
     }
 }
 

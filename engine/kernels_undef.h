@@ -20,6 +20,7 @@
 #undef ILOAD8
 #undef IDOT8
 #undef IFIX8
+#undef IFIX4
 #undef IADD
 #undef IWU
 #undef IQ4

@@ -357,21 +357,27 @@ Test(kernels, formats_round_as_documented)
     cr_expect_eq(memcmp(q, q2, sizeof q), 0, "plain and packed int8 hold the same values");
     cr_expect_eq(k_wmat_bytes(&W), 128 + 2 * sizeof(float));
     k_wmat_free(&W);
-    /* q4: within half a step of its group's (max - min) / 15. */
+    /* q4, symmetric: a step is |big| / 8, big the group's value of largest
+     * magnitude, which is held exactly (up to the fp16 scale); the others
+     * within half a step, except those on big's other side past seven steps,
+     * which clip to within one. */
     cr_assert_eq(k_wmat_init(&W, K_W_Q4, 1, 128, g), 0);
     k_wmat_rows(&W, 0, 1, q);
     for (int k = 0; k < 2; k++) {
-        float lo = g[k * 64], hi = g[k * 64];
-        for (int i = k * 64; i < k * 64 + 64; i++) {
-            lo = fminf(lo, g[i]);
-            hi = fmaxf(hi, g[i]);
-        }
+        float big = 0;
         for (int i = k * 64; i < k * 64 + 64; i++)
-            cr_expect_leq(fabsf(q[i] - g[i]), 0.51f * (hi - lo) / 15, "q4 [%d] %g -> %g", i,
-                          g[i], q[i]);
+            big = fabsf(g[i]) > fabsf(big) ? g[i] : big;
+        const float step = fabsf(big) / 8;
+        for (int i = k * 64; i < k * 64 + 64; i++) {
+            const int clipped = g[i] * big < 0 && fabsf(g[i]) > 7.5f * step;
+            cr_expect_leq(fabsf(q[i] - g[i]), (clipped ? 1.01f : 0.51f) * step,
+                          "q4 [%d] %g -> %g (step %g)", i, g[i], q[i], step);
+            if (g[i] == big)
+                cr_expect_leq(fabsf(q[i] - g[i]), step / 256, "q4 keeps its largest value");
+        }
     }
-    /* Scale and minimum per (row, group) as fp16. */
-    cr_expect_eq(k_wmat_bytes(&W), 16 * 128 / 2 + 16 * 2 * 2 * sizeof(uint16_t));
+    /* One scale per (row, group), as fp16. */
+    cr_expect_eq(k_wmat_bytes(&W), 16 * 128 / 2 + 16 * 2 * sizeof(uint16_t));
     k_wmat_free(&W);
 }
 
