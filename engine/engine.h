@@ -132,9 +132,10 @@ typedef struct ms_model ms_model;
 
 /* How the big matrices (projections, FFN, head, embedding) are held. AUTO
  * keeps the file's precision: bf16 files stay bf16 (exact), others fp32.
- * I8: int8 per (row, 64 inputs); Q4: 4-bit with scale and minimum per
+ * I8: int8 per (row, 64 inputs); Q4: 4-bit symmetric, one fp16 scale per
  * (row, 64 inputs), embedding held as int8. Both quantize the activations
- * to int8 per 64 inputs for their products. LoRA matrices stay fp32. */
+ * to int8 per 64 inputs for their products. LoRA matrices are bf16 in
+ * every format but F32. */
 typedef enum {
     MS_WEIGHTS_AUTO = 0,
     MS_WEIGHTS_F32,

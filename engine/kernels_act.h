@@ -14,7 +14,7 @@
  * to int8 per group of K_I8_GROUP (scale xs; xoff, the integer sum times
  * the offset W's weights are held with, 128 int8 and 8 q4, which the
  * unsigned integer sums subtract: ready to broadcast from memory, as a
- * value computed in a general register cost q4 at batch 8 a quarter). */
+ * value computed in a general register cost q4 at batch 8 a third). */
 typedef struct {
     const float *x;   /* B x cols (exact formats) */
     size_t ldx;       /* cols */
