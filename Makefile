@@ -81,6 +81,16 @@ PKGS     := openblas libmicrohttpd jansson libuv libcrypto hiredis zlib
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
+# The inner targets called directly (`make build`, `make unit-bin`, ...) on a
+# machine without the -dev packages would stop at the first missing header,
+# or, where another package has a cblas.h, at an implicit declaration: say
+# what to run instead.
+ifneq ($(filter build unit-bin asan check fuzz-bin fuzz-run $(BUILD)/%,$(MAKECMDGOALS)),)
+ifneq ($(shell pkg-config --exists $(PKGS) 2>/dev/null && echo ok),ok)
+$(error pkg-config does not find all of $(PKGS): run `make` (or `make run` / `make test`), which apt-get installs the missing packages, then this target)
+endif
+endif
+
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O3 -g
 BASEFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-math-errno -fno-trapping-math $(WARN) $(PKG_CFLAGS) -Iengine -Iproto -Iserver -Icli
