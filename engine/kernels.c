@@ -831,7 +831,7 @@ static inline int32_t x4_of(const int8_t *p)
             const VT s = VLOAD(sp + g * K_ROWS);                                                 \
             UNROLL for (int q = 0; q < NB; q++) {                                                \
                 const size_t i = (size_t)(b0 + q) * A->G + g;                                    \
-                acc[q] = VFMA(ICVT(IFIX8(IADD(ia[q], ib[q]), A->xoff[i])),                        \
+                acc[q] = VFMA(ICVT(IFIX8(IADD(ia[q], ib[q]), A->xoff[i])),                       \
                               VMUL(s, VSET1(A->xs[i])), acc[q]);                                 \
             }                                                                                    \
         }                                                                                        \
@@ -864,7 +864,7 @@ static inline int32_t x4_of(const int8_t *p)
             const VT s = VLOADH(sp + g * K_ROWS);                                                \
             UNROLL for (int q = 0; q < NB; q++) {                                                \
                 const size_t i = (size_t)(b0 + q) * A->G + g;                                    \
-                acc[q] = VFMA(ICVT(IFIX4(IADD(ia[q], ib[q]), A->xoff[i])),                        \
+                acc[q] = VFMA(ICVT(IFIX4(IADD(ia[q], ib[q]), A->xoff[i])),                       \
                               VMUL(s, VSET1(A->xs[i])), acc[q]);                                 \
             }                                                                                    \
         }                                                                                        \
@@ -997,7 +997,7 @@ static inline i16v s_dot8(i16v acc, const uint8_t *w, int32_t x4)
     return acc;
 }
 static inline i16v s_fix8(i16v a, int32_t xoff) { (void)xoff; return a; } /* signed weights */
-static inline i16v s_fix4(i16v a, int32_t xoff)
+static inline i16v s_suboff(i16v a, int32_t xoff)
 {
     for (int l = 0; l < 16; l++)
         a.v[l] -= xoff;
@@ -1045,7 +1045,7 @@ static inline i16v s_dotu(i16v acc, u64b w, int32_t x4)
 #define ILOAD8 s_load8
 #define IDOT8 s_dot8
 #define IFIX8 s_fix8
-#define IFIX4 s_fix4
+#define IFIX4 s_suboff
 #define IADD s_iadd
 #define IWU u64b
 #define IQ4(p, lo, hi) s_q4(p, &(lo), &(hi))
