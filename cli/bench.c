@@ -229,8 +229,13 @@ int cmd_bench(int argc, char **argv)
     ms_ctx *ctx = ms_ctx_new(m, 256);
     float *logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
     int32_t *toks = malloc((size_t)n_prompt * sizeof *toks);
+    /* Greedy, through the engine's sampler as the server draws: the scalar
+     * argmax this loop had took 44 us a token, 1-2.5% of a q4 step. */
+    ms_sampler_params greedy = ms_sampler_defaults();
+    greedy.temperature = greedy.top_p = greedy.presence_penalty = greedy.frequency_penalty = 0;
+    ms_sampler *smp = ms_sampler_new(cfg->vocab_size, &greedy);
     int rc = 1;
-    if (!s || !ctx || !logits || !toks) {
+    if (!s || !ctx || !logits || !toks || !smp) {
         fprintf(stderr, "bench: out of memory\n");
         goto done;
     }
@@ -261,11 +266,7 @@ int cmd_bench(int argc, char **argv)
         for (long i = 0; i < n_gen; i++) {
             if (ms_step(ctx, s, tok, logits, &err))
                 goto fail;
-            int32_t best = 0; /* greedy, cheap: the sampler is not what is measured */
-            for (int32_t v = 1; v < cfg->vocab_size; v++)
-                if (logits[v] > logits[best])
-                    best = v;
-            tok = best;
+            tok = ms_sampler_sample(smp, logits);
         }
         double tg = now_s() - t0;
         t_gen = tg < t_gen ? tg : t_gen;
@@ -328,6 +329,7 @@ int cmd_bench(int argc, char **argv)
 fail:
     fprintf(stderr, "bench: %s\n", err.msg);
 done:
+    ms_sampler_free(smp);
     free(toks);
     free(logits);
     ms_ctx_free(ctx);
