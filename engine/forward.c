@@ -511,7 +511,21 @@ typedef struct {
     ms_ctx *c;
     const ms_layer *L;
     int l, T;
+    const k_product *lora; /* the LoRAs' second halves, run here per head */
+    int n_lora;
 } head_job;
+
+/* Head h's slice of the LoRAs' second halves (its N outputs of the decay,
+ * in-context rate, gate and value residual) for all rows: the kernels'
+ * bits, computed by the item that reads them, where a pass of the pool of
+ * their own cost a wake-up, a wait and a prefetch ramp for half a
+ * megabyte of weights. */
+static void head_lora(const head_job *j, int h)
+{
+    const int N = j->c->m->cfg.head_size;
+    for (int q = 0; q < j->n_lora; q++)
+        k_matmul_rows(&j->lora[q], j->T, h * N, (h + 1) * N);
+}
 
 /* Head h of row t, from the projections to the gated output: the mix of
  * its channels, kk normalized, the WKV step on row t's state, GroupNorm,
@@ -572,6 +586,8 @@ static void head_share(void *arg, int i)
     const ms_ctx *c = j->c;
     const int H = c->m->cfg.n_head, N = c->m->cfg.head_size, n = c->n_shares;
     const int h0 = i * H / n, h1 = (i + 1) * H / n, R = c->n_single;
+    for (int h = h0; h < h1; h++)
+        head_lora(j, h);
     for (int t = 0; t < R; t++)
         for (int h = h0; h < h1; h++) {
             const int last = h + 1 == h1, nt = last ? t + 1 : t, nh = last ? h0 : h + 1;
@@ -599,8 +615,8 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     float *const outs[6] = {c->xr, c->xw, c->xk, c->xv, c->xa, c->xg};
     norm_and_shift(c, T, l, 1, L->ln1_w, L->ln1_b, mix, outs, 6);
 
-    /* The projections of the shifted inputs, then the LoRA's second
-     * halves: two passes of the pool for eleven products. */
+    /* The projections of the shifted inputs in one pass of the pool; the
+     * LoRAs' second halves go with the heads (head_lora). */
     float *lw = c->lora, *la = lw + (size_t)T * c->rank, *lg = la + (size_t)T * c->rank,
           *lv = lg + (size_t)T * c->rank;
     const k_product first[] = {
@@ -615,14 +631,24 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
         {&L->w2, lw, c->w, 0.0f}, {&L->a2, la, c->a, 0.0f}, {&L->g2, lg, c->g, 0.0f},
         {&L->v2, lv, c->tmp, 0.0f},
     };
-    linear_many(c, second, l > 0 ? 4 : 3, T);
+    const int n2 = l > 0 ? 4 : 3;
+    head_job hj = {c, L, l, T, second, n2};
+    /* Each head item runs its slice when the products would take the
+     * kernels anyway (not sgemm) and a head's rows are whole blocks. */
+    const int n_chunk = T - (c->n_single < T ? c->n_single : T);
+    for (int q = 0; q < n2; q++)
+        if (N % K_ROWS || (n_chunk > K_MAX_BATCH && !k_matmul_any_rows(second[q].W)))
+            hj.n_lora = 0;
+    if (!hj.n_lora)
+        linear_many(c, second, n2, T);
 
-    head_job hj = {c, L, l, T};
     if (c->n_single || T >= 16)
         k_parallel(c->n_shares, head_share, &hj);
     else
-        for (int h = 0; h < H; h++)
+        for (int h = 0; h < H; h++) {
+            head_lora(&hj, h);
             head_rows_of_chunk(&hj, h);
+        }
     linear(c, c->x, c->y, &L->wo, T, 1.0f);
 }
 

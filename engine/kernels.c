@@ -1629,11 +1629,11 @@ static void matmul_chunk(void *arg, int item)
 
 /* Without memory for the prepared inputs: the exact product (the same
  * weights, fp32 inputs), one weight at a time. */
-static void matmul_fallback(const k_product *p, int B)
+static void matmul_fallback(const k_product *p, int B, int r0, int r1)
 {
     const k_wmat *W = p->W;
     for (int b = 0; b < B; b++)
-        for (int r = 0; r < W->rows; r++) {
+        for (int r = r0; r < r1; r++) {
             float s = 0;
             for (int c = 0; c < W->cols; c++)
                 s += packed_at(W, r, c) * p->X[(size_t)b * W->cols + c];
@@ -1656,7 +1656,7 @@ void k_matmul_many(const k_product *p, int n, int B)
         char *buf = bytes ? k_tbuf(K_TBUF_ACT, bytes) : NULL;
         if (bytes && !buf) {
             for (int i = 0; i < cnt; i++)
-                matmul_fallback(&m.p[i], B);
+                matmul_fallback(&m.p[i], B, 0, m.p[i].W->rows);
             continue;
         }
         size_t weights = 0;
@@ -1674,6 +1674,21 @@ void k_matmul_many(const k_product *p, int n, int B)
         else
             k_parallel(m.first[cnt], matmul_chunk, &m);
     }
+}
+
+void k_matmul_rows(const k_product *p, int B, int r0, int r1)
+{
+    pthread_once(&isa_once, choose_isa);
+    const k_wmat *W = p->W;
+    const size_t bytes = act_bytes(W, B);
+    char *buf = bytes ? k_tbuf(K_TBUF_ACT, bytes) : NULL;
+    if (bytes && !buf) {
+        matmul_fallback(p, B, r0, r1);
+        return;
+    }
+    act A;
+    act_prepare(&A, W, p->X, B, buf);
+    pick(W)(W, &A, p->Y, B, p->beta, r0, r1);
 }
 
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)

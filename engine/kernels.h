@@ -107,6 +107,11 @@ typedef struct {
  * to its own k_matmul call, in one pass of the pool: one wake-up and one
  * wait for all, and the threads share out their blocks together. */
 void k_matmul_many(const k_product *p, int n, int B);
+/* Rows [r0, r1) of p's Y (r0 a multiple of K_ROWS, r1 one too or the last
+ * row) for all B inputs, on the calling thread only, with that thread's
+ * scratch: the same bits as those rows of k_matmul. For a pool item that
+ * needs a slice of a product, so that no pass of its own is spent on it. */
+void k_matmul_rows(const k_product *p, int B, int r0, int r1);
 
 /* Runs run(arg, i) for i in [0, n) on the pool (the caller takes part);
  * returns when all are done. Items must be independent. When the pool is

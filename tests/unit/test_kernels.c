@@ -316,6 +316,59 @@ Test(kernels, matmul_many_equals_one_product_at_a_time)
     }
 }
 
+/* k_matmul_rows over slices of whole blocks, run from the pool's worker
+ * as the head items run them, writes the bits k_matmul writes for those
+ * rows, and no other row. */
+typedef struct {
+    const k_product *p;
+    int B, step;
+} rows_job;
+
+static void rows_item(void *arg, int i)
+{
+    const rows_job *j = arg;
+    const int r0 = i * j->step, r1 = r0 + j->step < j->p->W->rows ? r0 + j->step : j->p->W->rows;
+    k_matmul_rows(j->p, j->B, r0, r1);
+}
+
+Test(kernels, matmul_rows_equal_those_of_the_whole_product)
+{
+    k_set_threads(2);
+    static const int shape[][3] = {{768, 64, 64}, {768, 128, 64}, {100, 200, 16}, {517, 96, 32}};
+    unsigned seed = 23;
+    for (size_t is = 0; is < N_ISAS; is++) {
+        if (k_force_isa(isas[is]))
+            continue;
+        for (size_t md = 0; md < N_MODES; md++)
+            for (size_t sh = 0; sh < sizeof shape / sizeof shape[0]; sh++)
+                for (int B = 1; B <= 17; B += 4) {
+                    const int rows = shape[sh][0], cols = shape[sh][1], step = shape[sh][2];
+                    float *w = malloc(sizeof(float) * rows * cols);
+                    float *x = malloc(sizeof(float) * B * cols);
+                    float *y1 = malloc(sizeof(float) * B * rows), *y2 = malloc(sizeof(float) * B * rows);
+                    fill(w, (size_t)rows * cols, &seed);
+                    fill(x, (size_t)B * cols, &seed);
+                    k_wmat W;
+                    cr_assert_eq(k_wmat_init(&W, modes[md].fmt, rows, cols, w), 0);
+                    W.dot_bf16 = modes[md].dot_bf16;
+                    k_matmul(&W, x, y1, B, 0.0f);
+                    for (int i = 0; i < B * rows; i++)
+                        y2[i] = NAN; /* a row left out shows */
+                    const k_product p = {&W, x, y2, 0.0f};
+                    rows_job j = {&p, B, step};
+                    k_parallel((rows + step - 1) / step, rows_item, &j);
+                    cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0,
+                                 "%s %s %dx%d B=%d slices of %d differ", isas[is],
+                                 modes[md].name, rows, cols, B, step);
+                    k_wmat_free(&W);
+                    free(w);
+                    free(x);
+                    free(y1);
+                    free(y2);
+                }
+    }
+}
+
 Test(kernels, formats_round_as_documented)
 {
     const float v[] = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, -0.0f};
