@@ -632,14 +632,13 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
         {&L->v2, lv, c->tmp, 0.0f},
     };
     const int n2 = l > 0 ? 4 : 3;
-    head_job hj = {c, L, l, T, second, n2};
-    /* Each head item runs its slice when the products would take the
-     * kernels anyway (not sgemm) and a head's rows are whole blocks. */
-    const int n_chunk = T - (c->n_single < T ? c->n_single : T);
-    for (int q = 0; q < n2; q++)
-        if (N % K_ROWS || (n_chunk > K_MAX_BATCH && !k_matmul_any_rows(second[q].W)))
-            hj.n_lora = 0;
-    if (!hj.n_lora)
+    /* Decode batches only, and when a head's rows are whole blocks: each
+     * slice prepares its inputs again (bf16 pairs with the integer and
+     * bf16-dot formats), work that grows with a prefill chunk's rows, and
+     * fused, prefill measured no faster. */
+    const int fuse = T <= K_MAX_BATCH && N % K_ROWS == 0;
+    head_job hj = {c, L, l, T, second, fuse ? n2 : 0};
+    if (!fuse)
         linear_many(c, second, n2, T);
 
     if (c->n_single || T >= 16)
