@@ -515,16 +515,17 @@ typedef struct {
     int n_lora;
 } head_job;
 
-/* Head h's slice of the LoRAs' second halves (its N outputs of the decay,
- * in-context rate, gate and value residual) for all rows: the kernels'
- * bits, computed by the item that reads them, where a pass of the pool of
- * their own cost a wake-up, a wait and a prefetch ramp for half a
- * megabyte of weights. */
-static void head_lora(const head_job *j, int h)
+/* Heads [h0, h1)'s slice of the LoRAs' second halves (their outputs of the
+ * decay, in-context rate, gate and value residual) for all rows: the
+ * kernels' bits, computed by the item that reads them, where a pass of the
+ * pool of their own cost a wake-up, a wait and a prefetch ramp for half a
+ * megabyte of weights. One slice per product for the whole range, so each
+ * matrix's rows stream in one run rather than a few kilobytes per head. */
+static void head_lora(const head_job *j, int h0, int h1)
 {
     const int N = j->c->m->cfg.head_size;
     for (int q = 0; q < j->n_lora; q++)
-        k_matmul_rows(&j->lora[q], j->T, h * N, (h + 1) * N);
+        k_matmul_rows(&j->lora[q], j->T, h0 * N, h1 * N);
 }
 
 /* Head h of row t, from the projections to the gated output: the mix of
@@ -586,8 +587,7 @@ static void head_share(void *arg, int i)
     const ms_ctx *c = j->c;
     const int H = c->m->cfg.n_head, N = c->m->cfg.head_size, n = c->n_shares;
     const int h0 = i * H / n, h1 = (i + 1) * H / n, R = c->n_single;
-    for (int h = h0; h < h1; h++)
-        head_lora(j, h);
+    head_lora(j, h0, h1);
     for (int t = 0; t < R; t++)
         for (int h = h0; h < h1; h++) {
             const int last = h + 1 == h1, nt = last ? t + 1 : t, nh = last ? h0 : h + 1;
@@ -643,11 +643,11 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 
     if (c->n_single || T >= 16)
         k_parallel(c->n_shares, head_share, &hj);
-    else
-        for (int h = 0; h < H; h++) {
-            head_lora(&hj, h);
+    else {
+        head_lora(&hj, 0, H);
+        for (int h = 0; h < H; h++)
             head_rows_of_chunk(&hj, h);
-        }
+    }
     linear(c, c->x, c->y, &L->wo, T, 1.0f);
 }
 
