@@ -546,31 +546,38 @@ static float quant_group(const float *x, int n, int8_t *q, int32_t *qsum)
 static int avx512_on; /* the set in use is AVX-512 class; set with it */
 static int fma_on;    /* the set in use has AVX2 and FMA (all but scalar); set with it */
 
-/* quant_group for a whole group of 64 on AVX-512: the same operations in
- * the same order (lane-wise max over the four vectors, rounding by the same
+/* quant_group for n whole groups of 64 of one row on AVX-512 (scale xs[g],
+ * integer sum times off in xoff[g]): the same operations in the same
+ * order (lane-wise max over the four vectors, rounding by the same
  * 1.5 * 2^23 trick), so its results equal the portable code's bit for bit;
  * the auto-vectorized clone spent most of its time in the reductions, and
- * quantizing was a sixth of a prefill. */
+ * quantizing was a sixth of a prefill. One call per row, not per group
+ * (with a memset and a store-and-reload per group): 0.44-0.51 -> 0.24-0.28
+ * ns per input, in the model a batch-of-8 step 2.6-4.1% faster. */
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-static float quant_group64_avx512(const float *x, int8_t *q, int32_t *qsum)
+static void quant_groups64_avx512(const float *x, size_t n, int8_t *q, float *xs, int32_t *xoff,
+                                  int32_t off)
 {
-    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16),
-                 v2 = _mm512_loadu_ps(x + 32), v3 = _mm512_loadu_ps(x + 48);
-    const __m512 m = _mm512_max_ps(_mm512_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)),
-                                                 _mm512_abs_ps(v2)), _mm512_abs_ps(v3));
-    const float amax = _mm512_reduce_max_ps(m);
-    const float inv = amax > 0 ? 127.0f / amax : 0;
-    const __m512 vi = _mm512_set1_ps(inv), magic = _mm512_set1_ps(12582912.0f);
-    const __m512 src[4] = {v0, v1, v2, v3};
-    __m512i qs = _mm512_setzero_si512();
-    for (int k = 0; k < 4; k++) {
-        const __m512 r = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(src[k], vi), magic), magic);
-        const __m512i v = _mm512_cvttps_epi32(r);
-        qs = _mm512_add_epi32(qs, v);
-        _mm_storeu_si128((__m128i *)(q + 16 * k), _mm512_cvtepi32_epi8(v));
+    for (size_t g = 0; g < n; g++, x += 64, q += 64) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16),
+                     v2 = _mm512_loadu_ps(x + 32), v3 = _mm512_loadu_ps(x + 48);
+        const __m512 m = _mm512_max_ps(
+            _mm512_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)), _mm512_abs_ps(v2)),
+            _mm512_abs_ps(v3));
+        const float amax = _mm512_reduce_max_ps(m);
+        const float inv = amax > 0 ? 127.0f / amax : 0;
+        const __m512 vi = _mm512_set1_ps(inv), magic = _mm512_set1_ps(12582912.0f);
+        const __m512 src[4] = {v0, v1, v2, v3};
+        __m512i qs = _mm512_setzero_si512();
+        for (int k = 0; k < 4; k++) {
+            const __m512 r = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(src[k], vi), magic), magic);
+            const __m512i v = _mm512_cvttps_epi32(r);
+            qs = _mm512_add_epi32(qs, v);
+            _mm_storeu_si128((__m128i *)(q + 16 * k), _mm512_cvtepi32_epi8(v));
+        }
+        xoff[g] = _mm512_reduce_add_epi32(qs) * off;
+        xs[g] = amax / 127.0f;
     }
-    *qsum = _mm512_reduce_add_epi32(qs);
-    return amax / 127.0f;
 }
 
 #define PREP512 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -650,16 +657,20 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
     float *xs = (float *)(s + qbytes);
     int32_t *xoff = (int32_t *)(xs + (size_t)B * G);
     const int32_t off = W->fmt == K_W_Q4 ? 8 : 128; /* the weights are held as q + off */
-    for (int b = 0; b < B; b++)
-        for (size_t g = 0; g < G; g++) {
+    const size_t whole = avx512_on ? (size_t)K / GRP : 0;
+    for (int b = 0; b < B; b++) {
+        const size_t i0 = (size_t)b * G;
+        if (whole)
+            quant_groups64_avx512(X + (size_t)b * K, whole, xq + (size_t)b * a->kp, xs + i0,
+                                  xoff + i0, off);
+        for (size_t g = whole; g < G; g++) {
             const int c0 = (int)g * GRP, n = imin(GRP, K - c0);
-            const size_t i = (size_t)b * G + g;
             int8_t *q = xq + (size_t)b * a->kp + c0;
-            xs[i] = n == GRP && avx512_on ? quant_group64_avx512(X + (size_t)b * K + c0, q, &xoff[i])
-                                          : quant_group(X + (size_t)b * K + c0, n, q, &xoff[i]);
-            xoff[i] *= off;
+            xs[i0 + g] = quant_group(X + (size_t)b * K + c0, n, q, &xoff[i0 + g]);
+            xoff[i0 + g] *= off;
             memset(q + n, 0, (size_t)(GRP - n));
         }
+    }
     a->xq = xq;
     a->xs = xs;
     a->xoff = xoff;

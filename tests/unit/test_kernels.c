@@ -499,34 +499,46 @@ Test(kernels, amx_bf16_prefill_chunks_within_rounding)
 
 /* The AVX-VNNI int8 / q4 kernels sum the same integers as the AVX2 ones'
  * vpmaddubsw and apply the scales alike: the same bits. */
-Test(kernels, avx_vnni_equals_avx2_bit_for_bit)
+/* The integer formats give the same bits on isa as on AVX2: the same
+ * integer sums, and the same quantized inputs (AVX-512 quantizes whole
+ * groups of a row in one vectorized call, the rest as the portable code
+ * does). Widths with a ragged last group and without. */
+static void int_formats_equal_avx2(const char *isa)
 {
-    if (k_force_isa("avxvnni"))
-        cr_skip_test("CPU lacks AVX-VNNI; this machine cannot run that kernel variant");
-    const int rows = 70, cols = 333, B = 11;
-    unsigned seed = 5;
-    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
-    float *ya = malloc(sizeof(float) * B * rows), *yb = malloc(sizeof(float) * B * rows);
-    fill(w, (size_t)rows * cols, &seed);
-    fill(x, (size_t)B * cols, &seed);
-    const k_wfmt fmts[] = {K_W_I8, K_W_Q4};
-    for (size_t f = 0; f < 2; f++) {
-        k_wmat W;
-        cr_assert_eq(k_wmat_init(&W, fmts[f], rows, cols, w), 0);
-        for (int b = 1; b <= B; b += 5) {
-            cr_assert_eq(k_force_isa("avxvnni"), 0);
-            k_matmul(&W, x, ya, b, 0.0f);
-            cr_assert_eq(k_force_isa("avx2"), 0);
-            k_matmul(&W, x, yb, b, 0.0f);
-            cr_expect_eq(memcmp(ya, yb, sizeof(float) * (size_t)b * rows), 0, "fmt %zu B=%d", f, b);
+    if (k_force_isa(isa))
+        cr_skip_test("CPU lacks %s; this machine cannot run that kernel variant", isa);
+    const int rows = 70, B = 11, widths[] = {333, 1024};
+    for (size_t wi = 0; wi < 2; wi++) {
+        const int cols = widths[wi];
+        unsigned seed = 5;
+        float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
+        float *ya = malloc(sizeof(float) * B * rows), *yb = malloc(sizeof(float) * B * rows);
+        fill(w, (size_t)rows * cols, &seed);
+        fill(x, (size_t)B * cols, &seed);
+        const k_wfmt fmts[] = {K_W_I8, K_W_Q4};
+        for (size_t f = 0; f < 2; f++) {
+            k_wmat W;
+            cr_assert_eq(k_wmat_init(&W, fmts[f], rows, cols, w), 0);
+            for (int b = 1; b <= B; b += 5) {
+                cr_assert_eq(k_force_isa(isa), 0);
+                k_matmul(&W, x, ya, b, 0.0f);
+                cr_assert_eq(k_force_isa("avx2"), 0);
+                k_matmul(&W, x, yb, b, 0.0f);
+                cr_expect_eq(memcmp(ya, yb, sizeof(float) * (size_t)b * rows), 0,
+                             "%s fmt %zu cols %d B=%d", isa, f, cols, b);
+            }
+            k_wmat_free(&W);
         }
-        k_wmat_free(&W);
+        free(w);
+        free(x);
+        free(ya);
+        free(yb);
     }
-    free(w);
-    free(x);
-    free(ya);
-    free(yb);
 }
+
+Test(kernels, avx_vnni_equals_avx2_bit_for_bit) { int_formats_equal_avx2("avxvnni"); }
+
+Test(kernels, avx512_int_formats_equal_avx2_bit_for_bit) { int_formats_equal_avx2("avx512"); }
 
 /* The portable fp16 conversions of the q4 scales agree with F16C bit for
  * bit: every fp16 value widened, and floats across the whole range
