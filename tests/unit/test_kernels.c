@@ -497,12 +497,11 @@ Test(kernels, amx_bf16_prefill_chunks_within_rounding)
         }
 }
 
-/* The AVX-VNNI int8 / q4 kernels sum the same integers as the AVX2 ones'
- * vpmaddubsw and apply the scales alike: the same bits. */
-/* The integer formats give the same bits on isa as on AVX2: the same
- * integer sums, and the same quantized inputs (AVX-512 quantizes whole
- * groups of a row in one vectorized call, the rest as the portable code
- * does). Widths with a ragged last group and without. */
+/* The int8 / q4 kernels of isa give the same bits as the AVX2 ones: they
+ * sum the same integers as vpmaddubsw, apply the scales alike, and see the
+ * same quantized inputs (AVX-512 quantizes a row's whole groups in one
+ * vectorized call, the rest as the portable code does). Widths with a
+ * ragged last group and without. */
 static void int_formats_equal_avx2(const char *isa)
 {
     if (k_force_isa(isa))
