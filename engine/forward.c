@@ -633,9 +633,9 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     };
     const int n2 = l > 0 ? 4 : 3;
     /* Decode batches only, and when a head's rows are whole blocks: each
-     * slice prepares its inputs again (bf16 pairs with the integer and
-     * bf16-dot formats), work that grows with a prefill chunk's rows, and
-     * fused, prefill measured no faster. */
+     * thread's slice prepares its inputs again (bf16 pairs with the integer
+     * and bf16-dot formats), work that grows with a prefill chunk's rows,
+     * and fused, prefill measured no faster (per head and per range). */
     const int fuse = T <= K_MAX_BATCH && N % K_ROWS == 0;
     head_job hj = {c, L, l, T, second, fuse ? n2 : 0};
     if (!fuse)
