@@ -3,7 +3,8 @@
  *
  * Request counts are labelled by route and status; the label space is small
  * and fixed (routes are static strings from http.c), so a flat table with a
- * linear search is enough. Histograms use one bucket ladder for every latency.
+ * linear search is enough. Histograms of latencies share one bucket ladder,
+ * the step sizes have one in tokens.
  */
 #include "metrics.h"
 
@@ -13,8 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
-#define N_BUCKETS (sizeof buckets / sizeof buckets[0])
+/* Latencies in seconds; the step sizes in tokens (powers of two up to the
+ * largest --prefill-chunk and --parallel). */
+static const double sec_ladder[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+static const double tok_ladder[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+#define N_BUCKETS 14 /* both ladders */
+_Static_assert(sizeof sec_ladder == N_BUCKETS * sizeof(double) &&
+               sizeof tok_ladder == N_BUCKETS * sizeof(double), "ladder length");
 #define MAX_REQ_LABELS 128
 
 typedef struct {
@@ -38,12 +44,16 @@ static struct {
     int n_req;
 } M = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-static const char *hist_name[MET_H_COUNT][2] = {
-    {"metastate_request_duration_seconds", "Time from request received to response complete."},
-    {"metastate_time_to_first_token_seconds", "Time from admission to the first generated token."},
-    {"metastate_queue_wait_seconds", "Time a request waited for a free sequence slot."},
-    {"metastate_step_seconds", "Duration of one scheduler step of a generating sequence (one token)."},
-    {"metastate_store_operation_seconds", "Duration of one operation on the session store (--state-store)."},
+static const struct {
+    const char *name, *help;
+    const double *ladder;
+} hist_def[MET_H_COUNT] = {
+    {"metastate_request_duration_seconds", "Time from request received to response complete.", sec_ladder},
+    {"metastate_time_to_first_token_seconds", "Time from admission to the first generated token.", sec_ladder},
+    {"metastate_queue_wait_seconds", "Time a request waited for a free sequence slot.", sec_ladder},
+    {"metastate_step_seconds", "Duration of one scheduler step of a generating sequence (one token).", sec_ladder},
+    {"metastate_store_operation_seconds", "Duration of one operation on the session store (--state-store).", sec_ladder},
+    {"metastate_step_tokens", "Tokens one scheduler step ran through the model: prompt chunks (at most --prefill-chunk in all) and one token per generating sequence.", tok_ladder},
 };
 static const char *counter_name[MET_C_COUNT][2] = {
     {"metastate_prompt_tokens_total", "Prompt tokens of finished requests (cached ones included)."},
@@ -102,7 +112,7 @@ void metrics_observe(met_hist h, double s)
     pthread_mutex_lock(&M.mu);
     histogram *x = &M.h[h];
     size_t b = 0;
-    while (b < N_BUCKETS && s > buckets[b]) b++;
+    while (b < N_BUCKETS && s > hist_def[h].ladder[b]) b++;
     x->counts[b]++;
     x->sum += s;
     x->n++;
@@ -166,12 +176,12 @@ char *metrics_render(size_t *len)
         put(&b, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", gauge_name[g][0], gauge_name[g][1],
             gauge_name[g][0], gauge_name[g][0], M.g[g]);
     for (int h = 0; h < MET_H_COUNT; h++) {
-        const char *n = hist_name[h][0];
-        put(&b, "# HELP %s %s\n# TYPE %s histogram\n", n, hist_name[h][1], n);
+        const char *n = hist_def[h].name;
+        put(&b, "# HELP %s %s\n# TYPE %s histogram\n", n, hist_def[h].help, n);
         uint64_t cum = 0;
         for (size_t k = 0; k < N_BUCKETS; k++) {
             cum += M.h[h].counts[k];
-            put(&b, "%s_bucket{le=\"%g\"} %llu\n", n, buckets[k], (unsigned long long)cum);
+            put(&b, "%s_bucket{le=\"%g\"} %llu\n", n, hist_def[h].ladder[k], (unsigned long long)cum);
         }
         cum += M.h[h].counts[N_BUCKETS];
         put(&b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9g\n%s_count %llu\n", n,

@@ -1,5 +1,5 @@
 /*
- * metrics.h - process-wide counters, gauges and latency histograms, rendered
+ * metrics.h - process-wide counters, gauges and histograms, rendered
  * as Prometheus text for GET /metrics. Every function is thread-safe (one
  * mutex: updates are a few per request or per token, far from contention).
  */
@@ -15,6 +15,7 @@ typedef enum {
     MET_H_QUEUE,       /* time waiting for a slot, seconds */
     MET_H_TOKEN,       /* one scheduler iteration of a generating sequence, seconds */
     MET_H_STORE,       /* one operation on the shared session store (Redis), seconds */
+    MET_H_STEP_TOKENS, /* tokens one scheduler step ran through the model */
     MET_H_COUNT
 } met_hist;
 
@@ -36,7 +37,8 @@ typedef enum {
 void metrics_init(void);
 /* Counts one finished HTTP request: route label (static string), status. */
 void metrics_request(const char *route, int status);
-void metrics_observe(met_hist h, double seconds);
+/* One observation of h, in its unit (seconds; tokens for MET_H_STEP_TOKENS). */
+void metrics_observe(met_hist h, double v);
 void metrics_add(met_counter c, uint64_t n);
 void metrics_set(met_gauge g, double v);
 /* Prometheus text exposition (malloc'd, caller frees). */

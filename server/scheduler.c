@@ -5,9 +5,10 @@
  * scratch, logits, sampler, detokenizer, a private state for session-less
  * requests, a fork state for n > 1), allocated once at startup; a request
  * only borrows a slot. Each loop iteration (a uv_idle callback, active only
- * while some slot has work) visits every busy slot and does one unit of
- * work: a prompt chunk of at most --prefill-chunk tokens, or one generated
- * token. That keeps streams flowing while long prompts are processed. All
+ * while some slot has work) generates one token for every generating slot
+ * and runs prompt chunks of at most --prefill-chunk tokens in all, the
+ * prefilling slots taking turns. That keeps streams flowing while long
+ * prompts, or many at once, are processed. All
  * generating slots of an iteration feed their tokens in one batched forward
  * (ms_forward_mixed): every weight matrix is read once for all of them, so
  * eight streams cost little more than one on a memory-bound CPU. The same
@@ -178,6 +179,9 @@ struct sched {
     ms_ctx *batch_ctx;
     slot *ride;         /* this iteration's prompt chunk that rides with the batched step */
     size_t ride_m;      /* its length */
+    slot **pre_slot;    /* this iteration's prefilling slots, in slot order (n_slots) */
+    int rr_next;        /* prompt work starts at the first prefilling slot from here */
+    size_t step_prompt; /* prompt tokens this iteration ran in forwards of their own */
     slot **draw_slot;   /* this iteration's draws (n_slots each) */
     ms_sampler **draw_sampler;
     float **draw_logits;
@@ -556,6 +560,7 @@ static void step_prefill_scored(sched *s, slot *sl)
         agent_lp first = {.id = sl->toks[0], .n_top = -1};
         j->sink->logprob(j->ud, idx, &first);
     }
+    s->step_prompt += m;
     if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, sl->echo_logits, 1, &e) != MS_OK) {
         engine_fail(s, sl, &e);
         return;
@@ -608,6 +613,7 @@ static int step_prefill(sched *s, slot *sl)
             s->ride_m = m;
             return 0;
         }
+        s->step_prompt += m;
         if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, NULL, 0, &e) != MS_OK) {
             engine_fail(s, sl, &e);
             return 0;
@@ -629,6 +635,42 @@ static int step_prefill(sched *s, slot *sl)
      * pass of its own; prompt_done() follows the feed. */
     feed_queue(s, sl, sl->toks[last], sl->logits);
     return 1;
+}
+
+/* Prompt tokens step_prefill would run for sl now: a chunk, or 0 when only
+ * the last token is left (a row of the batched step, like a generated one). */
+static size_t prefill_need(const sched *s, const slot *sl)
+{
+    const size_t m = sl->echo_lp ? sl->n_toks - sl->pos : sl->n_toks - 1 - sl->pos;
+    return m < (size_t)s->cfg->prefill_chunk ? m : (size_t)s->cfg->prefill_chunk;
+}
+
+/* This iteration's prompt work for the prefilling slots pre[0..n) (in slot
+ * order). They take turns, starting after the one that went first last
+ * time, and chunks run while their tokens fit in one --prefill-chunk: a
+ * burst of prompts then delays the running streams by one chunk per token,
+ * not by one chunk per prompt (eight 600-token prompts stalled a stream for
+ * 0.3-0.8 s per token). The first in turn always runs, and prompts down to
+ * their last token always queue it. Returns the tokens queued for the
+ * batched step. */
+static int prefill_turns(sched *s, slot **pre, int n)
+{
+    int start = 0, n_feed = 0, first = 1;
+    while (start < n && pre[start] - s->slots < s->rr_next) start++;
+    if (start == n) start = 0;
+    size_t left = (size_t)s->cfg->prefill_chunk;
+    for (int i = 0; i < n; i++) {
+        slot *sl = pre[(start + i) % n];
+        const size_t need = prefill_need(s, sl);
+        if (need > left) continue;
+        if (need && first) {
+            s->rr_next = (int)(sl - s->slots) + 1;
+            first = 0;
+        }
+        left -= need;
+        n_feed += step_prefill(s, sl);
+    }
+    return n_feed;
 }
 
 /* After the batched step that fed the prompt's last token. */
@@ -1086,7 +1128,8 @@ static void update_idle(sched *s)
 static void idle_cb(uv_idle_t *h)
 {
     sched *s = h->data;
-    int n_feed = 0, n_draw = 0;
+    int n_feed = 0, n_draw = 0, n_pre = 0;
+    s->step_prompt = 0;
     for (int i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
         if (!stepping(sl)) continue;
@@ -1096,16 +1139,19 @@ static void idle_cb(uv_idle_t *h)
             finish_job(s, sl, SRV_ERR_CANCELLED, "client disconnected");
             continue;
         }
-        if (sl->state == SLOT_PREFILL) n_feed += step_prefill(s, sl);
+        if (sl->state == SLOT_PREFILL) s->pre_slot[n_pre++] = sl;
         else if (!refresh_paused(s, sl) && gen_prepare(s, sl)) {
             s->draw_slot[n_draw] = sl;
             s->draw_sampler[n_draw] = sl->sampler;
             s->draw_logits[n_draw++] = sl->logits;
         }
     }
+    n_feed += prefill_turns(s, s->pre_slot, n_pre);
     ms_sampler_sample_batch(s->draw_sampler, s->draw_logits, (size_t)n_draw, s->draw_tok);
     for (int k = 0; k < n_draw; k++)
         n_feed += gen_take(s, s->draw_slot[k], s->draw_tok[k]);
+    const size_t ran = s->step_prompt + (size_t)n_feed + (s->ride ? s->ride_m : 0);
+    if (ran) metrics_observe(MET_H_STEP_TOKENS, (double)ran);
     gen_feed(s, n_feed);
     paused_gauge(s);
     admit(s);
@@ -1299,6 +1345,7 @@ static int load_all(sched *s, char *msg, size_t cap)
     /* One context for the batched step: every slot's token and a prompt chunk. */
     s->batch_ctx = ms_ctx_new(s->rt.model, s->n_slots + s->cfg->prefill_chunk);
     s->draw_slot = calloc((size_t)s->n_slots, sizeof *s->draw_slot);
+    s->pre_slot = calloc((size_t)s->n_slots, sizeof *s->pre_slot);
     s->draw_sampler = calloc((size_t)s->n_slots, sizeof *s->draw_sampler);
     s->draw_logits = calloc((size_t)s->n_slots, sizeof *s->draw_logits);
     s->draw_tok = calloc((size_t)s->n_slots, sizeof *s->draw_tok);
@@ -1308,7 +1355,7 @@ static int load_all(sched *s, char *msg, size_t cap)
     s->feed_logits = calloc((size_t)s->n_slots, sizeof *s->feed_logits);
     s->vocab_index = ms_vocab_index_new(s->rt.tok, s->V);
     if (!s->batch_ctx || !s->feed_slot || !s->feed_state || !s->feed_tok || !s->feed_logits ||
-        !s->draw_slot || !s->draw_sampler || !s->draw_logits || !s->draw_tok || !s->vocab_index) {
+        !s->draw_slot || !s->pre_slot || !s->draw_sampler || !s->draw_logits || !s->draw_tok || !s->vocab_index) {
         snprintf(msg, cap, "out of memory allocating the batch step");
         return -1;
     }
@@ -1433,6 +1480,7 @@ void sched_stop(sched *s)
     ms_ctx_free(s->batch_ctx);
     free(s->draw_slot);
     free(s->draw_sampler);
+    free(s->pre_slot);
     free(s->draw_logits);
     free(s->draw_tok);
     free(s->feed_slot);

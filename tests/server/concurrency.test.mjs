@@ -65,3 +65,49 @@ test('16 concurrent clients: no errors, no crossed outputs, stable RSS', async (
   // Sessions created per round (about 6 x 135 KB) plus allocator noise.
   assert.ok(growth < 24 * 1024 * SLOW, `RSS grew by ${growth} KiB after the first round`);
 });
+
+// Eight long prompts at once, beside a running stream: each step runs at
+// most --prefill-chunk prompt tokens in all (the prompts take turns), so
+// the stream is not held up by one chunk per prompt; every reply is the one
+// its request gets alone.
+test('a burst of long prompts takes turns within --prefill-chunk per step', async () => {
+  const CHUNK = 32;
+  const s = await startServer({ args: ['--parallel', '9', '--prefill-chunk', String(CHUNK)] });
+  try {
+    const c = client(s);
+    const common = { model: MODEL_NAME, temperature: 0, logit_bias: asciiBias() };
+    // About 7 chunks each (byte-level: one token per byte).
+    const burst = Array.from({ length: 8 }, (_, i) => ({ ...common, max_tokens: 6,
+      prompt: `Prompt ${i}: ${'a long prompt that needs several chunks of prefill. '.repeat(4)}` }));
+    const running = { ...common, max_tokens: 64, prompt: 'A stream that runs through the burst.' };
+    const text = async (body) => (await c.completions.create(body)).choices[0].text;
+    const alone = [];
+    for (const b of burst) alone.push(await text(b));
+    const runningAlone = await text(running);
+
+    const before = await metrics(s);
+    let streamed = '';
+    const stream = await c.completions.create({ ...running, stream: true });
+    const it = stream[Symbol.asyncIterator]();
+    const first = await it.next(); // the stream is generating before the burst arrives
+    streamed += first.value.choices[0]?.text || '';
+    const rest = (async () => { for (let r = await it.next(); !r.done; r = await it.next()) streamed += r.value.choices[0]?.text || ''; })();
+    const outs = await Promise.all(burst.map(text));
+    await rest;
+    const after = await metrics(s);
+
+    outs.forEach((o, i) => assert.equal(o, alone[i], `burst request ${i}`));
+    assert.equal(streamed, runningAlone, 'the running stream');
+    const d = (k) => after[k] - (before[k] || 0);
+    const steps = d('metastate_step_tokens_count');
+    const promptTokens = burst.reduce((a, b) => a + b.prompt.length, 0);
+    assert.ok(d('metastate_step_tokens_sum') >= promptTokens, 'every prompt token ran in some step');
+    // At most CHUNK prompt tokens plus one row per sequence (9) in any step.
+    assert.equal(d('metastate_step_tokens_bucket{le="64"}'), steps,
+      `steps of more than 64 tokens: ${steps - d('metastate_step_tokens_bucket{le="64"}')} of ${steps}`);
+    assert.ok(steps >= promptTokens / CHUNK, `${steps} steps for ${promptTokens} prompt tokens`);
+  } finally {
+    const e = await s.stop();
+    assert.equal(e.code, 0, s.stderr());
+  }
+});
