@@ -112,11 +112,11 @@ if ((${#http_rows[@]})); then
     echo
     echo "Through the HTTP server (streaming, 128 tokens per request, one session each):"
     echo
-    echo "| model-weights | 1 session tok/s | 4 sessions | 8 sessions | 16 sessions | 8 vs 1 | TTFT at 8 (s) | 10th turn TTFT with session / without (s) |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| model-weights | 1 session tok/s | 4 sessions | 8 sessions | 16 sessions | 8 vs 1 | TTFT at 8 (s) | a stream's longest gap while 8 prompts of 512 tokens arrive: ms (x its median gap); their mean TTFT (s) | 10th turn TTFT with session / without (s) |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     for h in "${http_rows[@]}"; do
         ratio=$(awk -v a="$(kv "$h" agg8)" -v b="$(kv "$h" agg1)" 'BEGIN{printf "%.1fx", a/b}')
-        echo "| $(kv "$h" label) | $(kv "$h" agg1) | $(kv "$h" agg4) | $(kv "$h" agg8) | $(kv "$h" agg16) | $ratio | $(kv "$h" ttft8) | $(kv "$h" turn10_session) / $(kv "$h" turn10_full) |"
+        echo "| $(kv "$h" label) | $(kv "$h" agg1) | $(kv "$h" agg4) | $(kv "$h" agg8) | $(kv "$h" agg16) | $ratio | $(kv "$h" ttft8) | $(kv "$h" burst_gap_ms) ($(kv "$h" burst_gap_ratio)x); $(kv "$h" burst_ttft) | $(kv "$h" turn10_session) / $(kv "$h" turn10_full) |"
     done
 fi
 if ((${#constraint_rows[@]})); then

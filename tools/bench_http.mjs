@@ -1,7 +1,7 @@
 // bench_http.mjs - serving benchmark through the real server: aggregate
 // generation speed with 1, 4, 8 and 16 concurrent streaming sessions, time
-// to first token at 8, and the 10th turn of a conversation with and without
-// a session. Usage: node tools/bench_http.mjs BIN MODEL WEIGHTS LABEL
+// to first token at 8, a running stream's longest wait while 8 long prompts
+// arrive, and the 10th turn of a conversation with and without a session. Usage: node tools/bench_http.mjs BIN MODEL WEIGHTS LABEL
 // Prints a `HTTP key=value ...` line for tools/bench.sh.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -68,6 +68,43 @@ async function concurrent(url, n) {
   return { tps: toks / wall, ttft: res.reduce((a, r) => a + r.ttft, 0) / n };
 }
 
+/** A running stream while 8 prompts of 512 tokens arrive at once: its
+ * longest gap between tokens against its median gap, and the prompts' mean
+ * TTFT. Each scheduler step runs one --prefill-chunk of prompt tokens in
+ * all, so the gap is about one chunk's compute, not eight. */
+async function burst(url) {
+  const gaps = [];
+  const stop = new AbortController();
+  const running = (async () => {
+    const r = await fetch(`${url}/v1/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'bench', stream: true, prompt: 'A running stream.', max_tokens: 100000,
+        temperature: 1, seed: 1, logit_bias: { 0: -100 } }),
+      signal: stop.signal,
+    });
+    let last = null;
+    try {
+      for await (const _ of r.body) {
+        const t = performance.now();
+        if (last !== null) gaps.push(t - last);
+        last = t;
+      }
+    } catch {}
+  });
+  const done = running();
+  while (gaps.length < 16) await sleep(10);
+  const from = gaps.length;
+  // Byte-level vocabulary without --vocab: one token per byte.
+  const res = await Promise.all(Array.from({ length: 8 }, (_, i) => stream(url, {
+    prompt: `${i} ${'x'.repeat(510)}`, max_tokens: 1, temperature: 0, logit_bias: { 0: -100 } })));
+  await sleep(50);
+  stop.abort();
+  await done;
+  const before = gaps.slice(0, from).sort((a, b) => a - b), during = gaps.slice(from);
+  const median = before[before.length >> 1], longest = Math.max(...during);
+  return { longest, ratio: longest / median, ttft: res.reduce((a, r) => a + r.ttft, 0) / res.length };
+}
+
 /** TTFT of the 10th turn of a chat, with and without a session. */
 async function tenthTurn(url) {
   const text = 'Tell me about recurrent neural networks and how their state carries context. ';
@@ -97,6 +134,10 @@ try {
     out[`agg${n}`] = r.tps.toFixed(1);
     if (n === 8) out.ttft8 = r.ttft.toFixed(3);
   }
+  const b = await burst(srv.url);
+  out.burst_gap_ms = b.longest.toFixed(1);
+  out.burst_gap_ratio = b.ratio.toFixed(1);
+  out.burst_ttft = b.ttft.toFixed(3);
   const t = await tenthTurn(srv.url);
   out.turn10_session = t.withS.toFixed(3);
   out.turn10_full = t.without.toFixed(3);
