@@ -3,7 +3,7 @@
 // alone (greedy), nothing may fail, and the server's RSS must settle.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, client, metrics, rssKiB, asciiBias, MODEL_NAME, IS_ASAN, SLOW } from './lib/server.mjs';
+import { startServer, client, api, metrics, rssKiB, asciiBias, MODEL_NAME, IS_ASAN, SLOW } from './lib/server.mjs';
 
 let srv, oa;
 // Small ASan quarantine so RSS reflects live memory, not freed-block caching.
@@ -106,6 +106,25 @@ test('a burst of long prompts takes turns within --prefill-chunk per step', asyn
     assert.equal(d('metastate_step_tokens_bucket{le="64"}'), steps,
       `steps of more than 64 tokens: ${steps - d('metastate_step_tokens_bucket{le="64"}')} of ${steps}`);
     assert.ok(steps >= promptTokens / CHUNK, `${steps} steps for ${promptTokens} prompt tokens`);
+  } finally {
+    const e = await s.stop();
+    assert.equal(e.code, 0, s.stderr());
+  }
+});
+
+// Taking turns, not first come first served: a short prompt admitted beside
+// a long one gets its reply while the long one is still being read.
+test('a short prompt beside a long one is not held until the long one is read', async () => {
+  const s = await startServer({ args: ['--parallel', '2', '--prefill-chunk', '16'] });
+  try {
+    const common = { model: MODEL_NAME, temperature: 0, logit_bias: asciiBias(), max_tokens: 1 };
+    const order = [];
+    const long = api(s, 'POST', '/v1/completions', { ...common, prompt: 'x'.repeat(1600) }) // 100 chunks
+      .then((r) => { assert.equal(r.status, 200, r.text); order.push('long'); });
+    const short = api(s, 'POST', '/v1/completions', { ...common, prompt: 'a short one' })
+      .then((r) => { assert.equal(r.status, 200, r.text); order.push('short'); });
+    await Promise.all([long, short]);
+    assert.deepEqual(order, ['short', 'long']);
   } finally {
     const e = await s.stop();
     assert.equal(e.code, 0, s.stderr());
