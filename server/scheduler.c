@@ -8,10 +8,10 @@
  * while some slot has work) generates one token for every generating slot
  * and runs prompt chunks of at most --prefill-chunk tokens in all, the
  * prefilling slots taking turns. That keeps streams flowing while long
- * prompts, or many at once, are processed. All
- * generating slots of an iteration feed their tokens in one batched forward
- * (ms_forward_mixed): every weight matrix is read once for all of them, so
- * eight streams cost little more than one on a memory-bound CPU. The same
+ * prompts, or many at once, are processed. All generating slots of an
+ * iteration feed their tokens in one batched forward (ms_forward_mixed):
+ * every weight matrix is read once for all of them, so eight streams cost
+ * little more than one on a memory-bound CPU. The same
  * pass carries one slot's prompt chunk and every prompt's last token (the
  * one whose logits start generation); their draws run on the engine's
  * threads together.
@@ -1355,7 +1355,8 @@ static int load_all(sched *s, char *msg, size_t cap)
     s->feed_logits = calloc((size_t)s->n_slots, sizeof *s->feed_logits);
     s->vocab_index = ms_vocab_index_new(s->rt.tok, s->V);
     if (!s->batch_ctx || !s->feed_slot || !s->feed_state || !s->feed_tok || !s->feed_logits ||
-        !s->draw_slot || !s->pre_slot || !s->draw_sampler || !s->draw_logits || !s->draw_tok || !s->vocab_index) {
+        !s->draw_slot || !s->pre_slot || !s->draw_sampler || !s->draw_logits || !s->draw_tok ||
+        !s->vocab_index) {
         snprintf(msg, cap, "out of memory allocating the batch step");
         return -1;
     }
