@@ -107,14 +107,14 @@ void metrics_request(const char *route, int status)
     pthread_mutex_unlock(&M.mu);
 }
 
-void metrics_observe(met_hist h, double s)
+void metrics_observe(met_hist h, double v)
 {
     pthread_mutex_lock(&M.mu);
     histogram *x = &M.h[h];
     size_t b = 0;
-    while (b < N_BUCKETS && s > hist_def[h].ladder[b]) b++;
+    while (b < N_BUCKETS && v > hist_def[h].ladder[b]) b++;
     x->counts[b]++;
-    x->sum += s;
+    x->sum += v;
     x->n++;
     pthread_mutex_unlock(&M.mu);
 }
@@ -181,7 +181,8 @@ char *metrics_render(size_t *len)
         uint64_t cum = 0;
         for (size_t k = 0; k < N_BUCKETS; k++) {
             cum += M.h[h].counts[k];
-            put(&b, "%s_bucket{le=\"%g\"} %llu\n", n, hist_def[h].ladder[k], (unsigned long long)cum);
+            put(&b, "%s_bucket{le=\"%g\"} %llu\n", n, hist_def[h].ladder[k],
+                (unsigned long long)cum);
         }
         cum += M.h[h].counts[N_BUCKETS];
         put(&b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9g\n%s_count %llu\n", n,
