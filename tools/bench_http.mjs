@@ -1,7 +1,8 @@
 // bench_http.mjs - serving benchmark through the real server: aggregate
 // generation speed with 1, 4, 8 and 16 concurrent streaming sessions, time
 // to first token at 8, a running stream's longest wait while 8 long prompts
-// arrive, and the 10th turn of a conversation with and without a session. Usage: node tools/bench_http.mjs BIN MODEL WEIGHTS LABEL
+// arrive, and the 10th turn of a conversation with and without a session.
+// Usage: node tools/bench_http.mjs BIN MODEL WEIGHTS LABEL
 // Prints a `HTTP key=value ...` line for tools/bench.sh.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
