@@ -1,6 +1,7 @@
 // Many clients at once: 16 concurrent requests, streaming and not, with and
 // without sessions. Every output must equal the one the same request gives
 // alone (greedy), nothing may fail, and the server's RSS must settle.
+// Prompts that arrive together take turns within --prefill-chunk per step.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startServer, client, api, metrics, rssKiB, asciiBias, MODEL_NAME, IS_ASAN, SLOW } from './lib/server.mjs';
