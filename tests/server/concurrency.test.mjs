@@ -120,7 +120,7 @@ test('a short prompt beside a long one is not held until the long one is read', 
   try {
     const common = { model: MODEL_NAME, temperature: 0, logit_bias: asciiBias(), max_tokens: 1 };
     const order = [];
-    const long = api(s, 'POST', '/v1/completions', { ...common, prompt: 'x'.repeat(1600) }) // 100 chunks
+    const long = api(s, 'POST', '/v1/completions', { ...common, prompt: 'x'.repeat(4000) }) // 250 chunks
       .then((r) => { assert.equal(r.status, 200, r.text); order.push('long'); });
     const short = api(s, 'POST', '/v1/completions', { ...common, prompt: 'a short one' })
       .then((r) => { assert.equal(r.status, 200, r.text); order.push('short'); });
