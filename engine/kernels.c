@@ -1627,15 +1627,22 @@ typedef struct {
                                    * [fill_first[i], fill_first[i + 1]) of a loop */
 } matmul_job;
 
+/* The product whose items [first[i], first[i + 1]) hold item. */
+static int product_of(const int *first, int item)
+{
+    int i = 0;
+    while (item >= first[i + 1])
+        i++;
+    return i;
+}
+
 /* Rows of a prefill chunk's inputs one item of their preparation takes. */
 enum { FILL_ROWS = 16 };
 
 static void fill_item(void *arg, int item)
 {
     const matmul_job *m = arg;
-    int i = 0;
-    while (item >= m->fill_first[i + 1])
-        i++;
+    const int i = product_of(m->fill_first, item);
     const int b0 = (item - m->fill_first[i]) * FILL_ROWS;
     act_fill_rows(m->p[i].W, m->p[i].X, m->B, m->buf[i], b0, imin(b0 + FILL_ROWS, m->B));
 }
@@ -1673,9 +1680,7 @@ static void chunk_rows(int rows, cut c, int k, int *r0, int *r1)
 static void matmul_chunk(void *arg, int item)
 {
     const matmul_job *m = arg;
-    int i = 0;
-    while (item >= m->first[i + 1])
-        i++;
+    const int i = product_of(m->first, item);
     const k_wmat *W = m->p[i].W;
     int r0, r1;
     chunk_rows(W->rows, m->cut[i], item - m->first[i], &r0, &r1);
