@@ -134,8 +134,8 @@ typedef struct ms_model ms_model;
  * keeps the file's precision: bf16 files stay bf16 (exact), others fp32.
  * I8: int8 per (row, 64 inputs); Q4: 4-bit symmetric, one fp16 scale per
  * (row, 64 inputs), embedding held as int8. Both quantize the activations
- * to int8 per 64 inputs for their products. LoRA matrices are bf16 in
- * every format but F32. */
+ * to int8 per 64 inputs for their products. LoRA matrices are int8 with
+ * I8 and Q4, fp32 with F32, bf16 otherwise. */
 typedef enum {
     MS_WEIGHTS_AUTO = 0,
     MS_WEIGHTS_F32,
