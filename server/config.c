@@ -44,7 +44,7 @@ static const opt_spec specs[] = {
     {"store-prefix", O_STORE_PREFIX, "PREFIX", "key prefix in the --state-store (default metastate:)"},
     {"session-ttl", O_SESSION_TTL, "SECONDS", "sessions unused this long expire from the --state-store, 0 = never (default 0)"},
     {"lease-ms", O_LEASE_MS, "MS", "a turn's lease on its session in the --state-store, renewed while it runs; a crashed replica's sessions are free after it (default 10000)"},
-    {"pool-mb", O_POOL_MB, "N", "memory for session states in MiB; least recently used spill to --state-dir (default 1024)"},
+    {"pool-mb", O_POOL_MB, "N", "memory for session states in MiB, beside spares (a pair per --parallel slot, at most an eighth more); least recently used spill to --state-dir (default 1024)"},
     {"api-key", O_API_KEY, "KEY", "require 'Authorization: Bearer KEY' on every route but /health"},
     {"metrics-port", O_METRICS_PORT, "N", "also serve /metrics (only) on port N without the API key, for scrapers (default: off)"},
     {"cors-origin", O_CORS, "ORIGIN", "allow browser requests from ORIGIN (repeatable; '*' allows any)"},

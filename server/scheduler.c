@@ -163,6 +163,7 @@ struct sched {
     uv_idle_t idle;
     uv_timer_t tick;
     int idle_on, closing;
+    int refill;       /* the pool may want spare states: make them while idle */
     struct sched_io *io_inbox; /* sched_run_io requests not yet queued (under mu) */
 
     pthread_mutex_t mu;
@@ -1114,6 +1115,8 @@ static void update_idle(sched *s)
     int work = 0;
     for (int i = 0; i < s->n_slots; i++)
         if (stepping(&s->slots[i])) work = 1;
+    if (work) s->refill = 1; /* sessions come and go: check the spares afterwards */
+    work = work || (s->refill && !atomic_load(&s->stopping));
     if (work && !s->idle_on && !s->closing) {
         uv_idle_start(&s->idle, idle_cb);
         s->idle_on = 1;
@@ -1124,11 +1127,20 @@ static void update_idle(sched *s)
 }
 
 /* One scheduler iteration: every busy slot does one unit of work; the
- * generating ones share one batched forward. */
+ * generating ones share one batched forward. With none busy, one spare
+ * state pair for the session pool, so that a new session does not wait
+ * for fresh memory (a new request waits for at most one pair). */
 static void idle_cb(uv_idle_t *h)
 {
     sched *s = h->data;
     int n_feed = 0, n_draw = 0, n_pre = 0;
+    int busy = 0;
+    for (int i = 0; i < s->n_slots; i++) busy = busy || stepping(&s->slots[i]);
+    if (!busy) {
+        s->refill = pool_refill(s->pool);
+        update_idle(s);
+        return;
+    }
     s->step_prompt = 0;
     for (int i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
@@ -1307,7 +1319,7 @@ static int load_all(sched *s, char *msg, size_t cap)
         return -1;
     }
     s->V = s->rt.V;
-    s->pool = pool_new(s->rt.model, c->pool_bytes, c->state_dir, c->max_sessions,
+    s->pool = pool_new(s->rt.model, c->pool_bytes, c->state_dir, c->max_sessions, c->parallel,
                        s->rt.init_names, s->rt.n_init);
     s->io = s->pool ? sio_new(&s->loop, s->pool, io_wake, s) : NULL;
     if (!s->io) {
@@ -1374,6 +1386,8 @@ static void *thread_main(void *arg)
     } else {
         atomic_store(&s->ready, 1);
         metrics_set(MET_G_LOADED, 1);
+        s->refill = 1;
+        update_idle(s);
     }
     uv_timer_start(&s->tick, tick_cb, TICK_MS, TICK_MS);
     uv_run(&s->loop, UV_RUN_DEFAULT);

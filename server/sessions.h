@@ -64,10 +64,16 @@ typedef enum {
 } pool_rc;
 
 /* model must outlive the pool; state_dir may be NULL (memory only).
+ * max_spare: state pairs kept for reuse beside limit_bytes (one per slot;
+ * capped at an eighth of limit_bytes).
  * init_names[0..n_init) are the initial states this server has (they must
  * outlive the pool): a session file naming another one is rejected. */
 sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state_dir,
-                    int max_sessions, const char *const *init_names, int n_init);
+                    int max_sessions, int max_spare, const char *const *init_names, int n_init);
+/* Allocates one spare pair if fewer than max_spare are kept (the first
+ * touch of fresh memory, outside the mutex: a few ms on some VMs). Returns
+ * 1 when another call would add one more. */
+int pool_refill(sess_pool *p);
 /* Frees every session (does not write them: call pool_persist_all first). */
 void pool_free(sess_pool *p);
 /* Registers the session files found in state_dir (after a restart). Returns

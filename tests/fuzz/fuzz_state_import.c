@@ -23,7 +23,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         fprintf(stderr, "fuzz_state_import: %s\n", e.msg);
         abort();
     }
-    pool = pool_new(model, (size_t)1 << 30, NULL, 4, NULL, 0);
+    pool = pool_new(model, (size_t)1 << 30, NULL, 4, 0, NULL, 0);
     if (!pool) abort();
     return 0;
 }

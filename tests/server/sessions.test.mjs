@@ -192,6 +192,30 @@ test('pool spills LRU states to --state-dir and restores them; survives a restar
   }
 });
 
+test('a new session starts from the zero state, also in the memory of a session evicted before it', async () => {
+  // tiny model, 2 MiB (~15 sessions, one spare pair), no --state-dir: evicted
+  // sessions are dropped and their states kept as the spare, which the next
+  // new session takes.
+  const s = await startServer({ args: ['--pool-mb', '2'] });
+  const c = client(s);
+  const base = { model: MODEL_NAME, max_tokens: 6, temperature: 0, logit_bias: asciiBias() };
+  try {
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 20; i++)
+        await c.completions.create({ ...base, prompt: `Filler ${round}-${i}: a long enough history`, session_id: `fill-${round}-${i}` });
+      const m = await metrics(s);
+      assert.ok(m.metastate_session_evictions_total >= 4 * (round + 1), JSON.stringify(m));
+      const prompt = `Fresh ${round} begins`;
+      const fresh = await c.completions.create({ ...base, prompt, session_id: `fresh-${round}` });
+      const ref = await c.completions.create({ ...base, prompt });
+      assert.equal(fresh.usage.prompt_tokens_details.cached_tokens, 0);
+      assert.equal(fresh.choices[0].text, ref.choices[0].text, `round ${round}`);
+    }
+  } finally {
+    assert.equal((await s.stop()).code, 0, s.stderr());
+  }
+});
+
 test('a corrupt or foreign state file is rejected; that session restarts, others are intact', async () => {
   const dir = tmpDir('corrupt');
   const s = await startServer({ args: ['--state-dir', dir] });
