@@ -78,6 +78,7 @@ static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_sessions_on_disk", "Sessions whose state is only in --state-dir."},
     {"metastate_pool_bytes", "Bytes of session states in memory."},
     {"metastate_pool_limit_bytes", "The --pool-mb limit in bytes."},
+    {"metastate_pool_spare_bytes", "Bytes of spare session states kept for new sessions, beside --pool-mb."},
     {"metastate_queue_length", "Requests waiting for a sequence slot."},
     {"metastate_active_sequences", "Requests being processed (prompt or generation)."},
     {"metastate_slots", "Sequence slots (--parallel)."},

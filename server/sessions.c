@@ -131,6 +131,7 @@ static void gauges(sess_pool *p)
     metrics_set(MET_G_SESSIONS_DISK, p->n_disk_only);
     metrics_set(MET_G_POOL_BYTES, (double)p->bytes);
     metrics_set(MET_G_POOL_LIMIT, (double)p->limit);
+    metrics_set(MET_G_POOL_SPARE_BYTES, (double)p->n_spare * 2 * (double)p->state_bytes);
 }
 
 sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state_dir,
@@ -359,6 +360,7 @@ int pool_refill(sess_pool *p)
     const int before = p->n_spare;
     put_pair(p, st, ck);
     int more = p->n_spare > before && p->n_spare < p->max_spare;
+    gauges(p);
     pthread_mutex_unlock(&p->mu);
     return more;
 }
