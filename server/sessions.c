@@ -103,18 +103,20 @@ static void put_pair(sess_pool *p, ms_state *st, ms_state *ck)
     ms_state_free(ck);
 }
 
-/* A zeroed pair: a spare if any, else fresh memory; caller holds mu.
- * Returns -1 (nothing allocated) when out of memory. */
-static int take_pair(sess_pool *p, ms_state **st, ms_state **ck)
+/* Takes a spare pair, as last used (caller holds mu). 0 when none. */
+static int pop_spare(sess_pool *p, ms_state **st, ms_state **ck)
 {
-    if (p->n_spare) {
-        p->n_spare--;
-        *st = p->spare[2 * p->n_spare];
-        *ck = p->spare[2 * p->n_spare + 1];
-        ms_state_reset(*st);
-        ms_state_reset(*ck);
-        return 0;
-    }
+    if (!p->n_spare) return 0;
+    p->n_spare--;
+    *st = p->spare[2 * p->n_spare];
+    *ck = p->spare[2 * p->n_spare + 1];
+    return 1;
+}
+
+/* A zeroed pair in fresh memory. Returns -1 (nothing allocated) when out
+ * of memory. */
+static int new_pair(sess_pool *p, ms_state **st, ms_state **ck)
+{
     *st = ms_state_new(p->model);
     *ck = ms_state_new(p->model);
     if (*st && *ck) return 0;
@@ -122,6 +124,16 @@ static int take_pair(sess_pool *p, ms_state **st, ms_state **ck)
     ms_state_free(*ck);
     *st = *ck = NULL;
     return -1;
+}
+
+/* A zeroed pair: a spare if any, else fresh memory; caller holds mu.
+ * Returns -1 (nothing allocated) when out of memory. */
+static int take_pair(sess_pool *p, ms_state **st, ms_state **ck)
+{
+    if (!pop_spare(p, st, ck)) return new_pair(p, st, ck);
+    ms_state_reset(*st);
+    ms_state_reset(*ck);
+    return 0;
 }
 
 /* Refreshes the gauges; caller holds mu. */
@@ -355,7 +367,8 @@ int pool_refill(sess_pool *p)
     pthread_mutex_unlock(&p->mu);
     if (!want) return 0;
     /* First touch (the memset in ms_state_new) outside the mutex. */
-    ms_state *st = ms_state_new(p->model), *ck = ms_state_new(p->model);
+    ms_state *st, *ck;
+    if (new_pair(p, &st, &ck)) return 0;
     pthread_mutex_lock(&p->mu);
     const int before = p->n_spare;
     put_pair(p, st, ck);
@@ -466,11 +479,16 @@ static int known_init(const sess_pool *p, const char *name)
 
 srv_status pool_load_io(sess_pool *p, session *s, char *err, size_t errcap)
 {
+    /* Fresh memory, if needed, outside the mutex: its first touch is slow. */
     ms_state *st, *ck;
     pthread_mutex_lock(&p->mu);
-    int no_mem = take_pair(p, &st, &ck);
+    const int spare = pop_spare(p, &st, &ck);
     pthread_mutex_unlock(&p->mu);
-    if (no_mem) {
+    if (spare) {
+        ms_state_reset(st);
+        ms_state_reset(ck);
+    }
+    if (!spare && new_pair(p, &st, &ck)) {
         snprintf(err, errcap, "out of memory loading session %s", s->id);
         return SRV_ERR_UNAVAILABLE;
     }
