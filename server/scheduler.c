@@ -1110,17 +1110,22 @@ static void check_paused(sched *s)
     paused_gauge(s);
 }
 
+static int any_stepping(const sched *s)
+{
+    for (int i = 0; i < s->n_slots; i++)
+        if (stepping(&s->slots[i])) return 1;
+    return 0;
+}
+
 static void update_idle(sched *s)
 {
-    int work = 0;
-    for (int i = 0; i < s->n_slots; i++)
-        if (stepping(&s->slots[i])) work = 1;
-    if (work) s->refill = 1; /* sessions come and go: check the spares afterwards */
-    work = work || (s->refill && !atomic_load(&s->stopping));
-    if (work && !s->idle_on && !s->closing) {
+    const int busy = any_stepping(s);
+    if (busy) s->refill = 1; /* sessions come and go: check the spares afterwards */
+    const int on = busy || (s->refill && !atomic_load(&s->stopping));
+    if (on && !s->idle_on && !s->closing) {
         uv_idle_start(&s->idle, idle_cb);
         s->idle_on = 1;
-    } else if (!work && s->idle_on) {
+    } else if (!on && s->idle_on) {
         uv_idle_stop(&s->idle);
         s->idle_on = 0;
     }
@@ -1134,9 +1139,7 @@ static void idle_cb(uv_idle_t *h)
 {
     sched *s = h->data;
     int n_feed = 0, n_draw = 0, n_pre = 0;
-    int busy = 0;
-    for (int i = 0; i < s->n_slots; i++) busy = busy || stepping(&s->slots[i]);
-    if (!busy) {
+    if (!any_stepping(s)) {
         s->refill = pool_refill(s->pool);
         update_idle(s);
         return;

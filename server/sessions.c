@@ -153,8 +153,9 @@ sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state
 {
     sess_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
+    p->state_bytes = ms_state_bytes(model);
     /* At most an eighth of the budget: a large model's states are large. */
-    const size_t pair = 2 * ms_state_bytes(model), fit = limit_bytes / 8 / (pair ? pair : 1);
+    const size_t pair = 2 * p->state_bytes, fit = limit_bytes / 8 / (pair ? pair : 1);
     p->max_spare = max_spare <= 0 ? 0 : (size_t)max_spare < fit ? max_spare : (int)fit;
     if (p->max_spare && !(p->spare = calloc(2 * (size_t)p->max_spare, sizeof *p->spare))) {
         free(p);
@@ -168,7 +169,6 @@ sess_pool *pool_new(const ms_model *model, size_t limit_bytes, const char *state
     p->init_names = init_names;
     p->n_init = n_init;
     p->state_dir = state_dir ? strdup(state_dir) : NULL;
-    p->state_bytes = ms_state_bytes(model);
     gauges(p);
     return p;
 }
