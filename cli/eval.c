@@ -18,11 +18,12 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: metastate eval --model PATH --tokens 1,2,3 [--state-in PATH]\n"
                "                      [--mode seq|rnn] [--weights auto|f32|bf16|int8|q4]\n"
-               "                      [--compute f32|bf16] --out PATH\n"
+               "                      [--compute f32|bf16] [--threads N] --out PATH\n"
                "Runs the tokens from the zero state (or from --state-in, a safetensors or\n"
                ".pth file with state.<i>.* tensors) and writes `logits` (T, V) and the\n"
                "final state as safetensors, all F32. seq = prefill (default), rnn = one\n"
-               "token per step.\n");
+               "token per step. --threads: threads for the products (default: one per\n"
+               "core).\n");
 }
 
 /* Parses "1,2,3" into a malloc'd array; returns the count or -1. */
@@ -61,13 +62,13 @@ int cmd_eval(int argc, char **argv)
         {"model", required_argument, 0, 'm'}, {"tokens", required_argument, 0, 't'},
         {"state-in", required_argument, 0, 's'}, {"mode", required_argument, 0, 'M'},
         {"out", required_argument, 0, 'o'}, {"weights", required_argument, 0, 'w'},
-        {"compute", required_argument, 0, 'c'},
+        {"compute", required_argument, 0, 'c'}, {"threads", required_argument, 0, 'T'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *model_path = NULL, *tokens_s = NULL, *state_in = NULL, *mode = "seq",
                *out = NULL;
-    int c, weights = MS_WEIGHTS_AUTO, compute = MS_COMPUTE_F32;
+    int c, weights = MS_WEIGHTS_AUTO, compute = MS_COMPUTE_F32, threads = 0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:t:s:M:o:w:c:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:t:s:M:o:w:c:T:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_path = optarg; break;
         case 't': tokens_s = optarg; break;
@@ -76,12 +77,13 @@ int cmd_eval(int argc, char **argv)
         case 'o': out = optarg; break;
         case 'w': weights = ms_weights_parse(optarg); break;
         case 'c': compute = ms_compute_parse(optarg); break;
+        case 'T': threads = atoi(optarg) > 0 ? atoi(optarg) : -1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if (!model_path || !tokens_s || !out || optind != argc || weights < 0 || compute < 0 ||
-        (strcmp(mode, "seq") && strcmp(mode, "rnn"))) {
+        threads < 0 || (strcmp(mode, "seq") && strcmp(mode, "rnn"))) {
         usage(stderr);
         return 2;
     }
@@ -101,7 +103,8 @@ int cmd_eval(int argc, char **argv)
     ms_ctx *ctx = NULL;
     float *logits = NULL;
     FILE *f = NULL;
-    ms_load_opts lo = {.weights = (ms_weights)weights, .compute = (ms_compute)compute};
+    ms_load_opts lo = {.weights = (ms_weights)weights, .compute = (ms_compute)compute,
+                       .n_threads = threads};
     if (ms_model_load(model_path, &lo, &m, &err))
         goto done;
     const ms_config *cfg = ms_model_config(m);

@@ -34,7 +34,8 @@ struct ms_ctx {
     float *r, *k, *v, *w, *a, *g, *kk, *vfirst, *y, *tmp;
     float *lora; /* (4, T, rank): the decay, in-context rate, gate and value LoRAs' hidden rows */
     int rank;    /* the largest LoRA rank */
-    float *hid;  /* (T, F) */
+    float *hid;  /* (T, F) as FFN parts: part p's (T, ffn_unit) at p * T * ffn_unit */
+    float *ffn_out; /* (FFN_PARTS - 1, T, C) the outputs of the FFN's parts after the first */
     float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
     float *panel;   /* (n_shares, PANEL_ROWS, panel_cols) widened weights for prefill GEMMs */
     float *prev_xn; /* (SHIFT_ITEMS, C) a shift item's recomputed previous row */
@@ -688,17 +689,93 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
     }
 }
 
+/* The FFN of T rows, part p of its hidden units (model.h): the part's
+ * products write hid_p, then x (part 0, accumulating) or ffn_out. */
+static k_product ffn_key_of(ms_ctx *c, const ms_layer *L, int p, int T)
+{
+    return (k_product){&L->ffn_key[p], c->xk, c->hid + (size_t)p * T * L->ffn_unit, 0.0f};
+}
+static k_product ffn_value_of(ms_ctx *c, const ms_layer *L, int p, int T)
+{
+    const size_t TC = (size_t)T * c->m->cfg.n_embd;
+    return (k_product){&L->ffn_value[p], ffn_key_of(c, L, p, T).Y,
+                       p ? c->ffn_out + (p - 1) * TC : c->x, p ? 0.0f : 1.0f};
+}
+
+enum { FFN_CHUNK_ROWS = 64 }; /* rows of a part's value product claimed at a time */
+
+typedef struct {
+    ms_ctx *c;
+    const ms_layer *L;
+    int T;
+    atomic_int started[FFN_PARTS]; /* a thread has taken part p */
+    atomic_int ready[FFN_PARTS];   /* part p's hidden units are written */
+    atomic_int next[FFN_PARTS];    /* part p's next chunk of value rows */
+} ffn_job;
+
+/* One part from xk to its share of the output, on one thread: its hidden
+ * units stay in that thread's cache, are prepared for the second product
+ * there, and need no pass of the pool between the two products. A thread
+ * done with its part then takes chunks of the value rows of a part that
+ * another thread has begun, so that the two finish together; it waits for
+ * that part's hidden units, which the pass would wait for anyway. A part
+ * nobody has taken yet is left to whoever takes it, so nothing waits on a
+ * part that the same thread would run later. */
+static void ffn_part(void *arg, int p)
+{
+    ffn_job *j = arg;
+    atomic_store_explicit(&j->started[p], 1, memory_order_relaxed);
+    const k_product key = ffn_key_of(j->c, j->L, p, j->T);
+    k_matmul_rows(&key, j->T, 0, key.W->rows);
+    relu_squared(key.Y, (size_t)j->T * key.W->rows);
+    atomic_store_explicit(&j->ready[p], 1, memory_order_release);
+    for (int i = 0; i < j->L->ffn_parts; i++) {
+        const int q = (p + i) % j->L->ffn_parts;
+        if (q != p && !atomic_load_explicit(&j->started[q], memory_order_relaxed))
+            continue;
+        while (!atomic_load_explicit(&j->ready[q], memory_order_acquire))
+            _mm_pause();
+        const k_product value = ffn_value_of(j->c, j->L, q, j->T);
+        k_matmul_rows_claim(&value, j->T, &j->next[q], FFN_CHUNK_ROWS);
+    }
+}
+
+CLONES static void add_into(float *restrict x, const float *restrict y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
 static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
-    const int F = L->dim_ffn;
     const float *mix[1] = {L->ffn_x_k};
     float *const outs[1] = {c->xk};
     norm_and_shift(c, T, l, 0, L->ln2_w, L->ln2_b, mix, outs, 1);
     if (L->n_sse)
         self_state_encoder(c, L, l, T);
-    linear(c, c->hid, c->xk, &L->ffn_key, T, 0.0f);
-    relu_squared(c->hid, (size_t)T * F);
-    linear(c, c->x, c->hid, &L->ffn_value, T, 1.0f);
+    const int P = L->ffn_parts;
+    if (T <= K_MAX_BATCH && k_threads() <= P) {
+        /* A decode batch on no more threads than parts: a part per thread,
+         * one pass of the pool instead of two. */
+        ffn_job j = {.c = c, .L = L, .T = T};
+        for (int p = 0; p < P; p++) {
+            atomic_init(&j.started[p], 0);
+            atomic_init(&j.ready[p], 0);
+            atomic_init(&j.next[p], 0);
+        }
+        k_parallel(P, ffn_part, &j);
+    } else {
+        k_product key[FFN_PARTS], value[FFN_PARTS];
+        for (int p = 0; p < P; p++) {
+            key[p] = ffn_key_of(c, L, p, T);
+            value[p] = ffn_value_of(c, L, p, T);
+        }
+        linear_many(c, key, P, T);
+        relu_squared(c->hid, (size_t)T * L->dim_ffn);
+        linear_many(c, value, P, T);
+    }
+    for (int p = 1; p < P; p++)
+        add_into(c->x, ffn_value_of(c, L, p, T).Y, (size_t)T * c->m->cfg.n_embd);
 }
 
 /* Runs T <= max_chunk rows (c->row_state and c->n_single say whose).
@@ -756,6 +833,7 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
     c->rank = rank;
     if (!(c->lora = malloc(4 * T * (size_t)rank * sizeof(float))) ||
         !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
+        !(c->ffn_out = malloc((FFN_PARTS - 1) * T * C * sizeof(float))) ||
         !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))) ||
         !(c->prev_xn = malloc(SHIFT_ITEMS * C * sizeof(float))) ||
         !(c->row_state = calloc(T, sizeof *c->row_state)) ||
@@ -779,7 +857,7 @@ void ms_ctx_free(ms_ctx *c)
         return;
     float *bufs[] = {c->x, c->xn, c->xr, c->xw, c->xk, c->xv, c->xa, c->xg, c->r, c->k,
                      c->v, c->w, c->a, c->g, c->kk, c->vfirst, c->y, c->tmp, c->lora, c->hid,
-                     c->s_start, c->prev_xn, c->panel, c->batch_logits};
+                     c->ffn_out, c->s_start, c->prev_xn, c->panel, c->batch_logits};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->row_state);

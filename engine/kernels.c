@@ -1763,6 +1763,29 @@ void k_matmul_rows(const k_product *p, int B, int r0, int r1)
     pick(W)(W, &A, p->Y, B, p->beta, r0, r1);
 }
 
+void k_matmul_rows_claim(const k_product *p, int B, atomic_int *next, int chunk_rows)
+{
+    const k_wmat *W = p->W;
+    const int n = (W->rows + chunk_rows - 1) / chunk_rows;
+    int k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
+    if (k >= n)
+        return;
+    pthread_once(&isa_once, choose_isa);
+    const size_t bytes = act_bytes(W, B);
+    char *buf = bytes ? k_tbuf(K_TBUF_ACT, bytes) : NULL;
+    act A;
+    if (buf || !bytes)
+        act_prepare(&A, W, p->X, B, buf);
+    const range_fn fn = pick(W);
+    do {
+        const int r0 = k * chunk_rows, r1 = imin(r0 + chunk_rows, W->rows);
+        if (bytes && !buf)
+            matmul_fallback(p, B, r0, r1);
+        else
+            fn(W, &A, p->Y, B, p->beta, r0, r1);
+    } while ((k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) < n);
+}
+
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
 {
     const k_product p = {W, X, Y, beta};

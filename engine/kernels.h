@@ -19,6 +19,7 @@
 #ifndef METASTATE_ENGINE_KERNELS_H
 #define METASTATE_ENGINE_KERNELS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -112,6 +113,11 @@ void k_matmul_many(const k_product *p, int n, int B);
  * scratch: the same bits as those rows of k_matmul. For a pool item that
  * needs a slice of a product, so that no pass of its own is spent on it. */
 void k_matmul_rows(const k_product *p, int B, int r0, int r1);
+/* k_matmul_rows over chunks of chunk_rows rows (a multiple of K_ROWS) that
+ * *next hands out (start it at 0): each caller prepares its inputs once and
+ * takes chunks until none is left, so threads that call it on one product
+ * share its rows as they become free. The same bits as k_matmul. */
+void k_matmul_rows_claim(const k_product *p, int B, atomic_int *next, int chunk_rows);
 
 /* Runs run(arg, i) for i in [0, n) on the pool (the caller takes part);
  * returns when all are done. Items must be independent. When the pool is

@@ -35,6 +35,7 @@ typedef struct binding {
     float **dst_vec;
     k_wmat *dst_mat;
     size_t numel;
+    int r0, c0, rows, cols; /* B_MAT: the block of the tensor this matrix holds */
 } binding;
 
 typedef struct loader {
@@ -56,8 +57,24 @@ static ms_status add_binding(loader *ld, const ms_tensor *t, bkind kind, float *
         ld->b = nb;
         ld->cap = cap;
     }
-    ld->b[ld->n++] = (binding){t, kind, vec, mat, (size_t)ms_tensor_numel(t)};
+    const int whole = t->ndim == 2;
+    ld->b[ld->n++] = (binding){t, kind, vec, mat, (size_t)ms_tensor_numel(t), 0, 0,
+                               whole ? (int)t->shape[0] : 0, whole ? (int)t->shape[1] : 0};
     return MS_OK;
+}
+
+/* Binds rows [r0, r0 + rows) x columns [c0, c0 + cols) of a matrix that an
+ * earlier bind checked, as a matrix of its own. */
+static ms_status bind_block(loader *ld, const ms_tensor *t, k_wmat *mat, int r0, int rows,
+                            int c0, int cols)
+{
+    ms_status st = add_binding(ld, t, B_MAT, NULL, mat);
+    if (!st) {
+        binding *b = &ld->b[ld->n - 1];
+        b->r0 = r0, b->rows = rows, b->c0 = c0, b->cols = cols;
+        b->numel = (size_t)rows * (size_t)cols;
+    }
+    return st;
 }
 
 static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
@@ -264,11 +281,22 @@ static ms_status bind_all(loader *ld, ms_model *m)
         if (fk->ndim != 2 || fk->shape[1] != C || fk->shape[0] < 1)
             return ms_fail(ld->err, MS_ERR_SHAPE, "%s: tensor '%s' must be (F, %lld)", ld->path,
                            name, (long long)C);
-        L->dim_ffn = (int)fk->shape[0];
-        if (L->dim_ffn > m->cfg.dim_ffn)
-            m->cfg.dim_ffn = L->dim_ffn;
-        TRY(MAT(ffn_key, "ffn.key.weight", L->dim_ffn, C));
-        TRY(MAT(ffn_value, "ffn.value.weight", C, L->dim_ffn));
+        const int F = L->dim_ffn = (int)fk->shape[0];
+        if (F > m->cfg.dim_ffn)
+            m->cfg.dim_ffn = F;
+        snprintf(name, sizeof name, "blocks.%d.ffn.value.weight", l);
+        const ms_tensor *fv = ms_tensorfile_find(ld->tf, name);
+        if (!fv || fv->ndim != 2 || fv->shape[0] != C || fv->shape[1] != F)
+            TRY(MAT(ffn_value[0], "ffn.value.weight", C, F)); /* names the error */
+        /* Parts of whole int8 / q4 groups, so that a part quantizes its
+         * inputs exactly as the whole row would. */
+        L->ffn_unit = ((F + FFN_PARTS - 1) / FFN_PARTS + 63) & ~63;
+        L->ffn_parts = (F + L->ffn_unit - 1) / L->ffn_unit;
+        for (int p = 0; p < L->ffn_parts; p++) {
+            const int u0 = p * L->ffn_unit, n = F - u0 < L->ffn_unit ? F - u0 : L->ffn_unit;
+            TRY(bind_block(ld, fk, &L->ffn_key[p], u0, n, 0, (int)C));
+            TRY(bind_block(ld, fv, &L->ffn_value[p], 0, (int)C, u0, n));
+        }
         snprintf(name, sizeof name, "blocks.%d.ffn.ms_gamma", l);
         if (ms_tensorfile_find(ld->tf, name))
             TRY(VEC(ms_gamma, "ffn.ms_gamma"));
@@ -384,7 +412,7 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
             off += (b->numel + 15) & ~(size_t)15;
             continue;
         }
-        const int rows = (int)b->t->shape[0], cols = (int)b->t->shape[1];
+        const int rows = b->rows, cols = b->cols, width = (int)b->t->shape[1];
         int rc;
         if (b->kind == B_LORA) { /* (in, out) -> (out, in) */
             float *tr = tmp + b->numel;
@@ -407,14 +435,18 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
                                                 : k_wmat_alloc_in(b->dst_mat, m->mats, m->wfmt,
                                                                   rows, cols))) {
             b->dst_mat->dot_bf16 = b->dst_mat->packed && m->wfmt == K_W_BF16 && dot_bf16;
-            const size_t row_bytes = b->t->nbytes / (size_t)rows;
+            const size_t row_bytes = b->t->nbytes / (size_t)b->t->shape[0];
             for (int r0 = 0; r0 < rows; r0 += CHUNK_ROWS) {
                 const int r1 = r0 + CHUNK_ROWS < rows ? r0 + CHUNK_ROWS : rows;
                 ms_tensor part = *b->t;
                 part.shape[0] = r1 - r0;
-                part.data = (const char *)b->t->data + (size_t)r0 * row_bytes;
+                part.data = (const char *)b->t->data + (size_t)(b->r0 + r0) * row_bytes;
                 part.nbytes = (size_t)(r1 - r0) * row_bytes;
                 ms_tensor_to_f32(&part, tmp);
+                if (cols < width) /* a block of columns: each row's slice to the front */
+                    for (int r = 0; r < r1 - r0; r++)
+                        memmove(tmp + (size_t)r * cols, tmp + (size_t)r * width + b->c0,
+                                (size_t)cols * sizeof(float));
                 k_wmat_set_rows(b->dst_mat, r0, r1, tmp);
             }
         }
@@ -565,9 +597,13 @@ void ms_model_free(ms_model *m)
     for (int l = 0; m->layers && l < m->cfg.n_layer; l++) {
         ms_layer *L = &m->layers[l];
         k_wmat *mats[] = {&L->w1, &L->w2, &L->a1, &L->a2, &L->v1, &L->v2, &L->g1, &L->g2,
-                          &L->wr, &L->wk, &L->wv, &L->wo, &L->ffn_key, &L->ffn_value};
+                          &L->wr, &L->wk, &L->wv, &L->wo};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
             k_wmat_free(mats[i]);
+        for (int p = 0; p < FFN_PARTS; p++) {
+            k_wmat_free(&L->ffn_key[p]);
+            k_wmat_free(&L->ffn_value[p]);
+        }
     }
     k_arena_free(m->mats);
     free(m->layers);

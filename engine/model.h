@@ -14,6 +14,10 @@
 #include "internal.h"
 #include "kernels.h"
 
+/* A fixed count, not the thread count: the sums' order, and with it every
+ * output bit, must not depend on how many threads run them. */
+#define FFN_PARTS 2
+
 typedef struct ms_layer {
     int dim_ffn;                      /* F of this layer (expansion may vary it) */
     float *ln1_w, *ln1_b, *ln2_w, *ln2_b;           /* (C) */
@@ -27,8 +31,15 @@ typedef struct ms_layer {
     k_wmat wr, wk, wv, wo;            /* (C,C) */
     float *lnx_w, *lnx_b;             /* (C) GroupNorm affine */
     float *ffn_x_k;                   /* (C) */
-    k_wmat ffn_key;                   /* (F,C) */
-    k_wmat ffn_value;                 /* (C,F) */
+    /* The FFN's hidden units in up to FFN_PARTS parts of ffn_unit each
+     * (the last may be smaller): part p's rows of the key matrix and its
+     * columns of the value matrix, held as matrices of their own. A part's
+     * hidden units need nothing of another part's, so one thread can take a
+     * part from xk to its share of the output in one go (forward.c
+     * channel_mix). The output sums the parts' products in part order. */
+    k_wmat ffn_key[FFN_PARTS];        /* (units of part p, C) */
+    k_wmat ffn_value[FFN_PARTS];      /* (C, units of part p) */
+    int ffn_parts, ffn_unit;
     float *ms_gamma;                  /* (C) Meta-State gains, NULL = none */
     int n_sse;                        /* heads with a non-zero gain (SPEC 3.3 M_l) */
     int *sse_head;                    /* (n_sse) their indices, ascending */

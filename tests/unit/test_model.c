@@ -605,3 +605,62 @@ Test(model, avx2_and_avx512_steps_equal_bit_for_bit)
     free(l2);
     free(l5);
 }
+
+/* Reads a whole file; the caller frees it. */
+static char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s", path);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    rewind(f);
+    char *b = malloc(*n ? *n : 1);
+    cr_assert_eq(fread(b, 1, *n, f), *n);
+    fclose(f);
+    return b;
+}
+
+/* The FFN runs in parts whose sums are added in a fixed order (model.h
+ * FFN_PARTS): on no more threads than parts a thread takes a whole part,
+ * on more every product is shared out. Either way a step, and a chunk short
+ * enough for the decode kernels, must give the same bits for any thread
+ * count, so a session's numbers do not depend on the server's --threads.
+ * Through the real binary, since the pool's size is set once per process. */
+Test(model, steps_equal_bit_for_bit_on_any_thread_count, .timeout = 300)
+{
+    const char *bin = getenv("METASTATE_BIN");
+    if (!bin || !*bin || access(bin, X_OK))
+        cr_skip_test("METASTATE_BIN not set; run through make test");
+    char p[300];
+    gen("threads.safetensors", "bf16", p, sizeof p);
+    static const char *const formats[][2] = {
+        {"f32", "f32"}, {"bf16", "f32"}, {"bf16", "bf16"}, {"int8", "f32"}, {"q4", "f32"}};
+    static const char *const modes[] = {"rnn", "seq"};
+    const char *tokens = "5,77,301,12,499,3,260,41,8,150,33,402";
+    for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++)
+        for (size_t mo = 0; mo < 2; mo++) {
+            char *first = NULL;
+            size_t n_first = 0;
+            for (int threads = 1; threads <= 3; threads++) {
+                char out[300], cmd[1200];
+                snprintf(out, sizeof out, "%s/threads-%d.safetensors", dir, threads);
+                snprintf(cmd, sizeof cmd,
+                         "'%s' eval --model '%s' --tokens %s --mode %s --weights %s "
+                         "--compute %s --threads %d --out '%s'",
+                         bin, p, tokens, modes[mo], formats[f][0], formats[f][1], threads, out);
+                cr_assert_eq(system(cmd), 0, "%s", cmd);
+                size_t n;
+                char *got = slurp(out, &n);
+                if (!first) {
+                    first = got;
+                    n_first = n;
+                    continue;
+                }
+                cr_expect(n == n_first && !memcmp(first, got, n),
+                          "%s/%s %s: %d threads differ from 1", formats[f][0], formats[f][1],
+                          modes[mo], threads);
+                free(got);
+            }
+            free(first);
+        }
+}
