@@ -63,8 +63,8 @@ static ms_status add_binding(loader *ld, const ms_tensor *t, bkind kind, float *
     return MS_OK;
 }
 
-/* Binds rows [r0, r0 + rows) x columns [c0, c0 + cols) of a matrix that an
- * earlier bind checked, as a matrix of its own. */
+/* Binds rows [r0, r0 + rows) x columns [c0, c0 + cols) of a matrix that
+ * find_shaped checked, as a matrix of its own. */
 static ms_status bind_block(loader *ld, const ms_tensor *t, k_wmat *mat, int r0, int rows,
                             int c0, int cols)
 {
@@ -87,12 +87,13 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
         snprintf(buf + used, n - used, ")");
 }
 
-/* Binds tensor `name` of exactly the given shape. A vector of C may also be
- * stored as (1,1,C), the BlinkDL layout; both are accepted. */
-static ms_status bind(loader *ld, const char *name, bkind kind, float **vec, k_wmat *mat,
-                      int ndim, int64_t d0, int64_t d1)
+/* Finds tensor `name` of exactly the given shape (*out), or fails naming
+ * it. A vector of C may also be stored as (1,1,C), the BlinkDL layout; both
+ * are accepted. */
+static ms_status find_shaped(loader *ld, const char *name, int ndim, int64_t d0, int64_t d1,
+                             const ms_tensor **out)
 {
-    const ms_tensor *t = ms_tensorfile_find(ld->tf, name);
+    const ms_tensor *t = *out = ms_tensorfile_find(ld->tf, name);
     if (!t)
         return ms_fail(ld->err, MS_ERR_MISSING, "%s: missing tensor '%s'", ld->path, name);
     int64_t want[2] = {d0, d1};
@@ -110,7 +111,16 @@ static ms_status bind(loader *ld, const char *name, bkind kind, float **vec, k_w
         return ms_fail(ld->err, MS_ERR_SHAPE, "%s: tensor '%s' has shape %s, expected %s",
                        ld->path, name, got, exp);
     }
-    return add_binding(ld, t, kind, vec, mat);
+    return MS_OK;
+}
+
+/* Binds tensor `name` of exactly the given shape (find_shaped). */
+static ms_status bind(loader *ld, const char *name, bkind kind, float **vec, k_wmat *mat,
+                      int ndim, int64_t d0, int64_t d1)
+{
+    const ms_tensor *t;
+    ms_status st = find_shaped(ld, name, ndim, d0, d1, &t);
+    return st ? st : add_binding(ld, t, kind, vec, mat);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -284,10 +294,8 @@ static ms_status bind_all(loader *ld, ms_model *m)
         const int F = L->dim_ffn = (int)fk->shape[0];
         if (F > m->cfg.dim_ffn)
             m->cfg.dim_ffn = F;
-        snprintf(name, sizeof name, "blocks.%d.ffn.value.weight", l);
-        const ms_tensor *fv = ms_tensorfile_find(ld->tf, name);
-        if (!fv || fv->ndim != 2 || fv->shape[0] != C || fv->shape[1] != F)
-            TRY(MAT(ffn_value[0], "ffn.value.weight", C, F)); /* names the error */
+        const ms_tensor *fv;
+        TRY(find_shaped(ld, LNAME("ffn.value.weight"), 2, C, F, &fv));
         /* Parts of whole int8 / q4 groups, so that a part quantizes its
          * inputs exactly as the whole row would. */
         L->ffn_unit = ((F + FFN_PARTS - 1) / FFN_PARTS + 63) & ~63;
