@@ -2,8 +2,8 @@
  * test_kernels.c - every kernel variant the CPU offers (AMX, AVX-512, AVX2,
  * portable), every weight format, batch sizes around the register blocking
  * and shapes with ragged tails, against a double-precision product of the
- * same (dequantized) weights; the thread pool against one thread; the
- * formats' rounding.
+ * same (dequantized) weights; the thread pool against one thread; slices
+ * and claimed chunks of a product against the whole; the formats' rounding.
  */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -360,6 +360,60 @@ Test(kernels, matmul_rows_equal_those_of_the_whole_product)
                     cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0,
                                  "%s %s %dx%d B=%d slices of %d differ", isas[is],
                                  modes[md].name, rows, cols, B, step);
+                    k_wmat_free(&W);
+                    free(w);
+                    free(x);
+                    free(y1);
+                    free(y2);
+                }
+    }
+}
+
+typedef struct {
+    const k_product *p;
+    int B, chunk;
+    atomic_int next;
+} claim_job;
+
+static void claim_item(void *arg, int i)
+{
+    claim_job *j = arg;
+    k_matmul_rows_claim(j->p, j->B, &j->next, j->chunk);
+}
+
+/* Threads claiming chunks of one product from a shared counter (the FFN's
+ * parts in a decode step) write every row once, with the bits of the whole
+ * product, whoever takes which chunk. */
+Test(kernels, claimed_chunks_equal_the_whole_product)
+{
+    k_set_threads(2);
+    static const int shape[][3] = {{768, 128, 64}, {517, 96, 32}, {100, 200, 16}};
+    unsigned seed = 29;
+    for (size_t is = 0; is < N_ISAS; is++) {
+        if (k_force_isa(isas[is]))
+            continue;
+        for (size_t md = 0; md < N_MODES; md++)
+            for (size_t sh = 0; sh < sizeof shape / sizeof shape[0]; sh++)
+                for (int B = 1; B <= 9; B += 4) {
+                    const int rows = shape[sh][0], cols = shape[sh][1];
+                    float *w = malloc(sizeof(float) * rows * cols);
+                    float *x = malloc(sizeof(float) * B * cols);
+                    float *y1 = malloc(sizeof(float) * B * rows), *y2 = malloc(sizeof(float) * B * rows);
+                    fill(w, (size_t)rows * cols, &seed);
+                    fill(x, (size_t)B * cols, &seed);
+                    k_wmat W;
+                    cr_assert_eq(k_wmat_init(&W, modes[md].fmt, rows, cols, w), 0);
+                    W.dot_bf16 = modes[md].dot_bf16;
+                    fill(y1, (size_t)B * rows, &seed);
+                    memcpy(y2, y1, sizeof(float) * B * rows);
+                    k_matmul(&W, x, y1, B, 1.0f); /* accumulating: a row run twice shows */
+                    const k_product p = {&W, x, y2, 1.0f};
+                    claim_job j = {.p = &p, .B = B, .chunk = shape[sh][2]};
+                    atomic_init(&j.next, 0);
+                    k_parallel(4, claim_item, &j);
+                    cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0,
+                                 "%s %s %dx%d B=%d chunks of %d differ", isas[is],
+                                 modes[md].name, rows, cols, B, shape[sh][2]);
                     k_wmat_free(&W);
                     free(w);
                     free(x);
