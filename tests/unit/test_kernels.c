@@ -316,31 +316,23 @@ Test(kernels, matmul_many_equals_one_product_at_a_time)
     }
 }
 
-/* k_matmul_rows over slices of whole blocks, run from the pool's worker
- * as the head items run them, writes the bits k_matmul writes for those
- * rows, and no other row. */
-typedef struct {
-    const k_product *p;
-    int B, step;
-} rows_job;
+/* A way to run a product in pieces on the pool (slices, claimed chunks),
+ * given a row count per piece. */
+typedef void (*pieces_fn)(const k_product *p, int B, int step);
 
-static void rows_item(void *arg, int i)
-{
-    const rows_job *j = arg;
-    const int r0 = i * j->step, r1 = r0 + j->step < j->p->W->rows ? r0 + j->step : j->p->W->rows;
-    k_matmul_rows(j->p, j->B, r0, r1);
-}
-
-Test(kernels, matmul_rows_equal_those_of_the_whole_product)
+/* Every ISA, mode, shape ({rows, cols, step}) and batch: the product run
+ * in pieces must give k_matmul's bits. Accumulating (beta 1) into random
+ * outputs, so that a row left out or run twice shows. */
+static void pieces_equal_the_whole(pieces_fn run, const int (*shape)[3], size_t n_shapes,
+                                   const char *what)
 {
     k_set_threads(2);
-    static const int shape[][3] = {{768, 64, 64}, {768, 128, 64}, {100, 200, 16}, {517, 96, 32}};
     unsigned seed = 23;
     for (size_t is = 0; is < N_ISAS; is++) {
         if (k_force_isa(isas[is]))
             continue;
         for (size_t md = 0; md < N_MODES; md++)
-            for (size_t sh = 0; sh < sizeof shape / sizeof shape[0]; sh++)
+            for (size_t sh = 0; sh < n_shapes; sh++)
                 for (int B = 1; B <= 17; B += 4) {
                     const int rows = shape[sh][0], cols = shape[sh][1], step = shape[sh][2];
                     float *w = malloc(sizeof(float) * rows * cols);
@@ -348,18 +340,17 @@ Test(kernels, matmul_rows_equal_those_of_the_whole_product)
                     float *y1 = malloc(sizeof(float) * B * rows), *y2 = malloc(sizeof(float) * B * rows);
                     fill(w, (size_t)rows * cols, &seed);
                     fill(x, (size_t)B * cols, &seed);
+                    fill(y1, (size_t)B * rows, &seed);
+                    memcpy(y2, y1, sizeof(float) * B * rows);
                     k_wmat W;
                     cr_assert_eq(k_wmat_init(&W, modes[md].fmt, rows, cols, w), 0);
                     W.dot_bf16 = modes[md].dot_bf16;
-                    k_matmul(&W, x, y1, B, 0.0f);
-                    for (int i = 0; i < B * rows; i++)
-                        y2[i] = NAN; /* a row left out shows */
-                    const k_product p = {&W, x, y2, 0.0f};
-                    rows_job j = {&p, B, step};
-                    k_parallel((rows + step - 1) / step, rows_item, &j);
+                    k_matmul(&W, x, y1, B, 1.0f);
+                    const k_product p = {&W, x, y2, 1.0f};
+                    run(&p, B, step);
                     cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0,
-                                 "%s %s %dx%d B=%d slices of %d differ", isas[is],
-                                 modes[md].name, rows, cols, B, step);
+                                 "%s %s %dx%d B=%d %s of %d differ", isas[is], modes[md].name,
+                                 rows, cols, B, what, step);
                     k_wmat_free(&W);
                     free(w);
                     free(x);
@@ -371,14 +362,43 @@ Test(kernels, matmul_rows_equal_those_of_the_whole_product)
 
 typedef struct {
     const k_product *p;
-    int B, chunk;
+    int B, step;
     atomic_int next;
-} claim_job;
+} pieces_job;
+
+static void slice_item(void *arg, int i)
+{
+    const pieces_job *j = arg;
+    const int r0 = i * j->step, r1 = r0 + j->step < j->p->W->rows ? r0 + j->step : j->p->W->rows;
+    k_matmul_rows(j->p, j->B, r0, r1);
+}
+
+static void run_slices(const k_product *p, int B, int step)
+{
+    pieces_job j = {.p = p, .B = B, .step = step};
+    k_parallel((p->W->rows + step - 1) / step, slice_item, &j);
+}
 
 static void claim_item(void *arg, int i)
 {
-    claim_job *j = arg;
-    k_matmul_rows_claim(j->p, j->B, &j->next, j->chunk);
+    pieces_job *j = arg;
+    k_matmul_rows_claim(j->p, j->B, &j->next, j->step);
+}
+
+static void run_claims(const k_product *p, int B, int step)
+{
+    pieces_job j = {.p = p, .B = B, .step = step};
+    atomic_init(&j.next, 0);
+    k_parallel(4, claim_item, &j);
+}
+
+/* k_matmul_rows over slices of whole blocks, run from the pool's worker
+ * as the head items run them, writes the bits k_matmul writes for those
+ * rows, and no other row. */
+Test(kernels, matmul_rows_equal_those_of_the_whole_product)
+{
+    static const int shape[][3] = {{768, 64, 64}, {768, 128, 64}, {100, 200, 16}, {517, 96, 32}};
+    pieces_equal_the_whole(run_slices, shape, sizeof shape / sizeof shape[0], "slices");
 }
 
 /* Threads claiming chunks of one product from a shared counter (the FFN's
@@ -386,41 +406,8 @@ static void claim_item(void *arg, int i)
  * product, whoever takes which chunk. */
 Test(kernels, claimed_chunks_equal_the_whole_product)
 {
-    k_set_threads(2);
     static const int shape[][3] = {{768, 128, 64}, {517, 96, 32}, {100, 200, 16}};
-    unsigned seed = 29;
-    for (size_t is = 0; is < N_ISAS; is++) {
-        if (k_force_isa(isas[is]))
-            continue;
-        for (size_t md = 0; md < N_MODES; md++)
-            for (size_t sh = 0; sh < sizeof shape / sizeof shape[0]; sh++)
-                for (int B = 1; B <= 9; B += 4) {
-                    const int rows = shape[sh][0], cols = shape[sh][1];
-                    float *w = malloc(sizeof(float) * rows * cols);
-                    float *x = malloc(sizeof(float) * B * cols);
-                    float *y1 = malloc(sizeof(float) * B * rows), *y2 = malloc(sizeof(float) * B * rows);
-                    fill(w, (size_t)rows * cols, &seed);
-                    fill(x, (size_t)B * cols, &seed);
-                    k_wmat W;
-                    cr_assert_eq(k_wmat_init(&W, modes[md].fmt, rows, cols, w), 0);
-                    W.dot_bf16 = modes[md].dot_bf16;
-                    fill(y1, (size_t)B * rows, &seed);
-                    memcpy(y2, y1, sizeof(float) * B * rows);
-                    k_matmul(&W, x, y1, B, 1.0f); /* accumulating: a row run twice shows */
-                    const k_product p = {&W, x, y2, 1.0f};
-                    claim_job j = {.p = &p, .B = B, .chunk = shape[sh][2]};
-                    atomic_init(&j.next, 0);
-                    k_parallel(4, claim_item, &j);
-                    cr_expect_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0,
-                                 "%s %s %dx%d B=%d chunks of %d differ", isas[is],
-                                 modes[md].name, rows, cols, B, shape[sh][2]);
-                    k_wmat_free(&W);
-                    free(w);
-                    free(x);
-                    free(y1);
-                    free(y2);
-                }
-    }
+    pieces_equal_the_whole(run_claims, shape, sizeof shape / sizeof shape[0], "claimed chunks");
 }
 
 Test(kernels, formats_round_as_documented)
