@@ -1748,42 +1748,44 @@ void k_matmul_many(const k_product *p, int n, int B)
     }
 }
 
-void k_matmul_rows(const k_product *p, int B, int r0, int r1)
+/* p's inputs prepared on the calling thread, in its scratch; 0 without
+ * memory for them (run_rows then takes the exact fallback). */
+static int prepare_rows(const k_product *p, int B, act *A)
 {
     pthread_once(&isa_once, choose_isa);
-    const k_wmat *W = p->W;
-    const size_t bytes = act_bytes(W, B);
+    const size_t bytes = act_bytes(p->W, B);
     char *buf = bytes ? k_tbuf(K_TBUF_ACT, bytes) : NULL;
-    if (bytes && !buf) {
+    if (bytes && !buf)
+        return 0;
+    act_prepare(A, p->W, p->X, B, buf);
+    return 1;
+}
+
+static void run_rows(const k_product *p, int B, const act *A, int prepared, int r0, int r1)
+{
+    if (prepared)
+        pick(p->W)(p->W, A, p->Y, B, p->beta, r0, r1);
+    else
         matmul_fallback(p, B, r0, r1);
-        return;
-    }
+}
+
+void k_matmul_rows(const k_product *p, int B, int r0, int r1)
+{
     act A;
-    act_prepare(&A, W, p->X, B, buf);
-    pick(W)(W, &A, p->Y, B, p->beta, r0, r1);
+    run_rows(p, B, &A, prepare_rows(p, B, &A), r0, r1);
 }
 
 void k_matmul_rows_claim(const k_product *p, int B, atomic_int *next, int chunk_rows)
 {
-    const k_wmat *W = p->W;
-    const int n = (W->rows + chunk_rows - 1) / chunk_rows;
+    const int rows = p->W->rows, n = (rows + chunk_rows - 1) / chunk_rows;
     int k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
     if (k >= n)
         return;
-    pthread_once(&isa_once, choose_isa);
-    const size_t bytes = act_bytes(W, B);
-    char *buf = bytes ? k_tbuf(K_TBUF_ACT, bytes) : NULL;
     act A;
-    if (buf || !bytes)
-        act_prepare(&A, W, p->X, B, buf);
-    const range_fn fn = pick(W);
-    do {
-        const int r0 = k * chunk_rows, r1 = imin(r0 + chunk_rows, W->rows);
-        if (bytes && !buf)
-            matmul_fallback(p, B, r0, r1);
-        else
-            fn(W, &A, p->Y, B, p->beta, r0, r1);
-    } while ((k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) < n);
+    const int prepared = prepare_rows(p, B, &A);
+    do
+        run_rows(p, B, &A, prepared, k * chunk_rows, imin((k + 1) * chunk_rows, rows));
+    while ((k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed)) < n);
 }
 
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
