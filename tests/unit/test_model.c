@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "file_bytes.h"
 #include "tmpdir.h"
 #include "engine.h"
 #include "kernels.h"
@@ -606,20 +607,6 @@ Test(model, avx2_and_avx512_steps_equal_bit_for_bit)
     free(l5);
 }
 
-/* Reads a whole file; the caller frees it. */
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "%s", path);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    rewind(f);
-    char *b = malloc(*n ? *n : 1);
-    cr_assert_eq(fread(b, 1, *n, f), *n);
-    fclose(f);
-    return b;
-}
-
 /* The FFN runs in parts whose sums are added in a fixed order (model.h
  * FFN_PARTS): on no more threads than parts a thread takes a whole part,
  * on more every product is shared out. Either way a step, and a chunk short
@@ -639,7 +626,7 @@ Test(model, steps_equal_bit_for_bit_on_any_thread_count, .timeout = 300)
     const char *tokens = "5,77,301,12,499,3,260,41,8,150,33,402";
     for (size_t f = 0; f < sizeof formats / sizeof formats[0]; f++)
         for (size_t mo = 0; mo < 2; mo++) {
-            char *first = NULL;
+            uint8_t *first = NULL;
             size_t n_first = 0;
             for (int threads = 1; threads <= 3; threads++) {
                 char out[300], cmd[1200];
@@ -650,7 +637,7 @@ Test(model, steps_equal_bit_for_bit_on_any_thread_count, .timeout = 300)
                          bin, p, tokens, modes[mo], formats[f][0], formats[f][1], threads, out);
                 cr_assert_eq(system(cmd), 0, "%s", cmd);
                 size_t n;
-                char *got = slurp(out, &n);
+                uint8_t *got = read_file_bytes(out, &n);
                 if (!first) {
                     first = got;
                     n_first = n;

@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "engine.h"
+#include "file_bytes.h"
 #include "state_store.h"
 
 static char dir[256];
@@ -54,19 +55,6 @@ static uint32_t crc32_ieee(const unsigned char *p, size_t n)
         for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
     }
     return ~c;
-}
-
-static unsigned char *read_all(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f);
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*n);
-    cr_assert(b && fread(b, 1, *n, f) == *n);
-    fclose(f);
-    return b;
 }
 
 static void write_all(const char *path, const unsigned char *b, size_t n)
@@ -123,7 +111,7 @@ Test(state_store, version_1_files_load_without_initial_state)
     char path[400];
     snprintf(path, sizeof path, "%s/old.state", dir);
     size_t n;
-    unsigned char *b = read_all(path, &n);
+    unsigned char *b = read_file_bytes(path, &n);
     /* v1 = the same without the name field (u32 length + 5 bytes at 80) */
     const size_t hdr = 80, cut = 4 + 5;
     cr_assert_eq(b[8], 2);
@@ -154,7 +142,7 @@ Test(state_store, bad_name_field_or_version_is_refused)
     char path[400];
     snprintf(path, sizeof path, "%s/x.state", dir);
     size_t n;
-    unsigned char *b = read_all(path, &n);
+    unsigned char *b = read_file_bytes(path, &n);
     unsigned char *c = malloc(n);
     cr_assert_not_null(c);
     char err[512];
@@ -208,7 +196,7 @@ Test(state_store, inconsistent_checkpoint_count_is_named)
     char path[400], err[512];
     snprintf(path, sizeof path, "%s/k.state", dir);
     size_t n;
-    unsigned char *b = read_all(path, &n);
+    unsigned char *b = read_file_bytes(path, &n);
     store_record r = {.state = back};
     b[72] = 5; /* checkpoint after 5 of 3 tokens */
     reseal(b, n);
@@ -235,7 +223,7 @@ Test(state_store, non_finite_or_huge_values_are_refused)
     char path[400], err[512];
     snprintf(path, sizeof path, "%s/v.state", dir);
     size_t n;
-    unsigned char *b = read_all(path, &n);
+    unsigned char *b = read_file_bytes(path, &n);
     const float bad[] = {NAN, INFINITY, -INFINITY, 1e30f, -2e6f};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         unsigned char *c = malloc(n);

@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "engine.h"
+#include "file_bytes.h"
 #include "state_record.h"
 #include "state_store.h"
 #include "store_redis.h"
@@ -165,14 +166,8 @@ Test(state_record, same_bytes_as_the_state_file_both_ways)
     cr_assert_eq(store_save(dir, "f", &r, ms_model_config(model), ms_model_fingerprint(model), err,
                             sizeof err), 0, "%s", err);
     snprintf(path, sizeof path, "%s/f.state", dir);
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f);
-    fseek(f, 0, SEEK_END);
-    size_t fn = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *file = malloc(fn);
-    cr_assert(file && fread(file, 1, fn, f) == fn);
-    fclose(f);
+    size_t fn;
+    uint8_t *file = read_file_bytes(path, &fn);
     size_t n;
     unsigned char *b = encode(&r, &n);
     cr_assert_eq(n, fn);

@@ -13,6 +13,7 @@
 #include <criterion/criterion.h>
 
 #include "shared_ref.h"
+#include "file_bytes.h"
 #include "engine.h"
 #include "tensorfile_internal.h"
 
@@ -62,21 +63,6 @@ static void write_bytes(const char *path, const void *d, size_t n)
     if (n)
         cr_assert_eq(fwrite(d, 1, n, f), n);
     cr_assert_eq(fclose(f), 0);
-}
-
-static uint8_t *read_bytes(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *d = malloc((size_t)len + 1);
-    cr_assert_not_null(d);
-    cr_assert_eq(fread(d, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return d;
 }
 
 /* Opening `path` must fail with `code` and a message that names the file. */
@@ -470,7 +456,7 @@ Test(tensorfile, safetensors_round_trip)
     write_st(path, s.t, 6, meta);
 
     size_t n;
-    uint8_t *raw = read_bytes(path, &n);
+    uint8_t *raw = read_file_bytes(path, &n);
     uint64_t hlen = 0;
     memcpy(&hlen, raw, 8);
     cr_assert_eq(hlen % 8, 0, "header not padded to 8");
@@ -522,7 +508,7 @@ static void pth_round_trip(int zip64)
 
     /* the zip layout torch expects */
     size_t n;
-    uint8_t *raw = read_bytes(path, &n);
+    uint8_t *raw = read_file_bytes(path, &n);
     cr_assert(memmem(raw, n, "archive/data.pkl", 16));
     cr_assert(memmem(raw, n, "archive/byteorder", 17));
     cr_assert(memmem(raw, n, "archive/version", 15));
@@ -776,7 +762,7 @@ Test(tensorfile, safetensors_bad_header_length)
 static void expect_truncations_fail(const char *src, const size_t *cuts, size_t ncuts)
 {
     size_t n;
-    uint8_t *raw = read_bytes(src, &n);
+    uint8_t *raw = read_file_bytes(src, &n);
     char path[512];
     tmp_path(path, sizeof path, "truncated.bin");
     for (size_t i = 0; i < ncuts; i++) {
@@ -795,7 +781,7 @@ Test(tensorfile, safetensors_truncated)
     tmp_path(path, sizeof path, "full.safetensors");
     write_st(path, s.t, 6, NULL);
     size_t n;
-    free(read_bytes(path, &n));
+    free(read_file_bytes(path, &n));
     uint8_t lenb[8];
     FILE *f = fopen(path, "rb");
     cr_assert_eq(fread(lenb, 1, 8, f), 8);
@@ -816,11 +802,11 @@ Test(tensorfile, pth_truncated)
     ms_error e;
     cr_assert_eq(ms_pth_write(path, s.t, 6, &e), MS_OK, "%s", e.msg);
     size_t n;
-    free(read_bytes(path, &n));
+    free(read_file_bytes(path, &n));
     const size_t cuts[] = {2, 4, 29, 40, 100, n / 2, n - 200, n - 23, n - 22, n - 1};
     expect_truncations_fail(path, cuts, sizeof cuts / sizeof cuts[0]);
     /* every single cut point of a small file */
-    uint8_t *raw = read_bytes(path, &n);
+    uint8_t *raw = read_file_bytes(path, &n);
     char cut[512];
     tmp_path(cut, sizeof cut, "cut.pth");
     for (size_t k = 0; k < n; k++) {
@@ -835,7 +821,7 @@ Test(tensorfile, golden_pth_truncated)
     char src[1024];
     golden(src, sizeof src, "tiny_l2_d128_fp32.pth");
     size_t n;
-    free(read_bytes(src, &n));
+    free(read_file_bytes(src, &n));
     const size_t cuts[] = {100, 6000, n / 2, n - 4000, n - 100, n - 1};
     expect_truncations_fail(src, cuts, sizeof cuts / sizeof cuts[0]);
 }
@@ -844,7 +830,7 @@ Test(tensorfile, golden_pth_truncated)
 static void patch_file(const char *path, const char *from, const char *to)
 {
     size_t n, l = strlen(from);
-    uint8_t *raw = read_bytes(path, &n);
+    uint8_t *raw = read_file_bytes(path, &n);
     int hits = 0;
     for (uint8_t *p = raw; (p = memmem(p, n - (size_t)(p - raw), from, l)); p += l, hits++)
         memcpy(p, to, l);
@@ -1038,7 +1024,7 @@ Test(tensorfile, fuzz_mutations)
     ms_error e;
     cr_assert_eq(ms_pth_write(src, s.t, 6, &e), MS_OK, "%s", e.msg);
     size_t n;
-    uint8_t *raw = read_bytes(src, &n);
+    uint8_t *raw = read_file_bytes(src, &n);
     uint8_t *m = malloc(n);
     uint64_t seed = 7;
     for (int it = 0; it < 400; it++) {
@@ -1058,7 +1044,7 @@ Test(tensorfile, fuzz_mutations)
     char st[512];
     tmp_path(st, sizeof st, "src.safetensors");
     write_st(st, s.t, 6, NULL);
-    raw = read_bytes(st, &n);
+    raw = read_file_bytes(st, &n);
     m = realloc(m, n);
     for (int it = 0; it < 400; it++) {
         memcpy(m, raw, n);
@@ -1090,7 +1076,7 @@ Test(tensorfile, fuzz_mutations)
 static void poke32(const char *path, long at, uint32_t v)
 {
     size_t n;
-    uint8_t *raw = read_bytes(path, &n);
+    uint8_t *raw = read_file_bytes(path, &n);
     size_t pos = at < 0 ? n - (size_t)(-at) : (size_t)at;
     for (int k = 0; k < 4; k++)
         raw[pos + (size_t)k] = (uint8_t)(v >> (8 * k));
@@ -1131,7 +1117,7 @@ Test(tensorfile, pth_bad_directory)
     /* local header offset pointing outside: patch the first directory entry */
     cr_assert_eq(ms_pth_write(path, s.t, 6, &e), MS_OK, "%s", e.msg);
     size_t n;
-    uint8_t *raw = read_bytes(path, &n);
+    uint8_t *raw = read_file_bytes(path, &n);
     uint32_t cd = 0;
     for (int k = 3; k >= 0; k--)
         cd = cd << 8 | raw[n - 22 + 16 + (size_t)k];
