@@ -12,16 +12,20 @@
  *            vdpbf16ps wants them; the exact path widens it into two fp32
  *            vectors with one shift and one mask.
  *      I8    per group of 64 columns: [16 quads][16][4] bytes (q + 128, so
- *            unsigned for vpdpbusd), then the group's 16 row scales (fp32).
+ *            unsigned for vpdpbusd); the groups' 16 row scales (fp32) in
+ *            an array of their own (scales), block by block.
  *      Q4    per group: 8 vectors of [16][4] bytes, low nibbles quads 0-7,
- *            high nibbles quads 8-15; 16 scales and 16 minimums (fp32).
+ *            high nibbles quads 8-15 (q + 8 for q in -8..7); the 16 row
+ *            scales as fp16 in an array of their own (hscales), no
+ *            minimums.
  *  - Exact formats: out[b] += w_vec * broadcast(x[b][j]) for j = 0..cols-1
  *    in order, one fp32 accumulator per (16 rows, sequence). Integer
  *    formats: exact int32 dot products per group (vpdpbusd or its AVX2 /
  *    portable equivalents give the same integers), then one fp32 FMA per
- *    group with scale * activation scale (Q4: plus min * sum of the group's
- *    inputs). In both, each output's arithmetic depends on nothing but its
- *    row and its sequence, so the batch size never changes a result.
+ *    group with scale * activation scale (the weights' stored offset,
+ *    128 or 8, taken out first through the group's integer input sum).
+ *    In both, each output's arithmetic depends on nothing but its row and
+ *    its sequence, so the batch size never changes a result.
  *  - One kernel body per format written as a macro over a small vector
  *    vocabulary, instantiated for AVX-512 (+VNNI, +BF16 where present),
  *    AVX2+FMA and portable C; the file is compiled for baseline x86-64 and

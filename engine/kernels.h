@@ -33,8 +33,8 @@ typedef enum { K_W_F32 = 0, K_W_BF16 = 1, K_W_I8 = 2, K_W_Q4 = 3 } k_wfmt;
  *   for products. F32 exact; BF16 exact widening (dot_bf16 = 1: products
  *   round the activations to bf16 and use bf16 dot products); I8 symmetric
  *   per (row, group of K_I8_GROUP inputs), w = q * scale, activations
- *   quantized to int8 per group; Q4 asymmetric per (row, group),
- *   w = min + q * scale with q in 0..15, activations as for I8.
+ *   quantized to int8 per group; Q4 symmetric per (row, group),
+ *   w = scale * (q - 8) with q in 0..15, activations as for I8.
  * plain (k_wmat_alloc_plain): row-major F32/BF16/I8, for row lookups
  *   (the embedding) only. */
 typedef struct k_wmat {
