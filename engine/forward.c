@@ -508,6 +508,28 @@ static void norm_and_shift(ms_ctx *c, int T, int l, int att, const float *ln_w,
 /* ------------------------------------------------------------------------ */
 /* The block                                                                 */
 
+/* Hints for the pool's next pass (kernels.h k_next_*): what each worker
+ * reads first in it, prefetched while the caller works alone between
+ * passes (norms, shifts, its inputs' quantization: ~10 us a layer with the
+ * memory idle). Decode steps and batches only; a prefill chunk's passes
+ * are compute-bound. */
+static int hinting(const ms_ctx *c, int T)
+{
+    return c->n_single > 0 && T <= K_MAX_BATCH && k_threads() > 1;
+}
+
+static void next_product(const k_wmat *W, int T)
+{
+    for (int t = 1; t < k_threads(); t++)
+        k_next_share(t, W, T);
+}
+
+/* The FFN's pass on a decode batch: a part per thread (ffn_part). */
+static int ffn_fused(const ms_layer *L, int T)
+{
+    return T <= K_MAX_BATCH && k_threads() <= L->ffn_parts;
+}
+
 typedef struct {
     ms_ctx *c;
     const ms_layer *L;
@@ -601,6 +623,23 @@ static void head_share(void *arg, int i)
             head_rows_of_chunk(arg, h);
 }
 
+/* The heads' pass next: share t's slices of the LoRAs' second halves, then
+ * its heads' states, in the order head_share reads them. */
+static void next_heads(const head_job *j)
+{
+    const ms_ctx *c = j->c;
+    const int H = c->m->cfg.n_head, N = c->m->cfg.head_size, n = c->n_shares;
+    const size_t NN = (size_t)N * N;
+    for (int t = 1; t < n; t++) {
+        const int h0 = t * H / n, h1 = (t + 1) * H / n;
+        for (int q = 0; q < j->n_lora; q++)
+            k_next_rows(t, j->lora[q].W, h0 * N, h1 * N);
+        for (int r = 0; r < j->T; r++)
+            k_next_bytes(t, ms_state_wkv(c->row_state[r], j->l) + (size_t)h0 * NN,
+                         (size_t)(h1 - h0) * NN * sizeof(float));
+    }
+}
+
 static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
 {
     const ms_config *cf = &c->m->cfg;
@@ -625,9 +664,6 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
         {&L->w1, c->xw, lw, 0.0f},   {&L->a1, c->xa, la, 0.0f},   {&L->g1, c->xg, lg, 0.0f},
         {&L->v1, c->xv, lv, 0.0f},
     };
-    linear_many(c, first, l > 0 ? 7 : 6, T);
-    vec_tanh(lw, (size_t)T * cf->d_decay);
-    vec_sigmoid(lg, (size_t)T * cf->d_gate);
     const k_product second[] = {
         {&L->w2, lw, c->w, 0.0f}, {&L->a2, la, c->a, 0.0f}, {&L->g2, lg, c->g, 0.0f},
         {&L->v2, lv, c->tmp, 0.0f},
@@ -639,15 +675,30 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
      * and fused, prefill measured no faster (per head and per range). */
     const int fuse = T <= K_MAX_BATCH && N % K_ROWS == 0;
     head_job hj = {c, L, l, T, second, fuse ? n2 : 0};
+    const int hint = hinting(c, T);
+    if (hint && fuse)
+        next_heads(&hj);
+    linear_many(c, first, l > 0 ? 7 : 6, T);
+    vec_tanh(lw, (size_t)T * cf->d_decay);
+    vec_sigmoid(lg, (size_t)T * cf->d_gate);
     if (!fuse)
         linear_many(c, second, n2, T);
 
+    if (hint)
+        next_product(&L->wo, T);
     if (c->n_single || T >= 16)
         k_parallel(c->n_shares, head_share, &hj);
     else {
         head_lora(&hj, 0, H);
         for (int h = 0; h < H; h++)
             head_rows_of_chunk(&hj, h);
+    }
+    if (hint) {
+        if (ffn_fused(L, T))
+            for (int t = 1; t < k_threads(); t++)
+                k_next_rows(t, &L->ffn_key[t], 0, L->ffn_key[t].rows);
+        else
+            next_product(&L->ffn_key[0], T);
     }
     linear(c, c->x, c->y, &L->wo, T, 1.0f);
 }
@@ -746,15 +797,16 @@ CLONES static void add_into(float *restrict x, const float *restrict y, size_t n
         x[i] += y[i];
 }
 
-static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
+/* next: what the pass after the FFN's reads first (NULL: none). */
+static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T, const k_wmat *next)
 {
     const float *mix[1] = {L->ffn_x_k};
     float *const outs[1] = {c->xk};
     norm_and_shift(c, T, l, 0, L->ln2_w, L->ln2_b, mix, outs, 1);
     if (L->n_sse)
         self_state_encoder(c, L, l, T);
-    const int P = L->ffn_parts;
-    if (T <= K_MAX_BATCH && k_threads() <= P) {
+    const int P = L->ffn_parts, hint = next && hinting(c, T);
+    if (ffn_fused(L, T)) {
         /* A decode batch on no more threads than parts: a part per thread,
          * one pass of the pool instead of two. */
         ffn_job j = {.c = c, .L = L, .T = T};
@@ -763,6 +815,8 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
             atomic_init(&j.ready[p], 0);
             atomic_init(&j.next[p], 0);
         }
+        if (hint)
+            next_product(next, T);
         k_parallel(P, ffn_part, &j);
     } else {
         k_product key[FFN_PARTS], value[FFN_PARTS];
@@ -772,6 +826,8 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T)
         }
         linear_many(c, key, P, T);
         relu_squared(c->hid, (size_t)T * L->dim_ffn);
+        if (hint)
+            next_product(next, T);
         linear_many(c, value, P, T);
     }
     for (int p = 1; p < P; p++)
@@ -793,7 +849,8 @@ static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits,
     }
     for (int l = 0; l < cf->n_layer; l++) {
         time_mix(c, &m->layers[l], l, T);
-        channel_mix(c, &m->layers[l], l, T);
+        channel_mix(c, &m->layers[l], l, T,
+                    l + 1 < cf->n_layer ? &m->layers[l + 1].wr : logits ? &m->head : NULL);
     }
     if (!logits)
         return;

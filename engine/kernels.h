@@ -123,6 +123,21 @@ void k_matmul_rows_claim(const k_product *p, int B, atomic_int *next, int chunk_
  * returns when all are done. Items must be independent. When the pool is
  * busy with another caller's loop, this caller runs its items alone. */
 void k_parallel(int n, void (*run)(void *arg, int i), void *arg);
+/* Hints for the calling thread's next pass of the pool (its next k_parallel,
+ * k_matmul or k_matmul_many): what worker t (1 .. k_threads() - 1) reads
+ * first in it. A worker done with its share of a pass prefetches its hint
+ * (up to 512 KB) into L2 until the next pass starts, while the caller ends
+ * its share and does the serial work between passes, when the memory would
+ * be idle. Only a hint: a wrong region costs bandwidth, never a result;
+ * regions past the first 12 of a worker, and workers past the third, are
+ * ignored. The next pass takes them all, on the pool or not. Per thread. */
+void k_next_bytes(int t, const void *p, size_t n);
+/* k_next_bytes of packed W's rows [r0, r1) (r0 a multiple of K_ROWS), as
+ * far as the 512 KB reach: their scales, then their weights. */
+void k_next_rows(int t, const k_wmat *W, int r0, int r1);
+/* k_next_rows of the run worker t takes first in k_matmul(W, X, Y, B, ..)
+ * when the threads take their first runs in order (the caller the first). */
+void k_next_share(int t, const k_wmat *W, int B);
 /* Threads of the pool, the caller included (>= 1). */
 int k_threads(void);
 

@@ -8,6 +8,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <immintrin.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -256,6 +257,53 @@ Test(kernels, thread_pool_gives_the_single_thread_result)
                 }
                 k_wmat_free(&W);
             }
+    free(w);
+    free(x);
+    free(y1);
+    free(y2);
+}
+
+/* Hints of the next pass (k_next_*) are only prefetched: with hints of the
+ * product's own rows, of rows past its end, of an unmapped address, of the
+ * caller (0) and of threads the pool does not have, and more regions than a
+ * worker keeps, every product gives the unhinted bits; a hint left by a
+ * pass that ran without the pool is dropped with it. */
+Test(kernels, next_pass_hints_change_no_result)
+{
+    k_set_threads(2);
+    const int rows = 4099, cols = 512, B = 3;
+    unsigned seed = 21;
+    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
+    float *y1 = malloc(sizeof(float) * B * rows), *y2 = malloc(sizeof(float) * B * rows);
+    fill(w, (size_t)rows * cols, &seed);
+    fill(x, (size_t)B * cols, &seed);
+    for (size_t md = 0; md < N_MODES; md++) {
+        k_wmat W, Wsmall;
+        cr_assert_eq(k_wmat_init(&W, modes[md].fmt, rows, cols, w), 0);
+        cr_assert_eq(k_wmat_init(&Wsmall, modes[md].fmt, 16, 16, w), 0);
+        W.dot_bf16 = Wsmall.dot_bf16 = modes[md].dot_bf16;
+        k_matmul(&W, x, y1, B, 0.0f);
+        for (int rep = 0; rep < 50; rep++) {
+            for (int i = 0; i < 3; i++)
+                k_next_bytes(1, (const void *)(uintptr_t)(4096 * (i + 1)), 4096);
+            k_next_rows(1, &W, rows - rows % K_ROWS, rows + 64);
+            k_next_share(1, &W, B);
+            for (int i = 0; i < 20; i++)
+                k_next_rows(1, &W, 0, rows);
+            k_next_bytes(0, w, sizeof(float) * rows * cols);
+            k_next_bytes(7, w, sizeof(float) * rows * cols);
+            if (rep % 2) {
+                float small[16];
+                k_matmul(&Wsmall, x, small, 1, 0.0f); /* below the split: no pool */
+            }
+            memset(y2, 0, sizeof(float) * B * rows);
+            k_matmul(&W, x, y2, B, 0.0f);
+            cr_assert_eq(memcmp(y1, y2, sizeof(float) * B * rows), 0, "%s rep %d differs",
+                         modes[md].name, rep);
+        }
+        k_wmat_free(&W);
+        k_wmat_free(&Wsmall);
+    }
     free(w);
     free(x);
     free(y1);
