@@ -634,7 +634,7 @@ static void next_heads(const head_job *j)
         const int h0 = t * H / n, h1 = (t + 1) * H / n;
         for (int q = 0; q < j->n_lora; q++)
             k_next_rows(t, j->lora[q].W, h0 * N, h1 * N);
-        for (int r = 0; r < j->T; r++)
+        for (int r = 0; r < j->T && r <= c->n_single; r++) /* a chunk's rows share one */
             k_next_bytes(t, ms_state_wkv(c->row_state[r], j->l) + (size_t)h0 * NN,
                          (size_t)(h1 - h0) * NN * sizeof(float));
     }

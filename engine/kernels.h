@@ -130,7 +130,8 @@ void k_parallel(int n, void (*run)(void *arg, int i), void *arg);
  * its share and does the serial work between passes, when the memory would
  * be idle. Only a hint: a wrong region costs bandwidth, never a result;
  * regions past the first 12 of a worker, and workers past the third, are
- * ignored. The next pass takes them all, on the pool or not. Per thread. */
+ * ignored. The next pass takes them all, on the pool or not. Each calling
+ * thread gathers its own. */
 void k_next_bytes(int t, const void *p, size_t n);
 /* k_next_bytes of packed W's rows [r0, r1) (r0 a multiple of K_ROWS), as
  * far as the 512 KB reach: their scales, then their weights. */
