@@ -2,8 +2,9 @@
  * test_kernels.c - every kernel variant the CPU offers (AMX, AVX-512, AVX2,
  * portable), every weight format, batch sizes around the register blocking
  * and shapes with ragged tails, against a double-precision product of the
- * same (dequantized) weights; the thread pool against one thread; slices
- * and claimed chunks of a product against the whole; the formats' rounding.
+ * same (dequantized) weights; the thread pool against one thread, with and
+ * without next-pass hints; slices and claimed chunks of a product against
+ * the whole; the formats' rounding.
  */
 #include <criterion/criterion.h>
 #include <math.h>
