@@ -267,8 +267,8 @@ Test(kernels, thread_pool_gives_the_single_thread_result)
 /* Hints of the next pass (k_next_*) are only prefetched: with hints of the
  * product's own rows, of rows past its end, of an unmapped address, of the
  * caller (0) and of threads the pool does not have, and more regions than a
- * worker keeps, every product gives the unhinted bits; a hint left by a
- * pass that ran without the pool is dropped with it. */
+ * worker keeps, every product gives the unhinted bits, whether the hints
+ * reach it or a small product run without the pool dropped them first. */
 Test(kernels, next_pass_hints_change_no_result)
 {
     k_set_threads(2);
