@@ -735,11 +735,22 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
  * hardware prefetchers alone left a batch of 8 at 1.6x a single step).
  * Non-temporal, so that a step's weights do not push the sequences'
  * recurrent states out of the last-level cache: on Zen 5 the heads of a
- * 0.1B batch of 8 (18 MB of state) took 0.41 ms instead of 0.48. */
+ * 0.1B batch of 8 (18 MB of state) took 0.41 ms instead of 0.48.
+ * Passes of two or more sequences ask twice as far ahead: their arithmetic
+ * per weight byte grows with the batch, so the core's instruction window
+ * reaches fewer bytes past the loads and the prefetches must carry the
+ * stream (Zen 5, 4 KB against 2 KB: steps of 2-8 sequences 0.84-1.01 in
+ * every format, most 0.93-0.98; prefill unchanged). A single sequence
+ * keeps 2 KB: 4 KB measured 0.95-0.98 on a quiet machine and 1.07 on a
+ * busy one (0.4B q4). */
 #ifndef PF_AHEAD
 #define PF_AHEAD 2048
 #endif
-#define PREFETCH(p) __builtin_prefetch((const char *)(p) + PF_AHEAD, 0, 0)
+#ifndef PF_AHEAD_BATCH
+#define PF_AHEAD_BATCH 4096
+#endif
+#define PREFETCH(p, NB)                                                                          \
+    __builtin_prefetch((const char *)(p) + ((NB) >= 2 ? PF_AHEAD_BATCH : PF_AHEAD), 0, 0)
 
 static inline int32_t x4_of(const int8_t *p)
 {
@@ -782,7 +793,7 @@ static inline int32_t x4_of(const int8_t *p)
         const float *xp = A->x + (size_t)b0 * A->ldx;                                            \
         for (int j = 0; j < W->cols; j++) {                                                      \
             UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
-                PREFETCH(wp + rb * bs + (size_t)j * K_ROWS);                                     \
+                PREFETCH(wp + rb * bs + (size_t)j * K_ROWS, NB);                                 \
                 const VT w = VLOAD(wp + rb * bs + (size_t)j * K_ROWS);                           \
                 UNROLL for (int q = 0; q < NB; q++)                                              \
                     acc[rb * NB + q] = VFMA(w, VSET1(xp[(size_t)q * A->ldx + j]), acc[rb * NB + q]); \
@@ -806,7 +817,7 @@ static inline int32_t x4_of(const int8_t *p)
         for (; j + 1 < K; j += 2) {                                                              \
             VT we[NR], wo[NR];                                                                   \
             UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
-                PREFETCH(wp + rb * bs + (size_t)j * K_ROWS);                                     \
+                PREFETCH(wp + rb * bs + (size_t)j * K_ROWS, NB);                                 \
                 VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we[rb], wo[rb]);                        \
             }                                                                                    \
             UNROLL for (int q = 0; q < NB; q++) {                                                \
@@ -839,7 +850,7 @@ static inline int32_t x4_of(const int8_t *p)
         const uint32_t *xb = A->xb + (size_t)b0 * np;                                            \
         for (size_t p = 0; p < np; p++) {                                                        \
             UNROLL for (int rb = 0; rb < NR; rb++) {                                             \
-                PREFETCH(wp + rb * bs + p * 2 * K_ROWS);                                         \
+                PREFETCH(wp + rb * bs + p * 2 * K_ROWS, NB);                                     \
                 const VBW w = VBLOAD(wp + rb * bs + p * 2 * K_ROWS);                             \
                 UNROLL for (int q = 0; q < NB; q++)                                              \
                     acc[rb * NB + q] = VDPBF(acc[rb * NB + q], w, xb[q * np + p]);               \
@@ -863,8 +874,8 @@ static inline int32_t x4_of(const int8_t *p)
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
             const uint8_t *wg = wp + g * GRP * K_ROWS;                                           \
             for (int qd = 0; qd < GRP / 4; qd += 2) {                                            \
-                PREFETCH(wg + qd * 64);                                                          \
-                PREFETCH(wg + qd * 64 + 64);                                                     \
+                PREFETCH(wg + qd * 64, NB);                                                      \
+                PREFETCH(wg + qd * 64 + 64, NB);                                                 \
                 const IW8 w0 = ILOAD8(wg + qd * 64), w1 = ILOAD8(wg + qd * 64 + 64);             \
                 UNROLL for (int q = 0; q < NB; q++) {                                            \
                     ia[q] = IDOT8(ia[q], w0, X4(NB, q, g * GRP + qd * 4));                       \
@@ -897,7 +908,7 @@ static inline int32_t x4_of(const int8_t *p)
             const uint8_t *wg = wp + g * GRP * K_ROWS / 2;                                       \
             for (int v = 0; v < GRP / 8; v++) {                                                  \
                 IWU lo, hi;                                                                      \
-                PREFETCH(wg + v * 64);                                                           \
+                PREFETCH(wg + v * 64, NB);                                                       \
                 IQ4(wg + v * 64, lo, hi);                                                        \
                 UNROLL for (int q = 0; q < NB; q++) {                                            \
                     ia[q] = IDOTU(ia[q], lo, X4(NB, q, g * GRP + v * 4));                        \
