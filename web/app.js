@@ -108,16 +108,26 @@ async function connect() {
   $('model-name').textContent = m.id;
 }
 
+// The sidebar's list is aria-busy from the request until it is redrawn, so
+// that assistive technology (and the page's tests) know when its entries are
+// current: the redraw replaces them, and a click aimed at an old entry lands
+// on a detached node.
 async function refreshSessions() {
+  const list = $('conv-list');
+  list.setAttribute('aria-busy', 'true');
   try {
-    const list = await getJSON('/v1/sessions');
-    ui.sessions = new Map((list.data || []).map((s) => [s.id, s]));
+    const data = await getJSON('/v1/sessions');
+    ui.sessions = new Map((data.data || []).map((s) => [s.id, s]));
     $('server-note').textContent = `${ui.sessions.size} session${ui.sessions.size === 1 ? '' : 's'} on the server`;
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return askKey(e.message);
+    if (e instanceof ApiError && e.status === 401) {
+      list.removeAttribute('aria-busy');
+      return askKey(e.message);
+    }
     $('server-note').textContent = e.message;
   }
   renderList();
+  list.removeAttribute('aria-busy');
 }
 
 // ---------------------------------------------------------------- sidebar

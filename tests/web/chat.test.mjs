@@ -113,11 +113,13 @@ async function send(page, text) {
 }
 
 /** Sends text and waits for the reply to finish; returns its text and stats element data. */
+/** One turn, done: its reply and stats shown and the sidebar redrawn after it
+ * (a click on an entry of the list it replaces would hit a detached node). */
 async function chatTurn(page, text) {
   const n = await doneReplies(page);
   await send(page, text);
-  await page.waitForFunction((k) => document.querySelectorAll('.msg.assistant:not(.streaming) .stats').length > k,
-    { timeout: T }, n);
+  await page.waitForFunction((k) => document.querySelectorAll('.msg.assistant:not(.streaming) .stats').length > k
+    && !document.querySelector('#conv-list[aria-busy]'), { timeout: T }, n);
   return page.$eval('.msg.assistant:last-of-type', (a) => ({
     text: a.querySelector('.bubble').textContent,
     stats: a.querySelector('.stats').textContent,
