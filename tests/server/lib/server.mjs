@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
+import { after } from 'node:test';
 import OpenAI from 'openai';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -31,6 +32,19 @@ const made = new Set();
 process.on('exit', () => {
   for (const p of live) try { p.kill('SIGKILL'); } catch {}
   if (!process.env.METASTATE_KEEP_TMP) for (const d of made) try { rmSync(d, { recursive: true, force: true }); } catch {}
+});
+
+// A test that fails before it stops a server of its own leaves it running,
+// and the child and its pipes would keep this process alive for ever: the
+// run hung instead of reporting the failure. After a file's tests (this hook
+// runs before the file's own), servers no longer hold the process, so it
+// ends once the file's hooks are done and the exit handler kills what is left.
+after(() => {
+  for (const p of live) {
+    p.unref();
+    p.stdout?.unref?.();
+    p.stderr?.unref?.();
+  }
 });
 
 /** A fresh directory under the system's temp dir, removed at exit (unless METASTATE_KEEP_TMP is set). */
