@@ -112,9 +112,9 @@ async function send(page, text) {
   await page.keyboard.press('Enter');
 }
 
-/** Sends text and waits for the reply to finish; returns its text and stats element data. */
-/** One turn, done: its reply and stats shown and the sidebar redrawn after it
- * (a click on an entry of the list it replaces would hit a detached node). */
+/** Sends text and waits for the reply to finish and the sidebar to be redrawn after it (a
+ * click on an entry of the list it replaces would hit a detached node); returns its text and
+ * stats element data. */
 async function chatTurn(page, text) {
   const n = await doneReplies(page);
   await send(page, text);
