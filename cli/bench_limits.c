@@ -3,7 +3,8 @@
  * speeds by, each measured in the bench's own process, on every core it
  * uses:
  *  - read bandwidth: a sum over a buffer far larger than the caches, read
- *    with the widest vectors and prefetches as the kernels read;
+ *    with the widest vectors and prefetches as the kernels read (both
+ *    prefetch hints, the better one counts);
  *  - sgemm peak: OpenBLAS on 2048^3, the library at its best;
  *  - FMA peak: independent fused multiply-adds from registers at the widest
  *    vector width the CPU has. This is the arithmetic bound itself: OpenBLAS
@@ -48,20 +49,32 @@ typedef struct {
     const uint64_t *p;
     size_t n;
     int width; /* 8 (AVX-512), 4 (AVX2) or 1 */
+    int nta;   /* prefetch non-temporal (else into L1) */
     uint64_t sum;
 } bw_job;
 
 /* The bound is what this machine's best loop reads, so the probe reads as
  * the kernels do: the widest vectors and software prefetch ahead (on Zen 5
  * a plain scalar loop read 64 GB/s, this one 81, and the q4 decode kernel
- * moves more than the former). */
-#define BW_PF(p, i) __builtin_prefetch((const char *)((p) + (i)) + 2048, 0, 0)
+ * moves more than the former), with either hint (engine/kernels.c picks
+ * non-temporal on AMD, where it read best, and T0 elsewhere: an Emerald
+ * Rapids read 13-17 GB/s non-temporal, ~30 with T0). */
+#define BW_PF(p, i)                                                                              \
+    do {                                                                                         \
+        if (nta)                                                                                 \
+            __builtin_prefetch((const char *)((p) + (i)) + 2048, 0, 0);                          \
+        else                                                                                     \
+            __builtin_prefetch((const char *)((p) + (i)) + 2048, 0, 3);                          \
+    } while (0)
 
-__attribute__((target("avx512f"))) static uint64_t bw_avx512(const uint64_t *p, size_t n)
+__attribute__((target("avx512f"))) static uint64_t bw_avx512(const uint64_t *p, size_t n, int nta)
 {
     __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
     for (size_t i = 0; i + 32 <= n; i += 32) {
-        BW_PF(p, i), BW_PF(p, i + 8), BW_PF(p, i + 16), BW_PF(p, i + 24);
+        BW_PF(p, i);
+        BW_PF(p, i + 8);
+        BW_PF(p, i + 16);
+        BW_PF(p, i + 24);
         a = _mm512_add_epi64(a, _mm512_load_si512(p + i));
         b = _mm512_add_epi64(b, _mm512_load_si512(p + i + 8));
         c = _mm512_add_epi64(c, _mm512_load_si512(p + i + 16));
@@ -71,11 +84,12 @@ __attribute__((target("avx512f"))) static uint64_t bw_avx512(const uint64_t *p, 
                                                               _mm512_add_epi64(c, d)));
 }
 
-__attribute__((target("avx2"))) static uint64_t bw_avx2(const uint64_t *p, size_t n)
+__attribute__((target("avx2"))) static uint64_t bw_avx2(const uint64_t *p, size_t n, int nta)
 {
     __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
     for (size_t i = 0; i + 16 <= n; i += 16) {
-        BW_PF(p, i), BW_PF(p, i + 8);
+        BW_PF(p, i);
+        BW_PF(p, i + 8);
         a = _mm256_add_epi64(a, _mm256_load_si256((const __m256i *)(p + i)));
         b = _mm256_add_epi64(b, _mm256_load_si256((const __m256i *)(p + i + 4)));
         c = _mm256_add_epi64(c, _mm256_load_si256((const __m256i *)(p + i + 8)));
@@ -91,9 +105,9 @@ static void *bw_worker(void *arg)
 {
     bw_job *j = arg;
     if (j->width == 8) {
-        j->sum = bw_avx512(j->p, j->n);
+        j->sum = bw_avx512(j->p, j->n, j->nta);
     } else if (j->width == 4) {
-        j->sum = bw_avx2(j->p, j->n);
+        j->sum = bw_avx2(j->p, j->n, j->nta);
     } else {
         uint64_t s[8] = {0};
         for (size_t i = 0; i + 8 <= j->n; i += 8)
@@ -123,9 +137,9 @@ double bench_bandwidth(int n_threads, uint64_t *sink)
     const size_t share = n / (size_t)n_threads / 32 * 32; /* whole 256-byte steps */
     bw_job jobs[64];
     double best = 0;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < 6; rep++) { /* the hints in turns */
         for (int t = 0; t < n_threads; t++)
-            jobs[t] = (bw_job){buf + share * (size_t)t, share, width, 0};
+            jobs[t] = (bw_job){buf + share * (size_t)t, share, width, rep & 1, 0};
         double t0 = now_s();
         if (!run_threads(n_threads, bw_worker, jobs, sizeof jobs[0]))
             break;

@@ -733,9 +733,15 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
 /* Weights are streamed once per product; asking for the line PF_AHEAD bytes
  * ahead keeps enough misses in flight while the FMAs of a batch run (the
  * hardware prefetchers alone left a batch of 8 at 1.6x a single step).
- * Non-temporal, so that a step's weights do not push the sequences'
- * recurrent states out of the last-level cache: on Zen 5 the heads of a
- * 0.1B batch of 8 (18 MB of state) took 0.41 ms instead of 0.48.
+ * On AMD the prefetches are non-temporal, so that a step's weights do not
+ * push the sequences' recurrent states out of the last-level cache: on
+ * Zen 5 the heads of a 0.1B batch of 8 (18 MB of state) took 0.41 ms
+ * instead of 0.48. Elsewhere they fetch into L1 (T0): on Intel
+ * (Emerald Rapids) a non-temporal prefetch skips the L2 and its streamer,
+ * so only the core's fill buffers carry the stream, and single 0.4B steps
+ * took 1.5-2x as long with it (int8 27.1 -> 16.0 ms, q4 13.7 -> 9.4, bf16
+ * 61 -> 28; T1 measured 2-5% behind T0). Every kernel is compiled with both
+ * hints (BLOCKS) and pf_nta picks one per call.
  * Passes of two or more sequences ask twice as far ahead: their arithmetic
  * per weight byte grows with the batch, so the core's instruction window
  * reaches fewer bytes past the loads and the prefetches must carry the
@@ -749,8 +755,17 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
 #ifndef PF_AHEAD_BATCH
 #define PF_AHEAD_BATCH 4096
 #endif
+/* PF_NTA is an enumerator of the enclosing BLOCKS branch. */
 #define PREFETCH(p, NB)                                                                          \
-    __builtin_prefetch((const char *)(p) + ((NB) >= 2 ? PF_AHEAD_BATCH : PF_AHEAD), 0, 0)
+    do {                                                                                         \
+        const char *pf_ = (const char *)(p) + ((NB) >= 2 ? PF_AHEAD_BATCH : PF_AHEAD);           \
+        if (PF_NTA)                                                                              \
+            __builtin_prefetch(pf_, 0, 0);                                                       \
+        else                                                                                     \
+            __builtin_prefetch(pf_, 0, 3);                                                       \
+    } while (0)
+
+static int pf_nta; /* chosen with the instruction set; read-only afterwards (tests aside) */
 
 static inline int32_t x4_of(const int8_t *p)
 {
@@ -930,8 +945,18 @@ static inline int32_t x4_of(const int8_t *p)
     }
 
 /* Rows [r0, r1) (r0 a multiple of K_ROWS, r1 one too or W->rows). Batches
- * under 4 take two blocks per pass (PAIRS = 1, exact formats). */
+ * under 4 take two blocks per pass (PAIRS = 1, exact formats). The passes
+ * are compiled once per prefetch hint, so the hint is a constant in each. */
 #define BLOCKS(PASS, NBMAX, PAIRS)                                                               \
+    if (pf_nta) {                                                                                \
+        enum { PF_NTA = 1 };                                                                     \
+        BLOCKS_HINTED(PASS, NBMAX, PAIRS)                                                        \
+    } else {                                                                                     \
+        enum { PF_NTA = 0 };                                                                     \
+        BLOCKS_HINTED(PASS, NBMAX, PAIRS)                                                        \
+    }
+
+#define BLOCKS_HINTED(PASS, NBMAX, PAIRS)                                                        \
     for (int r = r0; r < r1;) {                                                                  \
         const size_t blk = (size_t)r / K_ROWS;                                                   \
         int b0 = 0;                                                                              \
@@ -1438,6 +1463,10 @@ static void choose_isa(void)
         a5->bf16_name = "emulated";
     }
     k_amx_set_fallbacks(a5->fn[F_I8], a5->fn[F_Q4], a5->fn[F_DBF]);
+    /* See PREFETCH; METASTATE_PREFETCH=nta|t0 overrides, for CPUs not yet measured. */
+    const char *hint = getenv("METASTATE_PREFETCH");
+    pf_nta = hint && (!strcmp(hint, "nta") || !strcmp(hint, "t0")) ? !strcmp(hint, "nta")
+                                                                    : __builtin_cpu_is("amd");
     const char *want = getenv("METASTATE_ISA"); /* lets a user pin a variant */
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
@@ -1486,6 +1515,18 @@ int k_force_isa(const char *name)
             return 0;
         }
     return -1;
+}
+
+int k_prefetch_nta(void)
+{
+    pthread_once(&isa_once, choose_isa);
+    return pf_nta;
+}
+
+void k_force_prefetch(int nta)
+{
+    pthread_once(&isa_once, choose_isa);
+    pf_nta = nta != 0;
 }
 
 int k_matmul_any_rows(const k_wmat *W)

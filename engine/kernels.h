@@ -155,6 +155,12 @@ int k_isa_fma(void);
  * benchmarks; returns 0, or -1 when the CPU lacks it. Not thread-safe: call
  * before any product runs. */
 int k_force_isa(const char *name);
+/* 1 when the vector kernels prefetch weights non-temporally (AMD), 0 when
+ * into L1 (elsewhere; METASTATE_PREFETCH=nta|t0 overrides). */
+int k_prefetch_nta(void);
+/* Forces the hint, for tests and benchmarks: the results do not depend on
+ * it. Not thread-safe: call before any product runs. */
+void k_force_prefetch(int nta);
 /* Which dot-product instructions the active set uses for int8/q4 and for
  * bf16 compute: "amx" / "vnni" / "avx-vnni" / "avx2" / "scalar" and "amx" /
  * "avx512bf16" / "emulated". */
