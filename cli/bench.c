@@ -300,9 +300,10 @@ int cmd_bench(int argc, char **argv)
            "per token, load %.2f s, RSS after load %.0f MB, %d threads\n",
            label, cfg->n_layer, cfg->n_embd, cfg->vocab_size, weights, compute, ms_kernel_isa(),
            weights_mb, w_bytes / 1048576.0, t_load, rss_mb, threads);
-    printf("  prefill %ld tokens: %.1f tok/s (%.0f%% of sgemm peak %.0f GFLOP/s, %.0f%% of FMA "
-           "peak %.0f GFLOP/s)\n",
-           n_prompt, pp, 100 * pre_eff, peak / 1e9, 100 * pre_eff_fma, fma_peak / 1e9);
+    printf("  prefill %ld tokens: %.1f tok/s (%.0f%% of sgemm peak %.0f GFLOP/s with OpenBLAS's "
+           "%s kernels, %.0f%% of FMA peak %.0f GFLOP/s)\n",
+           n_prompt, pp, 100 * pre_eff, peak / 1e9, bench_blas_core(), 100 * pre_eff_fma,
+           fma_peak / 1e9);
     printf("  generation %ld tokens: %.1f tok/s (%.0f%% of memory bandwidth %.1f GB/s, for "
            "%.1f MB of weights and %.1f MB of state read and written per token; weights alone "
            "%.0f%%)\n",

@@ -152,6 +152,8 @@ double bench_bandwidth(int n_threads, uint64_t *sink)
     return best;
 }
 
+const char *bench_blas_core(void) { return openblas_get_corename(); }
+
 double bench_sgemm_peak(int n_threads)
 {
     const int n = 2048;

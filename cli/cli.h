@@ -27,5 +27,8 @@ int cmd_bench_constraint(int argc, char **argv); /* bench_constraint.c */
 double bench_bandwidth(int n_threads, uint64_t *sink); /* bytes/s; sink defeats dead-code removal */
 double bench_sgemm_peak(int n_threads);                /* FLOP/s */
 double bench_fma_peak(int n_threads);                  /* FLOP/s */
+/* The kernels OpenBLAS chose for this CPU ("Prescott" where its table does
+ * not know the CPU: the sgemm peak is then far below the FMA peak). */
+const char *bench_blas_core(void);
 
 #endif
