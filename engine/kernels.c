@@ -739,9 +739,9 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
  * instead of 0.48. Elsewhere they fetch into L1 (T0): on Intel
  * (Emerald Rapids) a non-temporal prefetch skips the L2 and its streamer,
  * so only the core's fill buffers carry the stream, and single 0.4B steps
- * took 1.5-2x as long with it (int8 27.1 -> 16.0 ms, q4 13.7 -> 9.4, bf16
- * 61 -> 28; T1 measured 2-5% behind T0). Every kernel is compiled with both
- * hints (BLOCKS) and pf_nta picks one per call.
+ * took 1.4-2.3x as long with it (int8 27.2 -> 17.2 ms, q4 13.6 -> 10.1,
+ * bf16 53 -> 35, f32 133 -> 57; T1 measured 2-5% behind T0). Every kernel
+ * is compiled with both hints (BLOCKS) and pf_nta picks one per call.
  * Passes of two or more sequences ask twice as far ahead: their arithmetic
  * per weight byte grows with the batch, so the core's instruction window
  * reaches fewer bytes past the loads and the prefetches must carry the
