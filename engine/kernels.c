@@ -1465,8 +1465,11 @@ static void choose_isa(void)
     k_amx_set_fallbacks(a5->fn[F_I8], a5->fn[F_Q4], a5->fn[F_DBF]);
     /* See PREFETCH; METASTATE_PREFETCH=nta|t0 overrides, for CPUs not yet measured. */
     const char *hint = getenv("METASTATE_PREFETCH");
-    pf_nta = hint && (!strcmp(hint, "nta") || !strcmp(hint, "t0")) ? !strcmp(hint, "nta")
-                                                                    : __builtin_cpu_is("amd");
+    pf_nta = __builtin_cpu_is("amd");
+    if (hint && !strcmp(hint, "nta"))
+        pf_nta = 1;
+    else if (hint && !strcmp(hint, "t0"))
+        pf_nta = 0;
     const char *want = getenv("METASTATE_ISA"); /* lets a user pin a variant */
     for (size_t i = 0; i < sizeof isas / sizeof isas[0]; i++)
         if ((!want || !strcmp(want, isas[i].name)) && cpu_has(isas[i].name)) {
