@@ -17,6 +17,26 @@ sizes=${BENCH_SIZES:-"0.1b 0.4b"}
 formats=${BENCH_FORMATS:-"f32 bf16 bf16+bf16 int8 q4"}
 threads=${BENCH_THREADS:-0}
 mkdir -p "$dir"
+
+# The sgemm peak is "the library at its best". Debian 12's OpenBLAS (0.3.21)
+# does not know some newer CPUs and then runs its generic Prescott (SSE3)
+# kernels: 31-70 GFLOP/s on an Emerald Rapids, where its AVX-512 kernels read
+# ~300. It picks its kernels when it loads, so the runs below get the widest
+# kernels the CPU runs in their environment (an OPENBLAS_CORETYPE already set
+# is kept; a CPU it knows keeps its own choice).
+if [[ -z ${OPENBLAS_CORETYPE:-} ]]; then
+    core=$(OPENBLAS_VERBOSE=2 "$build/metastate" --help 2>&1 >/dev/null | sed -n 's/^Core: //p' | head -1 || true)
+    want=""
+    if [[ $core == Prescott ]]; then
+        if grep -qw avx512vl /proc/cpuinfo; then want=SkylakeX
+        elif grep -qw avx2 /proc/cpuinfo; then want=Haswell; fi
+    fi
+    if [[ -n $want ]]; then
+        echo "OpenBLAS does not know this CPU (it chose its $core kernels): the sgemm peak below is measured with its $want kernels (OPENBLAS_CORETYPE=$want)"
+        export OPENBLAS_CORETYPE=$want
+    fi
+fi
+
 for size in $sizes; do
     m="$dir/rwkv7-$size-bf16.safetensors"
     [[ -f $m ]] || "$build/metastate" gen-model --preset "$size" --dtype bf16 --seed 1 --out "$m"
