@@ -250,9 +250,9 @@ int cmd_bench(int argc, char **argv)
     const int n_cores = ncpu > 0 ? (int)ncpu : 1;
     uint64_t sink = 0;
     /* The limits before and after the timed parts, the better of each: on a
-     * shared machine one busy minute read the peaks at 55-65% of the same
-     * process's other figures, and the prefill over them at 136-148% of
-     * the sgemm peak. */
+     * shared machine a busy minute after the timed parts read the peaks at
+     * 55-65% of the same run's other rows, and the prefill over them at
+     * 136-148% of the sgemm peak. */
     const double bw_before = bench_bandwidth(n_cores, &sink);
     const double peak_before = bench_sgemm_peak(n_cores), fma_before = bench_fma_peak(n_cores);
     /* Warm up once so first-touch page faults are not measured. */
