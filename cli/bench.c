@@ -251,7 +251,7 @@ int cmd_bench(int argc, char **argv)
     uint64_t sink = 0;
     /* The limits before and after the timed parts, the better of each: on a
      * shared machine a busy minute after the timed parts read the peaks at
-     * 55-65% of the same run's other rows, and the prefill over them at
+     * 50-70% of the same run's other rows, and the prefill over them at
      * 136-148% of the sgemm peak. */
     const double bw_before = bench_bandwidth(n_cores, &sink);
     const double peak_before = bench_sgemm_peak(n_cores), fma_before = bench_fma_peak(n_cores);
