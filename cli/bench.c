@@ -285,8 +285,7 @@ int cmd_bench(int argc, char **argv)
     if (batch_steps > 0 && time_batches(m, (int)batch_steps, step, &err))
         goto fail;
 
-    const double bw_after = bench_bandwidth(n_cores, &sink);
-    const double bw = bw_after > bw_before ? bw_after : bw_before;
+    const double bw = fmax(bench_bandwidth(n_cores, &sink), bw_before);
     const double peak = fmax(bench_sgemm_peak(n_cores), peak_before),
                  fma_peak = fmax(bench_fma_peak(n_cores), fma_before);
     const double weights_mb = ms_model_weight_bytes(m) / 1048576.0;
