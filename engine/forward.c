@@ -6,7 +6,8 @@
  * product: our packed kernels (kernels.h) for decoding and batches of up
  * to K_MAX_BATCH rows, where a GEMM would run at a fraction of the memory
  * bandwidth, and for chunks of any length in the int8 / q4 / bf16-compute
- * modes; OpenBLAS sgemm for longer chunks of the exact formats. Only the
+ * modes and wherever the CPU has AVX2; OpenBLAS sgemm for longer chunks of
+ * the exact formats on the portable kernels. Only the
  * WKV recurrence walks the tokens one by one. All activations live in the
  * ms_ctx, allocated once in ms_ctx_new: nothing allocates per token.
  * Arithmetic is fp32 (SPEC 1.7) except the opt-in quantized products.
@@ -93,9 +94,10 @@ static void gemm_share(void *arg, int i)
 
 /* Y (T, out) = beta * Y + X (T, in) * W^T. Up to K_MAX_BATCH rows (decoding,
  * or a batch of sequences) stream every weight once through our kernels, as
- * do chunks of any length for the integer and bf16-dot formats (their dot
- * products beat sgemm on widened weights); longer chunks of the exact
- * formats (prefill) are compute-bound and go to sgemm. */
+ * do chunks of any length for the integer and bf16-dot formats and, with
+ * AVX2 or AVX-512, the exact ones (k_matmul_any_rows: they beat sgemm on
+ * widened weights); longer chunks of the exact formats on the portable
+ * kernels go to sgemm. */
 static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, float beta)
 {
     /* The single rows always take the kernels, the chunk what it would

@@ -85,8 +85,9 @@ void k_wmat_row(const k_wmat *W, int r, float *dst);
 void k_wmat_panel(const k_wmat *W, int r0, int r1, float *dst);
 
 /* 1 when products of W go through k_matmul for any number of rows (its
- * integer / bf16 dot products beat a widened sgemm); 0 when long chunks are
- * better served by sgemm on k_wmat_panel (exact fp32 formats). */
+ * integer / bf16 dot products, and with AVX2 or AVX-512 its exact ones,
+ * beat a widened sgemm); 0 when long chunks are better served by sgemm on
+ * k_wmat_panel (exact formats on the portable kernels). */
 int k_matmul_any_rows(const k_wmat *W);
 
 /* Y (B x rows) = beta * Y + X (B x cols) * W^T for a packed W, any B >= 1:

@@ -476,8 +476,9 @@ Test(model, batch_step_equals_solo_steps_with_meta_state) { batch_case("all"); }
 /* A prompt chunk riding along with a decode batch (ms_forward_mixed) gives
  * every sequence, bit for bit, what ms_step_batch and ms_forward give it
  * separately: for each weight format, with and without Meta-State heads, on
- * every kernel variant the CPU has, for chunks that take the kernels alone
- * (1, 5 rows) and ones that take sgemm alone on the exact formats (20). */
+ * every kernel variant the CPU has, for chunks as short as a decode batch
+ * (1, 5 rows) and longer ones (20: sgemm for the exact formats on the
+ * portable kernels). */
 static void mixed_case(const char *heads, const char *isa)
 {
     if (k_force_isa(isa))
@@ -606,6 +607,48 @@ Test(model, avx2_and_avx512_steps_equal_bit_for_bit)
     free(l2);
     free(l5);
 }
+
+/* Prefill chunks longer than a decode batch take the same kernels as
+ * token-by-token steps wherever the CPU has AVX2 (not OpenBLAS sgemm, which
+ * sums in its own order): a prompt gives the same bits whether it came in
+ * one request or token by token, for f32 and exact bf16 weights. */
+static void prefill_equals_steps_on(const char *isa)
+{
+    if (k_force_isa(isa))
+        cr_skip_test("CPU lacks %s", isa);
+    char p[300];
+    gen("pf.safetensors", "bf16", p, sizeof p);
+    enum { T = 40, V = 512 };
+    int32_t toks[T];
+    sequence(toks, T, V);
+    static const ms_weights fmts[] = {MS_WEIGHTS_F32, MS_WEIGHTS_BF16};
+    for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
+        ms_load_opts lo = {.weights = fmts[f]};
+        ms_error err;
+        ms_model *m;
+        cr_assert_eq(ms_model_load(p, &lo, &m, &err), MS_OK, "%s", err.msg);
+        ms_ctx *c1 = ms_ctx_new(m, 1), *c = ms_ctx_new(m, 64);
+        ms_state *a = ms_state_new(m), *b = ms_state_new(m);
+        float *la = malloc(sizeof(float) * T * V), *lb = malloc(sizeof(float) * T * V);
+        for (int t = 0; t < T; t++)
+            cr_assert_eq(ms_step(c1, a, toks[t], la + (size_t)t * V, &err), MS_OK, "%s", err.msg);
+        cr_assert_eq(ms_forward(c, b, toks, T, lb, 1, &err), MS_OK, "%s", err.msg);
+        cr_expect_eq(memcmp(ms_state_cdata(a), ms_state_cdata(b), ms_state_nfloats(a) * 4), 0,
+                     "%s weights %zu: states differ", isa, f);
+        cr_expect_eq(memcmp(la, lb, sizeof(float) * T * V), 0, "%s weights %zu: logits differ",
+                     isa, f);
+        free(la);
+        free(lb);
+        ms_state_free(a);
+        ms_state_free(b);
+        ms_ctx_free(c);
+        ms_ctx_free(c1);
+        ms_model_free(m);
+    }
+}
+
+Test(model, prefill_equals_steps_bit_for_bit_avx2) { prefill_equals_steps_on("avx2"); }
+Test(model, prefill_equals_steps_bit_for_bit_avx512) { prefill_equals_steps_on("avx512"); }
 
 /* The FFN runs in parts whose sums are added in a fixed order (model.h
  * FFN_PARTS): on no more threads than parts a thread takes a whole part,
