@@ -7,10 +7,10 @@
  * to K_MAX_BATCH rows, where a GEMM would run at a fraction of the memory
  * bandwidth, and for chunks of any length in the int8 / q4 / bf16-compute
  * modes and wherever the CPU has AVX2; OpenBLAS sgemm for longer chunks of
- * the exact formats on the portable kernels. Only the
- * WKV recurrence walks the tokens one by one. All activations live in the
- * ms_ctx, allocated once in ms_ctx_new: nothing allocates per token.
- * Arithmetic is fp32 (SPEC 1.7) except the opt-in quantized products.
+ * the exact formats on the portable kernels. Only the WKV recurrence walks
+ * the tokens one by one. All activations live in the ms_ctx, allocated once
+ * in ms_ctx_new: nothing allocates per token. Arithmetic is fp32 (SPEC 1.7)
+ * except the opt-in quantized products.
  */
 #include "model.h"
 
