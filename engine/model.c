@@ -15,6 +15,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -373,11 +374,79 @@ const char *ms_kernel_isa(void) { return k_isa(); }
 
 #define CHUNK_ROWS 512
 
-/* Second pass: every binding converted into place. Matrices go through an
- * fp32 scratch buffer of CHUNK_ROWS rows at a time, so loading needs little
- * memory beyond the weights as held. */
-static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, const char *path,
-                             ms_error *err)
+/* A piece of the second pass: one vector, one LoRA, or CHUNK_ROWS rows of
+ * a matrix, each converted into memory no other piece writes. */
+typedef struct {
+    const binding *b;
+    int r0, r1;
+} piece;
+
+typedef struct {
+    const ms_tensorfile *tf;
+    const char *path;
+    const piece *pieces;
+    size_t n_pieces, scratch;
+    atomic_size_t next;
+    float *tmp; /* scratch floats per share */
+    uint8_t *fp;
+    ms_status fp_st;
+    ms_error fp_err;
+} convert_job;
+
+static void convert_piece(const piece *p, float *tmp)
+{
+    const binding *b = p->b;
+    if (b->kind == B_VEC) {
+        ms_tensor_to_f32(b->t, *b->dst_vec);
+        return;
+    }
+    const int rows = b->rows, cols = b->cols, width = (int)b->t->shape[1];
+    if (b->kind == B_LORA) { /* (in, out) -> (out, in) */
+        float *tr = tmp + b->numel;
+        ms_tensor_to_f32(b->t, tmp);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                tr[(size_t)c * rows + r] = tmp[(size_t)r * cols + c];
+        k_wmat_set_rows(b->dst_mat, 0, cols, tr);
+        return;
+    }
+    const size_t row_bytes = b->t->nbytes / (size_t)b->t->shape[0];
+    ms_tensor part = *b->t;
+    part.shape[0] = p->r1 - p->r0;
+    part.data = (const char *)b->t->data + (size_t)(b->r0 + p->r0) * row_bytes;
+    part.nbytes = (size_t)(p->r1 - p->r0) * row_bytes;
+    ms_tensor_to_f32(&part, tmp);
+    if (cols < width) /* a block of columns: each row's slice to the front */
+        for (int r = 0; r < p->r1 - p->r0; r++)
+            memmove(tmp + (size_t)r * cols, tmp + (size_t)r * width + b->c0,
+                    (size_t)cols * sizeof(float));
+    k_wmat_set_rows(b->dst_mat, p->r0, p->r1, tmp);
+}
+
+/* Item 0 hashes the file (one SHA-256 stream, so one thread) while the
+ * others convert; each share takes pieces until none is left, so the thread
+ * that finishes the hash joins the conversion. */
+static void convert_share(void *arg, int i)
+{
+    convert_job *j = arg;
+    if (i == 0) {
+        j->fp_st = fingerprint(j->tf, j->fp, j->path, &j->fp_err);
+        return;
+    }
+    float *tmp = j->tmp + (size_t)(i - 1) * j->scratch;
+    for (size_t k; (k = atomic_fetch_add(&j->next, 1)) < j->n_pieces;)
+        convert_piece(&j->pieces[k], tmp);
+}
+
+/* Second pass: every binding converted into place, on the pool, while the
+ * fingerprint is taken (a 0.4B bf16 file held as q4 took 4.5 s on one
+ * thread: packing 44%, the hash 25%, the kernel zeroing new pages 17%). The
+ * memory is allocated first, in binding order (the arena is not
+ * thread-safe); matrices then go through an fp32 scratch buffer of
+ * CHUNK_ROWS rows per thread, so loading needs little memory beyond the
+ * weights as held. */
+static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts,
+                             const ms_tensorfile *tf, const char *path, ms_error *err)
 {
     ms_weights w = opts ? opts->weights : MS_WEIGHTS_AUTO;
     if (w == MS_WEIGHTS_AUTO)
@@ -390,10 +459,17 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
     /* The embedding is only looked up (one row per token), so its format
      * costs memory, not speed: row-major, int8 when the rest is 4-bit. */
     const k_wfmt emb_fmt = m->wfmt == K_W_Q4 ? K_W_I8 : m->wfmt;
+    /* fp32 with fp32 weights. int8 with int8 and q4, whose large products
+     * round their inputs to int8 anyway: the held-out bits/byte did not move
+     * (2.3406 int8, 2.3541 q4), and a 0.1B q4 token reads 74.8 MB instead of
+     * 79.2 with bf16. Not q4: the decay goes through exp(-e^x), and 4-bit
+     * LoRAs cost 0.0008 bits/byte in both formats for 3 MB less. bf16
+     * otherwise, as the released checkpoints hold them: exact widening in
+     * the fp32 kernel's order, or bf16 dot products with --compute bf16. */
     const k_wfmt lora_fmt = m->wfmt == K_W_F32                           ? K_W_F32
                             : m->wfmt == K_W_I8 || m->wfmt == K_W_Q4 ? K_W_I8
                                                                      : K_W_BF16;
-    size_t vec_floats = 0, scratch = 1;
+    size_t vec_floats = 0, scratch = 1, n_pieces = 0;
     for (size_t i = 0; i < ld->n; i++) {
         const binding *b = &ld->b[i];
         size_t need = b->kind == B_VEC  ? 0
@@ -403,69 +479,54 @@ static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts, 
             vec_floats += (b->numel + 15) & ~(size_t)15; /* 64-byte aligned each */
         if (need > scratch)
             scratch = need;
+        n_pieces += b->kind == B_MAT ? (size_t)(b->rows + CHUNK_ROWS - 1) / CHUNK_ROWS : 1;
     }
+    const int shares = k_threads();
     m->arena = aligned_alloc(64, vec_floats * sizeof(float) + 64);
     m->mats = k_arena_new();
-    float *tmp = malloc(scratch * sizeof(float));
-    if (!m->arena || !m->mats || !tmp) {
-        free(tmp);
-        return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory for the weights", path);
-    }
+    convert_job j = {.tf = tf, .path = path, .scratch = scratch, .fp = m->fingerprint};
+    atomic_init(&j.next, 0);
+    piece *pieces = malloc((n_pieces ? n_pieces : 1) * sizeof *pieces);
+    j.tmp = malloc((size_t)shares * scratch * sizeof(float));
+    if (!m->arena || !m->mats || !pieces || !j.tmp)
+        goto nomem;
     m->weight_bytes = vec_floats * sizeof(float);
     for (size_t i = 0, off = 0; i < ld->n; i++) {
         const binding *b = &ld->b[i];
         if (b->kind == B_VEC) {
-            ms_tensor_to_f32(b->t, m->arena + off);
             *b->dst_vec = m->arena + off;
             off += (b->numel + 15) & ~(size_t)15;
+            pieces[j.n_pieces++] = (piece){b, 0, 0};
             continue;
         }
-        const int rows = b->rows, cols = b->cols, width = (int)b->t->shape[1];
-        int rc;
-        if (b->kind == B_LORA) { /* (in, out) -> (out, in) */
-            float *tr = tmp + b->numel;
-            ms_tensor_to_f32(b->t, tmp);
-            for (int r = 0; r < rows; r++)
-                for (int c = 0; c < cols; c++)
-                    tr[(size_t)c * rows + r] = tmp[(size_t)r * cols + c];
-            /* fp32 with fp32 weights. int8 with int8 and q4, whose large
-             * products round their inputs to int8 anyway: the held-out
-             * bits/byte did not move (2.3406 int8, 2.3541 q4), and a 0.1B q4
-             * token reads 74.8 MB instead of 79.2 with bf16. Not q4: the
-             * decay goes through exp(-e^x), and 4-bit LoRAs cost 0.0008
-             * bits/byte in both formats for 3 MB less. bf16 otherwise, as the
-             * released checkpoints hold them: exact widening in the fp32
-             * kernel's order, or bf16 dot products with --compute bf16. */
-            rc = k_wmat_init_in(b->dst_mat, m->mats, lora_fmt, cols, rows, tr);
-            if (!rc)
-                b->dst_mat->dot_bf16 = b->dst_mat->packed && lora_fmt == K_W_BF16 && dot_bf16;
-        } else if (!(rc = b->dst_mat == &m->emb ? k_wmat_alloc_plain(b->dst_mat, emb_fmt, rows, cols)
-                                                : k_wmat_alloc_in(b->dst_mat, m->mats, m->wfmt,
-                                                                  rows, cols))) {
-            b->dst_mat->dot_bf16 = b->dst_mat->packed && m->wfmt == K_W_BF16 && dot_bf16;
-            const size_t row_bytes = b->t->nbytes / (size_t)b->t->shape[0];
-            for (int r0 = 0; r0 < rows; r0 += CHUNK_ROWS) {
-                const int r1 = r0 + CHUNK_ROWS < rows ? r0 + CHUNK_ROWS : rows;
-                ms_tensor part = *b->t;
-                part.shape[0] = r1 - r0;
-                part.data = (const char *)b->t->data + (size_t)(b->r0 + r0) * row_bytes;
-                part.nbytes = (size_t)(r1 - r0) * row_bytes;
-                ms_tensor_to_f32(&part, tmp);
-                if (cols < width) /* a block of columns: each row's slice to the front */
-                    for (int r = 0; r < r1 - r0; r++)
-                        memmove(tmp + (size_t)r * cols, tmp + (size_t)r * width + b->c0,
-                                (size_t)cols * sizeof(float));
-                k_wmat_set_rows(b->dst_mat, r0, r1, tmp);
-            }
+        k_wmat *W = b->dst_mat;
+        if (b->kind == B_LORA) {
+            if (k_wmat_alloc_in(W, m->mats, lora_fmt, b->cols, b->rows))
+                goto nomem;
+            W->dot_bf16 = W->packed && lora_fmt == K_W_BF16 && dot_bf16;
+            pieces[j.n_pieces++] = (piece){b, 0, 0};
+        } else {
+            if (W == &m->emb ? k_wmat_alloc_plain(W, emb_fmt, b->rows, b->cols)
+                             : k_wmat_alloc_in(W, m->mats, m->wfmt, b->rows, b->cols))
+                goto nomem;
+            W->dot_bf16 = W->packed && m->wfmt == K_W_BF16 && dot_bf16;
+            for (int r0 = 0; r0 < b->rows; r0 += CHUNK_ROWS)
+                pieces[j.n_pieces++] =
+                    (piece){b, r0, r0 + CHUNK_ROWS < b->rows ? r0 + CHUNK_ROWS : b->rows};
         }
-        if (rc) {
-            free(tmp);
-            return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory for the weights", path);
-        }
-        m->weight_bytes += k_wmat_bytes(b->dst_mat);
+        m->weight_bytes += k_wmat_bytes(W);
     }
-    free(tmp);
-    return MS_OK;
+    j.pieces = pieces;
+    k_parallel(1 + shares, convert_share, &j);
+    free(pieces);
+    free(j.tmp);
+    if (j.fp_st)
+        *err = j.fp_err;
+    return j.fp_st;
+nomem:
+    free(pieces);
+    free(j.tmp);
+    return ms_fail(err, MS_ERR_NOMEM, "%s: out of memory for the weights", path);
 }
 
 /* MS-v0 (SPEC 3.3 C2): the heads a layer's Self-State Encoder reads are
@@ -554,23 +615,21 @@ ms_status ms_model_from_tensors(const ms_tensorfile *tf, const ms_load_opts *opt
     loader ld = {.tf = tf, .path = path, .err = err};
     if ((st = bind_all(&ld, m)))
         goto fail_ld;
-    if ((st = convert_all(m, &ld, opts, path, err)))
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : (ncpu > 0 ? (int)ncpu : 1);
+    k_set_threads(m->n_threads); /* before the conversion, which runs on the pool */
+    /* Our pool splits prefill GEMMs itself; OpenBLAS's own threads would spin
+     * beside it after every call and slow the next decode step. */
+    openblas_set_num_threads(1);
+    if ((st = convert_all(m, &ld, opts, tf, path, err)))
         goto fail_ld;
     free(ld.b);
 
     if ((st = find_sse_heads(m, path, err)) || (st = read_ancestors(m, tf, path, err)))
         goto fail;
-    if ((st = fingerprint(tf, m->fingerprint, path, err)))
-        goto fail;
     /* Every matrix is read once per token, except the embedding (one row). */
     m->bytes_per_token = m->weight_bytes - k_wmat_bytes(&m->emb) +
                          k_wmat_bytes(&m->emb) / (size_t)m->cfg.vocab_size;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    m->n_threads = opts && opts->n_threads > 0 ? opts->n_threads : (ncpu > 0 ? (int)ncpu : 1);
-    k_set_threads(m->n_threads);
-    /* Our pool splits prefill GEMMs itself; OpenBLAS's own threads would spin
-     * beside it after every call and slow the next decode step. */
-    openblas_set_num_threads(1);
     *out = m;
     return MS_OK;
 fail_ld:
