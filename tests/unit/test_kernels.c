@@ -531,6 +531,88 @@ Test(kernels, formats_round_as_documented)
     k_wmat_free(&W);
 }
 
+/* What each format holds for one group of a row, by the definitions in
+ * kernels.h written the plain way: the vectorized packing at load must give
+ * these bits (ties in magnitude, rounding ties, clipping, zero groups,
+ * ragged groups and an odd last column included). */
+static float ref_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = (u + 0x7fff + ((u >> 16) & 1)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static void ref_group(k_wfmt fmt, const float *x, int n, float *out)
+{
+    if (fmt == K_W_F32 || fmt == K_W_BF16) {
+        for (int i = 0; i < n; i++)
+            out[i] = fmt == K_W_F32 ? x[i] : ref_bf16(x[i]);
+        return;
+    }
+    float big = 0; /* the first value of largest magnitude */
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > fabsf(big))
+            big = x[i];
+    if (fmt == K_W_I8) {
+        const float amax = fabsf(big), inv = amax > 0 ? 127.0f / amax : 0;
+        for (int i = 0; i < n; i++)
+            out[i] = (float)lrintf(x[i] * inv) * (amax / 127.0f);
+        return;
+    }
+    const float sc = k_f16_to_f32(k_f32_to_f16(big / -8.0f)), inv = sc != 0 ? 1.0f / sc : 0;
+    for (int i = 0; i < n; i++) {
+        const long q = lrintf(x[i] * inv) + 8;
+        out[i] = (float)((q < 0 ? 0 : q > 15 ? 15 : q) - 8) * sc;
+    }
+}
+
+Test(kernels, packing_holds_the_defined_values_bit_for_bit)
+{
+    static const k_wfmt fmts[] = {K_W_F32, K_W_BF16, K_W_I8, K_W_Q4};
+    static const char *const names[] = {"f32", "bf16", "int8", "q4"};
+    const int rows = 37, widths[] = {64, 300, 131};
+    unsigned seed = 17;
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int cols = widths[wi];
+        float *w = malloc(sizeof(float) * rows * cols), *got = malloc(sizeof(float) * rows * cols);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                w[r * cols + c] = frand(&seed) * (r % 3 == 0 ? 1.0f : r % 3 == 1 ? 7.0f : 1e-3f);
+        w[0] = 0.75f, w[5] = -3.0f, w[9] = 3.0f; /* -3 comes first: it sets q4's sign */
+        for (int c = 0; c < cols; c++) {
+            w[cols + c] = (float)(c % 16) - 7.5f; /* q4 step 1 (big -8): ties, 7.5 clips */
+            w[2 * cols + c] = (float)(c % 254) - 126.5f; /* int8 step 1: ties */
+            w[3 * cols + c] = 0.0f;
+            w[4 * cols + c] = c % 2 ? -0.0f : 1e-6f * (float)(c % 5); /* fp16 subnormal scale */
+        }
+        w[cols] = -8.0f, w[2 * cols] = 127.0f;
+        for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
+            k_wmat W;
+            cr_assert_eq(k_wmat_init(&W, fmts[f], rows, cols, w), 0);
+            k_wmat_rows(&W, 0, rows, got);
+            int bad = 0;
+            for (int r = 0; r < rows; r++)
+                for (int c0 = 0; c0 < cols; c0 += 64) {
+                    const int n = cols - c0 < 64 ? cols - c0 : 64;
+                    float want[64];
+                    ref_group(fmts[f], w + r * cols + c0, n, want);
+                    for (int i = 0; i < n && bad < 5; i++)
+                        if (memcmp(&want[i], &got[r * cols + c0 + i], 4)) {
+                            bad++;
+                            cr_expect(0, "%s %d x %d: (%d, %d) = %g holds %g, not %g", names[f],
+                                      rows, cols, r, c0 + i, w[r * cols + c0 + i],
+                                      got[r * cols + c0 + i], want[i]);
+                        }
+                }
+            k_wmat_free(&W);
+        }
+        free(w);
+        free(got);
+    }
+}
+
 /* The AMX int8 / q4 kernels promise the VNNI kernel's bits (exact integer
  * sums per group, then the same fp32 steps in the same order): ragged rows
  * and columns, batches below, at and past a tile's 16 rows (the last 16
