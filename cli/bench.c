@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -224,6 +225,8 @@ int cmd_bench(int argc, char **argv)
     }
     t_load = now_s() - t_load;
     const double rss_mb = (rss_kb() - rss0) / 1024.0;
+    struct stat file;
+    const double file_gb = stat(model_path, &file) ? 0 : (double)file.st_size / 1e9;
     const ms_config *cfg = ms_model_config(m);
     ms_state *s = ms_state_new(m);
     ms_ctx *ctx = ms_ctx_new(m, 256);
@@ -302,9 +305,9 @@ int cmd_bench(int argc, char **argv)
         goto done;
     }
     printf("%s: L=%d C=%d V=%d, %s weights, %s compute (kernels %s): %.0f MB held, %.0f MB read "
-           "per token, load %.2f s, RSS after load %.0f MB, %d threads\n",
+           "per token, load %.2f s (%.2f GB/s of file), RSS after load %.0f MB, %d threads\n",
            label, cfg->n_layer, cfg->n_embd, cfg->vocab_size, weights, compute, ms_kernel_isa(),
-           weights_mb, w_bytes / 1048576.0, t_load, rss_mb, threads);
+           weights_mb, w_bytes / 1048576.0, t_load, file_gb / t_load, rss_mb, n_cores);
     printf("  prefill %ld tokens: %.1f tok/s (%.0f%% of sgemm peak %.0f GFLOP/s with OpenBLAS's "
            "%s kernels, %.0f%% of FMA peak %.0f GFLOP/s)\n",
            n_prompt, pp, 100 * pre_eff, peak / 1e9, bench_blas_core(), 100 * pre_eff_fma,
