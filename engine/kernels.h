@@ -70,6 +70,10 @@ int k_wmat_alloc(k_wmat *W, k_wfmt fmt, int rows, int cols);
 int k_wmat_alloc_in(k_wmat *W, k_arena *a, k_wfmt fmt, int rows, int cols);
 int k_wmat_alloc_plain(k_wmat *W, k_wfmt fmt, int rows, int cols);
 void k_wmat_set_rows(k_wmat *W, int r0, int r1, const float *src);
+/* k_wmat_set_rows of the fp32 widening of bf16 values, for a BF16 W (packed
+ * or plain), without widening them: row r is the cols values at src + (r -
+ * r0) * stride values (any alignment), and W gets the same bytes. */
+void k_wmat_set_rows_bf16(k_wmat *W, int r0, int r1, const void *src, size_t stride);
 /* k_wmat_alloc + k_wmat_set_rows of all rows. */
 int k_wmat_init(k_wmat *W, k_wfmt fmt, int rows, int cols, const float *src);
 int k_wmat_init_in(k_wmat *W, k_arena *a, k_wfmt fmt, int rows, int cols, const float *src);

@@ -411,6 +411,11 @@ static void convert_piece(const piece *p, float *tmp)
         return;
     }
     const size_t row_bytes = b->t->nbytes / (size_t)b->t->shape[0];
+    if (b->t->dtype == MS_BF16 && b->dst_mat->fmt == K_W_BF16) { /* no fp32 on the way */
+        const char *rows0 = (const char *)b->t->data + (size_t)(b->r0 + p->r0) * row_bytes;
+        k_wmat_set_rows_bf16(b->dst_mat, p->r0, p->r1, rows0 + (size_t)b->c0 * 2, (size_t)width);
+        return;
+    }
     ms_tensor part = *b->t;
     part.shape[0] = p->r1 - p->r0;
     part.data = (const char *)b->t->data + (size_t)(b->r0 + p->r0) * row_bytes;

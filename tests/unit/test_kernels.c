@@ -613,6 +613,54 @@ Test(kernels, packing_holds_the_defined_values_bit_for_bit)
     }
 }
 
+/* bf16 weights straight from a file's bytes (any alignment, a block of
+ * columns of a wider tensor) hold what their fp32 widening gives, NaNs
+ * quieted alike: packed and plain, ragged rows and an odd width. */
+Test(kernels, bf16_rows_from_bytes_equal_their_widening)
+{
+    const int rows = 37, widths[] = {300, 131}, stride = 307, off = 5;
+    unsigned seed = 23;
+    uint8_t *bytes = malloc(1 + (size_t)rows * stride * 2);
+    uint16_t *h = malloc(sizeof(uint16_t) * rows * stride);
+    float *f = malloc(sizeof(float) * rows * stride);
+    for (int i = 0; i < rows * stride; i++) {
+        const float x = frand(&seed) * 3.0f;
+        uint32_t u;
+        memcpy(&u, &x, 4);
+        h[i] = (uint16_t)(u >> 16);
+    }
+    h[off] = 0x7f81, h[off + 1] = 0xffc0, h[off + 2] = 0x7f80, h[off + 3] = 0x8000; /* sNaN, qNaN, inf, -0 */
+    memcpy(bytes + 1, h, sizeof(uint16_t) * rows * stride); /* odd address */
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int cols = widths[wi];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) {
+                const uint32_t u = (uint32_t)h[r * stride + off + c] << 16;
+                memcpy(&f[r * cols + c], &u, 4);
+            }
+        for (int packed = 0; packed < 2; packed++) {
+            k_wmat A, B;
+            cr_assert_eq(packed ? k_wmat_alloc(&A, K_W_BF16, rows, cols)
+                                : k_wmat_alloc_plain(&A, K_W_BF16, rows, cols), 0);
+            cr_assert_eq(packed ? k_wmat_alloc(&B, K_W_BF16, rows, cols)
+                                : k_wmat_alloc_plain(&B, K_W_BF16, rows, cols), 0);
+            k_wmat_set_rows(&A, 0, 16, f);
+            k_wmat_set_rows(&A, 16, rows, f + (size_t)16 * cols);
+            k_wmat_set_rows_bf16(&B, 0, 16, bytes + 1 + off * 2, (size_t)stride);
+            k_wmat_set_rows_bf16(&B, 16, rows, bytes + 1 + ((size_t)16 * stride + off) * 2,
+                                 (size_t)stride);
+            cr_assert_eq(k_wmat_bytes(&A), k_wmat_bytes(&B));
+            cr_expect_eq(memcmp(A.data, B.data, k_wmat_bytes(&A)), 0,
+                         "%s %d x %d: the bytes differ", packed ? "packed" : "plain", rows, cols);
+            k_wmat_free(&A);
+            k_wmat_free(&B);
+        }
+    }
+    free(bytes);
+    free(h);
+    free(f);
+}
+
 /* The AMX int8 / q4 kernels promise the VNNI kernel's bits (exact integer
  * sums per group, then the same fp32 steps in the same order): ragged rows
  * and columns, batches below, at and past a tile's 16 rows (the last 16
