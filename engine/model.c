@@ -447,9 +447,9 @@ static void convert_share(void *arg, int i)
  * fingerprint is taken (a 0.4B bf16 file held as q4 took 4.5 s on one
  * thread: packing 44%, the hash 25%, the kernel zeroing new pages 17%). The
  * memory is allocated first, in binding order (the arena is not
- * thread-safe); matrices then go through an fp32 scratch buffer of
+ * thread-safe). Matrices then go through an fp32 scratch buffer of
  * CHUNK_ROWS rows per thread, so loading needs little memory beyond the
- * weights as held. */
+ * weights as held; bf16 tensors held as bf16 go from the file's bytes. */
 static ms_status convert_all(ms_model *m, loader *ld, const ms_load_opts *opts,
                              const ms_tensorfile *tf, const char *path, ms_error *err)
 {
