@@ -151,7 +151,8 @@ typedef enum {
 typedef enum { MS_COMPUTE_F32 = 0, MS_COMPUTE_BF16 } ms_compute;
 
 typedef struct ms_load_opts {
-    int n_threads;      /* threads for products; 0 = one per core (process-wide, first load sets it) */
+    /* threads for loading and products; 0 = one per core (process-wide, first load sets it) */
+    int n_threads;
     ms_weights weights; /* in-memory weight format */
     ms_compute compute; /* bf16 weights' product arithmetic */
 } ms_load_opts;
@@ -164,8 +165,9 @@ int ms_compute_parse(const char *s);
 const char *ms_kernel_isa(void);
 
 /* Loads a checkpoint (.pth or safetensors, BlinkDL tensor names). Weights are
- * converted once to the in-memory format; all arithmetic is fp32. The file
- * is unmapped before returning. opts may be NULL. Errors name the file and,
+ * converted once to the in-memory format, on the engine's threads (their
+ * number gives the same bytes); all arithmetic is fp32. The file is
+ * unmapped before returning. opts may be NULL. Errors name the file and,
  * where relevant, the tensor. */
 ms_status ms_model_load(const char *path, const ms_load_opts *opts,
                         ms_model **out, ms_error *err);
