@@ -57,7 +57,7 @@ static const opt_spec specs[] = {
     {"timeout", O_TIMEOUT, "SECONDS", "per-request deadline: queued requests fail with 503, generation ends with finish_reason length (default 600)"},
     {"idle-timeout", O_IDLE, "SECONDS", "close connections idle (or sending headers/body) this long (default 30)"},
     {"stream-backlog-kb", O_BACKLOG, "N", "a stream whose client has not taken this much output (KiB) pauses until it reads (default 1024)"},
-    {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per scheduler step, all prompts together (they take turns), so running streams are not stalled (default 128)"},
+    {"prefill-chunk", O_CHUNK, "N", "prompt tokens processed per scheduler step, all prompts together (fewest tokens left first), so running streams are not stalled (default 128)"},
     {"threads", O_THREADS, "N", "engine worker threads, 0 = one per core (default 0)"},
     {"weights", O_WEIGHTS, "FMT", "weights in memory: auto (bf16 files stay bf16, others f32), f32, bf16, int8, q4 (default auto)"},
     {"compute", O_COMPUTE, "MODE", "products of bf16 weights: f32 (exact) or bf16 (activations rounded to bf16, bf16 dot products; faster) (default f32)"},

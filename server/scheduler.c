@@ -7,8 +7,8 @@
  * only borrows a slot. Each loop iteration (a uv_idle callback, active only
  * while some slot has work) generates one token for every generating slot
  * and runs prompt chunks of at most --prefill-chunk tokens in all, the
- * prefilling slots taking turns. That keeps streams flowing while long
- * prompts, or many at once, are processed. All generating slots of an
+ * prompt with the fewest tokens left first. That keeps streams flowing while
+ * long prompts, or many at once, are processed. All generating slots of an
  * iteration feed their tokens in one batched forward (ms_forward_mixed):
  * every weight matrix is read once for all of them, so eight streams cost
  * little more than one on a memory-bound CPU. The same
@@ -181,7 +181,7 @@ struct sched {
     slot *ride;         /* this iteration's prompt chunk that rides with the batched step */
     size_t ride_m;      /* its length */
     slot **pre_slot;    /* this iteration's prefilling slots, in slot order (n_slots) */
-    int rr_next;        /* prompt work starts at the first prefilling slot from here */
+    unsigned prefill_iter; /* iterations with prompt work, for the oldest's turn */
     size_t step_prompt; /* prompt tokens this iteration ran in forwards of their own */
     slot **draw_slot;   /* this iteration's draws (n_slots each) */
     ms_sampler **draw_sampler;
@@ -638,38 +638,65 @@ static int step_prefill(sched *s, slot *sl)
     return 1;
 }
 
+/* Prompt tokens left to run before sl's last one (all of them when the
+ * prompt is scored for echoed logprobs). */
+static size_t prefill_left(const slot *sl)
+{
+    return sl->echo_lp ? sl->n_toks - sl->pos : sl->n_toks - 1 - sl->pos;
+}
+
 /* Prompt tokens step_prefill would run for sl now: a chunk, or 0 when only
  * the last token is left (a row of the batched step, like a generated one). */
 static size_t prefill_need(const sched *s, const slot *sl)
 {
-    const size_t m = sl->echo_lp ? sl->n_toks - sl->pos : sl->n_toks - 1 - sl->pos;
+    const size_t m = prefill_left(sl);
     return m < (size_t)s->cfg->prefill_chunk ? m : (size_t)s->cfg->prefill_chunk;
 }
 
-/* This iteration's prompt work for the prefilling slots pre[0..n) (in slot
- * order). They take turns, starting after the one that went first last
- * time, and chunks run while their tokens fit in one --prefill-chunk: a
- * burst of prompts then delays the running streams by one chunk per token,
- * not by one chunk per prompt (eight 600-token prompts stalled a stream for
- * 0.3-0.8 s per token). The first in turn always runs, and prompts down to
- * their last token always queue it. Returns the tokens queued for the
- * batched step. */
+/* Every PREFILL_OLDEST_EVERY-th iteration with prompt work, the oldest
+ * request's prompt goes first instead of the shortest: a long prompt beside
+ * a stream of shorter ones keeps at least that share of the chunks. */
+#define PREFILL_OLDEST_EVERY 4
+
+/* Whether a's prompt work goes before b's: fewest tokens left (or, on the
+ * oldest's turn, submitted first), then submitted first, then slot order. */
+static int prefill_before(const slot *a, const slot *b, int oldest)
+{
+    const size_t la = prefill_left(a), lb = prefill_left(b);
+    const double ta = a->job->t_submit, tb = b->job->t_submit;
+    if (oldest && ta != tb) return ta < tb;
+    if (la != lb) return la < lb;
+    if (ta != tb) return ta < tb;
+    return a < b;
+}
+
+/* This iteration's prompt work for the prefilling slots pre[0..n). Chunks
+ * run in prefill_before's order while their tokens fit in one
+ * --prefill-chunk: a burst of prompts delays the running streams by one
+ * chunk per token, not by one chunk per prompt (eight 600-token prompts
+ * stalled a stream for 0.3-0.8 s per token), and a burst of equal prompts
+ * finishes one after another rather than all at the end (taking turns, eight
+ * 512-token prompts on the 0.1B model all had their first token after
+ * 3.7-4.8 s). A short prompt, or a chat's next turn, is not held behind a
+ * document. The first in order always runs, and prompts down to their last
+ * token always queue it. Returns the tokens queued for the batched step. */
 static int prefill_turns(sched *s, slot **pre, int n)
 {
-    int start = 0, n_feed = 0, first = 1;
-    while (start < n && pre[start] - s->slots < s->rr_next) start++;
-    if (start == n) start = 0;
+    if (n == 0) return 0;
+    const int oldest = ++s->prefill_iter % PREFILL_OLDEST_EVERY == 0;
+    for (int i = 1; i < n; i++) /* n <= --parallel: insertion sort */
+        for (int k = i; k > 0 && prefill_before(pre[k], pre[k - 1], oldest); k--) {
+            slot *t = pre[k];
+            pre[k] = pre[k - 1];
+            pre[k - 1] = t;
+        }
+    int n_feed = 0;
     size_t left = (size_t)s->cfg->prefill_chunk;
     for (int i = 0; i < n; i++) {
-        slot *sl = pre[(start + i) % n];
-        const size_t need = prefill_need(s, sl);
+        const size_t need = prefill_need(s, pre[i]);
         if (need > left) continue;
-        if (need && first) {
-            s->rr_next = (int)(sl - s->slots) + 1;
-            first = 0;
-        }
         left -= need;
-        n_feed += step_prefill(s, sl);
+        n_feed += step_prefill(s, pre[i]);
     }
     return n_feed;
 }
