@@ -257,9 +257,11 @@ int k_wmat_alloc_plain(k_wmat *W, k_wfmt fmt, int rows, int cols)
  * every x86-64 has, four values at a time (0.4B to q4: 44% of a one-thread
  * load in scalar loops). They give the bits of the scalar definitions:
  * maxps keeps its second operand when the first is a NaN, as fmaxf ignores
- * one, and cvtps2dq rounds to nearest even like lrintf, giving INT_MIN
- * where lrintf's long is out of range (never for the finite values these
- * scales make: |s * inv| <= 127 for int8, about 12 for q4). */
+ * one, and cvtps2dq rounds to nearest even like lrintf. Out of range (a NaN,
+ * or an infinite inv when a group's largest value is subnormal) it gives
+ * INT_MIN where lrintf gives LONG_MIN: the same low byte for int8 and the
+ * same clamp to 0 for q4. In range are all others: |s * inv| <= 127 for
+ * int8, about 12 for q4. */
 
 /* max |s[i]|, NaNs ignored; 0 when none is larger. */
 static float amax_of(const float *s, int n)

@@ -180,7 +180,7 @@ struct sched {
     ms_ctx *batch_ctx;
     slot *ride;         /* this iteration's prompt chunk that rides with the batched step */
     size_t ride_m;      /* its length */
-    slot **pre_slot;    /* this iteration's prefilling slots, in slot order (n_slots) */
+    slot **pre_slot;    /* this iteration's prefilling slots (n_slots), in prefill_turns' order */
     unsigned prefill_iter; /* iterations with prompt work, for the oldest's turn */
     size_t step_prompt; /* prompt tokens this iteration ran in forwards of their own */
     slot **draw_slot;   /* this iteration's draws (n_slots each) */
