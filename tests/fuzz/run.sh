@@ -34,11 +34,16 @@ for bin in "$fz"/fuzz_*; do
     [ -x "$bin" ] || continue
     name=${bin##*/fuzz_}
     seeds=$here/corpus/$name
+    if [ "$name" = model ]; then
+        # Its inputs are tensor lists; it writes the tiny model's own as seeds.
+        seeds=$fz/seeds_model
+        mkdir -p "$seeds"
+    fi
     if [ "$mode" = long ]; then out=$fz/corpus/$name; else out=$scratch/$name; fi
     mkdir -p "$out"
     log=$scratch/$name.log
     start=$SECONDS
-    "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    METASTATE_FUZZ_SEEDS=$seeds "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$fz/artifacts/$name-" "$out" "$seeds" >"$log" 2>&1
     rc=$?
     runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$')
