@@ -25,3 +25,6 @@
 #undef IWU
 #undef IQ4
 #undef IDOTU
+#undef IG8_OK
+#undef IQ4G8
+#undef II8G8
