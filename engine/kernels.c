@@ -858,8 +858,8 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
  *   IW8, ILOAD8(p), IDOT8(acc, w, x4), IFIX8(acc, xoff)  int8: sum q*x
  *   IWU, IQ4(p, lo, hi), IDOTU(acc, w, x4), IFIX4(acc, xoff)  q4: sum (q-8)*x
  * IFIX* remove the weights' offset where the sums carry it (xoff, act).
- *   IG8_OK, IQ4G8 / II8G8(wg, xr, c, nta, sums)  a whole group's integer sums
- *                       for 8 sequences in one routine, where the set has it
+ *   IGROUP_OK, IQ4GROUP / II8GROUP(NB, wg, xr, c, nta, sums)  where the set
+ *                       has one, a routine for a whole group's integer sums
  * x4 is four int8 inputs packed in an int32 (little-endian column order).
  * Sequences go NB at a time through a block (NB a constant, so the
  * accumulators stay in registers); NBMAX per ISA from the register count.
@@ -1012,8 +1012,7 @@ static inline int32_t x4_of(const int8_t *p)
 /* Integer sums are exact, so small batches use two accumulators per
  * sequence (even / odd quads, or low / high nibbles) to shorten the
  * dependency chains without changing any result; larger ones need the
- * registers for more sequences, except in AVX-512's routine for passes of
- * 8 (a5_group8), written in assembly to have both. */
+ * registers for more sequences. AVX-512 has both, in assembly (a5_group). */
 #define PASS_I8(NR, NB)                                                                          \
     {                                                                                            \
         ACC_ZERO(1, NB)                                                                          \
@@ -1024,8 +1023,8 @@ static inline int32_t x4_of(const int8_t *p)
             IT ia[NB], ib[NB];                                                                   \
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
             const uint8_t *wg = wp + g * GRP * K_ROWS;                                           \
-            if (IG8_OK && NB == 8)                                                               \
-                II8G8(wg, xr, g * GRP, PF_NTA, ia);                                              \
+            if (IGROUP_OK)                                                                       \
+                II8GROUP(NB, wg, xr, g * GRP, PF_NTA, ia);                                       \
             else                                                                                 \
             for (int qd = 0; qd < GRP / 4; qd += 2) {                                            \
                 PREFETCH(wg + qd * 64, NB);                                                      \
@@ -1060,8 +1059,8 @@ static inline int32_t x4_of(const int8_t *p)
             IT ia[NB], ib[NB];                                                                   \
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
             const uint8_t *wg = wp + g * GRP * K_ROWS / 2;                                       \
-            if (IG8_OK && NB == 8)                                                               \
-                IQ4G8(wg, xr, g * GRP, PF_NTA, ia);                                              \
+            if (IGROUP_OK)                                                                       \
+                IQ4GROUP(NB, wg, xr, g * GRP, PF_NTA, ia);                                       \
             else                                                                                 \
             for (int v = 0; v < GRP / 8; v++) {                                                  \
                 IWU lo, hi;                                                                      \
@@ -1275,9 +1274,9 @@ static inline i16v s_dotu(i16v acc, u64b w, int32_t x4)
 #define IWU u64b
 #define IQ4(p, lo, hi) s_q4(p, &(lo), &(hi))
 #define IDOTU s_dotu
-#define IG8_OK 0 /* no whole-group routines: the passes' own loops */
-#define IQ4G8(wg, xr, c, nta, sums) ((void)0)
-#define II8G8(wg, xr, c, nta, sums) ((void)0)
+#define IGROUP_OK 0 /* no whole-group routines: the passes' own loops */
+#define IQ4GROUP(NB, wg, xr, c, nta, sums) ((void)0)
+#define II8GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 static KSIG(mm_scalar_f32) { BLOCKS(PASS_F32, 4, 1) }
 static KSIG(mm_scalar_bf16) { BLOCKS(PASS_BF16, 4, 1) }
 static KSIG(mm_scalar_dbf) { BLOCKS(PASS_DBF, 4, 1) }
@@ -1418,9 +1417,9 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
 #define IWU i2x8
 #define IQ4(p, lo, hi) a2_q4(p, &(lo), &(hi))
 #define IDOTU a2_dotu
-#define IG8_OK 0 /* no whole-group routines: the passes' own loops */
-#define IQ4G8(wg, xr, c, nta, sums) ((void)0)
-#define II8G8(wg, xr, c, nta, sums) ((void)0)
+#define IGROUP_OK 0 /* no whole-group routines: the passes' own loops */
+#define IQ4GROUP(NB, wg, xr, c, nta, sums) ((void)0)
+#define II8GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 AVX2 static KSIG(mm_avx2_f32) { BLOCKS(PASS_F32, 4, 1) }
 AVX2 static KSIG(mm_avx2_bf16) { BLOCKS(PASS_BF16, 4, 1) }
 AVX2 static KSIG(mm_avx2_dbf) { BLOCKS(PASS_DBF, 4, 1) }
@@ -1452,9 +1451,9 @@ AVXVNNI static inline i2x8 av_dot8(i2x8 acc, i2x8 w, int32_t x4)
 #define IDOT8 av_dot8
 #define IFIX8 a2_suboff
 #define IDOTU av_dot8
-#define IG8_OK 0 /* no whole-group routines: the passes' own loops */
-#define IQ4G8(wg, xr, c, nta, sums) ((void)0)
-#define II8G8(wg, xr, c, nta, sums) ((void)0)
+#define IGROUP_OK 0 /* no whole-group routines: the passes' own loops */
+#define IQ4GROUP(NB, wg, xr, c, nta, sums) ((void)0)
+#define II8GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 AVXVNNI static KSIG(mm_avxvnni_i8) { BLOCKS(PASS_I8, 4, 0) }
 AVXVNNI static KSIG(mm_avxvnni_q4) { BLOCKS(PASS_Q4, 4, 0) }
 #include "kernels_undef.h"
@@ -1504,74 +1503,136 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
     *hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
 }
 
-/* One group (16 rows x 64 inputs) of int8 or q4 weights for 8 sequences:
- * the integer sums sums[q] of the weights (as unsigned bytes, or nibbles)
- * times the inputs xr[q][c .. c + 64). In C the passes keep one sum per
- * sequence, two dependent vpdpbusd per step: at the instruction's latency
- * of six cycles (Emerald Rapids) eight chains fill 1.3 of its two issues a
- * cycle, and with two sums per sequence GCC 12 spills them or copies each
- * register in and out of every step. Here each half of a step (two
- * 64-byte int8 lines, or a line's low and high nibbles) has sums of its
- * own, sixteen chains in zmm16-31; the inputs are broadcast operands; the
- * two sums are added at the end, so the integers are the same. */
-#define G8_DOT(q, lo, hi, a, b)                                                                  \
-    "vpdpbusd " lo "(%[x" #q "])%{1to16%}, %%zmm0, %%zmm" #a "\n\t"                              \
-    "vpdpbusd " hi "(%[x" #q "])%{1to16%}, %%zmm1, %%zmm" #b "\n\t"
-#define G8_DOTS(lo, hi)                                                                          \
-    G8_DOT(0, lo, hi, 16, 17) G8_DOT(1, lo, hi, 18, 19) G8_DOT(2, lo, hi, 20, 21)                \
-    G8_DOT(3, lo, hi, 22, 23) G8_DOT(4, lo, hi, 24, 25) G8_DOT(5, lo, hi, 26, 27)                \
-    G8_DOT(6, lo, hi, 28, 29) G8_DOT(7, lo, hi, 30, 31)
-/* q4: 64 bytes a step, low nibbles inputs [4v, 4v + 4), high ones 32 on. */
-#define G8_STEPS_Q4(pf)                                                                          \
-    ".irp v,0,1,2,3,4,5,6,7\n\t"                                                                 \
-    pf " %c[pfd]+\\v*64(%[w])\n\t"                                                               \
-    "vmovdqu64 \\v*64(%[w]), %%zmm0\n\t"                                                         \
-    "vpsrlw $4, %%zmm0, %%zmm1\n\t"                                                              \
-    "vpandd %[m], %%zmm0, %%zmm0\n\t"                                                            \
-    "vpandd %[m], %%zmm1, %%zmm1\n\t" G8_DOTS("\\v*4", "32+\\v*4") ".endr\n\t"
-/* int8: two lines a step, inputs [8v, 8v + 4) and [8v + 4, 8v + 8). */
-#define G8_STEPS_I8(pf)                                                                          \
-    ".irp v,0,1,2,3,4,5,6,7\n\t"                                                                 \
-    pf " %c[pfd]+\\v*128(%[w])\n\t"                                                              \
-    pf " %c[pfd]+64+\\v*128(%[w])\n\t"                                                           \
-    "vmovdqu64 \\v*128(%[w]), %%zmm0\n\t"                                                        \
-    "vmovdqu64 64+\\v*128(%[w]), %%zmm1\n\t" G8_DOTS("\\v*8", "4+\\v*8") ".endr\n\t"
-#define G8_ASM(steps)                                                                            \
-    __asm__ volatile(                                                                            \
-        ".irp r,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31\n\t"                             \
-        "vpxord %%zmm\\r, %%zmm\\r, %%zmm\\r\n\t"                                                \
-        ".endr\n\t" steps                                                                        \
-        "vpaddd %%zmm17, %%zmm16, %[s0]\n\t"                                                     \
-        "vpaddd %%zmm19, %%zmm18, %[s1]\n\t"                                                     \
-        "vpaddd %%zmm21, %%zmm20, %[s2]\n\t"                                                     \
-        "vpaddd %%zmm23, %%zmm22, %[s3]\n\t"                                                     \
-        "vpaddd %%zmm25, %%zmm24, %[s4]\n\t"                                                     \
-        "vpaddd %%zmm27, %%zmm26, %[s5]\n\t"                                                     \
-        "vpaddd %%zmm29, %%zmm28, %[s6]\n\t"                                                     \
-        "vpaddd %%zmm31, %%zmm30, %[s7]\n\t"                                                     \
-        : [s0] "=v"(sums[0]), [s1] "=v"(sums[1]), [s2] "=v"(sums[2]), [s3] "=v"(sums[3]),     \
-          [s4] "=v"(sums[4]), [s5] "=v"(sums[5]), [s6] "=v"(sums[6]), [s7] "=v"(sums[7])      \
-        : [w] "r"(wg), [m] "v"(m), [pfd] "i"(PF_AHEAD_BATCH), [x0] "r"(x[0]), [x1] "r"(x[1]),   \
-          [x2] "r"(x[2]), [x3] "r"(x[3]), [x4] "r"(x[4]), [x5] "r"(x[5]), [x6] "r"(x[6]),      \
-          [x7] "r"(x[7])                                                                         \
-        : "xmm0", "xmm1", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22",       \
-          "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31",     \
-          "memory")
-AVX512VNNI static inline void a5_group8(const uint8_t *wg, const int8_t *const *xr, size_t c,
-                                        int q4, int nta, __m512i *sums)
+/* One group (16 rows x 64 inputs) of int8 or q4 weights for NB = 1, 2, 4
+ * or 8 sequences: the integer sums sums[q] of the weights (as unsigned
+ * bytes, or nibbles) times the inputs xr[q][c .. c + 64). In C the passes
+ * keep one or two sums per sequence, two or one vpdpbusd each per step of
+ * 64 weight bytes: at the instruction's latency of six cycles (Emerald
+ * Rapids) those two to eight chains fill 0.3 to 1.3 of its two issues a
+ * cycle, and with more sums per sequence GCC 12 spills them or copies each
+ * register in and out of every step. Here sixteen sums (eight for one
+ * sequence) in zmm16-31 take U = 8 / NB steps at a time (4 for one), each
+ * step's halves (two 64-byte int8 lines, or a line's low and high nibbles)
+ * into sums of their own; the inputs are broadcast operands; each
+ * sequence's sums are added at the end, so the integers are the same. */
+#define GD(q, off, z, a) "vpdpbusd " off "(%[x" #q "])%{1to16%}, %%zmm" #z ", %%zmm" #a "\n\t"
+#define GADD(a, b) "vpaddd %%zmm" #b ", %%zmm" #a ", %%zmm" #a "\n\t"
+/* Step \v + u's weights into zmm a and b, prefetched pfd bytes ahead, and
+ * the offsets of the inputs that a and b multiply. */
+#define GW_Q4(pf, u, a, b)                                                                       \
+    pf " %c[pfd]+(\\v+" #u ")*64(%[w])\n\t"                                                      \
+    "vmovdqu64 (\\v+" #u ")*64(%[w]), %%zmm" #a "\n\t"                                           \
+    "vpsrlw $4, %%zmm" #a ", %%zmm" #b "\n\t"                                                    \
+    "vpandd %[m], %%zmm" #a ", %%zmm" #a "\n\t"                                                  \
+    "vpandd %[m], %%zmm" #b ", %%zmm" #b "\n\t"
+#define GA_Q4(u) "(\\v+" #u ")*4"
+#define GB_Q4(u) "32+(\\v+" #u ")*4"
+#define GW_I8(pf, u, a, b)                                                                       \
+    pf " %c[pfd]+(\\v+" #u ")*128(%[w])\n\t"                                                     \
+    pf " %c[pfd]+64+(\\v+" #u ")*128(%[w])\n\t"                                                  \
+    "vmovdqu64 (\\v+" #u ")*128(%[w]), %%zmm" #a "\n\t"                                          \
+    "vmovdqu64 64+(\\v+" #u ")*128(%[w]), %%zmm" #b "\n\t"
+#define GA_I8(u) "(\\v+" #u ")*8"
+#define GB_I8(u) "4+(\\v+" #u ")*8"
+/* The steps, per batch: U = 1, 2, 4; sums of sequence q from zmm16 + q * 2U. */
+#define G8_STEPS(F, pf)                                                                          \
+    ".irp v,0,1,2,3,4,5,6,7\n\t" GW_##F(pf, 0, 0, 1)                                             \
+    GD(0, GA_##F(0), 0, 16) GD(0, GB_##F(0), 1, 17) GD(1, GA_##F(0), 0, 18)                      \
+    GD(1, GB_##F(0), 1, 19) GD(2, GA_##F(0), 0, 20) GD(2, GB_##F(0), 1, 21)                      \
+    GD(3, GA_##F(0), 0, 22) GD(3, GB_##F(0), 1, 23) GD(4, GA_##F(0), 0, 24)                      \
+    GD(4, GB_##F(0), 1, 25) GD(5, GA_##F(0), 0, 26) GD(5, GB_##F(0), 1, 27)                      \
+    GD(6, GA_##F(0), 0, 28) GD(6, GB_##F(0), 1, 29) GD(7, GA_##F(0), 0, 30)                      \
+    GD(7, GB_##F(0), 1, 31) ".endr\n\t"
+#define G4_SEQ(F, q, a, b, c, d)                                                                 \
+    GD(q, GA_##F(0), 0, a) GD(q, GB_##F(0), 1, b) GD(q, GA_##F(1), 2, c) GD(q, GB_##F(1), 3, d)
+#define G4_STEPS(F, pf)                                                                          \
+    ".irp v,0,2,4,6\n\t" GW_##F(pf, 0, 0, 1) GW_##F(pf, 1, 2, 3)                                 \
+    G4_SEQ(F, 0, 16, 17, 18, 19) G4_SEQ(F, 1, 20, 21, 22, 23) G4_SEQ(F, 2, 24, 25, 26, 27)       \
+    G4_SEQ(F, 3, 28, 29, 30, 31) ".endr\n\t"
+#define G1_SEQ(F, q, a, b, c, d, e, f, g, h)                                                     \
+    GD(q, GA_##F(0), 0, a) GD(q, GB_##F(0), 1, b) GD(q, GA_##F(1), 2, c) GD(q, GB_##F(1), 3, d)  \
+    GD(q, GA_##F(2), 4, e) GD(q, GB_##F(2), 5, f) GD(q, GA_##F(3), 6, g) GD(q, GB_##F(3), 7, h)
+#define G1_WEIGHTS(F, pf)                                                                        \
+    ".irp v,0,4\n\t" GW_##F(pf, 0, 0, 1) GW_##F(pf, 1, 2, 3) GW_##F(pf, 2, 4, 5)                 \
+    GW_##F(pf, 3, 6, 7)
+#define G2_STEPS(F, pf)                                                                          \
+    G1_WEIGHTS(F, pf) G1_SEQ(F, 0, 16, 17, 18, 19, 20, 21, 22, 23)                               \
+    G1_SEQ(F, 1, 24, 25, 26, 27, 28, 29, 30, 31) ".endr\n\t"
+#define G1_STEPS(F, pf) G1_WEIGHTS(F, pf) G1_SEQ(F, 0, 16, 17, 18, 19, 20, 21, 22, 23) ".endr\n\t"
+/* Eight sums, zmm a..h, into a. */
+#define GSUM8(a, b, c, d, e, f, g, h)                                                            \
+    GADD(a, b) GADD(c, d) GADD(e, f) GADD(g, h) GADD(a, c) GADD(e, g) GADD(a, e)
+#define GZERO(regs) ".irp r," regs "\n\tvpxord %%zmm\\r, %%zmm\\r, %%zmm\\r\n\t.endr\n\t"
+#define GZ16 "16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31"
+#define GIN [w] "r"(wg), [m] "v"(m), [pfd] "i"(PF_AHEAD_BATCH)
+#define GCLOB16                                                                                  \
+    "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25",    \
+        "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory"
+#define G8_ASM(F, pf)                                                                            \
+    __asm__ volatile(GZERO(GZ16) G8_STEPS(F, pf)                                                 \
+                     "vpaddd %%zmm17, %%zmm16, %[s0]\n\t"                                        \
+                     "vpaddd %%zmm19, %%zmm18, %[s1]\n\t"                                        \
+                     "vpaddd %%zmm21, %%zmm20, %[s2]\n\t"                                        \
+                     "vpaddd %%zmm23, %%zmm22, %[s3]\n\t"                                        \
+                     "vpaddd %%zmm25, %%zmm24, %[s4]\n\t"                                        \
+                     "vpaddd %%zmm27, %%zmm26, %[s5]\n\t"                                        \
+                     "vpaddd %%zmm29, %%zmm28, %[s6]\n\t"                                        \
+                     "vpaddd %%zmm31, %%zmm30, %[s7]\n\t"                                        \
+                     : [s0] "=v"(sums[0]), [s1] "=v"(sums[1]), [s2] "=v"(sums[2]),              \
+                       [s3] "=v"(sums[3]), [s4] "=v"(sums[4]), [s5] "=v"(sums[5]),              \
+                       [s6] "=v"(sums[6]), [s7] "=v"(sums[7])                                   \
+                     : GIN, [x0] "r"(x[0]), [x1] "r"(x[1]), [x2] "r"(x[2]), [x3] "r"(x[3]),     \
+                       [x4] "r"(x[4]), [x5] "r"(x[5]), [x6] "r"(x[6]), [x7] "r"(x[7])           \
+                     : "xmm0", "xmm1", GCLOB16)
+#define G4_ASM(F, pf)                                                                            \
+    __asm__ volatile(GZERO(GZ16) G4_STEPS(F, pf)                                                 \
+                     GADD(16, 17) GADD(18, 19) GADD(20, 21) GADD(22, 23) GADD(24, 25)            \
+                     GADD(26, 27) GADD(28, 29) GADD(30, 31)                                      \
+                     "vpaddd %%zmm18, %%zmm16, %[s0]\n\t"                                        \
+                     "vpaddd %%zmm22, %%zmm20, %[s1]\n\t"                                        \
+                     "vpaddd %%zmm26, %%zmm24, %[s2]\n\t"                                        \
+                     "vpaddd %%zmm30, %%zmm28, %[s3]\n\t"                                        \
+                     : [s0] "=v"(sums[0]), [s1] "=v"(sums[1]), [s2] "=v"(sums[2]),              \
+                       [s3] "=v"(sums[3])                                                        \
+                     : GIN, [x0] "r"(x[0]), [x1] "r"(x[1]), [x2] "r"(x[2]), [x3] "r"(x[3])      \
+                     : "xmm0", "xmm1", "xmm2", "xmm3", GCLOB16)
+#define G2_ASM(F, pf)                                                                            \
+    __asm__ volatile(GZERO(GZ16) G2_STEPS(F, pf) GSUM8(16, 17, 18, 19, 20, 21, 22, 23)                                 \
+                     GSUM8(24, 25, 26, 27, 28, 29, 30, 31)                             \
+                     "vmovdqa64 %%zmm16, %[s0]\n\t"                                              \
+                     "vmovdqa64 %%zmm24, %[s1]\n\t"                                              \
+                     : [s0] "=v"(sums[0]), [s1] "=v"(sums[1])                                    \
+                     : GIN, [x0] "r"(x[0]), [x1] "r"(x[1])                                       \
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", GCLOB16)
+#define G1_ASM(F, pf)                                                                            \
+    __asm__ volatile(GZERO("16,17,18,19,20,21,22,23") G1_STEPS(F, pf)                                                    \
+                     GSUM8(16, 17, 18, 19, 20, 21, 22, 23)                  \
+                     "vmovdqa64 %%zmm16, %[s0]\n\t"                                              \
+                     : [s0] "=v"(sums[0])                                                        \
+                     : GIN, [x0] "r"(x[0])                                                       \
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", GCLOB16)
+#define G_ASM(NB, F, nta)                                                                        \
+    do {                                                                                         \
+        if (nta)                                                                                 \
+            G##NB##_ASM(F, "prefetchnta");                                                       \
+        else                                                                                     \
+            G##NB##_ASM(F, "prefetcht0");                                                        \
+    } while (0)
+AVX512VNNI static inline void a5_group(int NB, const uint8_t *wg, const int8_t *const *xr,
+                                       size_t c, int q4, int nta, __m512i *sums)
 {
     const __m512i m = _mm512_set1_epi8(15);
     const int8_t *x[8];
-    for (int q = 0; q < 8; q++)
+    for (int q = 0; q < NB; q++)
         x[q] = xr[q] + c;
-    if (q4 && nta)
-        G8_ASM(G8_STEPS_Q4("prefetchnta"));
-    else if (q4)
-        G8_ASM(G8_STEPS_Q4("prefetcht0"));
-    else if (nta)
-        G8_ASM(G8_STEPS_I8("prefetchnta"));
-    else
-        G8_ASM(G8_STEPS_I8("prefetcht0"));
+    if (NB == 8 && q4) G_ASM(8, Q4, nta);
+    else if (NB == 8) G_ASM(8, I8, nta);
+    else if (NB == 4 && q4) G_ASM(4, Q4, nta);
+    else if (NB == 4) G_ASM(4, I8, nta);
+    else if (NB == 2 && q4) G_ASM(2, Q4, nta);
+    else if (NB == 2) G_ASM(2, I8, nta);
+    else if (q4) G_ASM(1, Q4, nta);
+    else G_ASM(1, I8, nta);
 }
 
 #define VT __m512
@@ -1598,9 +1659,9 @@ AVX512VNNI static inline void a5_group8(const uint8_t *wg, const int8_t *const *
 #define IWU __m512i
 #define IQ4(p, lo, hi) a5_q4(p, &(lo), &(hi))
 #define IDOTU a5_dot8
-#define IG8_OK 1
-#define IQ4G8(wg, xr, c, nta, sums) a5_group8(wg, xr, c, 1, nta, sums)
-#define II8G8(wg, xr, c, nta, sums) a5_group8(wg, xr, c, 0, nta, sums)
+#define IGROUP_OK 1
+#define IQ4GROUP(NB, wg, xr, c, nta, sums) a5_group(NB, wg, xr, c, 1, nta, sums)
+#define II8GROUP(NB, wg, xr, c, nta, sums) a5_group(NB, wg, xr, c, 0, nta, sums)
 AVX512 static KSIG(mm_avx512_f32) { BLOCKS(PASS_F32, 8, 8) }
 AVX512 static KSIG(mm_avx512_bf16) { BLOCKS(PASS_BF16, 8, 8) }
 /* bf16 compute takes two blocks per pass at every batch size, as f32 does:

@@ -25,6 +25,6 @@
 #undef IWU
 #undef IQ4
 #undef IDOTU
-#undef IG8_OK
-#undef IQ4G8
-#undef II8G8
+#undef IGROUP_OK
+#undef IQ4GROUP
+#undef II8GROUP
