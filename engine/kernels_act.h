@@ -57,7 +57,7 @@ float k_f16_to_f32(uint16_t h);
  * AMX kernels also use) and Linux lets this process use them; asks once. */
 int k_amx_usable(void);
 /* The AVX-512 kernels the AMX ones hand over to where tiles do not win (int8
- * and q4 batches of up to 8) or a thread is refused tiles; set before use. */
+ * and q4 batches of up to 12) or a thread is refused tiles; set before use. */
 void k_amx_set_fallbacks(range_fn i8, range_fn q4, range_fn dbf);
 /* int8 / q4: bit-identical to the VNNI kernels (exact integer sums per
  * group, then the same fp32 operations in the same order), so any batch

@@ -15,7 +15,7 @@
  *    the stored q + 128); a Q4 group becomes one after its nibbles are
  *    unpacked into L1 (four groups ahead for a decode batch, a block at a
  *    time for longer chunks); 16 BF16 pairs ([16][16 rows][2]) are one for
- *    TDPBF16PS. Single int8 rows and q4 batches of up to 8 stay on VNNI,
+ *    TDPBF16PS. Single int8 rows and q4 batches of up to 12 stay on VNNI,
  *    faster there on weights streamed from memory (I8_MIN_B, Q4_MIN_B).
  *    Batches of more than 16 go 16 at a time, the last 16 overlapping the
  *    previous ones (their outputs stored once), so M never changes within
@@ -261,11 +261,13 @@ AMX_INLINE void int_block(const uint8_t *wt, const uint8_t *q4p, const float *sp
 /* Smaller batches stay on VNNI, which gives the same bits. Measured in
  * the model (0.1B and 0.4B steps, weights streamed from memory): int8 on
  * tiles is 3% slower at B = 1 (VNNI reads 30 GB/s there, tiles 24) and
- * faster from B = 2 (B = 2 -4..-8%, B = 3 -9..-14%, B = 8 -5..-10%); q4 on
- * tiles is 3-8% slower at B = 8, where its nibbles cost VNNI little, and
- * even or faster from about 12. */
+ * faster from B = 2 (B = 2 -4..-8%, B = 3 -9..-14%, B = 8 -5..-10%; with
+ * VNNI's sixteen-chain routine, B = 8 still 0.98-1.00). q4 batches on
+ * VNNI's routine against tiles (Emerald Rapids, one process switching):
+ * 0.89 / 0.92 / 0.93-0.96 of the step time at B = 9 / 10 / 12, even at 13,
+ * 1.04 at 14 and 1.02-1.04 at 16. */
 #define I8_MIN_B 2
-#define Q4_MIN_B 9
+#define Q4_MIN_B 13
 
 AMX KSIG(k_amx_i8)
 {
