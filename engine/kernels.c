@@ -1578,11 +1578,11 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
                      "vpaddd %%zmm27, %%zmm26, %[s5]\n\t"                                        \
                      "vpaddd %%zmm29, %%zmm28, %[s6]\n\t"                                        \
                      "vpaddd %%zmm31, %%zmm30, %[s7]\n\t"                                        \
-                     : [s0] "=v"(sums[0]), [s1] "=v"(sums[1]), [s2] "=v"(sums[2]),              \
-                       [s3] "=v"(sums[3]), [s4] "=v"(sums[4]), [s5] "=v"(sums[5]),              \
-                       [s6] "=v"(sums[6]), [s7] "=v"(sums[7])                                   \
-                     : GIN, [x0] "r"(x[0]), [x1] "r"(x[1]), [x2] "r"(x[2]), [x3] "r"(x[3]),     \
-                       [x4] "r"(x[4]), [x5] "r"(x[5]), [x6] "r"(x[6]), [x7] "r"(x[7])           \
+                     : [s0] "=v"(sums[0]), [s1] "=v"(sums[1]), [s2] "=v"(sums[2]),               \
+                       [s3] "=v"(sums[3]), [s4] "=v"(sums[4]), [s5] "=v"(sums[5]),               \
+                       [s6] "=v"(sums[6]), [s7] "=v"(sums[7])                                    \
+                     : GIN, [x0] "r"(x[0]), [x1] "r"(x[1]), [x2] "r"(x[2]), [x3] "r"(x[3]),      \
+                       [x4] "r"(x[4]), [x5] "r"(x[5]), [x6] "r"(x[6]), [x7] "r"(x[7])            \
                      : "xmm0", "xmm1", GCLOB16)
 #define G4_ASM(F, pf)                                                                            \
     __asm__ volatile(GZERO(GZ16) G4_STEPS(F, pf)                                                 \
@@ -1592,21 +1592,21 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
                      "vpaddd %%zmm22, %%zmm20, %[s1]\n\t"                                        \
                      "vpaddd %%zmm26, %%zmm24, %[s2]\n\t"                                        \
                      "vpaddd %%zmm30, %%zmm28, %[s3]\n\t"                                        \
-                     : [s0] "=v"(sums[0]), [s1] "=v"(sums[1]), [s2] "=v"(sums[2]),              \
+                     : [s0] "=v"(sums[0]), [s1] "=v"(sums[1]), [s2] "=v"(sums[2]),               \
                        [s3] "=v"(sums[3])                                                        \
-                     : GIN, [x0] "r"(x[0]), [x1] "r"(x[1]), [x2] "r"(x[2]), [x3] "r"(x[3])      \
+                     : GIN, [x0] "r"(x[0]), [x1] "r"(x[1]), [x2] "r"(x[2]), [x3] "r"(x[3])       \
                      : "xmm0", "xmm1", "xmm2", "xmm3", GCLOB16)
 #define G2_ASM(F, pf)                                                                            \
-    __asm__ volatile(GZERO(GZ16) G2_STEPS(F, pf) GSUM8(16, 17, 18, 19, 20, 21, 22, 23)                                 \
-                     GSUM8(24, 25, 26, 27, 28, 29, 30, 31)                             \
+    __asm__ volatile(GZERO(GZ16) G2_STEPS(F, pf) GSUM8(16, 17, 18, 19, 20, 21, 22, 23)           \
+                     GSUM8(24, 25, 26, 27, 28, 29, 30, 31)                                       \
                      "vmovdqa64 %%zmm16, %[s0]\n\t"                                              \
                      "vmovdqa64 %%zmm24, %[s1]\n\t"                                              \
                      : [s0] "=v"(sums[0]), [s1] "=v"(sums[1])                                    \
                      : GIN, [x0] "r"(x[0]), [x1] "r"(x[1])                                       \
                      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", GCLOB16)
 #define G1_ASM(F, pf)                                                                            \
-    __asm__ volatile(GZERO("16,17,18,19,20,21,22,23") G1_STEPS(F, pf)                                                    \
-                     GSUM8(16, 17, 18, 19, 20, 21, 22, 23)                  \
+    __asm__ volatile(GZERO("16,17,18,19,20,21,22,23") G1_STEPS(F, pf)                            \
+                     GSUM8(16, 17, 18, 19, 20, 21, 22, 23)                                       \
                      "vmovdqa64 %%zmm16, %[s0]\n\t"                                              \
                      : [s0] "=v"(sums[0])                                                        \
                      : GIN, [x0] "r"(x[0])                                                       \
