@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target in BUILD/fuzz over its committed seed corpus
-# (tests/fuzz/corpus/<target>) for SECONDS each.
+# (tests/fuzz/corpus/<target>; fuzz_model writes its seeds from the tiny
+# model below) for SECONDS each.
 #   tests/fuzz/run.sh BUILD SECONDS smoke   make test: new inputs go to a
 #                                           throw-away directory
 #   tests/fuzz/run.sh BUILD SECONDS long    make fuzz: new inputs kept in
