@@ -364,42 +364,73 @@ static void wkv_scalar(float *restrict S, const float *restrict r, const float *
 
 #define WKV256 __attribute__((target("avx2,fma")))
 
-/* sum16 of the lanes lo (0-7) and hi (8-15). */
-WKV256 static inline float sum16_256(__m256 lo, __m256 hi)
+/* Lane i of the result is sum16 of lanes lo[i] (0-7) and hi[i] (8-15):
+ * the same additions in the same order as sum16, for eight rows at once by
+ * swapping halves between vectors, as sum16x16 does. */
+WKV256 static inline __m256 sum16x8(const __m256 lo[8], const __m256 hi[8])
 {
-    const __m256 t = _mm256_add_ps(lo, hi);
-    const __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    const __m128 v = _mm_add_ps(u, _mm_movehl_ps(u, u));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+    __m256 t[8], u[4], s[2];
+    for (int i = 0; i < 8; i++) /* t[l] = p[l] + p[l + 8] */
+        t[i] = _mm256_add_ps(lo[i], hi[i]);
+    for (int i = 0; i < 4; i++) /* rows i, i + 4: u[l] = t[l] + t[l + 4] */
+        u[i] = _mm256_add_ps(_mm256_permute2f128_ps(t[i], t[i + 4], 0x20),
+                             _mm256_permute2f128_ps(t[i], t[i + 4], 0x31));
+    for (int i = 0; i < 2; i++) { /* rows 2i, 2i + 1 (and + 4): u0 + u2, u1 + u3 */
+        const __m256d a = _mm256_castps_pd(u[2 * i]), b = _mm256_castps_pd(u[2 * i + 1]);
+        s[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+                             _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+    }
+    return _mm256_add_ps(_mm256_shuffle_ps(s[0], s[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm256_shuffle_ps(s[0], s[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 /* wkv_scalar for N a multiple of 16 with AVX2 (GCC does not vectorize its
- * fmaf lanes): the same operations, eight lanes at a time. */
+ * fmaf lanes): the same operations, eight lanes at a time, eight rows at a
+ * time as the AVX-512 step takes sixteen (first their sa, then their
+ * updates and outputs), reading pf ahead likewise. */
 WKV256 static void wkv_avx2(float *restrict S, const float *restrict r, const float *restrict w,
                             const float *restrict k, const float *restrict v,
                             const float *restrict kk, const float *restrict a,
-                            float *restrict y, int N)
+                            float *restrict y, int N, const float *pf)
 {
     float b[256];
     for (int j = 0; j < N; j += 8)
         _mm256_storeu_ps(b + j, _mm256_mul_ps(_mm256_loadu_ps(kk + j), _mm256_loadu_ps(a + j)));
-    for (int i = 0; i < N; i++) {
-        float *row = S + (size_t)i * N;
-        __m256 p0 = _mm256_setzero_ps(), p1 = _mm256_setzero_ps();
-        for (int j = 0; j < N; j += 16) {
-            p0 = _mm256_fnmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(kk + j), p0);
-            p1 = _mm256_fnmadd_ps(_mm256_loadu_ps(row + j + 8), _mm256_loadu_ps(kk + j + 8), p1);
+    for (int i0 = 0; i0 < N; i0 += 8) {
+        __m256 p0[8], p1[8];
+        float sa[8];
+        for (int i = 0; i < 8; i++) {
+            const float *row = S + (size_t)(i0 + i) * N;
+            p0[i] = p1[i] = _mm256_setzero_ps();
+            for (int j = 0; j < N; j += 16) {
+                p0[i] = _mm256_fnmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(kk + j), p0[i]);
+                p1[i] = _mm256_fnmadd_ps(_mm256_loadu_ps(row + j + 8), _mm256_loadu_ps(kk + j + 8),
+                                         p1[i]);
+            }
         }
-        const __m256 sa = _mm256_set1_ps(sum16_256(p0, p1)), vi = _mm256_set1_ps(v[i]);
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (int j = 0; j < N; j += 8) {
-            const __m256 t = _mm256_fmadd_ps(sa, _mm256_loadu_ps(b + j),
-                                             _mm256_mul_ps(vi, _mm256_loadu_ps(k + j)));
-            const __m256 s = _mm256_fmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(w + j), t);
-            _mm256_storeu_ps(row + j, s);
-            acc[(j >> 3) & 1] = _mm256_fmadd_ps(s, _mm256_loadu_ps(r + j), acc[(j >> 3) & 1]);
+        _mm256_storeu_ps(sa, sum16x8(p0, p1));
+        for (int i = 0; i < 8; i++) {
+            float *row = S + (size_t)(i0 + i) * N;
+            if (pf)
+                for (int q = 0; q < N; q += 16)
+                    _mm_prefetch((const char *)(pf + (size_t)(i0 + i) * N + q), _MM_HINT_T0);
+            const __m256 sai = _mm256_set1_ps(sa[i]), vi = _mm256_set1_ps(v[i0 + i]);
+            p0[i] = p1[i] = _mm256_setzero_ps();
+            for (int j = 0; j < N; j += 16) {
+                const __m256 t0 = _mm256_fmadd_ps(sai, _mm256_loadu_ps(b + j),
+                                                  _mm256_mul_ps(vi, _mm256_loadu_ps(k + j)));
+                const __m256 t1 = _mm256_fmadd_ps(sai, _mm256_loadu_ps(b + j + 8),
+                                                  _mm256_mul_ps(vi, _mm256_loadu_ps(k + j + 8)));
+                const __m256 s0 = _mm256_fmadd_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(w + j), t0);
+                const __m256 s1 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(row + j + 8), _mm256_loadu_ps(w + j + 8), t1);
+                _mm256_storeu_ps(row + j, s0);
+                _mm256_storeu_ps(row + j + 8, s1);
+                p0[i] = _mm256_fmadd_ps(s0, _mm256_loadu_ps(r + j), p0[i]);
+                p1[i] = _mm256_fmadd_ps(s1, _mm256_loadu_ps(r + j + 8), p1[i]);
+            }
         }
-        y[i] = sum16_256(acc[0], acc[1]);
+        _mm256_storeu_ps(y + i0, sum16x8(p0, p1));
     }
 }
 
@@ -414,7 +445,7 @@ static void wkv_head(float *restrict S, const float *restrict r, const float *re
     if (N % 16 == 0 && N <= 256 && k_isa_avx512())
         wkv_head_avx512(S, r, w, k, v, kk, a, y, N, pf);
     else if (N % 16 == 0 && N <= 256 && k_isa_fma())
-        wkv_avx2(S, r, w, k, v, kk, a, y, N);
+        wkv_avx2(S, r, w, k, v, kk, a, y, N, pf);
     else
         wkv_scalar(S, r, w, k, v, kk, a, y, N);
 }
