@@ -909,7 +909,7 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
  *   IW8, ILOAD8(p), IDOT8(acc, w, x4), IFIX8(acc, xoff)  int8: sum q*x
  *   IWU, IQ4(p, lo, hi), IDOTU(acc, w, x4), IFIX4(acc, xoff)  q4: sum (q-8)*x
  * IFIX* remove the weights' offset where the sums carry it (xoff, act).
- *   IGROUP_OK, IQ4GROUP / II8GROUP(NB, wg, xr, c, nta, sums)  where the set
+ *   IGROUP_OK(q4), IQ4GROUP / II8GROUP(NB, wg, xr, c, nta, sums)  where the set
  *                       has one, a routine for a whole group's integer sums
  * x4 is four int8 inputs packed in an int32 (little-endian column order).
  * Sequences go NB at a time through a block (NB a constant, so the
@@ -1074,7 +1074,7 @@ static inline int32_t x4_of(const int8_t *p)
             IT ia[NB], ib[NB];                                                                   \
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
             const uint8_t *wg = wp + g * GRP * K_ROWS;                                           \
-            if (IGROUP_OK)                                                                       \
+            if (IGROUP_OK(0))                                                                    \
                 II8GROUP(NB, wg, xr, g * GRP, PF_NTA, ia);                                       \
             else                                                                                 \
             for (int qd = 0; qd < GRP / 4; qd += 2) {                                            \
@@ -1110,7 +1110,7 @@ static inline int32_t x4_of(const int8_t *p)
             IT ia[NB], ib[NB];                                                                   \
             UNROLL for (int q = 0; q < NB; q++) ia[q] = ib[q] = IZERO();                         \
             const uint8_t *wg = wp + g * GRP * K_ROWS / 2;                                       \
-            if (IGROUP_OK)                                                                       \
+            if (IGROUP_OK(1))                                                                    \
                 IQ4GROUP(NB, wg, xr, g * GRP, PF_NTA, ia);                                       \
             else                                                                                 \
             for (int v = 0; v < GRP / 8; v++) {                                                  \
@@ -1325,7 +1325,7 @@ static inline i16v s_dotu(i16v acc, u64b w, int32_t x4)
 #define IWU u64b
 #define IQ4(p, lo, hi) s_q4(p, &(lo), &(hi))
 #define IDOTU s_dotu
-#define IGROUP_OK 0 /* no whole-group routines: the passes' own loops */
+#define IGROUP_OK(q4) 0 /* no whole-group routines: the passes' own loops */
 #define IQ4GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 #define II8GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 static KSIG(mm_scalar_f32) { BLOCKS(PASS_F32, 4, 1) }
@@ -1478,8 +1478,50 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
 #define IWU i2x8
 #define IQ4(p, lo, hi) a2_q4(p, &(lo), &(hi))
 #define IDOTU a2_dotu
-#define IGROUP_OK 0 /* no whole-group routines: the passes' own loops */
-#define IQ4GROUP(NB, wg, xr, c, nta, sums) ((void)0)
+/* A q4 group without VNNI: vpmaddubsw's 16-bit pair sums of nibbles (at
+ * most 2 x 15 x 127 = 3810) are added in 16 bits over four steps (eight
+ * of them, at most 30480, so exact) before vpmaddwd widens them, instead
+ * of widening each: per sequence and step 4 vpmaddubsw, 4 vpaddw and a
+ * quarter of the widening, where the C loop's a2_dotu took 4 vpmaddubsw, 4
+ * vpmaddwd and 4 vpaddd. The integers are the same. */
+AVX2 static inline __attribute__((always_inline)) void
+a2_q4group(int NB, const uint8_t *wg, const int8_t *const *xr, size_t c, int nta, i2x8 *sums)
+{
+    const __m256i m = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const int ahead = NB >= 2 ? PF_AHEAD_BATCH : PF_AHEAD;
+    for (int h = 0; h < GRP / 8; h += 4) {
+        __m256i t[4][2];
+        UNROLL for (int q = 0; q < NB; q++) t[q][0] = t[q][1] = _mm256_setzero_si256();
+        /* Not unrolled: GCC then computed all 64 vpmaddubsw of a pass of four
+         * first, spilled them, and added them as a tree. */
+        _Pragma("GCC unroll 1") for (int v = h; v < h + 4; v++) {
+            const uint8_t *p = wg + v * 64;
+            if (nta)
+                __builtin_prefetch(p + ahead, 0, 0);
+            else
+                __builtin_prefetch(p + ahead, 0, 3);
+            const __m256i a = _mm256_loadu_si256((const __m256i *)p);
+            const __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32));
+            const __m256i la = _mm256_and_si256(a, m), lb = _mm256_and_si256(b, m);
+            const __m256i ha = _mm256_and_si256(_mm256_srli_epi16(a, 4), m);
+            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+            UNROLL for (int q = 0; q < NB; q++) {
+                const __m256i xl = _mm256_set1_epi32(x4_of(xr[q] + c + v * 4));
+                const __m256i xh = _mm256_set1_epi32(x4_of(xr[q] + c + GRP / 2 + v * 4));
+                t[q][0] = _mm256_add_epi16(t[q][0], _mm256_add_epi16(_mm256_maddubs_epi16(la, xl),
+                                                                     _mm256_maddubs_epi16(ha, xh)));
+                t[q][1] = _mm256_add_epi16(t[q][1], _mm256_add_epi16(_mm256_maddubs_epi16(lb, xl),
+                                                                     _mm256_maddubs_epi16(hb, xh)));
+            }
+        }
+        UNROLL for (int q = 0; q < NB; q++) {
+            sums[q].lo = _mm256_add_epi32(sums[q].lo, _mm256_madd_epi16(t[q][0], ones));
+            sums[q].hi = _mm256_add_epi32(sums[q].hi, _mm256_madd_epi16(t[q][1], ones));
+        }
+    }
+}
+#define IGROUP_OK(q4) (q4) /* q4 only: int8's sign trick fills vpmaddubsw's 16 bits */
+#define IQ4GROUP(NB, wg, xr, c, nta, sums) a2_q4group(NB, wg, xr, c, nta, sums)
 #define II8GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 AVX2 static KSIG(mm_avx2_f32) { BLOCKS(PASS_F32, 4, 1) }
 AVX2 static KSIG(mm_avx2_bf16) { BLOCKS(PASS_BF16, 4, 1) }
@@ -1512,9 +1554,10 @@ AVXVNNI static inline i2x8 av_dot8(i2x8 acc, i2x8 w, int32_t x4)
 #define IDOT8 av_dot8
 #define IFIX8 a2_suboff
 #define IDOTU av_dot8
-#define IGROUP_OK 0 /* no whole-group routines: the passes' own loops */
+#undef IGROUP_OK
+#undef IQ4GROUP
+#define IGROUP_OK(q4) 0 /* vpdpbusd in the passes' own loops */
 #define IQ4GROUP(NB, wg, xr, c, nta, sums) ((void)0)
-#define II8GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 AVXVNNI static KSIG(mm_avxvnni_i8) { BLOCKS(PASS_I8, 4, 0) }
 AVXVNNI static KSIG(mm_avxvnni_q4) { BLOCKS(PASS_Q4, 4, 0) }
 #include "kernels_undef.h"
@@ -1720,7 +1763,7 @@ AVX512VNNI static inline void a5_group(int NB, const uint8_t *wg, const int8_t *
 #define IWU __m512i
 #define IQ4(p, lo, hi) a5_q4(p, &(lo), &(hi))
 #define IDOTU a5_dot8
-#define IGROUP_OK 1
+#define IGROUP_OK(q4) 1
 #define IQ4GROUP(NB, wg, xr, c, nta, sums) a5_group(NB, wg, xr, c, 1, nta, sums)
 #define II8GROUP(NB, wg, xr, c, nta, sums) a5_group(NB, wg, xr, c, 0, nta, sums)
 AVX512 static KSIG(mm_avx512_f32) { BLOCKS(PASS_F32, 8, 8) }
