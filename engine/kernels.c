@@ -721,9 +721,9 @@ static void quant_groups64_avx512(const float *x, size_t n, int8_t *q, float *xs
 }
 
 /* The same for the AVX2 sets (whose clone of quant_group took 10-12% of a
- * q4 batch step, and the memset beside it 2%): eight lanes; the maximum
- * as the portable loop takes it (maxps(|x|, m) skips a NaN as its
- * comparison does), each int32's low byte as its cast keeps it. */
+ * q4 batch step): eight lanes; the maximum as the portable loop takes it
+ * (maxps(|x|, m) skips a NaN as its comparison does), each int32's low
+ * byte as its cast keeps it. */
 __attribute__((target("avx2")))
 static void quant_groups64_avx2(const float *x, size_t n, int8_t *q, float *xs, int32_t *xoff,
                                 int32_t off)
@@ -1483,7 +1483,8 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
  * of them, at most 30480, so exact) before vpmaddwd widens them, instead
  * of widening each: per sequence and step 4 vpmaddubsw, 4 vpaddw and a
  * quarter of the widening, where the C loop's a2_dotu took 4 vpmaddubsw, 4
- * vpmaddwd and 4 vpaddd. The integers are the same. */
+ * vpmaddwd and 4 vpaddd. The integers are the same. NB <= 4, as the AVX2
+ * passes have it. */
 AVX2 static inline __attribute__((always_inline)) void
 a2_q4group(int NB, const uint8_t *wg, const int8_t *const *xr, size_t c, int nta, i2x8 *sums)
 {
