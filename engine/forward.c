@@ -234,6 +234,16 @@ static inline float sum16(const float p[16])
 
 #define WKV512 __attribute__((target("avx512f,fma")))
 
+/* Row i of pf's N x N state into L1, while the vector steps update their
+ * own row i (pf: NULL for none). Always inlined: GCC takes a function of
+ * prefetches alone for one without effects and drops its calls. */
+static inline __attribute__((always_inline)) void prefetch_row(const float *pf, int i, int N)
+{
+    if (pf)
+        for (int q = 0; q < N; q += 16)
+            _mm_prefetch((const char *)(pf + (size_t)i * N + q), _MM_HINT_T0);
+}
+
 /* Lane i of the result is sum16(p[i]): the sixteen sums of a block of rows
  * by swapping halves between vectors (about 3 instructions per row, where
  * a horizontal sum took 8 and then a broadcast). */
@@ -282,9 +292,7 @@ wkv_avx512_body(float *restrict S, const float *restrict r, const float *restric
         _mm512_storeu_ps(sa, sum16x16(p));
         for (int i = 0; i < 16; i++) {
             float *row = S + (size_t)(i0 + i) * N;
-            if (pf)
-                for (int q = 0; q < N; q += 16)
-                    _mm_prefetch((const char *)(pf + (size_t)(i0 + i) * N + q), _MM_HINT_T0);
+            prefetch_row(pf, i0 + i, N);
             const __m512 sai = _mm512_set1_ps(sa[i]), vi = _mm512_set1_ps(v[i0 + i]);
             __m512 acc = _mm512_setzero_ps();
             for (int j = 0; j < N; j += 16) {
@@ -411,9 +419,7 @@ WKV256 static void wkv_avx2(float *restrict S, const float *restrict r, const fl
         _mm256_storeu_ps(sa, sum16x8(p0, p1));
         for (int i = 0; i < 8; i++) {
             float *row = S + (size_t)(i0 + i) * N;
-            if (pf)
-                for (int q = 0; q < N; q += 16)
-                    _mm_prefetch((const char *)(pf + (size_t)(i0 + i) * N + q), _MM_HINT_T0);
+            prefetch_row(pf, i0 + i, N);
             const __m256 sai = _mm256_set1_ps(sa[i]), vi = _mm256_set1_ps(v[i0 + i]);
             p0[i] = p1[i] = _mm256_setzero_ps();
             for (int j = 0; j < N; j += 16) {
