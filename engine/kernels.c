@@ -730,13 +730,10 @@ static void quant_groups64_avx2(const float *x, size_t n, int8_t *q, float *xs, 
 {
     const __m256 sign = _mm256_set1_ps(-0.0f), magic = _mm256_set1_ps(12582912.0f);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    __m256i low[4]; /* vector k's low bytes to dword k of each 128-bit lane */
-    for (int k = 0; k < 4; k++) {
-        int8_t b[16];
-        for (int j = 0; j < 16; j++)
-            b[j] = j / 4 == k ? (int8_t)(4 * (j % 4)) : (int8_t)-128;
-        low[k] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b));
-    }
+    /* Each 128-bit lane's four low bytes into its first dword. */
+    const __m256i low = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                         -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                         -1, -1);
     for (size_t g = 0; g < n; g++, x += 64, q += 64) {
         __m256 v[8], m = _mm256_setzero_ps();
         for (int k = 0; k < 8; k++) {
@@ -748,17 +745,17 @@ static void quant_groups64_avx2(const float *x, size_t n, int8_t *q, float *xs, 
         const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
         const float inv = amax > 0 ? 127.0f / amax : 0;
         const __m256 vi = _mm256_set1_ps(inv);
-        __m256i qs = _mm256_setzero_si256(), bytes = _mm256_setzero_si256();
+        __m256i qs = _mm256_setzero_si256(), b[8];
         for (int k = 0; k < 8; k++) {
             const __m256 r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v[k], vi), magic), magic);
             const __m256i i = _mm256_cvttps_epi32(r);
             qs = _mm256_add_epi32(qs, i);
-            bytes = _mm256_or_si256(bytes, _mm256_shuffle_epi8(i, low[k % 4]));
-            if (k % 4 == 3) {
-                _mm256_storeu_si256((__m256i *)(q + 8 * (k - 3)),
-                                    _mm256_permutevar8x32_epi32(bytes, order));
-                bytes = _mm256_setzero_si256();
-            }
+            b[k] = _mm256_shuffle_epi8(i, low);
+        }
+        for (int k = 0; k < 8; k += 4) { /* per lane: dword j of vector k + j */
+            const __m256i d = _mm256_unpacklo_epi64(_mm256_unpacklo_epi32(b[k], b[k + 1]),
+                                                    _mm256_unpacklo_epi32(b[k + 2], b[k + 3]));
+            _mm256_storeu_si256((__m256i *)(q + 8 * k), _mm256_permutevar8x32_epi32(d, order));
         }
         __m128i t = _mm_add_epi32(_mm256_castsi256_si128(qs), _mm256_extracti128_si256(qs, 1));
         t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
@@ -941,15 +938,19 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
 #ifndef PF_AHEAD_BATCH
 #define PF_AHEAD_BATCH 4096
 #endif
+/* The weights ahead of p for a pass of NB sequences. Always inlined: GCC
+ * takes a function of prefetches alone for one without effects and drops
+ * its calls. */
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *p, int NB, int nta)
+{
+    const char *pf = (const char *)p + (NB >= 2 ? PF_AHEAD_BATCH : PF_AHEAD);
+    if (nta)
+        __builtin_prefetch(pf, 0, 0);
+    else
+        __builtin_prefetch(pf, 0, 3);
+}
 /* PF_NTA is an enumerator of the enclosing BLOCKS branch. */
-#define PREFETCH(p, NB)                                                                          \
-    do {                                                                                         \
-        const char *pf_ = (const char *)(p) + ((NB) >= 2 ? PF_AHEAD_BATCH : PF_AHEAD);           \
-        if (PF_NTA)                                                                              \
-            __builtin_prefetch(pf_, 0, 0);                                                       \
-        else                                                                                     \
-            __builtin_prefetch(pf_, 0, 3);                                                       \
-    } while (0)
+#define PREFETCH(p, NB) prefetch_ahead(p, NB, PF_NTA)
 
 static int pf_nta; /* chosen with the instruction set; read-only afterwards (tests aside) */
 
@@ -1489,7 +1490,6 @@ AVX2 static inline __attribute__((always_inline)) void
 a2_q4group(int NB, const uint8_t *wg, const int8_t *const *xr, size_t c, int nta, i2x8 *sums)
 {
     const __m256i m = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    const int ahead = NB >= 2 ? PF_AHEAD_BATCH : PF_AHEAD;
     for (int h = 0; h < GRP / 8; h += 4) {
         __m256i t[4][2];
         UNROLL for (int q = 0; q < NB; q++) t[q][0] = t[q][1] = _mm256_setzero_si256();
@@ -1497,10 +1497,7 @@ a2_q4group(int NB, const uint8_t *wg, const int8_t *const *xr, size_t c, int nta
          * first, spilled them, and added them as a tree. */
         _Pragma("GCC unroll 1") for (int v = h; v < h + 4; v++) {
             const uint8_t *p = wg + v * 64;
-            if (nta)
-                __builtin_prefetch(p + ahead, 0, 0);
-            else
-                __builtin_prefetch(p + ahead, 0, 3);
+            prefetch_ahead(p, NB, nta);
             const __m256i a = _mm256_loadu_si256((const __m256i *)p);
             const __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32));
             const __m256i la = _mm256_and_si256(a, m), lb = _mm256_and_si256(b, m);
