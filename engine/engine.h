@@ -287,15 +287,26 @@ ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits,
  * Results are bit for bit those of ms_step on each sequence alone. */
 ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
                         float *const *logits, ms_error *err);
-/* ms_step_batch plus one chunk of n_chunk tokens of another sequence
- * (chunk_state; chunk_logits NULL or V floats for its last token) in the
- * same pass over the weights: a prompt being read rides along with the
- * sequences being decoded. Every state gets, bit for bit, what
- * ms_step_batch and ms_forward would give it; the states must be distinct,
- * and n_chunk + min(n, 16) must fit the context's max_chunk rows. */
+/* A prompt chunk for ms_forward_mixed: n tokens of the sequence in state;
+ * logits NULL or V floats for its last token. */
+typedef struct {
+    ms_state *state;
+    const int32_t *tokens;
+    size_t n;
+    float *logits;
+} ms_chunk;
+#define MS_MAX_CHUNKS 16 /* chunks per ms_forward_mixed call */
+
+/* ms_step_batch plus n_chunks prompt chunks of other sequences in the same
+ * pass over the weights: prompts being read ride along with the sequences
+ * being decoded, and with each other. Every state gets, bit for bit, what
+ * ms_step_batch and ms_forward would give it. All states must be distinct
+ * (a chunk's state is checked: MS_ERR_INVALID), n_chunks <= MS_MAX_CHUNKS,
+ * and the chunks' tokens + min(n, 16) must fit the context's max_chunk
+ * rows. */
 ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
-                           float *const *logits, ms_state *chunk_state, const int32_t *chunk,
-                           size_t n_chunk, float *chunk_logits, ms_error *err);
+                           float *const *logits, const ms_chunk *chunks, size_t n_chunks,
+                           ms_error *err);
 
 /* ======================================================================== */
 /* Tokenizer (RWKV World vocabulary, greedy longest match)                   */

@@ -26,6 +26,7 @@
 #define DEFAULT_CHUNK 128
 #define PANEL_ROWS 256 /* rows of a packed matrix widened (transposed) at a time for sgemm */
 #define SHIFT_ITEMS 8   /* parallel items of a layer norm and token shift */
+#define LOGIT_ROWS (K_MAX_BATCH + MS_MAX_CHUNKS) /* a mixed call's rows with logits, at most */
 
 struct ms_ctx {
     const ms_model *m;
@@ -37,25 +38,67 @@ struct ms_ctx {
     int rank;    /* the largest LoRA rank */
     float *hid;  /* (T, F) as FFN parts: part p's (T, ffn_unit) at p * T * ffn_unit */
     float *ffn_out; /* (FFN_PARTS - 1, T, C) the outputs of the FFN's parts after the first */
-    float *s_start; /* (H, N, N) SSE heads' WKV state at chunk start (MS-v0 pass 2) */
+    float *s_start; /* (chunks, H, N, N) SSE heads' WKV state at a chunk's start (MS-v0
+                     * pass 2): MS_MAX_CHUNKS with Meta-State heads, else one */
     float *panel;   /* (n_shares, PANEL_ROWS, panel_cols) widened weights for prefill GEMMs */
     float *prev_xn; /* (SHIFT_ITEMS, C) a shift item's recomputed previous row */
     size_t panel_cols; /* max(C, F) */
     int n_shares;   /* prefill products are split in this many row ranges (pool threads) */
-    float *batch_logits; /* (min(max_chunk, K_MAX_BATCH + 1), V) for the batched calls */
+    float *batch_logits; /* (min(max_chunk, LOGIT_ROWS), V) for mixed calls */
     int32_t *row_tok;     /* (max_chunk) tokens of a mixed call */
     /* The rows of the current call: rows [0, n_single) are one token each of
-     * distinct sequences (a decode batch), rows [n_single, T) one chunk of
-     * another sequence (row t follows row t-1). row_state[t] is row t's. */
+     * distinct sequences (a decode batch), then n_seg chunks of other
+     * sequences, chunk i in rows [seg[i], seg[i + 1]) (row t follows row
+     * t-1). row_state[t] is row t's. */
     ms_state **row_state; /* (max_chunk) */
-    int n_single;
-    int chunk_logits;     /* with n_single > 0: the chunk's last row gets logits too */
+    int n_single, n_seg;
+    int seg[MS_MAX_CHUNKS + 1];
+    int max_seg;          /* the longest chunk's rows */
+    int mixed;            /* an ms_forward_mixed call: logits as seg_logits says */
+    unsigned seg_logits;  /* bit i: chunk i's last row gets logits */
 };
 
 /* Row t starts its sequence in this call (reads the state's shift and
- * recurrent state), or ends it (leaves its shift vector there). */
-static int row_first(const ms_ctx *c, int t) { return t <= c->n_single; }
-static int row_last(const ms_ctx *c, int t, int T) { return t < c->n_single || t == T - 1; }
+ * recurrent state), or ends it (leaves its shift vector there). The
+ * sequences of a call have distinct states, and a chunk's rows are
+ * consecutive. */
+static int row_first(const ms_ctx *c, int t)
+{
+    return t == 0 || c->row_state[t] != c->row_state[t - 1];
+}
+static int row_last(const ms_ctx *c, int t, int T)
+{
+    return t == T - 1 || c->row_state[t] != c->row_state[t + 1];
+}
+
+/* The chunk that row t (>= n_single) belongs to. */
+static int seg_of(const ms_ctx *c, int t)
+{
+    int i = 0;
+    while (t >= c->seg[i + 1])
+        i++;
+    return i;
+}
+
+/* Chunk i's saved SSE head states (time_mix, self_state_encoder). */
+static float *s_start_of(const ms_ctx *c, int i)
+{
+    return c->s_start + (size_t)i * c->m->cfg.n_embd * c->m->cfg.head_size;
+}
+
+/* The call's rows: n_single single rows, then chunks of lens[0..n) rows. */
+static void set_rows(ms_ctx *c, int n_single, const size_t *lens, int n)
+{
+    c->n_single = n_single;
+    c->n_seg = n;
+    c->max_seg = 0;
+    c->seg[0] = n_single;
+    for (int i = 0; i < n; i++) {
+        c->seg[i + 1] = c->seg[i] + (int)lens[i];
+        if ((int)lens[i] > c->max_seg)
+            c->max_seg = (int)lens[i];
+    }
+}
 
 /* ------------------------------------------------------------------------ */
 /* Matrix products                                                           */
@@ -100,19 +143,27 @@ static void gemm_share(void *arg, int i)
  * kernels go to sgemm. */
 static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, float beta)
 {
-    /* The single rows always take the kernels, the chunk what it would
-     * take alone: each sequence gets the same bits however it is batched. */
-    const int s = c->n_single < T ? c->n_single : T, n_chunk = T - s;
-    if (n_chunk <= K_MAX_BATCH || k_matmul_any_rows(W)) {
+    /* The single rows always take the kernels, each chunk what it would
+     * take alone: each sequence gets the same bits however it is batched
+     * (the kernels' rows do not depend on each other). */
+    if (c->max_seg <= K_MAX_BATCH || k_matmul_any_rows(W)) {
         k_matmul(W, X, Y, T, beta);
         return;
     }
-    if (s)
-        k_matmul(W, X, Y, s, beta);
+    if (c->n_single)
+        k_matmul(W, X, Y, c->n_single, beta);
     const int n = c->n_shares;
-    gemm_job g = {c, Y + (size_t)s * W->rows, X + (size_t)s * W->cols, W, n_chunk,
-                  ((W->rows + n - 1) / n + 15) & ~15, beta};
-    k_parallel(n, gemm_share, &g);
+    for (int i = 0; i < c->n_seg; i++) {
+        const int r0 = c->seg[i], rows = c->seg[i + 1] - r0;
+        float *y = Y + (size_t)r0 * W->rows;
+        const float *x = X + (size_t)r0 * W->cols;
+        if (rows <= K_MAX_BATCH) {
+            k_matmul(W, x, y, rows, beta);
+            continue;
+        }
+        gemm_job g = {c, y, x, W, rows, ((W->rows + n - 1) / n + 15) & ~15, beta};
+        k_parallel(n, gemm_share, &g);
+    }
 }
 
 /* Several linear() of T rows whose inputs are not each other's outputs:
@@ -120,11 +171,10 @@ static void linear(ms_ctx *c, float *Y, const float *X, const k_wmat *W, int T, 
  * and wait instead of one per product); the same bits as one by one. */
 static void linear_many(ms_ctx *c, const k_product *p, int n, int T)
 {
-    const int n_chunk = T - (c->n_single < T ? c->n_single : T);
     k_product kern[8];
     int nk = 0;
     for (int i = 0; i < n; i++) {
-        if ((n_chunk <= K_MAX_BATCH || k_matmul_any_rows(p[i].W)) &&
+        if ((c->max_seg <= K_MAX_BATCH || k_matmul_any_rows(p[i].W)) &&
             nk < (int)(sizeof kern / sizeof kern[0]))
             kern[nk++] = p[i];
         else
@@ -626,8 +676,8 @@ static void head_row(const head_job *j, int t, int h, const float *pf)
     }
 }
 
-/* Head h over the chunk's rows, in order (row t reads the state row t-1
- * left). */
+/* Head h over the chunks' rows, in order (row t reads the state row t-1
+ * left, or its own chunk's starting state). */
 static void head_rows_of_chunk(void *arg, int h)
 {
     const head_job *j = arg;
@@ -684,11 +734,15 @@ static void time_mix(ms_ctx *c, const ms_layer *L, int l, int T)
     const ms_config *cf = &c->m->cfg;
     const int H = cf->n_head, N = cf->head_size;
     const size_t NN = (size_t)N * N;
-    const float *S = ms_state_wkv(c->row_state[c->n_single < T ? c->n_single : 0], l);
-    if (T - c->n_single > 1) /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
+    for (int i = 0; L->n_sse && i < c->n_seg; i++) {
+        if (c->seg[i + 1] - c->seg[i] < 2)
+            continue;
+        /* MS-v0 prefill: the SSE heads' starting state, for pass 2 */
+        const float *S = ms_state_wkv(c->row_state[c->seg[i]], l);
         for (int q = 0; q < L->n_sse; q++)
-            memcpy(c->s_start + (size_t)L->sse_head[q] * NN, S + (size_t)L->sse_head[q] * NN,
-                   NN * sizeof(float));
+            memcpy(s_start_of(c, i) + (size_t)L->sse_head[q] * NN,
+                   S + (size_t)L->sse_head[q] * NN, NN * sizeof(float));
+    }
 
     const float *mix[6] = {L->x_r, L->x_w, L->x_k, L->x_v, L->x_a, L->x_g};
     float *const outs[6] = {c->xr, c->xw, c->xk, c->xv, c->xa, c->xg};
@@ -759,7 +813,7 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
         for (int t = 0; t < T; t++) {
             const size_t o = (size_t)t * C + (size_t)h * N;
             float *kx = c->xk + o;
-            if (t < c->n_single || T - c->n_single == 1) { /* row t's state holds S_t now */
+            if (row_first(c, t) && row_last(c, t, T)) { /* row t's state holds S_t now */
                 const float *Sh = ms_state_wkv(c->row_state[t], l) + (size_t)h * NN;
                 for (int i = 0; i < N; i++) {
                     float acc = 0.0f;
@@ -768,8 +822,8 @@ static void self_state_encoder(ms_ctx *c, const ms_layer *L, int l, int T)
                     u[i] = acc;
                 }
             } else {
-                wkv_head(c->s_start + (size_t)h * NN, kx, c->w + o, c->k + o, c->v + o,
-                         c->kk + o, c->a + o, u, N, NULL);
+                wkv_head(s_start_of(c, seg_of(c, t)) + (size_t)h * NN, kx, c->w + o, c->k + o,
+                         c->v + o, c->kk + o, c->a + o, u, N, NULL);
             }
             const float inv = inv_norm(u, N);
             const float *gamma = L->ms_gamma + (size_t)h * N;
@@ -873,9 +927,10 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T, const k_wmat
         add_into(c->x, ffn_value_of(c, L, p, T).Y, (size_t)T * c->m->cfg.n_embd);
 }
 
-/* Runs T <= max_chunk rows (c->row_state and c->n_single say whose).
- * Logits: with single rows, theirs and (chunk_logits) the chunk's last
- * row's, in that order; else as in ms_forward (last row or all rows). */
+/* Runs T <= max_chunk rows (c->row_state and set_rows() say whose).
+ * Logits: in a mixed call the single rows' and then, in order, the last
+ * rows' of the chunks that want them; else as in ms_forward (last row or
+ * all rows). */
 static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits, int all_logits)
 {
     const ms_model *m = c->m;
@@ -895,12 +950,15 @@ static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits,
         return;
     int rows = 0;
     for (int t = 0; t < T; t++) {
-        const int want = c->n_single ? t < c->n_single || (c->chunk_logits && t == T - 1)
-                                     : all_logits || t == T - 1;
+        const int want = !c->mixed ? all_logits || t == T - 1
+                         : t < c->n_single || (row_last(c, t, T) &&
+                                               (c->seg_logits >> seg_of(c, t) & 1));
         if (want)
             layer_norm(c->xn + (size_t)rows++ * C, c->x + (size_t)t * C, m->ln_out_w,
                        m->ln_out_b, C);
     }
+    if (rows < T) /* each row of the head's product is alone now: the kernels' bits */
+        set_rows(c, rows, NULL, 0);
     linear(c, logits, c->xn, &m->head, rows, 0.0f);
 }
 
@@ -927,14 +985,18 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
         if (!(*tc[i] = aligned_alloc(64, ((T * C * sizeof(float)) + 63) & ~(size_t)63)))
             goto fail;
     c->rank = rank;
+    size_t s_chunks = 1; /* a saved start per chunk only where pass 2 reads it */
+    for (int l = 0; l < cf->n_layer; l++)
+        if (m->layers[l].n_sse)
+            s_chunks = MS_MAX_CHUNKS;
     if (!(c->lora = malloc(4 * T * (size_t)rank * sizeof(float))) ||
         !(c->hid = malloc(T * (size_t)cf->dim_ffn * sizeof(float))) ||
         !(c->ffn_out = malloc((FFN_PARTS - 1) * T * C * sizeof(float))) ||
-        !(c->s_start = malloc(C * (size_t)cf->head_size * sizeof(float))) ||
+        !(c->s_start = malloc(s_chunks * C * (size_t)cf->head_size * sizeof(float))) ||
         !(c->prev_xn = malloc(SHIFT_ITEMS * C * sizeof(float))) ||
         !(c->row_state = calloc(T, sizeof *c->row_state)) ||
-        !(c->batch_logits = malloc((T < K_MAX_BATCH + 1 ? T : K_MAX_BATCH + 1) *
-                                   (size_t)cf->vocab_size * sizeof(float))) ||
+        !(c->batch_logits = malloc((T < LOGIT_ROWS ? T : LOGIT_ROWS) * (size_t)cf->vocab_size *
+                                   sizeof(float))) ||
         !(c->row_tok = malloc(T * sizeof *c->row_tok)) ||
         !(c->panel = malloc((size_t)(c->n_shares = k_threads()) * PANEL_ROWS *
                             (c->panel_cols = (size_t)(cf->dim_ffn > cf->n_embd ? cf->dim_ffn
@@ -982,7 +1044,8 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
         /* A lone token is a decode row, the path ms_step_batch takes for a
          * batch of one: its heads go to the pool, which a chunk of under 16
          * rows does not use. */
-        c->n_single = T == 1;
+        set_rows(c, T == 1, &T, T != 1);
+        c->mixed = 0;
         for (size_t t = 0; t < T; t++)
             c->row_state[t] = s;
         forward_rows(c, tokens + done, (int)T, out, all_logits);
@@ -999,7 +1062,7 @@ ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits, ms_error
 ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
                         float *const *logits, ms_error *err)
 {
-    return ms_forward_mixed(c, states, tokens, n, logits, NULL, NULL, 0, NULL, err);
+    return ms_forward_mixed(c, states, tokens, n, logits, NULL, 0, err);
 }
 
 static ms_status check_tokens(const ms_ctx *c, const int32_t *tokens, size_t n, const char *what,
@@ -1014,42 +1077,70 @@ static ms_status check_tokens(const ms_ctx *c, const int32_t *tokens, size_t n, 
 }
 
 ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
-                           float *const *logits, ms_state *chunk_state, const int32_t *chunk,
-                           size_t n_chunk, float *chunk_logits, ms_error *err)
+                           float *const *logits, const ms_chunk *chunks, size_t n_chunks,
+                           ms_error *err)
 {
     const int V = c->m->cfg.vocab_size;
     const size_t cap = c->max_chunk < K_MAX_BATCH ? (size_t)c->max_chunk : K_MAX_BATCH;
-    if (check_tokens(c, tokens, n, "sequence", err) ||
-        check_tokens(c, chunk, n_chunk, "the chunk's position", err))
+    if (check_tokens(c, tokens, n, "sequence", err))
         return MS_ERR_INVALID;
-    if (!n)
-        return n_chunk ? ms_forward(c, chunk_state, chunk, n_chunk, chunk_logits, 0, err) : MS_OK;
-    if (n_chunk && (n < cap ? n : cap) + n_chunk > (size_t)c->max_chunk)
-        return ms_fail(err, MS_ERR_INVALID, "a chunk of %zu tokens with %zu sequences exceeds "
-                       "the context's %d rows", n_chunk, n < cap ? n : cap, c->max_chunk);
-    for (size_t done = 0; done < n;) {
+    if (n_chunks > MS_MAX_CHUNKS)
+        return ms_fail(err, MS_ERR_INVALID, "%zu chunks in one call (at most %d)", n_chunks,
+                       MS_MAX_CHUNKS);
+    const ms_chunk *ck[MS_MAX_CHUNKS]; /* the chunks with tokens */
+    size_t lens[MS_MAX_CHUNKS], rows_c = 0;
+    unsigned want_c = 0;
+    int k = 0;
+    for (size_t i = 0; i < n_chunks; i++) {
+        const ms_chunk *ch = &chunks[i];
+        if (!ch->n)
+            continue;
+        if (check_tokens(c, ch->tokens, ch->n, "a chunk's position", err))
+            return MS_ERR_INVALID;
+        for (size_t q = 0; q < n; q++)
+            if (states[q] == ch->state)
+                return ms_fail(err, MS_ERR_INVALID, "chunk %zu's state is sequence %zu's", i, q);
+        for (int q = 0; q < k; q++)
+            if (ck[q]->state == ch->state)
+                return ms_fail(err, MS_ERR_INVALID, "two chunks share a state (chunk %zu)", i);
+        want_c |= (unsigned)(ch->logits != NULL) << k;
+        rows_c += lens[k] = ch->n;
+        ck[k++] = ch;
+    }
+    if (!n && k < 2) /* one sequence's chunk: ms_forward, which splits any length */
+        return k ? ms_forward(c, ck[0]->state, ck[0]->tokens, ck[0]->n, ck[0]->logits, 0, err)
+                 : MS_OK;
+    if ((n < cap ? n : cap) + rows_c > (size_t)c->max_chunk)
+        return ms_fail(err, MS_ERR_INVALID, "chunks of %zu tokens with %zu sequences exceed "
+                       "the context's %d rows", rows_c, n < cap ? n : cap, c->max_chunk);
+    size_t done = 0;
+    do { /* groups of up to cap single rows; the chunks ride with the first */
         const size_t B = n - done < cap ? n - done : cap;
-        const size_t rows = B + n_chunk; /* the chunk rides with the first group */
-        int want = chunk_logits != NULL && n_chunk;
-        c->n_single = (int)B;
-        c->chunk_logits = want;
+        const int nk = done ? 0 : k;
+        int want = nk && want_c;
+        set_rows(c, (int)B, lens, nk);
+        c->mixed = 1;
+        c->seg_logits = want_c;
         for (size_t i = 0; i < B; i++) {
             c->row_state[i] = states[done + i];
             c->row_tok[i] = tokens[done + i];
             want |= logits[done + i] != NULL;
         }
-        for (size_t t = 0; t < n_chunk; t++) {
-            c->row_state[B + t] = chunk_state;
-            c->row_tok[B + t] = chunk[t];
-        }
-        forward_rows(c, c->row_tok, (int)rows, want ? c->batch_logits : NULL, 0);
+        size_t r = B;
+        for (int i = 0; i < nk; i++)
+            for (size_t t = 0; t < lens[i]; t++, r++) {
+                c->row_state[r] = ck[i]->state;
+                c->row_tok[r] = ck[i]->tokens[t];
+            }
+        forward_rows(c, c->row_tok, (int)r, want ? c->batch_logits : NULL, 0);
+        const size_t lb = (size_t)V * sizeof(float);
         for (size_t i = 0; want && i < B; i++)
             if (logits[done + i])
-                memcpy(logits[done + i], c->batch_logits + i * (size_t)V, (size_t)V * sizeof(float));
-        if (n_chunk && chunk_logits)
-            memcpy(chunk_logits, c->batch_logits + B * (size_t)V, (size_t)V * sizeof(float));
-        n_chunk = 0;
+                memcpy(logits[done + i], c->batch_logits + i * (size_t)V, lb);
+        for (int i = 0, row = (int)B; i < nk; i++)
+            if (want_c >> i & 1)
+                memcpy(ck[i]->logits, c->batch_logits + (size_t)row++ * V, lb);
         done += B;
-    }
+    } while (done < n);
     return MS_OK;
 }

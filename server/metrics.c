@@ -72,6 +72,7 @@ static const char *counter_name[MET_C_COUNT][2] = {
     {"metastate_store_lease_waits_total", "Times a session turn found the session's lease held (by this or another replica) and waited."},
     {"metastate_store_errors_total", "Session store operations that failed (store unreachable or answering errors)."},
     {"metastate_stream_pauses_total", "Times a stream's generation paused because its client was not reading (--stream-backlog-kb)."},
+    {"metastate_model_passes_total", "Passes over the model's weights: one per scheduler step (its generating sequences and prompt chunks together), plus each prompt chunk run on its own (echoed logprobs, more than 16 prompts in one step)."},
 };
 static const char *gauge_name[MET_G_COUNT][2] = {
     {"metastate_sessions_in_memory", "Sessions whose state is in the memory pool."},

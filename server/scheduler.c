@@ -12,9 +12,10 @@
  * iteration feed their tokens in one batched forward (ms_forward_mixed):
  * every weight matrix is read once for all of them, so eight streams cost
  * little more than one on a memory-bound CPU. The same
- * pass carries one slot's prompt chunk and every prompt's last token (the
- * one whose logits start generation); their draws run on the engine's
- * threads together.
+ * pass carries the iteration's prompt chunks (up to MS_MAX_CHUNKS; a burst
+ * of short prompts, or of chat turns, costs one pass over the weights, not
+ * one per prompt) and every prompt's last token (the one whose logits start
+ * generation); their draws run on the engine's threads together.
  *
  * Sessions. A slot working for a session leases it from the pool and runs
  * directly on the session's state, appending every token it feeds to the
@@ -178,8 +179,10 @@ struct sched {
     int n_slots;
     /* the batched decode step: one context and per-slot arrays, allocated once */
     ms_ctx *batch_ctx;
-    slot *ride;         /* this iteration's prompt chunk that rides with the batched step */
-    size_t ride_m;      /* its length */
+    /* this iteration's prompt chunks that ride with the batched step */
+    slot *ride[MS_MAX_CHUNKS];
+    ms_chunk ride_ck[MS_MAX_CHUNKS];
+    int n_ride;
     slot **pre_slot;    /* this iteration's prefilling slots (n_slots), in prefill_turns' order */
     unsigned prefill_iter; /* iterations with prompt work, for the oldest's turn */
     size_t step_prompt; /* prompt tokens this iteration ran in forwards of their own */
@@ -562,6 +565,7 @@ static void step_prefill_scored(sched *s, slot *sl)
         j->sink->logprob(j->ud, idx, &first);
     }
     s->step_prompt += m;
+    metrics_add(MET_C_MODEL_PASSES, 1);
     if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, sl->echo_logits, 1, &e) != MS_OK) {
         engine_fail(s, sl, &e);
         return;
@@ -609,12 +613,13 @@ static int step_prefill(sched *s, slot *sl)
     if (sl->pos < last) {
         size_t m = last - sl->pos;
         if (m > (size_t)s->cfg->prefill_chunk) m = (size_t)s->cfg->prefill_chunk;
-        if (!s->ride) { /* one chunk per iteration shares the batched step's weight pass */
-            s->ride = sl;
-            s->ride_m = m;
+        if (s->n_ride < MS_MAX_CHUNKS) { /* the chunks share the batched step's weight pass */
+            s->ride[s->n_ride] = sl;
+            s->ride_ck[s->n_ride++] = (ms_chunk){sl->st, sl->toks + sl->pos, m, NULL};
             return 0;
         }
         s->step_prompt += m;
+        metrics_add(MET_C_MODEL_PASSES, 1);
         if (ms_forward(sl->ctx, sl->st, sl->toks + sl->pos, m, NULL, 0, &e) != MS_OK) {
             engine_fail(s, sl, &e);
             return 0;
@@ -784,17 +789,21 @@ static int gen_take(sched *s, slot *sl, int32_t t)
  * session history, metrics and the end of the choice. */
 static void gen_feed(sched *s, int n)
 {
-    slot *r = s->ride;
-    if (!n && !r) return;
+    const int n_ride = s->n_ride;
+    if (!n && !n_ride) return;
+    metrics_add(MET_C_MODEL_PASSES, n > 16 ? ((uint64_t)n + 15) / 16 : 1); /* engine.h: groups of 16 */
     ms_error e = {0};
     ms_status st = ms_forward_mixed(s->batch_ctx, s->feed_state, s->feed_tok, (size_t)n,
-                                    s->feed_logits, r ? r->st : NULL, r ? r->toks + r->pos : NULL,
-                                    r ? s->ride_m : 0, NULL, &e);
-    s->ride = NULL;
-    if (r && st != MS_OK) engine_fail(s, r, &e);
-    else if (r && r->sess && session_push_tokens(r->sess, r->toks + r->pos, s->ride_m))
-        finish_job(s, r, SRV_ERR_NOMEM, "out of memory");
-    else if (r) r->pos += s->ride_m;
+                                    s->feed_logits, s->ride_ck, (size_t)n_ride, &e);
+    s->n_ride = 0;
+    for (int i = 0; i < n_ride; i++) {
+        slot *r = s->ride[i];
+        const size_t m = s->ride_ck[i].n;
+        if (st != MS_OK) engine_fail(s, r, &e);
+        else if (r->sess && session_push_tokens(r->sess, r->toks + r->pos, m))
+            finish_job(s, r, SRV_ERR_NOMEM, "out of memory");
+        else r->pos += m;
+    }
     for (int k = 0; k < n; k++) {
         slot *sl = s->feed_slot[k];
         const int prompt = sl->state == SLOT_PREFILL; /* its last token: generation starts */
@@ -1192,7 +1201,8 @@ static void idle_cb(uv_idle_t *h)
     ms_sampler_sample_batch(s->draw_sampler, s->draw_logits, (size_t)n_draw, s->draw_tok);
     for (int k = 0; k < n_draw; k++)
         n_feed += gen_take(s, s->draw_slot[k], s->draw_tok[k]);
-    const size_t ran = s->step_prompt + (size_t)n_feed + (s->ride ? s->ride_m : 0);
+    size_t ran = s->step_prompt + (size_t)n_feed;
+    for (int i = 0; i < s->n_ride; i++) ran += s->ride_ck[i].n;
     if (ran) metrics_observe(MET_H_STEP_TOKENS, (double)ran);
     gen_feed(s, n_feed);
     paused_gauge(s);

@@ -114,6 +114,47 @@ test('a burst of long prompts shares --prefill-chunk per step', async () => {
   }
 });
 
+// Short prompts that arrive together (chat turns, a burst of requests) ride
+// the running stream's step together: one pass over the weights per step,
+// not one per prompt, and every reply is the one its request gets alone.
+test('a burst of short prompts is read in one pass per step', async () => {
+  const s = await startServer({ args: ['--parallel', '9'] });
+  try {
+    const c = client(s);
+    const common = { model: MODEL_NAME, temperature: 0, logit_bias: asciiBias() };
+    // About 40 tokens each (byte-level): three fit one --prefill-chunk of 128.
+    const burst = Array.from({ length: 8 }, (_, i) => ({ ...common, max_tokens: 4,
+      prompt: `Short prompt number ${i}, read with the others.` }));
+    const running = { ...common, max_tokens: 48, prompt: 'A stream that runs through the burst.' };
+    const text = async (body) => (await c.completions.create(body)).choices[0].text;
+    const alone = [];
+    for (const b of burst) alone.push(await text(b));
+    const runningAlone = await text(running);
+
+    const before = await metrics(s);
+    let streamed = '';
+    const stream = await c.completions.create({ ...running, stream: true });
+    const it = stream[Symbol.asyncIterator]();
+    streamed += (await it.next()).value.choices[0]?.text || '';
+    const rest = (async () => { for (let r = await it.next(); !r.done; r = await it.next()) streamed += r.value.choices[0]?.text || ''; })();
+    const outs = await Promise.all(burst.map(text));
+    await rest;
+    const after = await metrics(s);
+
+    outs.forEach((o, i) => assert.equal(o, alone[i], `burst request ${i}`));
+    assert.equal(streamed, runningAlone, 'the running stream');
+    const d = (k) => after[k] - (before[k] || 0);
+    const steps = d('metastate_step_tokens_count');
+    // A step of more than 64 tokens ran two prompts' chunks or more (one is
+    // under 48 with the nine sequences' rows).
+    assert.ok(d('metastate_step_tokens_bucket{le="64"}') < steps, 'no step ran two prompts at once');
+    assert.equal(d('metastate_model_passes_total'), steps, 'passes over the weights vs steps');
+  } finally {
+    const e = await s.stop();
+    assert.equal(e.code, 0, s.stderr());
+  }
+});
+
 // Not first come first served: a short prompt admitted beside a long one
 // gets its reply while the long one is still being read.
 test('a short prompt beside a long one is not held until the long one is read', async () => {

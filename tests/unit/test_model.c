@@ -473,12 +473,13 @@ static void batch_case(const char *heads)
 Test(model, batch_step_equals_solo_steps_bit_for_bit) { batch_case(NULL); }
 Test(model, batch_step_equals_solo_steps_with_meta_state) { batch_case("all"); }
 
-/* A prompt chunk riding along with a decode batch (ms_forward_mixed) gives
- * every sequence, bit for bit, what ms_step_batch and ms_forward give it
- * separately: for each weight format, with and without Meta-State heads, on
- * every kernel variant the CPU has, for chunks as short as a decode batch
- * (1, 5 rows) and longer ones (20: sgemm for the exact formats on the
- * portable kernels). */
+/* Prompt chunks riding along with a decode batch (ms_forward_mixed), and
+ * with each other, give every sequence, bit for bit, what ms_step_batch and
+ * ms_forward give it separately: for each weight format, with and without
+ * Meta-State heads, on every kernel variant the CPU has, for chunks as
+ * short as a decode batch (1, 5 rows) and longer ones (20: sgemm for the
+ * exact formats on the portable kernels), one or three at once, with
+ * single rows or without. */
 static void mixed_case(const char *heads, const char *isa)
 {
     if (k_force_isa(isa))
@@ -492,18 +493,22 @@ static void mixed_case(const char *heads, const char *isa)
         {MS_WEIGHTS_F32, MS_COMPUTE_F32}, {MS_WEIGHTS_BF16, MS_COMPUTE_F32},
         {MS_WEIGHTS_BF16, MS_COMPUTE_BF16}, {MS_WEIGHTS_I8, MS_COMPUTE_F32},
         {MS_WEIGHTS_Q4, MS_COMPUTE_F32}};
-    enum { NS = 5, V = 512 };
+    enum { NS = 5, NC = 3, V = 512 };
+    /* Per round: the single rows (NS or none) and the chunks' lengths. */
+    static const struct { int singles; size_t lens[NC]; } rounds[] = {
+        {NS, {1}}, {NS, {5}}, {NS, {20}}, {NS, {3, 20, 1}}, {0, {7, 2, 20}}, {0, {6}}};
     for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
         ms_load_opts lo = {.weights = fmts[f].w, .compute = fmts[f].c};
         ms_error err;
         ms_model *m;
         cr_assert_eq(ms_model_load(p, &lo, &m, &err), MS_OK, "%s", err.msg);
         ms_ctx *c = ms_ctx_new(m, 64);
-        ms_state *a[NS + 1], *b[NS + 1];
-        float *la = malloc(sizeof(float) * (NS + 1) * V), *lb = malloc(sizeof(float) * (NS + 1) * V);
+        ms_state *a[NS + NC], *b[NS + NC];
+        float *la = malloc(sizeof(float) * (NS + NC) * V);
+        float *lb = malloc(sizeof(float) * (NS + NC) * V);
         float *pa[NS], *pb[NS];
-        int32_t hist[40], next[NS], chunk[20];
-        for (int i = 0; i <= NS; i++) {
+        int32_t hist[40], next[NS], chunk[NC][20];
+        for (int i = 0; i < NS + NC; i++) {
             a[i] = ms_state_new(m);
             b[i] = ms_state_new(m);
             sequence(hist, (size_t)(3 + 4 * i), V);
@@ -515,28 +520,53 @@ static void mixed_case(const char *heads, const char *isa)
             pa[i] = i == 2 ? NULL : la + (size_t)i * V;
             pb[i] = i == 2 ? NULL : lb + (size_t)i * V;
         }
-        static const size_t lens[] = {1, 5, 20};
-        for (int round = 0; round < 3; round++) {
-            sequence(chunk, lens[round], V);
-            cr_assert_eq(ms_step_batch(c, a, next, NS, pa, &err), MS_OK, "%s", err.msg);
-            cr_assert_eq(ms_forward(c, a[NS], chunk, lens[round], la + (size_t)NS * V, 0, &err), MS_OK);
-            cr_assert_eq(ms_forward_mixed(c, b, next, NS, pb, b[NS], chunk, lens[round],
-                                          lb + (size_t)NS * V, &err), MS_OK, "%s", err.msg);
-            for (int i = 0; i <= NS; i++) {
+        for (size_t r = 0; r < sizeof rounds / sizeof rounds[0]; r++) {
+            const int ns = rounds[r].singles;
+            ms_chunk ck[NC];
+            size_t nc = 0;
+            if (ns)
+                cr_assert_eq(ms_step_batch(c, a, next, NS, pa, &err), MS_OK, "%s", err.msg);
+            for (int i = 0; i < NC && rounds[r].lens[i]; i++, nc++) {
+                for (size_t t = 0; t < rounds[r].lens[i]; t++)
+                    chunk[i][t] = (int32_t)((t * 31 + r * 7 + (size_t)i * 5 + 1) % V);
+                float *out = i == 1 ? NULL : la + (size_t)(NS + i) * V; /* chunk 1: no logits */
+                cr_assert_eq(ms_forward(c, a[NS + i], chunk[i], rounds[r].lens[i], out, 0, &err),
+                             MS_OK);
+                ck[i] = (ms_chunk){b[NS + i], chunk[i], rounds[r].lens[i],
+                                   out ? lb + (size_t)(NS + i) * V : NULL};
+            }
+            cr_assert_eq(ms_forward_mixed(c, b, next, (size_t)ns, pb, ck, nc, &err), MS_OK, "%s",
+                         err.msg);
+            for (int i = 0; i < NS + NC; i++) {
                 cr_expect_eq(memcmp(ms_state_cdata(a[i]), ms_state_cdata(b[i]),
                                     ms_state_nfloats(a[i]) * 4), 0,
-                             "%s fmt %zu chunk %zu: state %d differs", isa, f, lens[round], i);
-                if (i == NS || pa[i])
+                             "%s fmt %zu round %zu: state %d differs", isa, f, r, i);
+                if (i >= NS ? (size_t)(i - NS) < nc && i != NS + 1 : ns && pa[i])
                     cr_expect_eq(memcmp(la + (size_t)i * V, lb + (size_t)i * V, V * 4), 0,
-                                 "%s fmt %zu chunk %zu: logits %d differ", isa, f, lens[round], i);
+                                 "%s fmt %zu round %zu: logits %d differ", isa, f, r, i);
             }
             for (int i = 0; i < NS; i++)
                 next[i] = (next[i] + 11) % V;
         }
         int32_t big[64] = {0};
-        cr_expect_eq(ms_forward_mixed(c, b, next, NS, pb, b[NS], big, 64, NULL, &err), MS_ERR_INVALID,
+        ms_chunk bad = {b[NS], big, 64, NULL};
+        cr_expect_eq(ms_forward_mixed(c, b, next, NS, pb, &bad, 1, &err), MS_ERR_INVALID,
                      "a chunk that does not fit the context is refused");
-        for (int i = 0; i <= NS; i++) {
+        ms_chunk two[2] = {{b[NS], big, 2, NULL}, {b[NS], big, 3, NULL}};
+        cr_expect_eq(ms_forward_mixed(c, b, next, NS, pb, two, 2, &err), MS_ERR_INVALID,
+                     "two chunks of one state are refused");
+        two[1].state = b[1];
+        cr_expect_eq(ms_forward_mixed(c, b, next, NS, pb, two, 2, &err), MS_ERR_INVALID,
+                     "a chunk of a decoded sequence's state is refused");
+        ms_chunk many[MS_MAX_CHUNKS + 1];
+        for (int i = 0; i <= MS_MAX_CHUNKS; i++)
+            many[i] = (ms_chunk){b[NS], big, 0, NULL};
+        cr_expect_eq(ms_forward_mixed(c, b, next, NS, pb, many, MS_MAX_CHUNKS + 1, &err),
+                     MS_ERR_INVALID, "more than MS_MAX_CHUNKS chunks are refused");
+        for (int i = 0; i < NS + NC; i++) {
+            cr_expect_eq(memcmp(ms_state_cdata(a[i]), ms_state_cdata(b[i]),
+                                ms_state_nfloats(a[i]) * 4), 0,
+                         "a refused call changed state %d", i);
             ms_state_free(a[i]);
             ms_state_free(b[i]);
         }
