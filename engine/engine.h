@@ -288,12 +288,17 @@ ms_status ms_step(ms_ctx *c, ms_state *s, int32_t token, float *logits,
 ms_status ms_step_batch(ms_ctx *c, ms_state *const *states, const int32_t *tokens, size_t n,
                         float *const *logits, ms_error *err);
 /* A prompt chunk for ms_forward_mixed: n tokens of the sequence in state;
- * logits NULL or V floats for its last token. */
+ * logits NULL or V floats for its last token; ckpt NULL or a state of the
+ * same model (not in the call otherwise) that receives the sequence's
+ * state before the last token: a session's checkpoint, with no pass of its
+ * own (bit for bit ms_forward's one token short, but where sgemm runs the
+ * chunk: the portable kernels' f32 / exact bf16 chunks of over 16 tokens). */
 typedef struct {
     ms_state *state;
     const int32_t *tokens;
     size_t n;
     float *logits;
+    ms_state *ckpt;
 } ms_chunk;
 #define MS_MAX_CHUNKS 16 /* chunks per ms_forward_mixed call */
 

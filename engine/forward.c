@@ -56,6 +56,7 @@ struct ms_ctx {
     int max_seg;          /* the longest chunk's rows */
     int mixed;            /* an ms_forward_mixed call: logits as seg_logits says */
     unsigned seg_logits;  /* bit i: chunk i's last row gets logits */
+    ms_state *seg_ckpt[MS_MAX_CHUNKS]; /* NULL, or receives chunk i's state before its last row */
 };
 
 /* Row t starts its sequence in this call (reads the state's shift and
@@ -80,6 +81,16 @@ static int seg_of(const ms_ctx *c, int t)
     return i;
 }
 
+/* The checkpoint that row t's results go to besides its own state: row t
+ * is the last but one of a chunk that keeps one, so what it leaves is the
+ * state before the chunk's last token. NULL otherwise. */
+static ms_state *ckpt_after(const ms_ctx *c, int t, int T)
+{
+    if (t < c->n_single || row_last(c, t, T) || !row_last(c, t + 1, T))
+        return NULL;
+    return c->seg_ckpt[seg_of(c, t)];
+}
+
 /* Chunk i's saved SSE head states (time_mix, self_state_encoder). */
 static float *s_start_of(const ms_ctx *c, int i)
 {
@@ -94,6 +105,7 @@ static void set_rows(ms_ctx *c, int n_single, const size_t *lens, int n)
     c->max_seg = 0;
     c->seg[0] = n_single;
     for (int i = 0; i < n; i++) {
+        c->seg_ckpt[i] = NULL;
         c->seg[i + 1] = c->seg[i] + (int)lens[i];
         if ((int)lens[i] > c->max_seg)
             c->max_seg = (int)lens[i];
@@ -589,9 +601,14 @@ static void norm_and_shift(ms_ctx *c, int T, int l, int att, const float *ln_w,
             norm_shift_rows(&j, i);
     else
         k_parallel(items, norm_shift_rows, &j);
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < T; t++) {
+        ms_state *ck = ckpt_after(c, t, T);
         if (row_last(c, t, T))
             memcpy(shift_of(c, t, l, att), c->xn + (size_t)t * C, (size_t)C * sizeof(float));
+        else if (ck)
+            memcpy(att ? ms_state_att_shift(ck, l) : ms_state_ffn_shift(ck, l),
+                   c->xn + (size_t)t * C, (size_t)C * sizeof(float));
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -681,8 +698,15 @@ static void head_row(const head_job *j, int t, int h, const float *pf)
 static void head_rows_of_chunk(void *arg, int h)
 {
     const head_job *j = arg;
-    for (int t = j->c->n_single; t < j->T; t++)
+    const ms_ctx *c = j->c;
+    const size_t NN = (size_t)c->m->cfg.head_size * c->m->cfg.head_size;
+    for (int t = c->n_single; t < j->T; t++) {
         head_row(j, t, h, NULL);
+        ms_state *ck = ckpt_after(c, t, j->T);
+        if (ck)
+            memcpy(ms_state_wkv(ck, j->l) + (size_t)h * NN,
+                   ms_state_wkv(c->row_state[t], j->l) + (size_t)h * NN, NN * sizeof(float));
+    }
 }
 
 /* Share i of n of a layer's heads: heads [i * H / n, (i + 1) * H / n) of
@@ -1103,13 +1127,16 @@ ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *to
         for (int q = 0; q < k; q++)
             if (ck[q]->state == ch->state)
                 return ms_fail(err, MS_ERR_INVALID, "two chunks share a state (chunk %zu)", i);
+        if (ch->ckpt && ch->ckpt == ch->state)
+            return ms_fail(err, MS_ERR_INVALID, "chunk %zu's checkpoint is its state", i);
         want_c |= (unsigned)(ch->logits != NULL) << k;
         rows_c += lens[k] = ch->n;
         ck[k++] = ch;
     }
-    if (!n && k < 2) /* one sequence's chunk: ms_forward, which splits any length */
-        return k ? ms_forward(c, ck[0]->state, ck[0]->tokens, ck[0]->n, ck[0]->logits, 0, err)
-                 : MS_OK;
+    if (!n && !k)
+        return MS_OK;
+    if (!n && k == 1 && !ck[0]->ckpt) /* one sequence's chunk: ms_forward, which splits any length */
+        return ms_forward(c, ck[0]->state, ck[0]->tokens, ck[0]->n, ck[0]->logits, 0, err);
     if ((n < cap ? n : cap) + rows_c > (size_t)c->max_chunk)
         return ms_fail(err, MS_ERR_INVALID, "chunks of %zu tokens with %zu sequences exceed "
                        "the context's %d rows", rows_c, n < cap ? n : cap, c->max_chunk);
@@ -1121,6 +1148,12 @@ ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *to
         set_rows(c, (int)B, lens, nk);
         c->mixed = 1;
         c->seg_logits = want_c;
+        for (int i = 0; i < nk; i++) {
+            if (ck[i]->ckpt && lens[i] == 1) /* before its only token: the state as it is */
+                ms_state_copy(ck[i]->ckpt, ck[i]->state);
+            else
+                c->seg_ckpt[i] = ck[i]->ckpt;
+        }
         for (size_t i = 0; i < B; i++) {
             c->row_state[i] = states[done + i];
             c->row_tok[i] = tokens[done + i];

@@ -600,8 +600,9 @@ static void feed_queue(sched *s, slot *sl, int32_t t, float *logits)
     s->feed_logits[k] = logits;
 }
 
-/* One unit of prompt work: a chunk, or queueing the last token for the
- * batched step. Returns 1 when a token was queued. */
+/* One unit of prompt work: a chunk (with the last token when it reaches
+ * it), or queueing the last token for the batched step. Returns 1 when a
+ * token was queued. */
 static int step_prefill(sched *s, slot *sl)
 {
     ms_error e = {0};
@@ -613,9 +614,17 @@ static int step_prefill(sched *s, slot *sl)
     if (sl->pos < last) {
         size_t m = last - sl->pos;
         if (m > (size_t)s->cfg->prefill_chunk) m = (size_t)s->cfg->prefill_chunk;
-        if (s->n_ride < MS_MAX_CHUNKS) { /* the chunks share the batched step's weight pass */
+        if (s->n_ride < MS_MAX_CHUNKS) {
+            /* The chunks share the batched step's weight pass. One that
+             * reaches the prompt's end takes the last token along, and the
+             * session's checkpoint comes out of the same pass: a short turn
+             * costs one step, not two. */
+            const int whole = sl->pos + m == last;
+            if (whole && sl->sess) sl->sess->has_ckpt = 0; /* until the pass wrote it */
             s->ride[s->n_ride] = sl;
-            s->ride_ck[s->n_ride++] = (ms_chunk){sl->st, sl->toks + sl->pos, m, NULL};
+            s->ride_ck[s->n_ride++] = (ms_chunk){sl->st, sl->toks + sl->pos, m + (size_t)whole,
+                                                 whole ? sl->logits : NULL,
+                                                 whole && sl->sess ? sl->sess->ckpt : NULL};
             return 0;
         }
         s->step_prompt += m;
@@ -802,7 +811,13 @@ static void gen_feed(sched *s, int n)
         if (st != MS_OK) engine_fail(s, r, &e);
         else if (r->sess && session_push_tokens(r->sess, r->toks + r->pos, m))
             finish_job(s, r, SRV_ERR_NOMEM, "out of memory");
-        else r->pos += m;
+        else if ((r->pos += m) == r->n_toks) { /* the whole prompt: generation starts */
+            if (r->sess) {
+                r->sess->n_ckpt = r->n_toks - 1;
+                r->sess->has_ckpt = 1;
+            }
+            prompt_done(s, r);
+        }
     }
     for (int k = 0; k < n; k++) {
         slot *sl = s->feed_slot[k];
