@@ -68,6 +68,27 @@ test('16 concurrent clients: no errors, no crossed outputs, stable RSS', async (
   assert.ok(growth < 24 * 1024 * SLOW, `RSS grew by ${growth} KiB after the first round`);
 });
 
+/** The replies to `burst` and to `running` alone (one at a time), then the
+ * same requests together: `running` streaming, the burst sent once it has
+ * its first token. Returns both sets of replies and the /metrics deltas. */
+async function burstBesideStream(s, burst, running) {
+  const c = client(s);
+  const text = async (body) => (await c.completions.create(body)).choices[0].text;
+  const alone = [];
+  for (const b of burst) alone.push(await text(b));
+  const runningAlone = await text(running);
+  const before = await metrics(s);
+  let streamed = '';
+  const stream = await c.completions.create({ ...running, stream: true });
+  const it = stream[Symbol.asyncIterator]();
+  streamed += (await it.next()).value.choices[0]?.text || ''; // generating before the burst
+  const rest = (async () => { for (let r = await it.next(); !r.done; r = await it.next()) streamed += r.value.choices[0]?.text || ''; })();
+  const outs = await Promise.all(burst.map(text));
+  await rest;
+  const after = await metrics(s);
+  return { alone, runningAlone, outs, streamed, d: (k) => after[k] - (before[k] || 0) };
+}
+
 // Eight long prompts at once, beside a running stream: each step runs at
 // most --prefill-chunk prompt tokens in all (the prompts share it), so
 // the stream is not held up by one chunk per prompt; every reply is the one
@@ -76,31 +97,14 @@ test('a burst of long prompts shares --prefill-chunk per step', async () => {
   const CHUNK = 32;
   const s = await startServer({ args: ['--parallel', '9', '--prefill-chunk', String(CHUNK)] });
   try {
-    const c = client(s);
     const common = { model: MODEL_NAME, temperature: 0, logit_bias: asciiBias() };
     // About 7 chunks each (byte-level: one token per byte).
     const burst = Array.from({ length: 8 }, (_, i) => ({ ...common, max_tokens: 6,
       prompt: `Prompt ${i}: ${'a long prompt that needs several chunks of prefill. '.repeat(4)}` }));
     const running = { ...common, max_tokens: 64, prompt: 'A stream that runs through the burst.' };
-    const text = async (body) => (await c.completions.create(body)).choices[0].text;
-    const alone = [];
-    for (const b of burst) alone.push(await text(b));
-    const runningAlone = await text(running);
-
-    const before = await metrics(s);
-    let streamed = '';
-    const stream = await c.completions.create({ ...running, stream: true });
-    const it = stream[Symbol.asyncIterator]();
-    const first = await it.next(); // the stream is generating before the burst arrives
-    streamed += first.value.choices[0]?.text || '';
-    const rest = (async () => { for (let r = await it.next(); !r.done; r = await it.next()) streamed += r.value.choices[0]?.text || ''; })();
-    const outs = await Promise.all(burst.map(text));
-    await rest;
-    const after = await metrics(s);
-
+    const { alone, runningAlone, outs, streamed, d } = await burstBesideStream(s, burst, running);
     outs.forEach((o, i) => assert.equal(o, alone[i], `burst request ${i}`));
     assert.equal(streamed, runningAlone, 'the running stream');
-    const d = (k) => after[k] - (before[k] || 0);
     const steps = d('metastate_step_tokens_count');
     const promptTokens = burst.reduce((a, b) => a + b.prompt.length, 0);
     assert.ok(d('metastate_step_tokens_sum') >= promptTokens, 'every prompt token ran in some step');
@@ -120,30 +124,14 @@ test('a burst of long prompts shares --prefill-chunk per step', async () => {
 test('a burst of short prompts is read in one pass per step', async () => {
   const s = await startServer({ args: ['--parallel', '9'] });
   try {
-    const c = client(s);
     const common = { model: MODEL_NAME, temperature: 0, logit_bias: asciiBias() };
     // About 40 tokens each (byte-level): three fit one --prefill-chunk of 128.
     const burst = Array.from({ length: 8 }, (_, i) => ({ ...common, max_tokens: 4,
       prompt: `Short prompt number ${i}, read with the others.` }));
     const running = { ...common, max_tokens: 48, prompt: 'A stream that runs through the burst.' };
-    const text = async (body) => (await c.completions.create(body)).choices[0].text;
-    const alone = [];
-    for (const b of burst) alone.push(await text(b));
-    const runningAlone = await text(running);
-
-    const before = await metrics(s);
-    let streamed = '';
-    const stream = await c.completions.create({ ...running, stream: true });
-    const it = stream[Symbol.asyncIterator]();
-    streamed += (await it.next()).value.choices[0]?.text || '';
-    const rest = (async () => { for (let r = await it.next(); !r.done; r = await it.next()) streamed += r.value.choices[0]?.text || ''; })();
-    const outs = await Promise.all(burst.map(text));
-    await rest;
-    const after = await metrics(s);
-
+    const { alone, runningAlone, outs, streamed, d } = await burstBesideStream(s, burst, running);
     outs.forEach((o, i) => assert.equal(o, alone[i], `burst request ${i}`));
     assert.equal(streamed, runningAlone, 'the running stream');
-    const d = (k) => after[k] - (before[k] || 0);
     const steps = d('metastate_step_tokens_count');
     // A step of more than 64 tokens ran two prompts' chunks or more (one is
     // under 48 with the nine sequences' rows).
