@@ -15,7 +15,9 @@
  * pass carries the iteration's prompt chunks (up to MS_MAX_CHUNKS; a burst
  * of short prompts, or of chat turns, costs one pass over the weights, not
  * one per prompt) and every prompt's last token (the one whose logits start
- * generation); their draws run on the engine's threads together.
+ * generation: with the prompt's last chunk, the session's checkpoint written
+ * in the same pass, or alone); their draws run on the engine's threads
+ * together.
  *
  * Sessions. A slot working for a session leases it from the pool and runs
  * directly on the session's state, appending every token it feeds to the
