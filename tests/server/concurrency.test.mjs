@@ -143,6 +143,27 @@ test('a burst of short prompts is read in one pass per step', async () => {
   }
 });
 
+// More prompts in a step than ride the batched pass together (16): the
+// others run on their own in the same step, and every reply is still the
+// one its request gets alone.
+test('a burst of more short prompts than ride together gets the replies they get alone', async () => {
+  const s = await startServer({ args: ['--parallel', '25'] });
+  try {
+    const common = { model: MODEL_NAME, temperature: 0, logit_bias: asciiBias() };
+    // Six tokens each: 24 fit one --prefill-chunk of 128 by their tokens.
+    const burst = Array.from({ length: 24 }, (_, i) => ({ ...common, max_tokens: 3,
+      prompt: `Q${String(i).padStart(2, '0')}: ` }));
+    const running = { ...common, max_tokens: 32, prompt: 'A stream that runs through the burst.' };
+    const { alone, runningAlone, outs, streamed, d } = await burstBesideStream(s, burst, running);
+    outs.forEach((o, i) => assert.equal(o, alone[i], `burst request ${i}`));
+    assert.equal(streamed, runningAlone, 'the running stream');
+    assert.ok(d('metastate_model_passes_total') >= d('metastate_step_tokens_count'));
+  } finally {
+    const e = await s.stop();
+    assert.equal(e.code, 0, s.stderr());
+  }
+});
+
 // Not first come first served: a short prompt admitted beside a long one
 // gets its reply while the long one is still being read.
 test('a short prompt beside a long one is not held until the long one is read', async () => {
