@@ -1624,7 +1624,7 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
  * bytes ahead into L2: the L1 prefetches are few (the fill buffers), and a
  * busy machine's memory latency outlasts them (Emerald Rapids, a busy
  * hour, one process per build alternating: 0.4B q4 single steps 0.88-0.97
- * of the time, 6 to 9 of 10 rounds faster in five runs; int8 0.95-0.97;
+ * of the time, 6 to 10 of 10 rounds faster in five runs; int8 0.95-0.97;
  * 0.1B q4 0.98, batches of 8 0.96 and 1.02; the same build against itself
  * 1.02-1.07). AMD keeps its one non-temporal prefetch: lines fetched into
  * L2 go to its L3 when evicted, where the states are (Zen 5: a second
@@ -1632,7 +1632,7 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
 #define PF_L1_L2(off)                                                                            \
     "prefetcht0 %c[pfd]+" off "(%[w])\n\tprefetcht2 %c[pfd2]+" off "(%[w])\n\t"
 #define PF_NTA_ONLY(off) "prefetchnta %c[pfd]+" off "(%[w])\n\t"
-#define PF_AHEAD_L2 12288
+#define PF_AHEAD_BATCH_L2 12288
 /* Step \v + u's weights into zmm a and b, prefetched (pf), and the offsets
  * of the inputs that a and b multiply. */
 #define GW_Q4(pf, u, a, b)                                                                       \
@@ -1679,7 +1679,7 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
     GADD(a, b) GADD(c, d) GADD(e, f) GADD(g, h) GADD(a, c) GADD(e, g) GADD(a, e)
 #define GZERO(regs) ".irp r," regs "\n\tvpxord %%zmm\\r, %%zmm\\r, %%zmm\\r\n\t.endr\n\t"
 #define GZ16 "16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31"
-#define GIN [w] "r"(wg), [m] "v"(m), [pfd] "i"(PF_AHEAD_BATCH), [pfd2] "i"(PF_AHEAD_L2)
+#define GIN [w] "r"(wg), [m] "v"(m), [pfd] "i"(PF_AHEAD_BATCH), [pfd2] "i"(PF_AHEAD_BATCH_L2)
 #define GCLOB16                                                                                  \
     "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25",    \
         "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory"
