@@ -54,7 +54,6 @@ struct ms_ctx {
     int n_single, n_seg;
     int seg[MS_MAX_CHUNKS + 1];
     int max_seg;          /* the longest chunk's rows */
-    int mixed;            /* an ms_forward_mixed call: logits as seg_logits says */
     unsigned seg_logits;  /* bit i: chunk i's last row gets logits */
     ms_state *seg_ckpt[MS_MAX_CHUNKS]; /* NULL, or receives chunk i's state before its last row */
 };
@@ -97,11 +96,13 @@ static float *s_start_of(const ms_ctx *c, int i)
     return c->s_start + (size_t)i * c->m->cfg.n_embd * c->m->cfg.head_size;
 }
 
-/* The call's rows: n_single single rows, then chunks of lens[0..n) rows. */
-static void set_rows(ms_ctx *c, int n_single, const size_t *lens, int n)
+/* The call's rows: n_single single rows, then chunks of lens[0..n) rows,
+ * chunk i's last row with logits where bit i of want is set. */
+static void set_rows(ms_ctx *c, int n_single, const size_t *lens, int n, unsigned want)
 {
     c->n_single = n_single;
     c->n_seg = n;
+    c->seg_logits = want;
     c->max_seg = 0;
     c->seg[0] = n_single;
     for (int i = 0; i < n; i++) {
@@ -952,9 +953,8 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T, const k_wmat
 }
 
 /* Runs T <= max_chunk rows (c->row_state and set_rows() say whose).
- * Logits: in a mixed call the single rows' and then, in order, the last
- * rows' of the chunks that want them; else as in ms_forward (last row or
- * all rows). */
+ * Logits: every row's with all_logits, else the single rows' and then, in
+ * order, the last rows' of the chunks that want them. */
 static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits, int all_logits)
 {
     const ms_model *m = c->m;
@@ -974,15 +974,14 @@ static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits,
         return;
     int rows = 0;
     for (int t = 0; t < T; t++) {
-        const int want = !c->mixed ? all_logits || t == T - 1
-                         : t < c->n_single || (row_last(c, t, T) &&
-                                               (c->seg_logits >> seg_of(c, t) & 1));
+        const int want = all_logits || t < c->n_single ||
+                         (row_last(c, t, T) && (c->seg_logits >> seg_of(c, t) & 1));
         if (want)
             layer_norm(c->xn + (size_t)rows++ * C, c->x + (size_t)t * C, m->ln_out_w,
                        m->ln_out_b, C);
     }
     if (rows < T) /* each row of the head's product is alone now: the kernels' bits */
-        set_rows(c, rows, NULL, 0);
+        set_rows(c, rows, NULL, 0, 0);
     linear(c, logits, c->xn, &m->head, rows, 0.0f);
 }
 
@@ -1068,8 +1067,7 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
         /* A lone token is a decode row, the path ms_step_batch takes for a
          * batch of one: its heads go to the pool, which a chunk of under 16
          * rows does not use. */
-        set_rows(c, T == 1, &T, T != 1);
-        c->mixed = 0;
+        set_rows(c, T == 1, &T, T != 1, 1);
         for (size_t t = 0; t < T; t++)
             c->row_state[t] = s;
         forward_rows(c, tokens + done, (int)T, out, all_logits);
@@ -1145,9 +1143,7 @@ ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *to
         const size_t B = n - done < cap ? n - done : cap;
         const int nk = done ? 0 : k;
         int want = nk && want_c;
-        set_rows(c, (int)B, lens, nk);
-        c->mixed = 1;
-        c->seg_logits = want_c;
+        set_rows(c, (int)B, lens, nk, want_c);
         for (int i = 0; i < nk; i++) {
             if (ck[i]->ckpt && lens[i] == 1) /* before its only token: the state as it is */
                 ms_state_copy(ck[i]->ckpt, ck[i]->state);
