@@ -72,9 +72,11 @@ fi
 
 # Constrained decoding (structured output): per-token cost of the allowed-token
 # mask over the World vocabulary, against plain decoding in the same run.
-declare -a constraint_rows
+constraint_rows=() # declared alone, an empty array is unbound under set -u
 vocab=${METASTATE_SHARED:-../shared}/vocab/rwkv_vocab_v20230424.txt
-if [[ -f $vocab ]]; then
+if [[ ! -f $vocab ]]; then
+    echo "constrained decoding: skipped (no World vocabulary at $vocab)"
+else
     for size in $sizes; do
         c=$("$build/metastate" bench-constraint --model "$dir/rwkv7-$size-bf16.safetensors" --vocab "$vocab" --label "$size" --gen 128)
         echo "$c" | grep -v '^RESULT'
