@@ -196,9 +196,9 @@ AMX_INLINE void int_epilogue(__m512 *acc, int32_t (*cb)[16], size_t g, const flo
  * holds quad v in its low nibbles and quad v + 8 in its high ones. The
  * packed weights go into L2 ahead too (0.1B q4 batch steps of 16 0.91,
  * 1.01 and 0.99 of the time in three runs, 8 to 11 of 10-16 rounds faster;
- * 13: 0.96; 0.4B 14: 0.985; prefill even). Inline:
- * a call inside int_block's loop would make it keep its accumulators in
- * memory (every vector register is the caller's to save). */
+ * 13: 0.96; 0.4B 14: 0.985; prefill even). Inline: a call inside
+ * int_block's loop would make it keep its accumulators in memory (every
+ * vector register is the caller's to save). */
 AMX_INLINE void q4_unpack(const uint8_t *p, uint8_t *t, size_t G)
 {
     const __m512i m = _mm512_set1_epi8(15);
