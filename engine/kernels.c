@@ -685,6 +685,7 @@ static float quant_group(const float *x, int n, int8_t *q, int32_t *qsum)
 
 static int avx512_on; /* the set in use is AVX-512 class; set with it */
 static int fma_on;    /* the set in use has AVX2 and FMA (all but scalar); set with it */
+static int dbf_wide;  /* its bf16 compute reads act.xr (PASS_DBF_WIDE); set with it */
 
 /* quant_group for n whole groups of 64 of one row on AVX-512 (scale xs[g],
  * integer sum times off in xoff[g]): the same operations in the same
@@ -806,15 +807,17 @@ static size_t act_bytes(const k_wmat *W, int B)
     if (inputs_as_given(W))
         return 0;
     if (W->fmt == K_W_BF16)
-        return ((size_t)B * (size_t)W->kp * 2 + 63) & ~(size_t)63;
+        return ((size_t)B * (size_t)W->kp * (dbf_wide ? 4 : 2) + 63) & ~(size_t)63;
     const size_t qbytes = ((size_t)B * (size_t)W->kp + 63) & ~(size_t)63;
     return (qbytes + (size_t)B * n_groups(W->cols) * 8 + 63) & ~(size_t)63;
 }
 
 /* Where act_bytes(W, B)'s buffer holds the prepared inputs: bf16 pairs
- * (xb), or int8 inputs (xq), their scales (xs) and offset sums (xoff). */
+ * (xb) or their widening (xr), or int8 inputs (xq), their scales (xs) and
+ * offset sums (xoff). */
 typedef struct {
     uint32_t *xb;
+    float *xr;
     int8_t *xq;
     float *xs;
     int32_t *xoff;
@@ -826,7 +829,10 @@ static act_buf act_parts(const k_wmat *W, int B, void *buf)
     if (inputs_as_given(W) || !buf)
         return p;
     if (W->fmt == K_W_BF16) {
-        p.xb = buf;
+        if (dbf_wide)
+            p.xr = buf;
+        else
+            p.xb = buf;
         return p;
     }
     const size_t qbytes = ((size_t)B * (size_t)W->kp + 63) & ~(size_t)63;
@@ -843,6 +849,17 @@ static void act_fill_rows(const k_wmat *W, const float *X, int B, void *buf, int
     const act_buf p = act_parts(W, B, buf);
     const int K = W->cols;
     const size_t kp = (size_t)W->kp, G = n_groups(K);
+    if (p.xr) {
+        for (int b = b0; b < b1; b++) {
+            const float *x = X + (size_t)b * K;
+            float *d = p.xr + (size_t)b * kp;
+            for (int c = 0; c < K; c++)
+                d[c] = bf16_to_f32(f32_to_bf16(x[c]));
+            for (size_t c = (size_t)K; c < kp; c++)
+                d[c] = 0.0f;
+        }
+        return;
+    }
     if (p.xb) {
         for (int b = b0; b < b1; b++) {
             const float *x = X + (size_t)b * K;
@@ -882,7 +899,7 @@ static void act_fill_rows(const k_wmat *W, const float *X, int B, void *buf, int
 static void act_setup(act *a, const k_wmat *W, const float *X, int B, void *buf)
 {
     const act_buf p = act_parts(W, B, buf);
-    *a = (act){.x = X, .ldx = (size_t)W->cols, .xb = p.xb, .xq = p.xq, .xs = p.xs,
+    *a = (act){.x = X, .ldx = (size_t)W->cols, .xb = p.xb, .xr = p.xr, .xq = p.xq, .xs = p.xs,
                .xoff = p.xoff, .kp = (size_t)W->kp, .G = n_groups(W->cols)};
 }
 
@@ -900,7 +917,8 @@ static void act_prepare(act *a, const k_wmat *W, const float *X, int B, void *bu
  * block; IT: 16 int32 lanes):
  *   VZERO() VLOAD(p) VSET1(f) VFMA(a, b, c) = a*b + c, VMUL(a, b)
  *   VPAIR(p, e, o)      64 bytes of bf16 pairs -> even / odd column (exact)
- *   VBW, VBLOAD(p), VDPBF(acc, w, pair)   bf16 dot product of a pair
+ *   VBW, VBLOAD(p), VDPBF(acc, w, pair)   bf16 dot product of a pair (not AVX2:
+ *                       its bf16 compute is PASS_DBF_WIDE's)
  *   VSTORE(acc, y, nr, beta)   y[i] = beta*y[i] + acc[i] for i < nr
  *   IZERO() ICVT(i) IADD(a, b)
  *   IW8, ILOAD8(p), IDOT8(acc, w, x4), IFIX8(acc, xoff)  int8: sum q*x
@@ -1008,13 +1026,14 @@ static inline int32_t x4_of(const int8_t *p)
  * broadcast, so each broadcast serves both blocks: with the broadcasts
  * inside the block loop, 2 x 8 passes kept sixteen of them live beside the
  * sixteen sums and spilled two sums to the stack every column pair. */
-#define PASS_BF16(NR, NB)                                                                        \
+#define PASS_BF16_IN(NR, NB, XP, LDX, KC)                                                        \
     {                                                                                            \
         ACC_ZERO(NR, NB)                                                                         \
         const size_t bs = (size_t)W->kp * K_ROWS;                                                \
         const uint16_t *wp = (const uint16_t *)W->data + blk * bs;                               \
-        const float *xp = A->x + (size_t)b0 * A->ldx;                                            \
-        const int K = W->cols;                                                                   \
+        const float *xp = (XP);                                                                  \
+        const size_t ldx = (LDX);                                                                \
+        const int K = (KC);                                                                      \
         int j = 0;                                                                               \
         for (; j + 1 < K; j += 2) {                                                              \
             VT we[NR], wo[NR];                                                                   \
@@ -1023,7 +1042,7 @@ static inline int32_t x4_of(const int8_t *p)
                 VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we[rb], wo[rb]);                        \
             }                                                                                    \
             UNROLL for (int q = 0; q < NB; q++) {                                                \
-                const float *x = xp + (size_t)q * A->ldx + j;                                    \
+                const float *x = xp + (size_t)q * ldx + j;                                       \
                 const VT x0 = VSET1(x[0]), x1 = VSET1(x[1]);                                     \
                 UNROLL for (int rb = 0; rb < NR; rb++) {                                         \
                     acc[rb * NB + q] = VFMA(we[rb], x0, acc[rb * NB + q]);                       \
@@ -1037,11 +1056,17 @@ static inline int32_t x4_of(const int8_t *p)
                 VPAIR(wp + rb * bs + (size_t)j * K_ROWS, we, wo);                                \
                 (void)wo;                                                                        \
                 UNROLL for (int q = 0; q < NB; q++)                                              \
-                    acc[rb * NB + q] = VFMA(we, VSET1(xp[(size_t)q * A->ldx + j]), acc[rb * NB + q]); \
+                    acc[rb * NB + q] = VFMA(we, VSET1(xp[(size_t)q * ldx + j]), acc[rb * NB + q]);   \
             }                                                                                    \
         }                                                                                        \
         ACC_STORE(NR, NB)                                                                        \
     }
+#define PASS_BF16(NR, NB) PASS_BF16_IN(NR, NB, A->x + (size_t)b0 * A->ldx, A->ldx, W->cols)
+/* bf16 compute from the inputs rounded to bf16 and widened (act.xr): the
+ * products and sums of PASS_DBF with the emulating VDPBF, where a pair's
+ * two inputs came out of a general register each (AVX2: bf16 compute
+ * prefill ran at 0.6x the exact bf16 one). */
+#define PASS_DBF_WIDE(NR, NB) PASS_BF16_IN(NR, NB, A->xr + (size_t)b0 * A->kp, A->kp, W->kp)
 
 #define PASS_DBF(NR, NB)                                                                         \
     {                                                                                            \
@@ -1351,9 +1376,6 @@ typedef struct {
 typedef struct {
     __m256i alo, ahi, slo, shi; /* |w| and w (signed) */
 } w8x2;
-typedef struct {
-    v2x8 e, o;
-} v2pair;
 
 AVX2 static inline v2x8 a2_zero(void) { return (v2x8){_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 AVX2 static inline v2x8 a2_load(const float *p) { return (v2x8){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
@@ -1377,17 +1399,6 @@ AVX2 static inline void a2_pair(const uint16_t *p, v2x8 *e, v2x8 *o)
     e->hi = _mm256_castsi256_ps(_mm256_slli_epi32(b, 16));
     o->lo = _mm256_castsi256_ps(_mm256_and_si256(a, mhi));
     o->hi = _mm256_castsi256_ps(_mm256_and_si256(b, mhi));
-}
-AVX2 static inline v2pair a2_bload(const uint16_t *p)
-{
-    v2pair w;
-    a2_pair(p, &w.e, &w.o);
-    return w;
-}
-AVX2 static inline v2x8 a2_dpbf(v2x8 acc, v2pair w, uint32_t x)
-{
-    acc = a2_fma(w.e, a2_set1(bf16_to_f32((uint16_t)x)), acc);
-    return a2_fma(w.o, a2_set1(bf16_to_f32((uint16_t)(x >> 16))), acc);
 }
 AVX2 static inline void a2_store(v2x8 a, float *y, int nr, float beta)
 {
@@ -1463,9 +1474,6 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
 #define VFMA a2_fma
 #define VMUL a2_mul
 #define VPAIR(p, e, o) a2_pair(p, &(e), &(o))
-#define VBW v2pair
-#define VBLOAD a2_bload
-#define VDPBF a2_dpbf
 #define VSTORE a2_store
 #define IT i2x8
 #define IZERO a2_izero
@@ -1582,7 +1590,7 @@ a2_q4group(int NB, const uint8_t *wg, const int8_t *const *xr, size_t c, int nta
 #define II8GROUP(NB, wg, xr, c, nta, sums) ((void)0)
 AVX2 static KSIG(mm_avx2_f32) { BLOCKS(PASS_F32, 4, 1) }
 AVX2 static KSIG(mm_avx2_bf16) { BLOCKS(PASS_BF16, 4, 1) }
-AVX2 static KSIG(mm_avx2_dbf) { BLOCKS(PASS_DBF, 4, 1) }
+AVX2 static KSIG(mm_avx2_dbf) { BLOCKS(PASS_DBF_WIDE, 4, 1) }
 AVX2 static KSIG(mm_avx2_i8) { BLOCKS(PASS_I8, 2, 0) }
 AVX2 static KSIG(mm_avx2_q4) { BLOCKS(PASS_Q4, 2, 0) }
 
@@ -1905,6 +1913,7 @@ static void use_isa(const isa *i)
     active = i;
     avx512_on = avx512_class(i);
     fma_on = strcmp(i->name, "scalar") != 0;
+    dbf_wide = i->fn[F_DBF] == mm_avx2_dbf;
 }
 
 static void choose_isa(void)

@@ -19,6 +19,7 @@ typedef struct {
     const float *x;   /* B x cols (exact formats) */
     size_t ldx;       /* cols */
     const uint32_t *xb; /* B x kp/2 bf16 pairs, even column in the low half */
+    const float *xr;    /* or B x kp, those inputs widened (the AVX2 kernels'), padding zero */
     const int8_t *xq; /* B x kp, padding zero */
     const float *xs;     /* B x G */
     const int32_t *xoff; /* B x G */

@@ -152,6 +152,47 @@ Test(kernels, rounded_inputs_stay_within_the_rounding)
     cr_expect_eq(k_force_isa("scalar"), 0);
 }
 
+/* bf16 compute rounds its inputs to bf16 before any product, in every
+ * variant (the dot-product instructions take bf16 operands; the AVX2 and
+ * portable kernels round them themselves): inputs and their roundings
+ * give the same bits. */
+Test(kernels, bf16_compute_rounds_its_inputs)
+{
+    const int rows = 48, cols = 200, B = 5;
+    unsigned seed = 11;
+    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * B * cols);
+    float *xr = malloc(sizeof(float) * B * cols);
+    float *y = malloc(sizeof(float) * B * rows), *yr = malloc(sizeof(float) * B * rows);
+    fill(w, (size_t)rows * cols, &seed);
+    fill(x, (size_t)B * cols, &seed);
+    k_wmat R; /* rounds to nearest even, as the products must */
+    cr_assert_eq(k_wmat_init(&R, K_W_BF16, B, cols, x), 0);
+    k_wmat_rows(&R, 0, B, xr);
+    k_wmat_free(&R);
+    int differ = 0;
+    for (int i = 0; i < B * cols; i++)
+        differ += xr[i] != x[i];
+    cr_assert_gt(differ, B * cols / 2, "the inputs must need rounding for the test to mean much");
+    for (size_t i = 0; i < N_ISAS; i++) {
+        if (k_force_isa(isas[i]))
+            continue;
+        k_wmat W;
+        cr_assert_eq(k_wmat_init(&W, K_W_BF16, rows, cols, w), 0);
+        W.dot_bf16 = 1;
+        k_matmul(&W, x, y, B, 0.0f);
+        k_matmul(&W, xr, yr, B, 0.0f);
+        cr_expect_eq(memcmp(y, yr, sizeof(float) * B * rows), 0,
+                     "%s: bf16 compute of inputs differs from that of their rounding", isas[i]);
+        k_wmat_free(&W);
+    }
+    cr_expect_eq(k_force_isa("scalar"), 0);
+    free(w);
+    free(x);
+    free(xr);
+    free(y);
+    free(yr);
+}
+
 /* Decoding a sequence in a batch must give exactly what it gets alone
  * (the server batches whoever is generating), in every variant and mode.
  * The single rows run with the other prefetch hint: every pass is compiled
