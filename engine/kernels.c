@@ -1498,7 +1498,7 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
  * loop's products (Zen 3, one core, in L2, alternating runs: 768 x 768 at
  * B = 4 and 8 0.89 of the time, 3072 x 768 at B = 8 0.87). */
 #define A2_Q4W(pf)                                                                               \
-    pf "vmovdqu \\v*64(%[w]), %%ymm12\n\t"                                                       \
+    pf("\\v*64") "vmovdqu \\v*64(%[w]), %%ymm12\n\t"                                             \
     "vpand %[m], %%ymm12, %%ymm8\n\t"                                                            \
     "vpsrlw $4, %%ymm12, %%ymm12\n\t"                                                            \
     "vpand %[m], %%ymm12, %%ymm9\n\t"                                                            \
@@ -1517,8 +1517,11 @@ AVX2 static inline i2x8 a2_dotu(i2x8 acc, i2x8 w, int32_t x4)
     "vpmaddubsw %%ymm13, %%ymm11, %%ymm15\n\t"                                                   \
     "vpaddw %%ymm14, %[t" #q "a], %[t" #q "a]\n\t"                                               \
     "vpaddw %%ymm15, %[t" #q "b], %[t" #q "b]\n\t"
-#define A2_PF_NTA "prefetchnta %c[pfd]+\\v*64(%[w])\n\t"
-#define A2_PF_T0 "prefetcht0 %c[pfd]+\\v*64(%[w])\n\t"
+/* The weight line at offset off, %c[pfd] bytes ahead: non-temporally (AMD)
+ * or into L1, as prefetch_ahead does (the AVX-512 routine's T0 form adds
+ * an L2 prefetch, PF_L1_L2). */
+#define PF_NTA_ONLY(off) "prefetchnta %c[pfd]+" off "(%[w])\n\t"
+#define PF_T0_ONLY(off) "prefetcht0 %c[pfd]+" off "(%[w])\n\t"
 #define A2_Q4ASM(pf)                                                                             \
     __asm__(".irp r,%[t0a],%[t0b],%[t1a],%[t1b],%[t2a],%[t2b],%[t3a],%[t3b]\n\t"                 \
             "vpxor \\r, \\r, \\r\n\t.endr\n\t"                                                   \
@@ -1546,9 +1549,9 @@ a2_q4group(int NB, const uint8_t *wg, const int8_t *const *xr, size_t c, int nta
         for (int h = 0; h < GRP / 8; h += 4) {
             __m256i t[4][2];
             if (nta)
-                A2_Q4ASM(A2_PF_NTA);
+                A2_Q4ASM(PF_NTA_ONLY);
             else
-                A2_Q4ASM(A2_PF_T0);
+                A2_Q4ASM(PF_T0_ONLY);
             UNROLL for (int q = 0; q < 4; q++) {
                 sums[q].lo = _mm256_add_epi32(sums[q].lo, _mm256_madd_epi16(t[q][0], ones));
                 sums[q].hi = _mm256_add_epi32(sums[q].hi, _mm256_madd_epi16(t[q][1], ones));
@@ -1701,7 +1704,6 @@ AVX512 static inline void a5_q4(const uint8_t *p, __m512i *lo, __m512i *hi)
  * T1 prefetch read 1.05-1.11 of the time). */
 #define PF_L1_L2(off)                                                                            \
     "prefetcht0 %c[pfd]+" off "(%[w])\n\tprefetcht2 %c[pfd2]+" off "(%[w])\n\t"
-#define PF_NTA_ONLY(off) "prefetchnta %c[pfd]+" off "(%[w])\n\t"
 #define PF_AHEAD_BATCH_L2 12288
 /* Step \v + u's weights into zmm a and b, prefetched (pf), and the offsets
  * of the inputs that a and b multiply. */
