@@ -33,7 +33,7 @@ summarize() { # $1 = label, $2 = TAP file: prints now and again at the end
     summaries+=("$s")
 }
 
-# node's test runner over FILES in DIR (npm ci first), reporting to TAP too;
+# node's test runner (npm ci in DIR first) with the given arguments, reporting to TAP too;
 # NODE names another node binary.
 run_node_suite() { # $1 = label, $2 = dir, $3 = metastate binary, rest = node arguments
     local label=$1 dir=$2 bin=$3; shift 3
