@@ -234,8 +234,11 @@ static int parse_tools(json_t *root, oa_request *r, oa_error *e)
 }
 
 /* response_format -> a grammar for the chat reply: one space (the template's,
- * dropped from the reply like any first space), then the document. */
-static int parse_format(json_t *root, oa_request *r, oa_error *e)
+ * dropped from the reply like any first space), then the document. The
+ * schema (borrowed from root; NULL for json_object) and strict flag are also
+ * reported, for the tools' grammar. */
+static int parse_format(json_t *root, oa_request *r, json_t **schema_out, int *strict_out,
+                        oa_error *e)
 {
     json_t *rf = opt(root, "response_format");
     if (!rf)
@@ -270,6 +273,8 @@ static int parse_format(json_t *root, oa_request *r, oa_error *e)
                    "Invalid value: '%.40s'. Supported values are: 'text', 'json_object' and "
                    "'json_schema'.", type);
     }
+    *schema_out = schema;
+    *strict_out = strict;
     return agent_format_grammar(r, schema, strict, "response_format.json_schema.schema", e);
 }
 
@@ -278,16 +283,10 @@ int agent_format_grammar(oa_request *r, json_t *schema, int strict, const char *
     ms_grammar *g = ms_grammar_new();
     if (!g)
         return oa_nomem(e);
-    int32_t doc;
-    if (schema) {
-        doc = js_schema_node(g, schema, strict, param, e);
-        if (doc < 0) {
-            ms_grammar_free(g);
-            return -1;
-        }
-    } else {
-        int32_t any = ms_grammar_any(g);
-        doc = any < 0 ? -1 : ms_grammar_object(g, any);
+    int32_t doc = js_document_node(g, schema, strict, param, e);
+    if (doc < 0) {
+        ms_grammar_free(g);
+        return -1;
     }
     int32_t seq[2] = { ms_grammar_literal(g, " ", 1), doc };
     int32_t root = ms_grammar_seq(g, seq, 2);
@@ -334,11 +333,14 @@ int agent_parse_fields(oa_kind kind, json_t *root, oa_request *r, oa_error *e)
         }
         return 0;
     }
-    if (parse_tools(root, r, e) < 0 || parse_format(root, r, e) < 0)
+    json_t *schema = NULL;
+    int strict = 0;
+    if (parse_tools(root, r, e) < 0 || parse_format(root, r, &schema, &strict, e) < 0)
         return -1;
     if (r->tool_choice != OA_TOOLS_NONE) {
-        /* tools win over response_format: a call or (auto) text */
-        ms_grammar *g = tools_grammar(r, e);
+        /* A call, or (auto) text: the response_format document when there
+         * is one (checked alone above, so its errors name it). */
+        ms_grammar *g = tools_grammar(r, schema, strict, e);
         if (!g)
             return -1;
         ms_grammar_free(r->grammar);

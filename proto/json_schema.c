@@ -443,6 +443,17 @@ int32_t js_schema_node(ms_grammar *g, json_t *schema, int strict, const char *pa
     return id;
 }
 
+int32_t js_document_node(ms_grammar *g, json_t *schema, int strict, const char *param, oa_error *e)
+{
+    if (schema)
+        return js_schema_node(g, schema, strict, param, e);
+    int32_t any = ms_grammar_any(g);
+    int32_t root = any < 0 ? -1 : ms_grammar_object(g, any);
+    if (root < 0)
+        oa_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    return root;
+}
+
 ms_grammar *js_schema_grammar(json_t *schema, int strict, const char *param, oa_error *e)
 {
     ms_grammar *g = ms_grammar_new();
@@ -450,15 +461,7 @@ ms_grammar *js_schema_grammar(json_t *schema, int strict, const char *param, oa_
         oa_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
         return NULL;
     }
-    int32_t root;
-    if (schema) {
-        root = js_schema_node(g, schema, strict, param, e);
-    } else { /* json_object: any object */
-        int32_t any = ms_grammar_any(g);
-        root = any < 0 ? -1 : ms_grammar_object(g, any);
-        if (root < 0)
-            oa_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
-    }
+    int32_t root = js_document_node(g, schema, strict, param, e);
     ms_error err = { 0 };
     if (root < 0 || ms_grammar_finish(g, root, &err) != MS_OK) {
         if (root >= 0)

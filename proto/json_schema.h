@@ -27,6 +27,10 @@
  * names the offending keyword and its path. */
 int32_t js_schema_node(ms_grammar *g, json_t *schema, int strict, const char *param, oa_error *e);
 
+/* The nodes of a document conforming to schema, or of any object when schema
+ * is NULL (response_format json_object); -1 with *e filled on failure. */
+int32_t js_document_node(ms_grammar *g, json_t *schema, int strict, const char *param, oa_error *e);
+
 /* A finished grammar whose documents conform to schema (the root must be an
  * object or array, or anything for json_object when schema is NULL). NULL
  * with *e filled on failure. Caller frees with ms_grammar_free. */

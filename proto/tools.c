@@ -129,7 +129,7 @@ done:
 
 /* ------------------------------------------------------------- grammar */
 
-ms_grammar *tools_grammar(const oa_request *r, oa_error *e)
+ms_grammar *tools_grammar(const oa_request *r, json_t *doc_schema, int doc_strict, oa_error *e)
 {
     if (r->n_tools == 0 || r->tool_choice == OA_TOOLS_NONE)
         return NULL;
@@ -167,7 +167,17 @@ ms_grammar *tools_grammar(const oa_request *r, oa_error *e)
     int32_t arr = ms_grammar_array(g, one, 1, r->parallel_tool_calls ? TOOLS_MAX_PARALLEL : 1);
     const char *pre = " " TOOLS_REPLY_PREFIX;
     int32_t root;
-    if (r->tool_choice == OA_TOOLS_AUTO) {
+    if (r->tool_choice == OA_TOOLS_AUTO && r->format != OA_FORMAT_TEXT) {
+        /* " " then the call array or the document; they start differently
+         * ('C' against a JSON value's first byte). */
+        int32_t doc = js_document_node(g, doc_schema, doc_strict, "response_format.json_schema.schema", e);
+        if (doc < 0)
+            goto done_err;
+        int32_t call_seq[2] = { ms_grammar_literal(g, pre + 1, strlen(pre + 1)), arr };
+        int32_t alts[2] = { ms_grammar_seq(g, call_seq, 2), doc };
+        int32_t seq[2] = { ms_grammar_literal(g, " ", 1), ms_grammar_alt(g, alts, 2) };
+        root = ms_grammar_seq(g, seq, 2);
+    } else if (r->tool_choice == OA_TOOLS_AUTO) {
         root = ms_grammar_text_or(g, pre, strlen(pre), arr);
     } else {
         int32_t seq[2] = { ms_grammar_literal(g, pre, strlen(pre)), arr };

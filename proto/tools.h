@@ -21,13 +21,15 @@
  * for text). tool_choice "required"/named: the reply is decoded under the
  * grammar of that call array (the parameters schema of each function);
  * "auto": the grammar lets the reply be free text unless it starts with
- * " Call: ", from which point it must be a call array; "none": no tool list
- * in the prompt, no grammar.
+ * " Call: ", from which point it must be a call array, or, with a
+ * response_format, either the call array or that document; "none": no tool
+ * list in the prompt, no grammar.
  * Pure functions; reentrant.
  */
 #ifndef METASTATE_PROTO_TOOLS_H
 #define METASTATE_PROTO_TOOLS_H
 
+#include <jansson.h>
 #include <stddef.h>
 
 #include "openai.h"
@@ -39,9 +41,11 @@
  * text, as chat_render does for plain chat. malloc'd; NULL on OOM. */
 char *tools_render(const oa_request *r, size_t *out_len);
 
-/* The grammar for r's tools and tool_choice (AUTO/REQUIRED/NAMED), finished.
- * NULL with a 400 in *e when a parameters schema cannot be compiled. */
-ms_grammar *tools_grammar(const oa_request *r, oa_error *e);
+/* The grammar for r's tools and tool_choice (AUTO/REQUIRED/NAMED), finished;
+ * with AUTO and r->format set, a reply that is not a call is the document of
+ * doc_schema (borrowed; NULL: any object). NULL with a 400 in *e when a
+ * schema cannot be compiled. */
+ms_grammar *tools_grammar(const oa_request *r, json_t *doc_schema, int doc_strict, oa_error *e);
 
 /* One call read from a reply. */
 typedef struct tools_call {

@@ -128,6 +128,59 @@ Test(agent_request, tools_and_tool_messages)
                         "\"tool_choice\":\"required\"}", "tool_choice", "needs 'tools'");
 }
 
+/* Whether the request's grammar takes the whole reply text. */
+static int grammar_takes(const oa_request *r, const char *reply)
+{
+    ms_tokenizer *tok = ms_tokenizer_new_bytes();
+    ms_vocab_index *vi = ms_vocab_index_new(tok, 257);
+    ms_gmatch *m = ms_gmatch_new(r->grammar, vi);
+    cr_assert(tok && vi && m);
+    const int ok = ms_gmatch_advance(m, reply, strlen(reply)) == 0 && ms_gmatch_done(m);
+    ms_gmatch_free(m);
+    ms_vocab_index_free(vi);
+    ms_tokenizer_free(tok);
+    return ok;
+}
+
+/* Tools and an output format together (what an agent with tools and a typed
+ * final answer sends every turn): with "auto" the reply is a call or the
+ * document, never free text; with "required" it is a call. */
+Test(agent_request, tools_auto_with_response_format)
+{
+    static const char *const fmts[] = {
+        "{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"out\",\"strict\":true,\"schema\":"
+        "{\"type\":\"object\",\"properties\":{\"answer\":{\"type\":\"string\"}},"
+        "\"required\":[\"answer\"],\"additionalProperties\":false}}}",
+        "{\"type\":\"json_object\"}"};
+    const char *call = " Call: [{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}]";
+    for (size_t i = 0; i < 2; i++)
+        for (int required = 0; required < 2; required++) {
+            char body[1024];
+            snprintf(body, sizeof body,
+                     "{\"model\":\"m\",\"tools\":[" TOOL_W "],%s\"response_format\":%s,"
+                     "\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}",
+                     required ? "\"tool_choice\":\"required\"," : "", fmts[i]);
+            oa_request r;
+            oa_error e;
+            cr_assert_eq(parse(OA_CHAT, body, &r, &e), 0, "%s", e.message);
+            cr_assert(r.grammar_tools && r.grammar);
+            cr_expect(grammar_takes(&r, call), "format %zu, required %d: a call", i, required);
+            cr_expect_eq(grammar_takes(&r, " {\"answer\":\"sunny\"}"), !required,
+                         "format %zu, required %d: the document", i, required);
+            cr_expect(!grammar_takes(&r, " It is sunny."), "format %zu, required %d: free text", i,
+                      required);
+            if (i == 0)
+                cr_expect(!grammar_takes(&r, " {\"other\":1}"), "required %d: off the schema", required);
+            oa_request_free(&r);
+        }
+    /* The format's own errors still name it. */
+    expect_400(OA_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                        "\"tools\":[" TOOL_W "],\"response_format\":{\"type\":\"json_schema\","
+                        "\"json_schema\":{\"name\":\"x\",\"strict\":true,\"schema\":{\"type\":\"string\","
+                        "\"format\":\"email\"}}}}",
+               "response_format.json_schema.schema", "'format'");
+}
+
 Test(agent_request, parse_reply)
 {
     tools_call *c;
