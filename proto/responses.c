@@ -262,14 +262,17 @@ static json_t *output_items(const resp_result *r)
         return out;
     }
     if (r->text) {
+        /* The message shares the response's state: cut at max_output_tokens
+         * it is "incomplete" too (as OpenAI marks it). */
+        const char *st = !strcmp(r->status, "in_progress") || !strcmp(r->status, "incomplete")
+                             ? r->status
+                             : "completed";
         json_t *txt = json_stringn(r->text, r->text_len);
         json_t *part = json_pack("{s:s,s:o,s:[],s:[]}", "type", "output_text", "text",
                                  txt ? txt : json_string(""), "annotations", "logprobs");
         json_array_append_new(out, json_pack("{s:s,s:s,s:s,s:s,s:[o]}", "type", "message", "id",
-                                             r->msg_id, "status",
-                                             !strcmp(r->status, "in_progress") ? "in_progress"
-                                                                                 : "completed",
-                                             "role", "assistant", "content", part));
+                                             r->msg_id, "status", st, "role", "assistant",
+                                             "content", part));
     }
     return out;
 }
@@ -280,6 +283,9 @@ json_t *resp_object(json_t *req, const resp_result *r)
     json_object_set_new(o, "id", json_string(r->id));
     json_object_set_new(o, "object", json_string("response"));
     json_object_set_new(o, "created_at", json_integer(r->created));
+    json_object_set_new(o, "completed_at", !strcmp(r->status, "completed")
+                                               ? json_integer(r->completed_at)
+                                               : json_null());
     json_object_set_new(o, "status", json_string(r->status));
     json_object_set_new(o, "error", json_null());
     json_object_set_new(o, "incomplete_details",

@@ -28,6 +28,7 @@ json_t *resp_to_chat(json_t *req, json_t *prev, json_t **history, oa_error *e);
 typedef struct resp_result {
     const char *id;          /* "resp_..." */
     int64_t created;
+    int64_t completed_at;    /* for status "completed"; otherwise unset (null) */
     const char *model;
     const char *status;      /* "in_progress", "completed", "incomplete", "failed" */
     const char *msg_id;      /* output message item id */

@@ -545,6 +545,7 @@ static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_ca
     rr->created = r->created;
     rr->model = r->job.req.model;
     rr->status = status;
+    rr->completed_at = (int64_t)time(NULL);
     rr->msg_id = r->msg_id;
     rr->text = n ? NULL : (c->text ? c->text : "");
     rr->text_len = n ? 0 : c->len;

@@ -2,8 +2,8 @@
 // model (byte vocabulary): structured output (parse with zod), tools round
 // trip with a role "tool" reply, streamed tool-call deltas, logprobs shapes
 // and values against `metastate eval`, x-request-id, and the Responses API
-// (plain, streamed, previous_response_id with cached tokens, text.format,
-// function tools, 400 for built-in tools).
+// (plain, streamed, cut at max_output_tokens, previous_response_id with
+// cached tokens, text.format, function tools, 400 for built-in tools).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { z } from 'zod';
@@ -228,6 +228,28 @@ test('responses.create: text input, instructions, usage; streamed events add up'
   assert.ok(types.includes('response.output_text.done'));
   assert.equal(delta, r.output_text);
   assert.equal(done.output[0].content[0].text, r.output_text);
+});
+
+test('responses: a reply cut at max_output_tokens is incomplete, its message item too; completed_at only when completed', async () => {
+  // Greedy, the default model ends this reply after 95 bytes.
+  const req = { model: M, input: 'Say hello.', instructions: 'Be brief.', temperature: 0 };
+  const cut = await oa.responses.create({ ...req, max_output_tokens: 1 }); // chat replies end on "\n\n": 2 bytes
+  assert.equal(cut.status, 'incomplete');
+  assert.deepEqual(cut.incomplete_details, { reason: 'max_output_tokens' });
+  assert.equal(cut.output[0].status, 'incomplete');
+  assert.equal(cut.completed_at, null);
+  const stream = await oa.responses.create({ ...req, max_output_tokens: 1, stream: true });
+  const last = {};
+  for await (const ev of stream) last[ev.type] = ev;
+  assert.equal(last['response.output_item.done'].item.status, 'incomplete');
+  assert.equal(last['response.incomplete'].response.output[0].status, 'incomplete');
+  assert.equal(last['response.completed'], undefined);
+  const whole = await oa.responses.create({ ...req, max_output_tokens: 400 });
+  assert.equal(whole.status, 'completed', 'the default model did not end its reply within 400 bytes');
+  assert.equal(whole.incomplete_details, null);
+  assert.equal(whole.output[0].status, 'completed');
+  assert.ok(Number.isInteger(whole.completed_at) && whole.completed_at >= whole.created_at,
+    `completed_at ${whole.completed_at}, created_at ${whole.created_at}`);
 });
 
 test('responses: message-list input and previous_response_id continue with cached tokens', async () => {
