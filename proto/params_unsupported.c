@@ -79,6 +79,7 @@ static const known_param params[] = {
     {"metadata", H | R, &ANY_OBJECT, NULL},
     {"service_tier", H | R, &ANY_STRING, NULL},
     {"prompt_cache_key", H | R, &ANY_STRING, NULL},
+    {"prompt_cache_retention", H | R, &ANY_STRING, NULL}, /* a session's state is kept anyway */
     {"safety_identifier", H | R, &ANY_STRING, NULL},
     {"prediction", H, &ANY_OBJECT, NULL}, /* predicted outputs only make a reply faster */
     {"max_tool_calls", R, &ANY_INTEGER, NULL}, /* counts built-in tools, of which there are none */

@@ -146,6 +146,7 @@ test('parameters the server lacks are a 400 naming them; their empty forms pass'
     ['chat', { web_search_options: {} }, 'web_search_options', 'unsupported_parameter'],
     ['chat', { store: true }, 'store', 'unsupported_parameter'],
     ['chat', { metadata: 'x' }, 'metadata', null],
+    ['chat', { prompt_cache_retention: 24 }, 'prompt_cache_retention', null],
     ['responses', { background: true }, 'background', 'unsupported_parameter'],
     ['responses', { reasoning: { effort: 'high' } }, 'reasoning', 'unsupported_parameter'],
     ['responses', { include: ['message.output_text.logprobs'] }, 'include', 'unsupported_parameter'],
@@ -171,10 +172,11 @@ test('parameters the server lacks are a 400 naming them; their empty forms pass'
   const accepted = [
     ['completions', { suffix: '', best_of: 2, n: 2 }],
     ['chat', { modalities: ['text'], store: false, audio: null, functions: null, metadata: { a: 'b' },
-      service_tier: 'auto', prompt_cache_key: 'k', safety_identifier: 'u',
+      service_tier: 'auto', prompt_cache_key: 'k', prompt_cache_retention: '24h', safety_identifier: 'u',
       prediction: { type: 'content', content: 'hi' } }],
     ['responses', { background: false, reasoning: { effort: null }, include: ['reasoning.encrypted_content'],
-      top_logprobs: 0, truncation: 'auto', max_tool_calls: 2, metadata: { a: 'b' } }],
+      top_logprobs: 0, truncation: 'auto', max_tool_calls: 2, metadata: { a: 'b' },
+      prompt_cache_retention: 'in_memory' }],
   ];
   for (const [kind, extra] of accepted) {
     const r = await create(kind, extra);
