@@ -134,7 +134,10 @@ static int32_t object_node(jctx *c, json_t *s, const char *path)
             int32_t v = node(c->g, addl, sub, c);
             return v < 0 ? -1 : ms_grammar_object(c->g, v);
         }
-        if (addl && json_is_false(addl))
+        /* properties: {} lists no property, so none is generated (a tool
+         * without arguments); an object left open (no properties, or
+         * additionalProperties: true) takes any keys. */
+        if ((addl && json_is_false(addl)) || (props && !addl))
             return literal_of(c, json_object());
         int32_t any = ms_grammar_any(c->g);
         return any < 0 ? nomem(c) : ms_grammar_object(c->g, any);

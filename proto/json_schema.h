@@ -3,7 +3,9 @@
  * -> an ms_grammar for constrained decoding.
  *
  * Supported: type (one or a list), properties, required, additionalProperties
- * (false, or absent/true: only the listed properties are generated), items,
+ * (false, or absent/true: only the listed properties are generated, so
+ * "properties": {} alone is {}; an object with neither, or with true and no
+ * properties, takes any keys; a schema: a map of such values), items,
  * minItems/maxItems, enum, const, anyOf/oneOf (alternatives must start
  * differently, e.g. a string or null), nullable, string minLength/maxLength,
  * number/integer minimum/maximum/exclusiveMinimum/exclusiveMaximum, $ref to

@@ -232,6 +232,43 @@ Test(constraint, rejects_invalid_text)
     ms_grammar_free(g);
 }
 
+/* Objects without listed properties: "properties": {} is a function with no
+ * arguments ({} only); no properties key, or additionalProperties true, is
+ * any object; a schema there is a map of its values. */
+Test(constraint, objects_without_properties)
+{
+    static const struct {
+        const char *schema, *text;
+        int ok;
+    } cases[] = {
+        {"{\"type\":\"object\",\"properties\":{}}", "{}", 1},
+        {"{\"type\":\"object\",\"properties\":{}}", "{\"a\":1}", 0},
+        {"{\"type\":\"object\",\"properties\":{},\"additionalProperties\":false}", "{\"a\":1}", 0},
+        {"{\"type\":\"object\"}", "{\"a\":1}", 1},
+        {"{\"type\":\"object\",\"properties\":{},\"additionalProperties\":true}", "{\"a\":[true]}", 1},
+        {"{\"type\":\"object\",\"properties\":{},\"additionalProperties\":{\"type\":\"integer\"}}",
+         "{\"a\":1,\"b\":2}", 1},
+        {"{\"type\":\"object\",\"properties\":{},\"additionalProperties\":{\"type\":\"integer\"}}",
+         "{\"a\":\"x\"}", 0},
+    };
+    ms_tokenizer *tok = ms_tokenizer_new_bytes();
+    ms_vocab_index *vi = ms_vocab_index_new(tok, 257);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        oa_error e = { 0 };
+        ms_grammar *g = compile(cases[i].schema, 1, &e);
+        cr_assert_not_null(g, "%s: %s", cases[i].schema, e.message);
+        ms_gmatch *m = ms_gmatch_new(g, vi);
+        const int took = ms_gmatch_advance(m, cases[i].text, strlen(cases[i].text)) == 0 &&
+                         ms_gmatch_done(m);
+        cr_expect_eq(took, cases[i].ok, "%s %s %s", cases[i].schema, cases[i].ok ? "refused" : "took",
+                     cases[i].text);
+        ms_gmatch_free(m);
+        ms_grammar_free(g);
+    }
+    ms_vocab_index_free(vi);
+    ms_tokenizer_free(tok);
+}
+
 Test(constraint, strict_unsupported_keyword_named)
 {
     oa_error e = { 0 };
