@@ -144,6 +144,45 @@ static int valid_name(const char *s)
     return 1;
 }
 
+/* tool_choice {"type": "allowed_tools"}: chat's form nests mode and tools in
+ * "allowed_tools" (tools as {"type": "function", "function": {"name"}}), the
+ * Responses API's has them at the top (tools as {"type": "function", "name"}).
+ * Every tool stays in the prompt (so a session's text does not change with
+ * the subset); the grammar calls only the listed ones. */
+static int parse_allowed_tools(json_t *tc, oa_request *r, oa_error *e)
+{
+    json_t *at = json_object_get(tc, "allowed_tools");
+    if (!at)
+        at = tc;
+    const char *mode = json_string_value(json_object_get(at, "mode"));
+    json_t *list = json_object_get(at, "tools");
+    if (!mode || (strcmp(mode, "auto") && strcmp(mode, "required")))
+        return oa_bad(e, "tool_choice", "Invalid 'tool_choice.allowed_tools.mode': expected 'auto' "
+                                        "or 'required'.");
+    if (!json_is_array(list) || !json_array_size(list))
+        return oa_bad(e, "tool_choice", "Invalid 'tool_choice.allowed_tools.tools': expected a "
+                                        "non-empty array of tools.");
+    for (size_t k = 0; k < r->n_tools; k++)
+        r->tools[k].not_allowed = 1;
+    size_t i;
+    json_t *t;
+    json_array_foreach (list, i, t) {
+        const char *name = json_string_value(json_object_get(json_object_get(t, "function"), "name"));
+        if (!name)
+            name = json_string_value(json_object_get(t, "name"));
+        size_t k = 0;
+        while (name && k < r->n_tools && strcmp(r->tools[k].name, name))
+            k++;
+        if (!name || k == r->n_tools)
+            return oa_bad(e, "tool_choice", "Invalid 'tool_choice.allowed_tools.tools[%zu]': %s%.64s%s.", i,
+                       name ? "no function named '" : "expected a function tool with a name",
+                       name ? name : "", name ? "' in 'tools'" : "");
+        r->tools[k].not_allowed = 0;
+    }
+    r->tool_choice = strcmp(mode, "auto") ? OA_TOOLS_REQUIRED : OA_TOOLS_AUTO;
+    return 0;
+}
+
 static int parse_tools(json_t *root, oa_request *r, oa_error *e)
 {
     json_t *tools = opt(root, "tools");
@@ -202,6 +241,10 @@ static int parse_tools(json_t *root, oa_request *r, oa_error *e)
                 return oa_bad(e, "tool_choice",
                            "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' "
                            "or an object naming a function.");
+        } else if (json_is_object(tc) && json_is_string(json_object_get(tc, "type")) &&
+                   !strcmp(json_string_value(json_object_get(tc, "type")), "allowed_tools")) {
+            if (parse_allowed_tools(tc, r, e) < 0)
+                return -1;
         } else if (json_is_object(tc)) {
             const char *name = json_string_value(
                 json_object_get(json_object_get(tc, "function"), "name"));

@@ -78,6 +78,7 @@ typedef struct oa_tool {
     char *name;        /* [A-Za-z0-9_-]{1,64} */
     char *description; /* may be NULL */
     char *parameters;  /* compact JSON Schema text ("{}" when absent) */
+    int not_allowed;   /* tool_choice allowed_tools left it out: shown, never called */
 } oa_tool;
 
 typedef enum { OA_TOOLS_NONE = 0, OA_TOOLS_AUTO, OA_TOOLS_REQUIRED, OA_TOOLS_NAMED } oa_tool_choice;

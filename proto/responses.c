@@ -219,15 +219,21 @@ json_t *resp_to_chat(json_t *req, json_t *prev, json_t **history, oa_error *e)
         } else if (json_is_object(tc)) {
             const char *type = json_string_value(json_object_get(tc, "type"));
             const char *name = json_string_value(json_object_get(tc, "name"));
+            if (type && !strcmp(type, "allowed_tools")) { /* agent_request.c reads this form too */
+                json_object_set(chat, "tool_choice", tc);
+                goto tools_done;
+            }
             if (!type || strcmp(type, "function") || !name) {
-                bad(e, "tool_choice", "Invalid 'tool_choice': only 'none', 'auto', 'required' or "
-                                      "{\"type\":\"function\",\"name\":...} are supported.");
+                bad(e, "tool_choice", "Invalid 'tool_choice': only 'none', 'auto', 'required', "
+                                      "{\"type\":\"function\",\"name\":...} or "
+                                      "{\"type\":\"allowed_tools\",...} are supported.");
                 goto fail;
             }
             json_object_set_new(chat, "tool_choice",
                                 json_pack("{s:s,s:{s:s}}", "type", "function", "function", "name", name));
         }
     }
+tools_done:
     *history = hist;
     return chat;
 fail:

@@ -134,15 +134,19 @@ ms_grammar *tools_grammar(const oa_request *r, json_t *doc_schema, int doc_stric
     if (r->n_tools == 0 || r->tool_choice == OA_TOOLS_NONE)
         return NULL;
     ms_grammar *g = ms_grammar_new();
-    size_t nt = r->tool_choice == OA_TOOLS_NAMED ? 1 : r->n_tools;
-    char **names = calloc(nt, sizeof *names);
-    size_t *nl = calloc(nt, sizeof *nl);
-    int32_t *next = calloc(nt, sizeof *next);
+    /* The callable tools: the named one, or those allowed_tools kept. */
+    size_t nt = 0, *idx = calloc(r->n_tools, sizeof *idx);
+    for (size_t i = 0; idx && i < r->n_tools; i++)
+        if (r->tool_choice == OA_TOOLS_NAMED ? i == (size_t)r->tool_named : !r->tools[i].not_allowed)
+            idx[nt++] = i;
+    char **names = calloc(r->n_tools, sizeof *names);
+    size_t *nl = calloc(r->n_tools, sizeof *nl);
+    int32_t *next = calloc(r->n_tools, sizeof *next);
     int ok = 0;
-    if (!g || !names || !nl || !next)
+    if (!g || !idx || !names || !nl || !next)
         goto done;
     for (size_t i = 0; i < nt; i++) {
-        const oa_tool *t = &r->tools[r->tool_choice == OA_TOOLS_NAMED ? (size_t)r->tool_named : i];
+        const oa_tool *t = &r->tools[idx[i]];
         json_t *js = json_string(t->name);
         names[i] = js ? json_dumps(js, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
         json_decref(js);
@@ -151,8 +155,7 @@ ms_grammar *tools_grammar(const oa_request *r, json_t *doc_schema, int doc_stric
         nl[i] = strlen(names[i]);
         json_t *schema = json_loads(t->parameters, 0, NULL);
         char param[96];
-        snprintf(param, sizeof param, "tools[%zu].function.parameters",
-                 r->tool_choice == OA_TOOLS_NAMED ? (size_t)r->tool_named : i);
+        snprintf(param, sizeof param, "tools[%zu].function.parameters", idx[i]);
         int32_t args = js_schema_node(g, schema, 0, param, e);
         json_decref(schema);
         if (args < 0)
@@ -200,6 +203,7 @@ done_err:
     free(names);
     free(nl);
     free(next);
+    free(idx);
     if (!ok) {
         ms_grammar_free(g);
         return NULL;

@@ -117,6 +117,27 @@ test('tools: a named tool_choice calls that function; parallel_tool_calls false 
   assert.equal(typeof a.hours24, 'boolean');
 });
 
+test('tools: allowed_tools (chat and Responses forms) calls only the listed functions', async () => {
+  for (const seed of [1, 2, 3]) {
+    const r = await oa.chat.completions.create({ model: M, seed, max_tokens: 120,
+      messages: [{ role: 'user', content: 'Weather in Rome?' }], tools: [weatherTool, timeTool],
+      tool_choice: { type: 'allowed_tools', allowed_tools: { mode: 'required',
+        tools: [{ type: 'function', function: { name: 'get_time' } }] } } });
+    const calls = r.choices[0].message.tool_calls;
+    assert.ok(calls?.length >= 1, JSON.stringify(r.choices[0]));
+    assert.deepEqual([...new Set(calls.map((c) => c.function.name))], ['get_time']);
+  }
+  const t = await oa.responses.create({ model: M, max_output_tokens: 120, input: 'Weather in Rome?',
+    tools: [weatherTool, timeTool].map(({ function: f }) => ({ type: 'function', ...f })),
+    tool_choice: { type: 'allowed_tools', mode: 'required', tools: [{ type: 'function', name: 'get_time' }] } });
+  const names = t.output.filter((o) => o.type === 'function_call').map((o) => o.name);
+  assert.ok(names.length >= 1 && names.every((n) => n === 'get_time'), JSON.stringify(t.output));
+  await assert.rejects(oa.chat.completions.create({ model: M, messages: [{ role: 'user', content: 'x' }],
+    tools: [weatherTool], tool_choice: { type: 'allowed_tools', allowed_tools: { mode: 'required',
+      tools: [{ type: 'function', function: { name: 'nope' } }] } } }),
+  (e) => e.status === 400 && e.param === 'tool_choice' && /no function named 'nope'/.test(e.message));
+});
+
 test('tools: streamed tool-call deltas add up to the non-streamed call', async () => {
   const req = { model: M, seed: 4, max_tokens: 80, tools: [weatherTool], tool_choice: 'required',
     messages: [{ role: 'user', content: 'Weather in Rome?' }] };

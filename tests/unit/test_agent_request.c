@@ -128,14 +128,19 @@ Test(agent_request, tools_and_tool_messages)
                         "\"tool_choice\":\"required\"}", "tool_choice", "needs 'tools'");
 }
 
-/* Whether the request's grammar takes the whole reply text. */
+#define TOOL_T                                                                                 \
+    "{\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"parameters\":{\"type\":"          \
+    "\"object\",\"properties\":{}}}}"
+
+/* Whether the request's grammar takes the whole reply text (a document
+ * complete, or free text that may end there). */
 static int grammar_takes(const oa_request *r, const char *reply)
 {
     ms_tokenizer *tok = ms_tokenizer_new_bytes();
     ms_vocab_index *vi = ms_vocab_index_new(tok, 257);
     ms_gmatch *m = ms_gmatch_new(r->grammar, vi);
     cr_assert(tok && vi && m);
-    const int ok = ms_gmatch_advance(m, reply, strlen(reply)) == 0 && ms_gmatch_done(m);
+    const int ok = ms_gmatch_advance(m, reply, strlen(reply)) == 0 && ms_gmatch_can_end(m);
     ms_gmatch_free(m);
     ms_vocab_index_free(vi);
     ms_tokenizer_free(tok);
@@ -179,6 +184,54 @@ Test(agent_request, tools_auto_with_response_format)
                         "\"json_schema\":{\"name\":\"x\",\"strict\":true,\"schema\":{\"type\":\"string\","
                         "\"format\":\"email\"}}}}",
                "response_format.json_schema.schema", "'format'");
+}
+
+/* tool_choice allowed_tools, in chat's form and the Responses API's: every
+ * tool stays in the prompt, only the listed ones can be called, and the mode
+ * says whether text may come instead. */
+Test(agent_request, allowed_tools)
+{
+    static const char *const choices[] = {
+        "{\"type\":\"allowed_tools\",\"allowed_tools\":{\"mode\":\"%s\",\"tools\":"
+        "[{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}]}}",
+        "{\"type\":\"allowed_tools\",\"mode\":\"%s\",\"tools\":[{\"type\":\"function\","
+        "\"name\":\"get_time\"}]}"};
+    const char *weather = " Call: [{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Rome\"}}]";
+    const char *time = " Call: [{\"name\":\"get_time\",\"arguments\":{}}]";
+    for (size_t i = 0; i < 2; i++)
+        for (int required = 0; required < 2; required++) {
+            char tc[512], body[1024];
+            snprintf(tc, sizeof tc, choices[i], required ? "required" : "auto");
+            snprintf(body, sizeof body,
+                     "{\"model\":\"m\",\"tools\":[" TOOL_W "," TOOL_T "],\"tool_choice\":%s,"
+                     "\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}", tc);
+            oa_request r;
+            oa_error e;
+            cr_assert_eq(parse(OA_CHAT, body, &r, &e), 0, "%s: %s", tc, e.message);
+            cr_expect_eq(r.tool_choice, required ? OA_TOOLS_REQUIRED : OA_TOOLS_AUTO);
+            cr_expect(grammar_takes(&r, time), "%s: the allowed tool", tc);
+            cr_expect(!grammar_takes(&r, weather), "%s: a tool left out", tc);
+            cr_expect_eq(grammar_takes(&r, " It is noon."), !required, "%s: text", tc);
+            size_t len;
+            char *p = tools_render(&r, &len);
+            cr_assert_not_null(p);
+            cr_expect(strstr(p, "\"name\":\"get_weather\""), "the prompt lists every tool:\n%s", p);
+            free(p);
+            oa_request_free(&r);
+        }
+    expect_400(OA_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                        "\"tools\":[" TOOL_W "],\"tool_choice\":{\"type\":\"allowed_tools\",\"mode\":"
+                        "\"required\",\"tools\":[{\"type\":\"function\",\"name\":\"nope\"}]}}",
+               "tool_choice", "no function named 'nope'");
+    expect_400(OA_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                        "\"tools\":[" TOOL_W "],\"tool_choice\":{\"type\":\"allowed_tools\","
+                        "\"allowed_tools\":{\"mode\":\"sometimes\",\"tools\":[{\"type\":\"function\","
+                        "\"function\":{\"name\":\"get_weather\"}}]}}}",
+               "tool_choice", "'auto' or 'required'");
+    expect_400(OA_CHAT, "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],"
+                        "\"tools\":[" TOOL_W "],\"tool_choice\":{\"type\":\"allowed_tools\","
+                        "\"allowed_tools\":{\"mode\":\"auto\",\"tools\":[]}}}",
+               "tool_choice", "non-empty array");
 }
 
 Test(agent_request, parse_reply)
