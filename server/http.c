@@ -62,13 +62,13 @@ struct http_srv {
 
 typedef enum {
     R_NONE = 0, R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_SESSIONS,
-    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI, R_RESPONSES
+    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI, R_RESPONSES, R_RESPONSE
 } route_id;
 
 static const char *route_label[] = {
     "unknown", "/health", "/metrics", "/v1/models", "/v1/models/{id}", "/v1/completions",
     "/v1/chat/completions", "/v1/sessions", "/v1/sessions/{id}", "/v1/sessions/{id}/state",
-    "OPTIONS", "ui", "/v1/responses"};
+    "OPTIONS", "ui", "/v1/responses", "/v1/responses/{id}"};
 
 typedef struct choice_buf {
     char *text;
@@ -559,15 +559,16 @@ static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_ca
     }
 }
 
-/* Remembers the conversation this response ended, for previous_response_id,
- * unless the request said store: false. */
-static void resp_remember(http_req *r, const resp_result *rr)
+/* Remembers the response object o and the conversation it ended, for
+ * previous_response_id and GET /v1/responses/{id}, unless the request said
+ * store: false. */
+static void resp_remember(http_req *r, const resp_result *rr, json_t *o)
 {
     if (json_is_false(json_object_get(r->resp_req, "store")))
         return;
     json_t *m = json_deep_copy(r->resp_hist);
     json_array_append_new(m, resp_reply_message(rr));
-    resp_store_put(r->resp_id, r->session_id, m);
+    resp_store_put(r->resp_id, r->session_id, o, m);
     json_decref(m);
 }
 
@@ -685,10 +686,11 @@ static void resp_stream_done(http_req *r, const sched_result *res)
         json_decref(out);
         json_decref(t);
     }
+    json_t *fin = resp_object(r->resp_req, &rr);
     push_raw(r, resp_event(!strcmp(status, "completed") ? "response.completed" : "response.incomplete",
-                             json_pack("{s:o}", "response", resp_object(r->resp_req, &rr)),
-                             &r->resp_seq));
-    resp_remember(r, &rr);
+                             json_pack("{s:O}", "response", fin), &r->resp_seq));
+    resp_remember(r, &rr, fin);
+    json_decref(fin);
     tools_calls_free(calls, n);
 }
 
@@ -1070,8 +1072,8 @@ static enum MHD_Result continue_completion(http_req *r)
         resp_result rr;
         resp_fill(r, &rr, r->choices[0].finish == OA_FINISH_LENGTH && !n ? "incomplete" : "completed",
                   calls, n, &res);
-        resp_remember(r, &rr);
         json_t *o = resp_object(r->resp_req, &rr);
+        resp_remember(r, &rr, o);
         tools_calls_free(calls, n);
         char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(o);
@@ -1140,6 +1142,33 @@ static enum MHD_Result do_model(http_req *r)
     size_t ns = state_names(r->srv->cfg, states);
     return send_json(r, 200, oa_model_json(r->srv->cfg->model_name, r->srv->started_at, "metastate",
                                            states, ns));
+}
+
+/* GET /v1/responses/{id}: the stored response as it ended; DELETE forgets it
+ * (and so previous_response_id to it). Replaying a stream is not offered. */
+static enum MHD_Result do_response(http_req *r, const char *method)
+{
+    if (!strcmp(method, "GET")) {
+        const char *st = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "stream");
+        if (st && strcmp(st, "false"))
+            return send_error(r, 400, "invalid_request_error", "stream", "unsupported_parameter",
+                              "Unsupported parameter: 'stream' is not supported with this server "
+                              "when retrieving a response: retrieve it whole.");
+        json_t *o = resp_store_response(r->path_id);
+        if (o) {
+            char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            json_decref(o);
+            return send_json(r, 200, t);
+        }
+    } else if (resp_store_delete(r->path_id)) {
+        json_t *o = json_pack("{s:s,s:s,s:b}", "id", r->path_id, "object", "response.deleted",
+                              "deleted", 1);
+        char *t = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        json_decref(o);
+        return send_json(r, 200, t);
+    }
+    return send_error(r, 404, "invalid_request_error", NULL, "not_found",
+                      "Response with id '%.80s' not found.", r->path_id);
 }
 
 static int need_ready(http_req *r, enum MHD_Result *out)
@@ -1362,6 +1391,10 @@ static route_id route_of(const char *url, char *id, size_t idcap, const char **a
         snprintf(id, idcap, "%s", url + 11);
         return *allow = "GET", R_MODEL;
     }
+    if (!strncmp(url, "/v1/responses/", 14) && url[14] && !strchr(url + 14, '/')) {
+        snprintf(id, idcap, "%s", url + 14);
+        return *allow = "GET, DELETE", R_RESPONSE;
+    }
     if (!strncmp(url, "/v1/sessions/", 13)) {
         const char *p = url + 13, *slash = strchr(p, '/');
         size_t n = slash ? (size_t)(slash - p) : strlen(p);
@@ -1529,6 +1562,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     case R_COMPLETIONS: return start_completion(r, OA_COMPLETION);
     case R_CHAT: return start_completion(r, OA_CHAT);
     case R_RESPONSES: return start_responses(r);
+    case R_RESPONSE: return do_response(r, method);
     case R_SESSIONS:
     case R_SESSION:
     case R_SESSION_STATE: return do_sessions(r, method);

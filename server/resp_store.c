@@ -1,5 +1,5 @@
 /*
- * resp_store.c - previous_response_id lookup (see resp_store.h): a ring of
+ * resp_store.c - stored responses (see resp_store.h): a ring of
  * the last RESP_STORE_MAX responses under one mutex; lookups scan it (a
  * thousand string compares, once per request that names a previous one).
  */
@@ -12,47 +12,79 @@
 typedef struct entry {
     char id[64];
     char session[136];
-    json_t *messages;
+    json_t *response;
+    json_t *messages; /* NULL: a free slot */
 } entry;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static entry ring[RESP_STORE_MAX];
 static size_t next_slot;
 
-void resp_store_put(const char *id, const char *session_id, json_t *messages)
+static void forget(entry *e)
+{
+    json_decref(e->response);
+    json_decref(e->messages);
+    e->response = e->messages = NULL;
+    e->id[0] = 0;
+}
+
+/* The entry of id, or NULL; under mu. */
+static entry *find(const char *id)
+{
+    for (size_t i = 0; i < RESP_STORE_MAX; i++)
+        if (ring[i].messages && !strcmp(ring[i].id, id))
+            return &ring[i];
+    return NULL;
+}
+
+void resp_store_put(const char *id, const char *session_id, json_t *response, json_t *messages)
 {
     pthread_mutex_lock(&mu);
     entry *e = &ring[next_slot];
     next_slot = (next_slot + 1) % RESP_STORE_MAX;
-    json_decref(e->messages);
+    forget(e);
     snprintf(e->id, sizeof e->id, "%s", id);
     snprintf(e->session, sizeof e->session, "%s", session_id ? session_id : "");
+    e->response = json_incref(response);
     e->messages = json_incref(messages);
     pthread_mutex_unlock(&mu);
 }
 
 json_t *resp_store_get(const char *id, char *session)
 {
-    json_t *out = NULL;
     pthread_mutex_lock(&mu);
-    for (size_t i = 0; i < RESP_STORE_MAX && !out; i++) {
-        if (ring[i].messages && !strcmp(ring[i].id, id)) {
-            out = json_deep_copy(ring[i].messages);
-            snprintf(session, 136, "%s", ring[i].session);
-        }
-    }
+    entry *e = find(id);
+    json_t *out = e ? json_deep_copy(e->messages) : NULL;
+    if (e)
+        snprintf(session, 136, "%s", e->session);
     pthread_mutex_unlock(&mu);
     return out;
+}
+
+json_t *resp_store_response(const char *id)
+{
+    pthread_mutex_lock(&mu);
+    entry *e = find(id);
+    json_t *out = e ? json_deep_copy(e->response) : NULL;
+    pthread_mutex_unlock(&mu);
+    return out;
+}
+
+int resp_store_delete(const char *id)
+{
+    pthread_mutex_lock(&mu);
+    entry *e = find(id);
+    if (e)
+        forget(e);
+    pthread_mutex_unlock(&mu);
+    return e != NULL;
 }
 
 void resp_store_clear(void)
 {
     pthread_mutex_lock(&mu);
-    for (size_t i = 0; i < RESP_STORE_MAX; i++) {
-        json_decref(ring[i].messages);
-        ring[i].messages = NULL;
-        ring[i].id[0] = 0;
-    }
+    for (size_t i = 0; i < RESP_STORE_MAX; i++)
+        forget(&ring[i]);
     next_slot = 0;
     pthread_mutex_unlock(&mu);
 }

@@ -3,7 +3,8 @@
 // trip with a role "tool" reply, streamed tool-call deltas, logprobs shapes
 // and values against `metastate eval`, x-request-id, and the Responses API
 // (plain, streamed, cut at max_output_tokens, previous_response_id with
-// cached tokens, text.format, function tools, 400 for built-in tools).
+// cached tokens, retrieve and delete, text.format, function tools, 400 for
+// built-in tools).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { z } from 'zod';
@@ -283,6 +284,32 @@ test('responses: message-list input and previous_response_id continue with cache
   assert.ok(r2.usage.input_tokens > r1.usage.input_tokens);
   await assert.rejects(oa.responses.create({ model: M, previous_response_id: 'resp_unknown', input: 'x' }),
     (e) => e.status === 404 || e.status === 400);
+});
+
+test('responses: retrieve gives the stored response (streamed ones too); delete forgets it', async () => {
+  const r = await oa.responses.create({ model: M, input: 'Say hello.', max_output_tokens: 8, temperature: 0 });
+  const got = await oa.responses.retrieve(r.id);
+  assert.deepEqual(got, r);
+  const stream = await oa.responses.create({ model: M, input: 'Say hi.', max_output_tokens: 8, stream: true });
+  let done = null;
+  for await (const ev of stream) if (ev.type === 'response.completed' || ev.type === 'response.incomplete') done = ev.response;
+  const { output_text: text, ...again } = await oa.responses.retrieve(done.id); // the SDK adds output_text
+  assert.deepEqual(again, done);
+  assert.equal(text, done.output[0].content[0].text);
+  const del = await api(srv, 'DELETE', `/v1/responses/${r.id}`);
+  assert.equal(del.status, 200);
+  assert.deepEqual(del.json, { id: r.id, object: 'response.deleted', deleted: true });
+  await oa.responses.delete(done.id); // the SDK's call
+  for (const id of [r.id, done.id])
+    await assert.rejects(oa.responses.retrieve(id), (e) => e.status === 404 && e.code === 'not_found');
+  await assert.rejects(oa.responses.create({ model: M, input: 'more', previous_response_id: r.id }),
+    (e) => e.status === 404 && e.param === 'previous_response_id');
+  await assert.rejects(oa.responses.delete(r.id), (e) => e.status === 404);
+  const unkept = await oa.responses.create({ model: M, input: 'hi', max_output_tokens: 2, store: false });
+  await assert.rejects(oa.responses.retrieve(unkept.id), (e) => e.status === 404);
+  const replay = await api(srv, 'GET', `/v1/responses/${unkept.id}?stream=true`);
+  assert.equal(replay.status, 400);
+  assert.equal(replay.json.error.param, 'stream');
 });
 
 test('responses: text.format json_schema (responses.parse with zod) and function tools', async () => {
