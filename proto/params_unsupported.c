@@ -24,7 +24,6 @@ static int is_any(const json_t *v) { return v != NULL; }
 static int never(const json_t *v) { return v == NULL; }
 static int is_empty(const json_t *v) { return json_string_length(v) == 0; }
 static int is_false(const json_t *v) { return json_is_false(v); }
-static int is_zero(const json_t *v) { return json_integer_value(v) == 0; }
 static int is_text_only(const json_t *v)
 {
     for (size_t i = 0; i < json_array_size(v); i++) {
@@ -42,7 +41,6 @@ static const rule ANY_BOOLEAN = {is_boolean, "a boolean", NULL}; /* read elsewhe
 static const rule NEVER = {is_any, "", never}; /* any value but null asks for what we lack */
 static const rule EMPTY_STRING = {is_string, "a string", is_empty};
 static const rule FALSE_ONLY = {is_boolean, "a boolean", is_false};
-static const rule ZERO_ONLY = {is_integer, "an integer", is_zero};
 static const rule TEXT_ONLY = {is_array, "an array of strings", is_text_only}; /* ["text"] */
 
 typedef struct {
@@ -74,8 +72,6 @@ static const known_param params[] = {
     {"background", R, &FALSE_ONLY, "responses run while the request waits for them"},
     {"conversation", R, &NEVER, "the server has no Conversations API; use previous_response_id"},
     {"prompt", R, &NEVER, "the server has no stored prompt templates; send 'instructions'"},
-    {"top_logprobs", R, &ZERO_ONLY, "the Responses API here returns no log probabilities "
-                                   "(chat completions do, with 'logprobs')"},
     {"metadata", H | R, &ANY_OBJECT, NULL},
     {"service_tier", H | R, &ANY_STRING, NULL},
     {"prompt_cache_key", H | R, &ANY_STRING, NULL},
@@ -130,8 +126,8 @@ static int check_best_of(json_t *v, int n, oa_error *e)
     return 0;
 }
 
-/* Responses' include: output the server does not make is absent anyway,
- * except log probabilities, which it does not return there. */
+/* Responses' include: output the server does not make is absent anyway;
+ * message.output_text.logprobs is read by resp_to_chat. */
 static int check_include(json_t *v, oa_error *e)
 {
     size_t i;
@@ -141,10 +137,6 @@ static int check_include(json_t *v, oa_error *e)
     json_array_foreach (v, i, m) {
         if (!json_is_string(m))
             return oa_type_err(e, "include", "an array of strings", m);
-        if (!strcmp(json_string_value(m), "message.output_text.logprobs"))
-            return unsupported(e, "include",
-                               "the Responses API here returns no log probabilities (chat "
-                               "completions do, with 'logprobs')");
     }
     return 0;
 }

@@ -158,6 +158,22 @@ json_t *resp_to_chat(json_t *req, json_t *prev, json_t **history, oa_error *e)
         if (v && !json_is_null(v))
             json_object_set(chat, copy[i], v);
     }
+    /* Log probabilities come with the text only when include asks for them
+     * (top_logprobs alone returns none, as OpenAI's); chat's parser checks
+     * top_logprobs' range under the same name. */
+    json_t *tl = json_object_get(req, "top_logprobs"), *inc = json_object_get(req, "include"), *it;
+    size_t k;
+    json_array_foreach (inc, k, it)
+        if (json_is_string(it) && !strcmp(json_string_value(it), "message.output_text.logprobs"))
+            json_object_set_new(chat, "logprobs", json_true());
+    if (tl && !json_is_null(tl)) {
+        if (!json_is_integer(tl) || json_integer_value(tl) < 0 || json_integer_value(tl) > 20) {
+            bad(e, "top_logprobs", "Invalid 'top_logprobs': expected an integer between 0 and 20.");
+            goto fail;
+        }
+        if (json_object_get(chat, "logprobs"))
+            json_object_set(chat, "top_logprobs", tl);
+    }
     json_t *mot = json_object_get(req, "max_output_tokens");
     if (mot && !json_is_null(mot))
         json_object_set(chat, "max_tokens", mot);
@@ -256,6 +272,16 @@ void resp_new_id(char *out, const char *prefix, uint64_t x)
     out[pl + 24] = '\0';
 }
 
+json_t *resp_logprobs(const resp_result *r, size_t from, size_t to)
+{
+    if (!r->lp || to <= from || to > r->n_lp)
+        return json_array();
+    json_t *o = agent_chat_logprobs(r->tok, r->lp + from, to - from);
+    json_t *a = json_incref(json_object_get(o, "content"));
+    json_decref(o);
+    return a ? a : json_array();
+}
+
 static json_t *output_items(const resp_result *r)
 {
     json_t *out = json_array();
@@ -274,8 +300,9 @@ static json_t *output_items(const resp_result *r)
                              ? r->status
                              : "completed";
         json_t *txt = json_stringn(r->text, r->text_len);
-        json_t *part = json_pack("{s:s,s:o,s:[],s:[]}", "type", "output_text", "text",
-                                 txt ? txt : json_string(""), "annotations", "logprobs");
+        json_t *part = json_pack("{s:s,s:o,s:[],s:o}", "type", "output_text", "text",
+                                 txt ? txt : json_string(""), "annotations", "logprobs",
+                                 resp_logprobs(r, 0, r->n_lp));
         json_array_append_new(out, json_pack("{s:s,s:s,s:s,s:s,s:[o]}", "type", "message", "id",
                                              r->msg_id, "status", st, "role", "assistant",
                                              "content", part));

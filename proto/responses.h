@@ -14,6 +14,7 @@
 #include <jansson.h>
 #include <stdint.h>
 
+#include "agent_out.h"
 #include "openai.h"
 #include "tools.h"
 
@@ -40,11 +41,17 @@ typedef struct resp_result {
     char (*item_ids)[32];    /* "fc_..." per call */
     oa_usage usage;
     int has_usage;
+    const agent_lp *lp;          /* the text's log probabilities (include asked), else NULL */
+    size_t n_lp;
+    const ms_tokenizer *tok;     /* for their token strings */
 } resp_result;
 
 /* The response object; req is the original request (its settings are
  * echoed back: instructions, temperature, tools, ...). */
 json_t *resp_object(json_t *req, const resp_result *r);
+/* Entries [from, to) of r's log probabilities as an output_text part's
+ * "logprobs" array ({token, logprob, bytes, top_logprobs}); [] without any. */
+json_t *resp_logprobs(const resp_result *r, size_t from, size_t to);
 /* The assistant reply as a chat message (for the stored conversation). */
 json_t *resp_reply_message(const resp_result *r);
 

@@ -477,11 +477,15 @@ static void plain_text(http_req *r, int idx, const char *text, size_t len)
     }
     resp_open_text(r);
     json_t *d = json_stringn(text, len);
+    choice_buf *c = &r->choices[idx];
+    const resp_result lr = {.lp = r->job.req.logprobs ? c->lp : NULL, .n_lp = c->n_lp,
+                            .tok = sched_tokenizer(r->srv->s)};
     push_raw(r, resp_event("response.output_text.delta",
-                             json_pack("{s:s,s:i,s:i,s:o,s:[]}", "item_id", r->msg_id, "output_index",
+                             json_pack("{s:s,s:i,s:i,s:o,s:o}", "item_id", r->msg_id, "output_index",
                                        0, "content_index", 0, "delta", d ? d : json_string(""),
-                                       "logprobs"),
+                                       "logprobs", resp_logprobs(&lr, c->lp_sent, c->n_lp)),
                              &r->resp_seq));
+    c->lp_sent = c->n_lp;
 }
 
 /* Streamed text under the tool grammar: held while it may still become a
@@ -556,6 +560,11 @@ static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_ca
     if (res) {
         rr->usage = res->usage;
         rr->has_usage = 1;
+    }
+    if (r->job.req.logprobs && !n) {
+        rr->lp = c->lp;
+        rr->n_lp = c->n_lp;
+        rr->tok = sched_tokenizer(r->srv->s);
     }
 }
 
@@ -668,15 +677,15 @@ static void resp_stream_done(http_req *r, const sched_result *res)
         json_t *t = json_stringn(rr.text, rr.text_len);
         if (!t) t = json_string("");
         push_raw(r, resp_event("response.output_text.done",
-                                 json_pack("{s:s,s:i,s:i,s:O,s:[]}", "item_id", r->msg_id,
+                                 json_pack("{s:s,s:i,s:i,s:O,s:o}", "item_id", r->msg_id,
                                            "output_index", 0, "content_index", 0, "text", t,
-                                           "logprobs"),
+                                           "logprobs", resp_logprobs(&rr, 0, rr.n_lp)),
                                  &r->resp_seq));
         push_raw(r, resp_event("response.content_part.done",
-                                 json_pack("{s:s,s:i,s:i,s:{s:s,s:O,s:[],s:[]}}", "item_id",
+                                 json_pack("{s:s,s:i,s:i,s:{s:s,s:O,s:[],s:o}}", "item_id",
                                            r->msg_id, "output_index", 0, "content_index", 0, "part",
                                            "type", "output_text", "text", t, "annotations",
-                                           "logprobs"),
+                                           "logprobs", resp_logprobs(&rr, 0, rr.n_lp)),
                                  &r->resp_seq));
         json_t *out = resp_object(r->resp_req, &rr);
         push_raw(r, resp_event("response.output_item.done",

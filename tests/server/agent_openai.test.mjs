@@ -2,9 +2,9 @@
 // model (byte vocabulary): structured output (parse with zod), tools round
 // trip with a role "tool" reply, streamed tool-call deltas, logprobs shapes
 // and values against `metastate eval`, x-request-id, and the Responses API
-// (plain, streamed, cut at max_output_tokens, previous_response_id with
-// cached tokens, retrieve and delete, text.format, function tools, 400 for
-// built-in tools).
+// (plain, streamed, cut at max_output_tokens, logprobs, previous_response_id
+// with cached tokens, retrieve and delete, text.format, function tools, 400
+// for built-in tools).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { z } from 'zod';
@@ -272,6 +272,28 @@ test('responses: a reply cut at max_output_tokens is incomplete, its message ite
   assert.equal(whole.output[0].status, 'completed');
   assert.ok(Number.isInteger(whole.completed_at) && whole.completed_at >= whole.created_at,
     `completed_at ${whole.completed_at}, created_at ${whole.created_at}`);
+});
+
+test('responses: include message.output_text.logprobs gives chat\'s entries, whole and streamed', async () => {
+  const req = { model: M, input: 'Say hi.', max_output_tokens: 6, temperature: 0 };
+  const chat = await oa.chat.completions.create({ model: M, messages: [{ role: 'user', content: 'Say hi.' }],
+    max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2 });
+  const want = chat.choices[0].logprobs.content;
+  assert.equal(want.length, 6);
+  const r = await oa.responses.create({ ...req, include: ['message.output_text.logprobs'], top_logprobs: 2 });
+  assert.deepEqual(r.output[0].content[0].logprobs, want);
+  const stream = await oa.responses.create({ ...req, include: ['message.output_text.logprobs'], top_logprobs: 2,
+    stream: true });
+  const deltas = [];
+  let done = null;
+  for await (const ev of stream) {
+    if (ev.type === 'response.output_text.delta') deltas.push(...ev.logprobs);
+    if (ev.type === 'response.output_text.done') done = ev.logprobs;
+  }
+  assert.deepEqual(deltas, want);
+  assert.deepEqual(done, want);
+  const none = await oa.responses.create({ ...req, top_logprobs: 2 }); // include did not ask: none, as OpenAI
+  assert.deepEqual(none.output[0].content[0].logprobs, []);
 });
 
 test('responses: message-list input and previous_response_id continue with cached tokens', async () => {

@@ -321,6 +321,26 @@ Test(agent_request, responses_to_chat)
     json_decref(prev);
     json_decref(req);
 
+    /* log probabilities only when include asks; top_logprobs then goes along */
+    static const struct {
+        const char *body;
+        int logprobs, top;
+    } lps[] = {{"{\"model\":\"m\",\"input\":\"x\",\"include\":[\"message.output_text.logprobs\"],"
+                "\"top_logprobs\":3}", 1, 3},
+               {"{\"model\":\"m\",\"input\":\"x\",\"top_logprobs\":3}", 0, -1},
+               {"{\"model\":\"m\",\"input\":\"x\",\"include\":[\"message.output_text.logprobs\"]}", 1, -1}};
+    for (size_t i = 0; i < sizeof lps / sizeof lps[0]; i++) {
+        req = json_loads(lps[i].body, 0, NULL);
+        chat = resp_to_chat(req, NULL, &hist, &e);
+        cr_assert_not_null(chat, "%s", e.message);
+        cr_expect_eq(json_is_true(json_object_get(chat, "logprobs")), lps[i].logprobs, "%s", lps[i].body);
+        json_t *tl = json_object_get(chat, "top_logprobs");
+        cr_expect_eq(tl ? (int)json_integer_value(tl) : -1, lps[i].top, "%s", lps[i].body);
+        json_decref(chat);
+        json_decref(hist);
+        json_decref(req);
+    }
+
     req = json_loads("{\"model\":\"m\",\"input\":\"x\",\"tools\":[{\"type\":\"web_search_preview\"}]}", 0, NULL);
     chat = resp_to_chat(req, NULL, &hist, &e);
     cr_assert_null(chat);
