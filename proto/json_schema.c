@@ -137,8 +137,10 @@ static int32_t object_node(jctx *c, json_t *s, const char *path)
         /* properties: {} lists no property, so none is generated (a tool
          * without arguments); an object left open (no properties, or
          * additionalProperties: true) takes any keys. */
-        if ((addl && json_is_false(addl)) || (props && !addl))
-            return literal_of(c, json_object());
+        if ((addl && json_is_false(addl)) || (props && !addl)) {
+            int32_t id = ms_grammar_literal(c->g, "{}", 2);
+            return id < 0 ? nomem(c) : id;
+        }
         int32_t any = ms_grammar_any(c->g);
         return any < 0 ? nomem(c) : ms_grammar_object(c->g, any);
     }
