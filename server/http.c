@@ -43,7 +43,6 @@
 #include "chat_format.h"
 #include "json_write.h"
 #include "metrics.h"
-#include "resp_store.h"
 #include "responses.h"
 #include "sessions.h"
 #include "sse.h"
@@ -88,18 +87,23 @@ typedef struct choice_buf {
     int n_calls;
 } choice_buf;
 
-/* A session request that touches files (DELETE, export, import): it runs on
- * the scheduler's work queue (sched_run_io), never on the polling thread,
- * which serves every connection; the connection waits suspended. */
-typedef enum { OP_NONE = 0, OP_DELETE, OP_EXPORT, OP_IMPORT } sess_op_kind;
+/* A request that touches files or the shared store (a session's DELETE,
+ * export, import; a stored response's load, save, retrieve, delete): it
+ * runs on the scheduler's work queue (sched_run_io), never on the polling
+ * thread, which serves every connection; the connection waits suspended. */
+typedef enum {
+    OP_NONE = 0, OP_DELETE, OP_EXPORT, OP_IMPORT, OP_RESP_LOAD, OP_RESP_SAVE, OP_RESP_GET,
+    OP_RESP_DELETE
+} sess_op_kind;
 #define OP_FAILED (-100) /* the operation could not run (temp file, memory): 500 */
 
 typedef struct sess_op {
     sess_op_kind kind;
     int finished;  /* under the request's mu */
-    int rc;        /* sstore_delete / _export / _import result (SSTORE_*), or OP_FAILED */
+    int rc;        /* the sstore_* call's result (SSTORE_*), or OP_FAILED */
     char err[600];
-    char *buf;     /* export: the safetensors bytes (malloc'd) */
+    char *buf;     /* export: the safetensors bytes; response save: the reply (malloc'd) */
+    json_t *rec;   /* stored response: the record saved or read */
     size_t len;
 } sess_op;
 
@@ -131,10 +135,12 @@ typedef struct http_req {
     json_t *resp_hist;    /* the conversation without instructions, to store */
     char resp_id[64], msg_id[64];
     int resp_seq, resp_text_open;
+    char *resp_final;     /* streamed: the closing event, sent once the record is stored */
     choice_buf *choices;
     int n_choices;
     /* shared with the scheduler (under mu) */
     int suspended, started, done, gone, queued_response;
+    int saving;          /* a streamed response's record is being stored: the stream waits */
     int lost;            /* some output could not be kept (out of memory): the reply fails */
     int broken;          /* ... and not even the error event fit: the stream is cut */
     sched_result result;
@@ -165,6 +171,8 @@ static void req_unref(http_req *r)
     free(r->body);
     free(r->out);
     free(r->op.buf);
+    json_decref(r->op.rec);
+    free(r->resp_final);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -568,17 +576,50 @@ static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_ca
     }
 }
 
-/* Remembers the response object o and the conversation it ended, for
- * previous_response_id and GET /v1/responses/{id}, unless the request said
- * store: false. */
-static void resp_remember(http_req *r, const resp_result *rr, json_t *o)
+/* The record to store for the response object o (see store.h): o, the
+ * conversation it ended and its session, for previous_response_id and GET
+ * /v1/responses/{id}. NULL when the request said store: false (or out of
+ * memory: the reply still goes out, unstored). */
+static json_t *resp_record(http_req *r, const resp_result *rr, json_t *o)
 {
     if (json_is_false(json_object_get(r->resp_req, "store")))
-        return;
+        return NULL;
     json_t *m = json_deep_copy(r->resp_hist);
-    json_array_append_new(m, resp_reply_message(rr));
-    resp_store_put(r->resp_id, r->session_id, o, m);
-    json_decref(m);
+    if (m) json_array_append_new(m, resp_reply_message(rr));
+    return m ? json_pack("{s:s,s:O,s:o}", "session", r->session_id, "response", o, "messages", m) : NULL;
+}
+
+static void push_error_status(http_req *r, const srv_error *err);
+
+/* Worker thread: stores a streamed response's record (r is referenced). */
+static void stream_save_work(void *arg)
+{
+    http_req *r = arg;
+    r->op.rc = sstore_response_put(sched_store(r->srv->s), r->resp_id, r->op.rec, r->op.err,
+                                   sizeof r->op.err);
+}
+
+/* Scheduler thread: the stream ends with its closing event once the record
+ * is stored; if it could not be, with an error instead: a client told
+ * "completed" would continue from a response no replica can find. */
+static void stream_save_done(void *arg)
+{
+    http_req *r = arg;
+    pthread_mutex_lock(&r->mu);
+    if (r->op.rc == SSTORE_OK) {
+        push_raw(r, r->resp_final);
+    } else {
+        free(r->resp_final);
+        srv_error e;
+        srv_fail(&e, r->op.rc == SSTORE_DOWN ? SRV_ERR_STORE_UNAVAILABLE : SRV_ERR_NOMEM,
+                 "the response could not be stored: %s", r->op.err);
+        push_error_status(r, &e);
+    }
+    r->resp_final = NULL;
+    r->saving = 0;
+    wake(r);
+    pthread_mutex_unlock(&r->mu);
+    req_unref(r); /* the work queue's reference */
 }
 
 static void sink_started(void *ud)
@@ -696,11 +737,38 @@ static void resp_stream_done(http_req *r, const sched_result *res)
         json_decref(t);
     }
     json_t *fin = resp_object(r->resp_req, &rr);
-    push_raw(r, resp_event(!strcmp(status, "completed") ? "response.completed" : "response.incomplete",
-                             json_pack("{s:O}", "response", fin), &r->resp_seq));
-    resp_remember(r, &rr, fin);
+    char *last = resp_event(!strcmp(status, "completed") ? "response.completed" : "response.incomplete",
+                            json_pack("{s:O}", "response", fin), &r->resp_seq);
+    r->op.rec = resp_record(r, &rr, fin);
     json_decref(fin);
     tools_calls_free(calls, n);
+    if (r->op.rec && last) {
+        r->resp_final = last;
+        r->saving = 1;
+        atomic_fetch_add(&r->refs, 1); /* the work queue's reference */
+        if (sched_run_io(r->srv->s, stream_save_work, stream_save_done, r) == SRV_OK) return;
+        atomic_fetch_sub(&r->refs, 1);
+        r->resp_final = NULL;
+        r->saving = 0;
+        free(last);
+        srv_error e;
+        srv_fail(&e, SRV_ERR_SHUTTING_DOWN, "the response could not be stored");
+        push_error_status(r, &e);
+        return;
+    }
+    push_raw(r, last);
+}
+
+/* Ends a started stream with an error event; caller holds mu. */
+static void push_error_status(http_req *r, const srv_error *err)
+{
+    size_t n = 0;
+    oa_error e;
+    error_from_status(&e, err);
+    char *ev = sse_error_event(&e, &n);
+    /* Not even the error event fits: cut the stream (no [DONE]). */
+    if (!ev || append(&r->out, &r->out_len, &r->out_cap, ev, n)) r->broken = 1;
+    free(ev);
 }
 
 static void sink_done(void *ud, const sched_result *res)
@@ -724,13 +792,7 @@ static void sink_done(void *ud, const sched_result *res)
             if (append(&r->out, &r->out_len, &r->out_cap, SSE_DONE, SSE_DONE_LEN)) r->broken = 1;
         }
     } else if (q->stream && r->started) {
-        size_t n = 0;
-        oa_error e;
-        error_from_status(&e, &r->result.err);
-        char *ev = sse_error_event(&e, &n);
-        /* Not even the error event fits: cut the stream (no [DONE]). */
-        if (!ev || append(&r->out, &r->out_len, &r->out_cap, ev, n)) r->broken = 1;
-        free(ev);
+        push_error_status(r, &r->result.err);
     }
     wake(r);
     pthread_mutex_unlock(&r->mu);
@@ -806,7 +868,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         pthread_mutex_unlock(&r->mu);
         return (ssize_t)n;
     }
-    if (r->done || !r->conn) {
+    if ((r->done && !r->saving) || !r->conn) {
         int broken = r->broken;
         pthread_mutex_unlock(&r->mu);
         return broken ? MHD_CONTENT_READER_END_WITH_ERROR : MHD_CONTENT_READER_END_OF_STREAM;
@@ -837,9 +899,21 @@ static enum MHD_Result start_completion(http_req *r, oa_kind kind)
     return submit_completion(r, kind);
 }
 
+static enum MHD_Result start_sess_op(http_req *r, sess_op_kind kind);
+static enum MHD_Result submit_responses(http_req *r, json_t *prev);
+static int need_ready(http_req *r, enum MHD_Result *out);
+
+static enum MHD_Result previous_404(http_req *r)
+{
+    return send_error(r, 404, "invalid_request_error", "previous_response_id",
+                      "previous_response_not_found", "Previous response with id '%.80s' not found.",
+                      json_string_value(json_object_get(r->resp_req, "previous_response_id")));
+}
+
 /* POST /v1/responses: translated to a chat request (proto/responses.c); a
  * previous_response_id continues that response's conversation on its
- * session, so only the new input is fed. */
+ * session, so only the new input is fed. Its record is read from the store
+ * first (OP_RESP_LOAD, then submit_responses). */
 static enum MHD_Result start_responses(http_req *r)
 {
     json_error_t je;
@@ -850,19 +924,24 @@ static enum MHD_Result start_responses(http_req *r)
                           "We could not parse the JSON body of your request: %s.", je.text);
     }
     r->resp_req = req;
-    json_t *prev = NULL;
-    char chain[136] = "";
     json_t *pid = json_object_get(req, "previous_response_id");
-    if (json_is_string(pid)) {
-        prev = resp_store_get(json_string_value(pid), chain);
-        if (!prev)
-            return send_error(r, 404, "invalid_request_error", "previous_response_id",
-                              "previous_response_not_found",
-                              "Previous response with id '%.80s' not found.", json_string_value(pid));
-    }
+    if (!json_is_string(pid)) return submit_responses(r, NULL);
+    if (json_string_length(pid) >= sizeof r->path_id || !json_string_length(pid))
+        return previous_404(r);
+    snprintf(r->path_id, sizeof r->path_id, "%s", json_string_value(pid));
+    enum MHD_Result out;
+    if (!need_ready(r, &out)) return out;
+    return start_sess_op(r, OP_RESP_LOAD);
+}
+
+/* The second half of start_responses; prev: the previous response's record
+ * or NULL. */
+static enum MHD_Result submit_responses(http_req *r, json_t *prev)
+{
+    const char *chain = prev ? json_string_value(json_object_get(prev, "session")) : NULL;
     oa_error e;
-    json_t *chat = resp_to_chat(req, prev, &r->resp_hist, &e);
-    json_decref(prev);
+    json_t *chat = resp_to_chat(r->resp_req, prev ? json_object_get(prev, "messages") : NULL,
+                                &r->resp_hist, &e);
     if (!chat) return send_error_obj(r, &e);
     char *body = json_dumps(chat, JSON_COMPACT);
     json_decref(chat);
@@ -870,14 +949,14 @@ static enum MHD_Result start_responses(http_req *r)
     int rc = oa_request_parse(OA_CHAT, body, strlen(body), &r->job.req, &e);
     free(body);
     if (rc) return send_error_obj(r, &e);
-    json_t *st = json_object_get(req, "stream");
+    json_t *st = json_object_get(r->resp_req, "stream");
     r->job.req.stream = json_is_true(st);
     r->responses = 1;
     rand_id(r->resp_id, sizeof r->resp_id, "resp_");
     rand_id(r->msg_id, sizeof r->msg_id, "msg_");
     /* the conversation's session: the chain's, or this response's own */
     if (!r->job.req.session_id) {
-        r->job.req.session_id = strdup(chain[0] ? chain : r->resp_id);
+        r->job.req.session_id = strdup(chain && chain[0] ? chain : r->resp_id);
         if (!r->job.req.session_id) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
     }
     return submit_completion(r, OA_CHAT);
@@ -1082,11 +1161,18 @@ static enum MHD_Result continue_completion(http_req *r)
         resp_fill(r, &rr, r->choices[0].finish == OA_FINISH_LENGTH && !n ? "incomplete" : "completed",
                   calls, n, &res);
         json_t *o = resp_object(r->resp_req, &rr);
-        resp_remember(r, &rr, o);
+        json_t *rec = resp_record(r, &rr, o);
         tools_calls_free(calls, n);
         char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(o);
-        return send_json(r, 200, t);
+        if (!rec || !t) {
+            json_decref(rec);
+            return send_json(r, 200, t);
+        }
+        /* answered once stored, so the next turn finds it on any replica */
+        r->op.buf = t;
+        r->op.rec = rec;
+        return start_sess_op(r, OP_RESP_SAVE);
     }
     oa_choice *ch = calloc((size_t)r->n_choices, sizeof *ch);
     if (!ch) return send_error(r, 500, "server_error", NULL, NULL, "out of memory");
@@ -1157,27 +1243,17 @@ static enum MHD_Result do_model(http_req *r)
  * (and so previous_response_id to it). Replaying a stream is not offered. */
 static enum MHD_Result do_response(http_req *r, const char *method)
 {
+    enum MHD_Result out;
+    if (!need_ready(r, &out)) return out;
     if (!strcmp(method, "GET")) {
         const char *st = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "stream");
         if (st && strcmp(st, "false"))
             return send_error(r, 400, "invalid_request_error", "stream", "unsupported_parameter",
                               "Unsupported parameter: 'stream' is not supported with this server "
                               "when retrieving a response: retrieve it whole.");
-        json_t *o = resp_store_response(r->path_id);
-        if (o) {
-            char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-            json_decref(o);
-            return send_json(r, 200, t);
-        }
-    } else if (resp_store_delete(r->path_id)) {
-        json_t *o = json_pack("{s:s,s:s,s:b}", "id", r->path_id, "object", "response.deleted",
-                              "deleted", 1);
-        char *t = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-        json_decref(o);
-        return send_json(r, 200, t);
+        return start_sess_op(r, OP_RESP_GET);
     }
-    return send_error(r, 404, "invalid_request_error", NULL, "not_found",
-                      "Response with id '%.80s' not found.", r->path_id);
+    return start_sess_op(r, OP_RESP_DELETE);
 }
 
 static int need_ready(http_req *r, enum MHD_Result *out)
@@ -1212,7 +1288,13 @@ static void sess_op_work(void *arg)
     http_req *r = arg;
     sstore *p = sched_store(r->srv->s);
     sess_op *op = &r->op;
-    if (op->kind == OP_DELETE) {
+    if (op->kind == OP_RESP_LOAD || op->kind == OP_RESP_GET) {
+        op->rc = sstore_response_get(p, r->path_id, &op->rec, op->err, sizeof op->err);
+    } else if (op->kind == OP_RESP_SAVE) {
+        op->rc = sstore_response_put(p, r->resp_id, op->rec, op->err, sizeof op->err);
+    } else if (op->kind == OP_RESP_DELETE) {
+        op->rc = sstore_response_delete(p, r->path_id);
+    } else if (op->kind == OP_DELETE) {
         op->rc = sstore_delete(p, r->path_id);
     } else if (op->kind == OP_EXPORT) {
         FILE *f = open_memstream(&op->buf, &op->len);
@@ -1278,6 +1360,7 @@ static enum MHD_Result start_sess_op(http_req *r, sess_op_kind kind)
     r->op.kind = kind;
     atomic_fetch_add(&r->refs, 1); /* the work queue's reference */
     pthread_mutex_lock(&r->mu);
+    r->op.finished = 0; /* a request may run two (a response's load, then its save) */
     srv_status st = sched_run_io(r->srv->s, sess_op_work, sess_op_done, r);
     if (st != SRV_OK) {
         r->op.kind = OP_NONE;
@@ -1292,6 +1375,37 @@ static enum MHD_Result start_sess_op(http_req *r, sess_op_kind kind)
     return MHD_YES;
 }
 
+/* finish_sess_op for a stored response's operation. */
+static enum MHD_Result finish_resp_op(http_req *r)
+{
+    sess_op *op = &r->op;
+    sess_op_kind kind = op->kind;
+    op->kind = OP_NONE; /* a load goes on to submit the job: later wake-ups are the job's */
+    if (op->rc == SSTORE_DOWN) return store_503(r);
+    if (op->rc != SSTORE_OK && op->rc != SSTORE_UNKNOWN)
+        return send_error(r, 500, "server_error", NULL, NULL, "%s", op->err);
+    if (kind == OP_RESP_SAVE) {
+        char *t = op->buf;
+        op->buf = NULL;
+        return send_json(r, 200, t);
+    }
+    if (op->rc == SSTORE_UNKNOWN)
+        return kind == OP_RESP_LOAD ? previous_404(r)
+             : send_error(r, 404, "invalid_request_error", NULL, "not_found",
+                          "Response with id '%.80s' not found.", r->path_id);
+    if (kind == OP_RESP_DELETE) return send_json(r, 200, oa_deleted_json(r->path_id, "response.deleted"));
+    json_t *rec = op->rec;
+    op->rec = NULL;
+    enum MHD_Result out;
+    if (kind == OP_RESP_LOAD)
+        out = submit_responses(r, rec);
+    else
+        out = send_json(r, 200, json_dumps(json_object_get(rec, "response"),
+                                           JSON_COMPACT | JSON_PRESERVE_ORDER));
+    json_decref(rec);
+    return out;
+}
+
 /* Called when the connection is resumed: answer with the operation's result. */
 static enum MHD_Result finish_sess_op(http_req *r)
 {
@@ -1304,6 +1418,7 @@ static enum MHD_Result finish_sess_op(http_req *r)
     }
     pthread_mutex_unlock(&r->mu);
     sess_op *op = &r->op;
+    if (op->kind >= OP_RESP_LOAD) return finish_resp_op(r);
     if (op->rc == SSTORE_DOWN) return store_503(r);
     if (op->rc == SSTORE_UNKNOWN) return session_404(r);
     if (op->rc == SSTORE_BUSY) return session_409(r);
@@ -1557,8 +1672,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return MHD_YES;
     }
     /* Whole request received (or resumed after a suspend). */
-    if (r->job.sink) return continue_completion(r);
     if (r->op.kind != OP_NONE) return finish_sess_op(r);
+    if (r->job.sink) return continue_completion(r);
     if (r->too_large)
         return send_error(r, 413, "invalid_request_error", NULL, "request_too_large",
                           "Request body exceeds the limit of %zu bytes.", r->body_limit);
@@ -1720,6 +1835,5 @@ void http_stop(http_srv *h)
     if (!h) return;
     if (h->md) MHD_stop_daemon(h->md);
     MHD_stop_daemon(h->d);
-    resp_store_clear();
     free(h);
 }

@@ -1,7 +1,7 @@
 /*
- * resp_store.c - stored responses (see resp_store.h): a ring of
- * the last RESP_STORE_MAX responses under one mutex; lookups scan it (a
- * thousand string compares, once per request that names a previous one).
+ * resp_store.c - stored responses in memory (see resp_store.h): a ring of
+ * the last RESP_STORE_MAX records under one mutex; lookups scan it (a
+ * thousand string compares, once per request that names a stored one).
  */
 #include "resp_store.h"
 
@@ -11,9 +11,7 @@
 
 typedef struct entry {
     char id[64];
-    char session[136];
-    json_t *response;
-    json_t *messages; /* NULL: a free slot */
+    json_t *rec; /* NULL: a free slot */
 } entry;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -22,9 +20,8 @@ static size_t next_slot;
 
 static void forget(entry *e)
 {
-    json_decref(e->response);
-    json_decref(e->messages);
-    e->response = e->messages = NULL;
+    json_decref(e->rec);
+    e->rec = NULL;
     e->id[0] = 0;
 }
 
@@ -32,40 +29,27 @@ static void forget(entry *e)
 static entry *find(const char *id)
 {
     for (size_t i = 0; i < RESP_STORE_MAX; i++)
-        if (ring[i].messages && !strcmp(ring[i].id, id))
+        if (ring[i].rec && !strcmp(ring[i].id, id))
             return &ring[i];
     return NULL;
 }
 
-void resp_store_put(const char *id, const char *session_id, json_t *response, json_t *messages)
+void resp_store_put(const char *id, json_t *rec)
 {
     pthread_mutex_lock(&mu);
     entry *e = &ring[next_slot];
     next_slot = (next_slot + 1) % RESP_STORE_MAX;
     forget(e);
     snprintf(e->id, sizeof e->id, "%s", id);
-    snprintf(e->session, sizeof e->session, "%s", session_id ? session_id : "");
-    e->response = json_incref(response);
-    e->messages = json_incref(messages);
+    e->rec = json_incref(rec);
     pthread_mutex_unlock(&mu);
 }
 
-json_t *resp_store_get(const char *id, char *session)
+json_t *resp_store_get(const char *id)
 {
     pthread_mutex_lock(&mu);
     entry *e = find(id);
-    json_t *out = e ? json_deep_copy(e->messages) : NULL;
-    if (e)
-        snprintf(session, 136, "%s", e->session);
-    pthread_mutex_unlock(&mu);
-    return out;
-}
-
-json_t *resp_store_response(const char *id)
-{
-    pthread_mutex_lock(&mu);
-    entry *e = find(id);
-    json_t *out = e ? json_deep_copy(e->response) : NULL;
+    json_t *out = e ? json_deep_copy(e->rec) : NULL;
     pthread_mutex_unlock(&mu);
     return out;
 }

@@ -15,6 +15,7 @@
 
 #include "json_write.h"
 #include "metrics.h"
+#include "resp_store.h"
 #include "state_record.h"
 
 typedef struct sstore_ops {
@@ -471,6 +472,7 @@ sstore *sstore_new(const srv_config *cfg, sess_pool *pool, const ms_model *model
 void sstore_free(sstore *st)
 {
     if (!st) return;
+    resp_store_clear(); /* the memory backend's records go with it */
     redis_store_free(st->rs);
     free(st);
 }
@@ -501,4 +503,64 @@ int sstore_export(sstore *st, const char *id, FILE *f, char *err, size_t errcap)
 int sstore_import(sstore *st, const char *id, const char *path, char *err, size_t errcap)
 {
     return st->ops->import_state(st, id, path, err, errcap);
+}
+
+/* ===================================================== stored responses */
+
+/* OpenAI keeps stored responses 30 days; a store with a session TTL keeps
+ * them as long as the sessions they continue. */
+#define RESPONSE_TTL_DEFAULT_S (30L * 24 * 3600)
+
+int sstore_response_put(sstore *st, const char *id, json_t *rec, char *err, size_t errcap)
+{
+    if (!st->rs) {
+        resp_store_put(id, rec);
+        return SSTORE_OK;
+    }
+    char *t = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!t) {
+        snprintf(err, errcap, "out of memory");
+        return SSTORE_INVALID;
+    }
+    double t0 = now_s();
+    int rc = seen(st, t0, redis_response_put(st->rs, id, t, strlen(t),
+                                             st->ttl_s > 0 ? st->ttl_s : RESPONSE_TTL_DEFAULT_S,
+                                             err, errcap));
+    free(t);
+    return rc < 0 ? SSTORE_DOWN : SSTORE_OK;
+}
+
+int sstore_response_get(sstore *st, const char *id, json_t **rec, char *err, size_t errcap)
+{
+    *rec = NULL;
+    if (!st->rs) {
+        *rec = resp_store_get(id);
+        return *rec ? SSTORE_OK : SSTORE_UNKNOWN;
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    double t0 = now_s();
+    int rc = seen(st, t0, redis_response_get(st->rs, id, &buf, &len, err, errcap));
+    if (rc <= 0) return rc < 0 ? SSTORE_DOWN : SSTORE_UNKNOWN;
+    json_error_t je;
+    json_t *j = json_loadb(buf, len, 0, &je);
+    free(buf);
+    if (!json_is_object(j) || !json_is_string(json_object_get(j, "session")) ||
+        !json_is_object(json_object_get(j, "response")) ||
+        !json_is_array(json_object_get(j, "messages"))) {
+        json_decref(j);
+        snprintf(err, errcap, "the stored value of response '%.80s' is not a response record", id);
+        return SSTORE_INVALID;
+    }
+    *rec = j;
+    return SSTORE_OK;
+}
+
+int sstore_response_delete(sstore *st, const char *id)
+{
+    if (!st->rs) return resp_store_delete(id) ? SSTORE_OK : SSTORE_UNKNOWN;
+    char err[256];
+    double t0 = now_s();
+    int rc = seen(st, t0, redis_response_delete(st->rs, id, err, sizeof err));
+    return rc < 0 ? SSTORE_DOWN : rc ? SSTORE_OK : SSTORE_UNKNOWN;
 }

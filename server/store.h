@@ -19,6 +19,7 @@
 #ifndef METASTATE_SERVER_STORE_H
 #define METASTATE_SERVER_STORE_H
 
+#include <jansson.h>
 #include <stdio.h>
 
 #include "config.h"
@@ -99,5 +100,21 @@ int sstore_export(sstore *st, const char *id, FILE *f, char *err, size_t errcap)
 /* Replaces or creates session id from the safetensors state at path:
  * SSTORE_OK, _BUSY, _DOWN, _INVALID (err). */
 int sstore_import(sstore *st, const char *id, const char *path, char *err, size_t errcap);
+
+/* ----- stored responses (/v1/responses; HTTP side) -----
+ * A record is {"session": id, "response": {...}, "messages": [...]}: what
+ * previous_response_id continues and GET /v1/responses/{id} returns. With
+ * Redis it is there (any replica continues a chain; it expires with
+ * --session-ttl, else after 30 days); otherwise in this process's memory. */
+
+/* Stores rec as response id (rec is not changed; memory keeps a reference).
+ * SSTORE_OK, _DOWN or _INVALID (out of memory), err saying why. */
+int sstore_response_put(sstore *st, const char *id, json_t *rec, char *err, size_t errcap);
+/* *rec = response id's record, checked to have the shape above (caller
+ * decrefs). SSTORE_OK, _UNKNOWN, _DOWN, or _INVALID (a stored value that is
+ * not a record: err says so). */
+int sstore_response_get(sstore *st, const char *id, json_t **rec, char *err, size_t errcap);
+/* SSTORE_OK (deleted), _UNKNOWN or _DOWN. */
+int sstore_response_delete(sstore *st, const char *id);
 
 #endif

@@ -500,3 +500,59 @@ int redis_scan(redis_store *rs, void (*fn)(const char *id, void *ud), void *ud, 
     } while (strcmp(cursor, "0"));
     return n;
 }
+
+/* ------------------------------------------------------------ responses */
+
+static void response_key(const redis_store *rs, const char *id, char *key, size_t cap)
+{
+    snprintf(key, cap, "%sresponse:%s", rs->prefix, id);
+}
+
+int redis_response_put(redis_store *rs, const char *id, const char *buf, size_t len, long ttl_s,
+                       char *err, size_t errcap)
+{
+    char key[512], s[24];
+    response_key(rs, id, key, sizeof key);
+    snprintf(s, sizeof s, "%ld", ttl_s);
+    const char *argv[] = {"SET", key, buf, "EX", s};
+    size_t lens[] = {3, strlen(key), len, 2, strlen(s)};
+    redisReply *r = run(rs, 5, argv, lens, err, errcap);
+    if (!r) return -1;
+    freeReplyObject(r);
+    return 0;
+}
+
+int redis_response_get(redis_store *rs, const char *id, char **buf, size_t *len, char *err,
+                       size_t errcap)
+{
+    char key[512];
+    response_key(rs, id, key, sizeof key);
+    const char *argv[] = {"GET", key};
+    *buf = NULL;
+    *len = 0;
+    redisReply *r = run(rs, 2, argv, NULL, err, errcap);
+    if (!r) return -1;
+    int rc = -1;
+    if (r->type == REDIS_REPLY_NIL) {
+        rc = 0;
+    } else if (r->type != REDIS_REPLY_STRING) {
+        fail(err, errcap, "state store: key %s is not a stored response", key);
+    } else if (!(*buf = malloc(r->len + 1))) {
+        fail(err, errcap, "out of memory reading response %s", id);
+    } else {
+        memcpy(*buf, r->str, r->len);
+        (*buf)[r->len] = 0;
+        *len = r->len;
+        rc = 1;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int redis_response_delete(redis_store *rs, const char *id, char *err, size_t errcap)
+{
+    char key[512];
+    response_key(rs, id, key, sizeof key);
+    const char *argv[] = {"DEL", key};
+    return int_reply(run(rs, 2, argv, NULL, err, errcap), err, errcap);
+}

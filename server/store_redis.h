@@ -7,6 +7,7 @@
  * one Redis Cluster slot, which the scripts below need):
  *   <prefix>{<id>}:state  hash: r = the record (state_record.h), v = version
  *   <prefix>{<id>}:lease  string: the owner token of the turn running now
+ *   <prefix>response:<id> string: a stored /v1/responses record (JSON text)
  * A version is an opaque random string written with every save, so a cached
  * copy is valid exactly when the stored version equals the one it has (also
  * across a delete and a new session of the same id).
@@ -83,5 +84,16 @@ int redis_delete(redis_store *rs, const char *id, char *err, size_t errcap);
  * or -1. */
 int redis_scan(redis_store *rs, void (*fn)(const char *id, void *ud), void *ud, char *err,
                size_t errcap);
+
+/* Stored responses: sets response id's record (len bytes) to expire after
+ * ttl_s seconds (> 0). 0 ok, -1 error. */
+int redis_response_put(redis_store *rs, const char *id, const char *buf, size_t len, long ttl_s,
+                       char *err, size_t errcap);
+/* Reads response id's record into *buf (malloc'd, NUL-terminated, caller
+ * frees). 1 found, 0 none, -1 error. */
+int redis_response_get(redis_store *rs, const char *id, char **buf, size_t *len, char *err,
+                       size_t errcap);
+/* 1 deleted, 0 none, -1 error. */
+int redis_response_delete(redis_store *rs, const char *id, char *err, size_t errcap);
 
 #endif

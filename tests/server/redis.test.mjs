@@ -4,6 +4,8 @@
 // session across replicas (a lease in Redis); a replica killed mid-turn frees
 // its sessions when its lease expires; an unreachable store is a clear 503
 // for session requests only; corrupt and foreign values restart the session.
+// Responses API chains (previous_response_id, retrieve, delete) work from any
+// replica: the records are in Redis too.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
@@ -289,4 +291,119 @@ test('export and import go through the store', async () => {
   assert.equal(back.status, 200);
   assert.deepEqual(Buffer.from(back.bytes), Buffer.from(ex.bytes), 'imported on A, exported by B: the same state');
   for (const s of [a, b]) assert.equal((await s.stop()).code, 0, s.stderr());
+});
+
+/** A streamed responses.create through the SDK: the response its closing event carries. */
+async function streamedResponse(oa, req) {
+  let done = null;
+  for await (const ev of await oa.responses.create({ ...req, stream: true }))
+    if (ev.type === 'response.completed' || ev.type === 'response.incomplete') done = ev.response;
+  return done;
+}
+
+test('a Responses chain alternates replicas: previous_response_id, retrieve and delete from any of them, as on one server', async () => {
+  const a = await replica(), b = await replica();
+  const one = await startServer(); // one server, records in its memory: the reference
+  servers.push(one);
+  const [oa, ob, o1] = [client(a), client(b), client(one)];
+  const base = { model: MODEL_NAME, max_output_tokens: 6, temperature: 0 };
+  const inputs = ['Hello there', 'What is up', 'Tell me more', 'Why so'];
+  // Turns on A, B (non-streamed), A streamed, then B continuing the streamed one.
+  const on = [oa, ob, oa, ob], streamed = [false, false, true, false];
+  let prev = null, ref = null;
+  const got = [];
+  for (let i = 0; i < inputs.length; i++) {
+    const req = { ...base, input: inputs[i] };
+    const r = streamed[i] ? await streamedResponse(on[i], { ...req, previous_response_id: prev?.id })
+      : await on[i].responses.create(prev ? { ...req, previous_response_id: prev.id } : req);
+    const o = await o1.responses.create(ref ? { ...req, previous_response_id: ref.id } : req);
+    const text = r.output[0].content[0].text;
+    assert.equal(text, o.output[0].content[0].text, `turn ${i + 1}`);
+    assert.equal(r.usage.input_tokens, o.usage.input_tokens, `turn ${i + 1} input tokens`);
+    assert.equal(r.usage.input_tokens_details.cached_tokens, o.usage.input_tokens_details.cached_tokens,
+      `turn ${i + 1} cached tokens`);
+    if (i) assert.ok(r.usage.input_tokens_details.cached_tokens > 0, `turn ${i + 1} continued the session`);
+    got.push(r);
+    prev = r;
+    ref = o;
+  }
+  const ids = got.map((r) => r.id);
+  // Stored in Redis (expiring: no --session-ttl, so OpenAI's 30 days), read back by the other replica as sent.
+  const ttl = Number(cli('TTL', `metastate:response:${ids[0]}`).trim());
+  assert.ok(ttl > 29 * 86400 && ttl <= 30 * 86400, `TTL ${ttl}`);
+  const first = await api(a, 'GET', `/v1/responses/${ids[0]}`), again = await api(b, 'GET', `/v1/responses/${ids[0]}`);
+  assert.equal(first.status, 200, first.text);
+  assert.deepEqual(again.json, first.json);
+  assert.equal(again.json.id, ids[0]);
+  const { output_text: _t, ...streamedBack } = await ob.responses.retrieve(ids[2]); // the SDK adds output_text
+  assert.deepEqual(streamedBack, got[2], 'the streamed response as its closing event carried it');
+  // Deleted through A: gone for B, as retrieve and as previous_response_id.
+  assert.deepEqual(await oa.responses.delete(ids[1]), { id: ids[1], object: 'response.deleted', deleted: true });
+  await assert.rejects(ob.responses.retrieve(ids[1]), (e) => e.status === 404 && e.code === 'not_found');
+  await assert.rejects(ob.responses.create({ ...base, input: 'x', previous_response_id: ids[1] }),
+    (e) => e.status === 404 && e.code === 'previous_response_not_found');
+  assert.equal((await api(b, 'DELETE', `/v1/responses/${ids[1]}`)).status, 404);
+  // store: false keeps nothing, here or there.
+  const unstored = await oa.responses.create({ ...base, input: 'Forget me', store: false });
+  assert.equal(cli('EXISTS', `metastate:response:${unstored.id}`).trim(), '0');
+  assert.equal((await api(b, 'GET', `/v1/responses/${unstored.id}`)).status, 404);
+  for (const s of [a, b, one]) assert.equal((await s.stop()).code, 0, s.stderr());
+});
+
+test('stored responses: a value that is not a record is a clear 500, redis stopped a 503', async () => {
+  const a = await replica();
+  cli('SET', 'metastate:response:resp_garbage', 'not a record');
+  const g = await api(a, 'GET', '/v1/responses/resp_garbage');
+  assert.equal(g.status, 500, g.text);
+  assert.match(g.json.error.message, /resp_garbage.*not a response record/);
+  const p = await api(a, 'POST', '/v1/responses', { model: MODEL_NAME, input: 'x', previous_response_id: 'resp_garbage' });
+  assert.equal(p.status, 500, p.text);
+  const r1 = await api(a, 'POST', '/v1/responses', { model: MODEL_NAME, input: 'Keep me', max_output_tokens: 4 });
+  assert.equal(r1.status, 200, r1.text);
+  await stopRedis();
+  for (const [method, path, body] of [['GET', `/v1/responses/${r1.json.id}`], ['DELETE', `/v1/responses/${r1.json.id}`],
+    ['POST', '/v1/responses', { model: MODEL_NAME, input: 'x', previous_response_id: r1.json.id }]]) {
+    const r = await api(a, method, path, body);
+    assert.equal(r.status, 503, `${method} ${path}: ${r.text}`);
+    assert.equal(r.json.error.code, 'store_unavailable');
+  }
+  // A response with its own session cannot even start its turn (the lease is in Redis): a 503 too.
+  const fresh = await api(a, 'POST', '/v1/responses', { model: MODEL_NAME, input: 'x', max_output_tokens: 4 });
+  assert.equal(fresh.status, 503, fresh.text);
+  redis = await startRedis();
+  const back = await api(a, 'GET', `/v1/responses/${r1.json.id}`);
+  assert.equal(back.status, 200, back.text);
+  assert.deepEqual(back.json, r1.json);
+  assert.equal((await a.stop()).code, 0, a.stderr());
+});
+
+test('a turn whose record cannot be stored: 503 instead of the reply, and a stream ends in an error event, not response.completed', async () => {
+  // A Redis user that may write sessions but only read responses: the turn
+  // runs and its session is saved, then storing the record fails.
+  cli('ACL', 'SETUSER', 'noresp', 'on', '>pw', '~metastate:{*', '%R~metastate:response:*', '+@all');
+  const a = await startServer({ args: ['--state-store', `redis://noresp:pw@127.0.0.1:${redisPort}/0`,
+    '--lease-ms', String(LEASE_MS * SLOW)] });
+  servers.push(a);
+  const req = { model: MODEL_NAME, input: 'Store me', max_output_tokens: 4, temperature: 0 };
+  const r = await api(a, 'POST', '/v1/responses', req);
+  assert.equal(r.status, 503, r.text);
+  assert.equal(r.json.error.code, 'store_unavailable');
+  const s = await fetch(`${a.url}/v1/responses`, { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ ...req, stream: true }) });
+  assert.equal(s.status, 200);
+  const text = await s.text();
+  assert.match(text, /response\.output_text\.done/, 'the reply was streamed');
+  assert.doesNotMatch(text, /response\.completed|response\.incomplete/);
+  assert.match(text, /"error":\{"message":"the response could not be stored: [^"]*NOPERM[\s\S]*"code":"store_unavailable"/);
+  // The SDK turns it into an error; no closing event reached the client.
+  const events = [];
+  await assert.rejects((async () => {
+    for await (const ev of await client(a).responses.create({ ...req, stream: true })) events.push(ev.type);
+  })(), (e) => e.code === 'store_unavailable');
+  assert.ok(events.includes('response.output_text.done') && !events.includes('response.completed'), events.join());
+  // Unstored responses work for this user.
+  const u = await api(a, 'POST', '/v1/responses', { ...req, store: false });
+  assert.equal(u.status, 200, u.text);
+  assert.equal((await a.stop()).code, 0, a.stderr());
+  cli('ACL', 'DELUSER', 'noresp');
 });
