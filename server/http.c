@@ -87,12 +87,13 @@ typedef struct choice_buf {
     int n_calls;
 } choice_buf;
 
-/* A request that touches files or the shared store (a session's DELETE,
- * export, import; a stored response's load, save, retrieve, delete): it
+/* A request that touches files or the shared store (the session list; a
+ * session's GET, DELETE, export, import; a stored response's load, save,
+ * retrieve, delete): it
  * runs on the scheduler's work queue (sched_run_io), never on the polling
  * thread, which serves every connection; the connection waits suspended. */
 typedef enum {
-    OP_NONE = 0, OP_DELETE, OP_EXPORT, OP_IMPORT, OP_RESP_LOAD, OP_RESP_SAVE, OP_RESP_GET,
+    OP_NONE = 0, OP_LIST, OP_INFO, OP_DELETE, OP_EXPORT, OP_IMPORT, OP_RESP_LOAD, OP_RESP_SAVE, OP_RESP_GET,
     OP_RESP_DELETE
 } sess_op_kind;
 #define OP_FAILED (-100) /* the operation could not run (temp file, memory): 500 */
@@ -102,7 +103,8 @@ typedef struct sess_op {
     int finished;  /* under the request's mu */
     int rc;        /* the sstore_* call's result (SSTORE_*), or OP_FAILED */
     char err[600];
-    char *buf;     /* export: the safetensors bytes; response save: the reply (malloc'd) */
+    char *buf;     /* the reply (malloc'd): JSON, or export's safetensors bytes */
+    int info_rc;   /* import: the sstore_info_json result for the reply */
     json_t *rec;   /* stored response: the record saved or read */
     size_t len;
 } sess_op;
@@ -1294,6 +1296,10 @@ static void sess_op_work(void *arg)
         op->rc = sstore_response_put(p, r->resp_id, op->rec, op->err, sizeof op->err);
     } else if (op->kind == OP_RESP_DELETE) {
         op->rc = sstore_response_delete(p, r->path_id);
+    } else if (op->kind == OP_LIST) {
+        op->buf = sstore_list_json(p, &op->rc);
+    } else if (op->kind == OP_INFO) {
+        op->buf = sstore_info_json(p, r->path_id, &op->rc);
     } else if (op->kind == OP_DELETE) {
         op->rc = sstore_delete(p, r->path_id);
     } else if (op->kind == OP_EXPORT) {
@@ -1329,6 +1335,7 @@ static void sess_op_work(void *arg)
         snprintf(staged, sizeof staged, "/proc/self/fd/%d", fd);
         if (off == r->body_len) {
             op->rc = sstore_import(p, r->path_id, staged, op->err, sizeof op->err);
+            if (op->rc == SSTORE_OK) op->buf = sstore_info_json(p, r->path_id, &op->info_rc);
         } else {
             op->rc = OP_FAILED;
             snprintf(op->err, sizeof op->err, "cannot stage the upload");
@@ -1423,6 +1430,11 @@ static enum MHD_Result finish_sess_op(http_req *r)
     if (op->rc == SSTORE_UNKNOWN) return session_404(r);
     if (op->rc == SSTORE_BUSY) return session_409(r);
     if (op->rc == OP_FAILED) return send_error(r, 500, "server_error", NULL, NULL, "%s", op->err);
+    if (op->kind == OP_LIST || op->kind == OP_INFO) {
+        char *t = op->buf;
+        op->buf = NULL;
+        return send_json(r, 200, t);
+    }
     if (op->kind == OP_DELETE)
         return send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));
     if (op->kind == OP_EXPORT) {
@@ -1444,28 +1456,17 @@ static enum MHD_Result finish_sess_op(http_req *r)
     }
     if (op->rc != SSTORE_OK)
         return send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", op->err);
-    int src = SSTORE_OK;
-    char *t = sstore_info_json(sched_store(r->srv->s), r->path_id, &src);
-    return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
+    char *t = op->buf;
+    op->buf = NULL;
+    return t ? send_json(r, 200, t) : op->info_rc == SSTORE_DOWN ? store_503(r) : session_404(r);
 }
 
 static enum MHD_Result do_sessions(http_req *r, const char *method)
 {
     enum MHD_Result out;
     if (!need_ready(r, &out)) return out;
-    sstore *p = sched_store(r->srv->s);
-    int src = SSTORE_OK;
-    if (r->route == R_SESSIONS) {
-        char *t = sstore_list_json(p, &src);
-        return t ? send_json(r, 200, t) : store_503(r);
-    }
-    if (r->route == R_SESSION) {
-        if (!strcmp(method, "GET")) {
-            char *t = sstore_info_json(p, r->path_id, &src);
-            return t ? send_json(r, 200, t) : src == SSTORE_DOWN ? store_503(r) : session_404(r);
-        }
-        return start_sess_op(r, OP_DELETE);
-    }
+    if (r->route == R_SESSIONS) return start_sess_op(r, OP_LIST);
+    if (r->route == R_SESSION) return start_sess_op(r, !strcmp(method, "GET") ? OP_INFO : OP_DELETE);
     return start_sess_op(r, !strcmp(method, "GET") ? OP_EXPORT : OP_IMPORT);
 }
 

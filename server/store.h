@@ -14,7 +14,8 @@
  *
  * Thread-safety: every function may be called from any thread; the turn
  * calls and the HTTP calls block on the network (redis) and belong on
- * worker threads or the HTTP thread, never on the scheduler's loop.
+ * worker threads, never on the scheduler's loop or the HTTP polling thread
+ * (each serves every request: a slow store would stall all of them).
  */
 #ifndef METASTATE_SERVER_STORE_H
 #define METASTATE_SERVER_STORE_H

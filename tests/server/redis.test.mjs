@@ -407,3 +407,20 @@ test('a turn whose record cannot be stored: 503 instead of the reply, and a stre
   assert.equal((await a.stop()).code, 0, a.stderr());
   cli('ACL', 'DELUSER', 'noresp');
 });
+
+test('a store that answers slowly holds up only the requests that need it', async () => {
+  const a = await replica();
+  assert.equal((await api(a, 'GET', '/v1/sessions')).status, 200);
+  // Redis holds every client's commands for a second: the session list waits
+  // for it, /health (which needs no store) must not wait behind the list.
+  cli('CLIENT', 'PAUSE', '1000', 'ALL');
+  const order = [];
+  const list = api(a, 'GET', '/v1/sessions').then((r) => { order.push('sessions'); return r; });
+  await sleep(150);
+  const health = api(a, 'GET', '/health').then((r) => { order.push('health'); return r; });
+  const [l, h] = await Promise.all([list, health]);
+  assert.equal(h.status, 200);
+  assert.equal(l.status, 200, l.text);
+  assert.deepEqual(order, ['health', 'sessions']);
+  assert.equal((await a.stop()).code, 0, a.stderr());
+});
