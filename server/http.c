@@ -612,9 +612,11 @@ static void stream_save_done(void *arg)
         push_raw(r, r->resp_final);
     } else {
         free(r->resp_final);
+        fprintf(stderr, "metastate serve: response %s not stored: %s\n", r->resp_id, r->op.err);
         srv_error e;
         srv_fail(&e, r->op.rc == SSTORE_DOWN ? SRV_ERR_STORE_UNAVAILABLE : SRV_ERR_NOMEM,
-                 "the response could not be stored: %s", r->op.err);
+                 "The response could not be stored (the server log says why); it cannot be "
+                 "continued or retrieved.");
         push_error_status(r, &e);
     }
     r->resp_final = NULL;
@@ -1389,8 +1391,16 @@ static enum MHD_Result finish_resp_op(http_req *r)
     sess_op_kind kind = op->kind;
     op->kind = OP_NONE; /* a load goes on to submit the job: later wake-ups are the job's */
     if (op->rc == SSTORE_DOWN) return store_503(r);
-    if (op->rc != SSTORE_OK && op->rc != SSTORE_UNKNOWN)
-        return send_error(r, 500, "server_error", NULL, NULL, "%s", op->err);
+    if (op->rc != SSTORE_OK && op->rc != SSTORE_UNKNOWN) {
+        /* the details name server files or store keys: for the log only */
+        const char *id = kind == OP_RESP_SAVE ? r->resp_id : r->path_id;
+        fprintf(stderr, "metastate serve: response %s: %s\n", id, op->err);
+        if (kind == OP_RESP_SAVE)
+            return send_error(r, 500, "server_error", NULL, NULL,
+                              "The response could not be stored (the server log says why).");
+        return send_error(r, 500, "server_error", NULL, NULL,
+                          "The stored response '%.80s' could not be read (the server log says why).", id);
+    }
     if (kind == OP_RESP_SAVE) {
         char *t = op->buf;
         op->buf = NULL;

@@ -86,14 +86,14 @@ static int wr(FILE *f, const void *p, size_t n, uint32_t *crc)
     return 0;
 }
 
-/* Creates and locks a fresh temp file for id in dir; its name goes to tmp.
- * A start-up cleaner may remove a temp between its creation and our lock
- * (it only removes files it can lock): then the file is unlinked and a new
- * one is made. Returns the fd or -1 (errno set). */
-static int make_temp(const char *dir, const char *id, char *tmp, size_t cap)
+/* Creates and locks a fresh temp file for file name in dir; its name goes
+ * to tmp. A start-up cleaner may remove a temp between its creation and our
+ * lock (it only removes files it can lock): then the file is unlinked and a
+ * new one is made. Returns the fd or -1 (errno set). */
+static int make_temp(const char *dir, const char *name, char *tmp, size_t cap)
 {
     for (int attempt = 0; attempt < 8; attempt++) {
-        snprintf(tmp, cap, "%s/.%s.state.tmp.XXXXXX", dir, id);
+        snprintf(tmp, cap, "%s/.%s.tmp.XXXXXX", dir, name);
         int fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0) return -1;
         /* Not every file system has locks (ENOLCK, EOPNOTSUPP): write anyway;
@@ -108,12 +108,12 @@ static int make_temp(const char *dir, const char *id, char *tmp, size_t cap)
     return -1;
 }
 
-int store_save(const char *dir, const char *id, const store_record *r,
-               const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap)
+int store_write_atomic(const char *dir, const char *name, int (*body)(FILE *f, void *ud),
+                       void *ud, char *err, size_t errcap)
 {
     char path[4096], tmp[4200];
-    path_of(path, sizeof path, dir, id, "");
-    int fd = make_temp(dir, id, tmp, sizeof tmp);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    int fd = make_temp(dir, name, tmp, sizeof tmp);
     if (fd < 0) return fail(err, errcap, "cannot create a temp file in %s: %s", dir, strerror(errno));
     FILE *f = fdopen(fd, "wb");
     if (!f) {
@@ -121,35 +121,7 @@ int store_save(const char *dir, const char *id, const store_record *r,
         unlink(tmp);
         return fail(err, errcap, "%s: %s", tmp, strerror(errno));
     }
-    unsigned char h[HDR_BYTES];
-    memcpy(h, MAGIC, 8);
-    rec_put_u32(h + 8, VERSION);
-    rec_put_u32(h + 12, (uint32_t)cfg->n_layer);
-    rec_put_u32(h + 16, (uint32_t)cfg->n_embd);
-    rec_put_u32(h + 20, (uint32_t)cfg->n_head);
-    rec_put_u32(h + 24, (uint32_t)cfg->head_size);
-    uint32_t flags = (cfg->meta_state ? F_META : 0) | (r->tokens_known ? F_TOKENS : 0) |
-                     (r->ckpt ? F_CKPT : 0);
-    rec_put_u32(h + 28, flags);
-    memcpy(h + 32, fp, 32);
-    rec_put_u64(h + 64, r->tokens_known ? r->n_tokens : 0);
-    rec_put_u64(h + 72, r->ckpt ? r->n_ckpt : 0);
-    size_t name_len = strnlen(r->init_state, STORE_NAME_MAX);
-    unsigned char nl[4];
-    rec_put_u32(nl, (uint32_t)name_len);
-    uint32_t crc = 0;
-    int bad = wr(f, h, sizeof h, &crc);
-    bad = bad || wr(f, nl, 4, &crc) || wr(f, r->init_state, name_len, &crc);
-    size_t nf = ms_state_nfloats(r->state);
-    bad = bad || wr(f, ms_state_cdata(r->state), nf * sizeof(float), &crc);
-    if (r->ckpt) bad = bad || wr(f, ms_state_cdata(r->ckpt), nf * sizeof(float), &crc);
-    if (r->tokens_known) {
-        /* ids are non-negative int32, stored as u32 LE; this host is LE (x86-64). */
-        bad = bad || wr(f, r->tokens, r->n_tokens * sizeof(int32_t), &crc);
-    }
-    unsigned char tail[4];
-    rec_put_u32(tail, crc);
-    bad = bad || fwrite(tail, 1, 4, f) != 4;
+    int bad = body(f, ud);
     bad = bad || fflush(f) != 0 || fsync(fileno(f)) != 0;
     int saved = errno;
     if (fclose(f) != 0 && !bad) {
@@ -173,12 +145,63 @@ int store_save(const char *dir, const char *id, const store_record *r,
     return 0;
 }
 
+typedef struct save_args {
+    const store_record *r;
+    const ms_config *cfg;
+    const uint8_t *fp;
+} save_args;
+
+/* store_write_atomic's body for a session file: nonzero on a short write. */
+static int write_record(FILE *f, void *ud)
+{
+    const save_args *a = ud;
+    const store_record *r = a->r;
+    const ms_config *cfg = a->cfg;
+    unsigned char h[HDR_BYTES];
+    memcpy(h, MAGIC, 8);
+    rec_put_u32(h + 8, VERSION);
+    rec_put_u32(h + 12, (uint32_t)cfg->n_layer);
+    rec_put_u32(h + 16, (uint32_t)cfg->n_embd);
+    rec_put_u32(h + 20, (uint32_t)cfg->n_head);
+    rec_put_u32(h + 24, (uint32_t)cfg->head_size);
+    uint32_t flags = (cfg->meta_state ? F_META : 0) | (r->tokens_known ? F_TOKENS : 0) |
+                     (r->ckpt ? F_CKPT : 0);
+    rec_put_u32(h + 28, flags);
+    memcpy(h + 32, a->fp, 32);
+    rec_put_u64(h + 64, r->tokens_known ? r->n_tokens : 0);
+    rec_put_u64(h + 72, r->ckpt ? r->n_ckpt : 0);
+    size_t name_len = strnlen(r->init_state, STORE_NAME_MAX);
+    unsigned char nl[4];
+    rec_put_u32(nl, (uint32_t)name_len);
+    uint32_t crc = 0;
+    int bad = wr(f, h, sizeof h, &crc);
+    bad = bad || wr(f, nl, 4, &crc) || wr(f, r->init_state, name_len, &crc);
+    size_t nf = ms_state_nfloats(r->state);
+    bad = bad || wr(f, ms_state_cdata(r->state), nf * sizeof(float), &crc);
+    if (r->ckpt) bad = bad || wr(f, ms_state_cdata(r->ckpt), nf * sizeof(float), &crc);
+    if (r->tokens_known) {
+        /* ids are non-negative int32, stored as u32 LE; this host is LE (x86-64). */
+        bad = bad || wr(f, r->tokens, r->n_tokens * sizeof(int32_t), &crc);
+    }
+    unsigned char tail[4];
+    rec_put_u32(tail, crc);
+    return bad || fwrite(tail, 1, 4, f) != 4;
+}
+
+int store_save(const char *dir, const char *id, const store_record *r,
+               const ms_config *cfg, const uint8_t *fp, char *err, size_t errcap)
+{
+    char name[300];
+    snprintf(name, sizeof name, "%s.state", id);
+    save_args a = {r, cfg, fp};
+    return store_write_atomic(dir, name, write_record, &a, err, errcap);
+}
+
 /* ------------------------------------------------------------------ load */
 
-/* Opens path for reading without blocking on FIFOs or devices, and only
- * when it is a regular file (symlinks are not followed). NULL with errno set
- * (ENOENT when absent, EINVAL when not a regular file). */
-static FILE *open_regular(const char *path)
+/* O_NONBLOCK so that opening a FIFO planted under a session's name cannot
+ * hang the worker; cleared again once the file is known to be regular. */
+FILE *store_open_regular(const char *path)
 {
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
@@ -228,7 +251,7 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     r->n_ckpt = 0;
     r->tokens_known = 0;
     r->init_state[0] = 0;
-    FILE *f = open_regular(path);
+    FILE *f = store_open_regular(path);
     if (!f) {
         if (errno == ENOENT) {
             fail(err, errcap, "%s: no such file", path);
@@ -354,7 +377,7 @@ long long store_peek_tokens(const char *dir, const char *id)
 {
     char path[4096];
     path_of(path, sizeof path, dir, id, "");
-    FILE *f = open_regular(path);
+    FILE *f = store_open_regular(path);
     if (!f) return -1;
     unsigned char h[HDR_BYTES];
     long long n = fread(h, 1, sizeof h, f) == sizeof h && !memcmp(h, MAGIC, 8) ? (long long)rec_get_u64(h + 64) : -1;
@@ -377,10 +400,11 @@ void store_quarantine(const char *dir, const char *id)
     if (rename(a, b) != 0) (void)unlink(a);
 }
 
-/* 1 for ".<id>.state.tmp.<anything>" (this and earlier versions' temps). */
+/* 1 for ".<id>.state.tmp.<anything>" (this and earlier versions' temps)
+ * and ".<id>.response.tmp.<anything>" (stored responses, resp_files.c). */
 static int is_temp_name(const char *name)
 {
-    return name[0] == '.' && strstr(name, ".state.tmp.") != NULL;
+    return name[0] == '.' && (strstr(name, ".state.tmp.") || strstr(name, ".response.tmp."));
 }
 
 int store_clean_temps(const char *dir, int min_age_s)

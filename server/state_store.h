@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine.h"
 
@@ -50,6 +51,17 @@ int store_save(const char *dir, const char *id, const store_record *r,
  * not exist. */
 int store_load(const char *dir, const char *id, store_record *r, const ms_model *model,
                char *err, size_t errcap);
+
+/* Writes <dir>/<name> atomically: body(f, ud) writes the bytes (nonzero on
+ * failure) into a locked temp file ".<name>.tmp.XXXXXX" in dir, which is
+ * fsync'd and renamed over <dir>/<name>, then dir is fsync'd. */
+int store_write_atomic(const char *dir, const char *name, int (*body)(FILE *f, void *ud),
+                       void *ud, char *err, size_t errcap);
+
+/* Opens path for reading only when it is a regular file (symlinks are not
+ * followed, FIFOs and devices never block). NULL with errno set: ENOENT
+ * when absent, EINVAL when not a regular file. */
+FILE *store_open_regular(const char *path);
 
 /* Reads only the header of <dir>/<id>.state: its token count (for listings;
  * nothing is validated beyond the magic). -1 when unreadable. */

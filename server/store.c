@@ -15,6 +15,7 @@
 
 #include "json_write.h"
 #include "metrics.h"
+#include "resp_files.h"
 #include "resp_store.h"
 #include "state_record.h"
 
@@ -35,7 +36,9 @@ struct sstore {
     const char *const *init_names;
     int n_init;
     redis_store *rs; /* redis only */
+    const char *dir; /* directory only */
     long ttl_s, lease_ms;
+    atomic_llong resp_expired_at; /* directory: when old response files were last removed */
     atomic_int up;
 };
 
@@ -465,6 +468,7 @@ sstore *sstore_new(const srv_config *cfg, sess_pool *pool, const ms_model *model
         st->ops = &redis_ops;
     } else {
         st->ops = cfg->state_dir ? &dir_ops : &memory_ops;
+        st->dir = cfg->state_dir;
     }
     return st;
 }
@@ -511,9 +515,24 @@ int sstore_import(sstore *st, const char *id, const char *path, char *err, size_
  * them as long as the sessions they continue. */
 #define RESPONSE_TTL_DEFAULT_S (30L * 24 * 3600)
 
+static long response_ttl(const sstore *st)
+{
+    return st->ttl_s > 0 ? st->ttl_s : RESPONSE_TTL_DEFAULT_S;
+}
+
+/* Directory: removes expired response files, at most once an hour (a scan
+ * of the directory), from the worker that stores one. */
+static void expire_files(sstore *st)
+{
+    long long now = (long long)time(NULL), last = atomic_load(&st->resp_expired_at);
+    if (now - last < 3600 || !atomic_compare_exchange_strong(&st->resp_expired_at, &last, now))
+        return;
+    resp_files_expire(st->dir, response_ttl(st));
+}
+
 int sstore_response_put(sstore *st, const char *id, json_t *rec, char *err, size_t errcap)
 {
-    if (!st->rs) {
+    if (!st->rs && !st->dir) {
         resp_store_put(id, rec);
         return SSTORE_OK;
     }
@@ -522,26 +541,38 @@ int sstore_response_put(sstore *st, const char *id, json_t *rec, char *err, size
         snprintf(err, errcap, "out of memory");
         return SSTORE_INVALID;
     }
-    double t0 = now_s();
-    int rc = seen(st, t0, redis_response_put(st->rs, id, t, strlen(t),
-                                             st->ttl_s > 0 ? st->ttl_s : RESPONSE_TTL_DEFAULT_S,
-                                             err, errcap));
+    int rc;
+    if (st->rs) {
+        double t0 = now_s();
+        rc = seen(st, t0, redis_response_put(st->rs, id, t, strlen(t), response_ttl(st), err, errcap)) < 0
+                 ? SSTORE_DOWN : SSTORE_OK;
+    } else {
+        rc = resp_files_put(st->dir, id, t, strlen(t), err, errcap) ? SSTORE_INVALID : SSTORE_OK;
+        expire_files(st);
+    }
     free(t);
-    return rc < 0 ? SSTORE_DOWN : SSTORE_OK;
+    return rc;
 }
 
 int sstore_response_get(sstore *st, const char *id, json_t **rec, char *err, size_t errcap)
 {
     *rec = NULL;
-    if (!st->rs) {
+    if (!st->rs && !st->dir) {
         *rec = resp_store_get(id);
         return *rec ? SSTORE_OK : SSTORE_UNKNOWN;
     }
     char *buf = NULL;
     size_t len = 0;
-    double t0 = now_s();
-    int rc = seen(st, t0, redis_response_get(st->rs, id, &buf, &len, err, errcap));
-    if (rc <= 0) return rc < 0 ? SSTORE_DOWN : SSTORE_UNKNOWN;
+    int rc;
+    if (st->rs) {
+        double t0 = now_s();
+        rc = seen(st, t0, redis_response_get(st->rs, id, &buf, &len, err, errcap));
+        if (rc < 0) return SSTORE_DOWN;
+    } else {
+        rc = resp_files_get(st->dir, id, &buf, &len, err, errcap);
+        if (rc < 0) return SSTORE_INVALID;
+    }
+    if (rc == 0) return SSTORE_UNKNOWN;
     json_error_t je;
     json_t *j = json_loadb(buf, len, 0, &je);
     free(buf);
@@ -558,8 +589,9 @@ int sstore_response_get(sstore *st, const char *id, json_t **rec, char *err, siz
 
 int sstore_response_delete(sstore *st, const char *id)
 {
-    if (!st->rs) return resp_store_delete(id) ? SSTORE_OK : SSTORE_UNKNOWN;
     char err[256];
+    if (st->dir) return resp_files_delete(st->dir, id, err, sizeof err) > 0 ? SSTORE_OK : SSTORE_UNKNOWN;
+    if (!st->rs) return resp_store_delete(id) ? SSTORE_OK : SSTORE_UNKNOWN;
     double t0 = now_s();
     int rc = seen(st, t0, redis_response_delete(st->rs, id, err, sizeof err));
     return rc < 0 ? SSTORE_DOWN : rc ? SSTORE_OK : SSTORE_UNKNOWN;

@@ -106,14 +106,16 @@ int sstore_import(sstore *st, const char *id, const char *path, char *err, size_
  * A record is {"session": id, "response": {...}, "messages": [...]}: what
  * previous_response_id continues and GET /v1/responses/{id} returns. With
  * Redis it is there (any replica continues a chain; it expires with
- * --session-ttl, else after 30 days); otherwise in this process's memory. */
+ * --session-ttl, else after 30 days); with a directory, a file beside the
+ * sessions (kept 30 days); in memory, the last 1024. */
 
 /* Stores rec as response id (rec is not changed; memory keeps a reference).
- * SSTORE_OK, _DOWN or _INVALID (out of memory), err saying why. */
+ * SSTORE_OK, _DOWN or _INVALID (out of memory, a file not written), err
+ * saying why. */
 int sstore_response_put(sstore *st, const char *id, json_t *rec, char *err, size_t errcap);
 /* *rec = response id's record, checked to have the shape above (caller
  * decrefs). SSTORE_OK, _UNKNOWN, _DOWN, or _INVALID (a stored value that is
- * not a record: err says so). */
+ * not a record, a file not read: err says so). */
 int sstore_response_get(sstore *st, const char *id, json_t **rec, char *err, size_t errcap);
 /* SSTORE_OK (deleted), _UNKNOWN or _DOWN. */
 int sstore_response_delete(sstore *st, const char *id);

@@ -355,7 +355,8 @@ test('stored responses: a value that is not a record is a clear 500, redis stopp
   cli('SET', 'metastate:response:resp_garbage', 'not a record');
   const g = await api(a, 'GET', '/v1/responses/resp_garbage');
   assert.equal(g.status, 500, g.text);
-  assert.match(g.json.error.message, /resp_garbage.*not a response record/);
+  assert.match(g.json.error.message, /resp_garbage.*could not be read/);
+  assert.match(a.stderr(), /resp_garbage: the stored value .* is not a response record/);
   const p = await api(a, 'POST', '/v1/responses', { model: MODEL_NAME, input: 'x', previous_response_id: 'resp_garbage' });
   assert.equal(p.status, 500, p.text);
   const r1 = await api(a, 'POST', '/v1/responses', { model: MODEL_NAME, input: 'Keep me', max_output_tokens: 4 });
@@ -394,7 +395,8 @@ test('a turn whose record cannot be stored: 503 instead of the reply, and a stre
   const text = await s.text();
   assert.match(text, /response\.output_text\.done/, 'the reply was streamed');
   assert.doesNotMatch(text, /response\.completed|response\.incomplete/);
-  assert.match(text, /"error":\{"message":"the response could not be stored: [^"]*NOPERM[\s\S]*"code":"store_unavailable"/);
+  assert.match(text, /"error":\{"message":"The response could not be stored[^"]*","type":"server_error","param":null,"code":"store_unavailable"/);
+  assert.match(a.stderr(), /not stored: .*NOPERM/);
   // The SDK turns it into an error; no closing event reached the client.
   const events = [];
   await assert.rejects((async () => {

@@ -1,12 +1,15 @@
 // Several replicas sharing one --state-dir (the deployment in deploy/): a
 // session served by one replica continues on another, and back, always from
 // the newest state: every replica writes sessions behind each request and
-// reloads one whose file another replica rewrote.
+// reloads one whose file another replica rewrote. Stored Responses API
+// records are files there too: a chain continues on another replica and
+// after a restart.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
-import { startServer, client, tmpDir, asciiBias, MODEL_NAME, sleep } from './lib/server.mjs';
+import { startServer, client, api, tmpDir, asciiBias, MODEL_NAME, sleep } from './lib/server.mjs';
 
 const dir = tmpDir('replicas');
 const servers = [];
@@ -53,4 +56,54 @@ test('a session moves between replicas through the shared directory', async () =
   // Turn 2 on replica B found A's file; turn 3 back on A found B's newer one.
   assert.ok(withS[1].cached > 0, JSON.stringify(withS));
   assert.ok(withS[2].cached > withS[1].cached, JSON.stringify(withS));
+});
+
+test('stored responses are files beside the sessions: a chain moves between replicas and outlives a restart', async () => {
+  const a = await startServer({ args: ['--state-dir', dir] });
+  const b = await startServer({ args: ['--state-dir', dir] });
+  const one = await startServer(); // records in memory: the reference
+  servers.push(b, one);
+  const base = { model: MODEL_NAME, max_output_tokens: 6, temperature: 0 };
+  const r1 = await client(a).responses.create({ ...base, input: 'Hello there' });
+  assert.ok(existsSync(join(dir, `${r1.id}.response`)), 'the record is written before the reply');
+  const o1 = await client(one).responses.create({ ...base, input: 'Hello there' });
+  await written(r1.id); // the chain's session (named after its first response), written behind
+  const r2 = await client(b).responses.create({ ...base, input: 'What is up', previous_response_id: r1.id });
+  const o2 = await client(one).responses.create({ ...base, input: 'What is up', previous_response_id: o1.id });
+  assert.equal(r2.output_text, o2.output_text);
+  assert.ok(r2.usage.input_tokens_details.cached_tokens > 0, 'B continued the session A wrote');
+  assert.equal(r2.usage.input_tokens_details.cached_tokens, o2.usage.input_tokens_details.cached_tokens);
+  const stored = JSON.parse(readFileSync(join(dir, `${r2.id}.response`), 'utf8'));
+  assert.equal(stored.session, r1.id);
+  // A restarts: it still has both.
+  assert.equal((await a.stop()).code, 0, a.stderr());
+  const a2 = await startServer({ args: ['--state-dir', dir] });
+  servers.push(a2);
+  const { output_text: _t, ...back } = await client(a2).responses.retrieve(r2.id);
+  const { output_text: _u, ...sent } = r2;
+  assert.deepEqual(back, sent);
+  assert.deepEqual(await client(a2).responses.delete(r2.id), { id: r2.id, object: 'response.deleted', deleted: true });
+  assert.ok(!existsSync(join(dir, `${r2.id}.response`)));
+  await assert.rejects(client(b).responses.retrieve(r2.id), (e) => e.status === 404);
+  // Broken files are a 500 that names the id, not the path; a FIFO does not hang the server.
+  writeFileSync(join(dir, 'resp_broken.response'), '{"session": "x"');
+  execFileSync('mkfifo', [join(dir, 'resp_fifo.response')]);
+  for (const id of ['resp_broken', 'resp_fifo']) {
+    const g = await api(a2, 'GET', `/v1/responses/${id}`);
+    assert.equal(g.status, 500, g.text);
+    assert.match(g.json.error.message, new RegExp(`'${id}' could not be read`));
+    assert.doesNotMatch(g.text, new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  }
+  // Ids that are not file names are unknown, not paths.
+  assert.equal((await api(a2, 'GET', '/v1/responses/..%2F..%2Fetc%2Fpasswd')).status, 404);
+  // Records older than 30 days go when the next one is stored (a new server's first).
+  writeFileSync(join(dir, 'resp_old.response'), readFileSync(join(dir, `${r1.id}.response`)));
+  const old = (Date.now() - 31 * 86400e3) / 1000;
+  utimesSync(join(dir, 'resp_old.response'), old, old);
+  const c = await startServer({ args: ['--state-dir', dir] });
+  servers.push(c);
+  assert.equal((await api(c, 'GET', '/v1/responses/resp_old')).status, 200, 'readable until expired');
+  await client(c).responses.create({ ...base, input: 'New' });
+  assert.ok(!existsSync(join(dir, 'resp_old.response')), 'expired');
+  assert.ok(existsSync(join(dir, `${r1.id}.response`)), 'recent records stay');
 });
