@@ -5,7 +5,6 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,20 +14,9 @@
 
 #include "openai.h"
 #include "state_store.h"
+#include "status.h"
 
 static const char SUFFIX[] = ".response";
-
-static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t cap, const char *fmt, ...)
-{
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* <dir>/<id>.response into path; 0 when id cannot name a file. */
 static int path_of(char *path, size_t cap, const char *dir, const char *id)
@@ -54,7 +42,7 @@ int resp_files_put(const char *dir, const char *id, const char *text, size_t len
 {
     char name[300];
     if (!oa_session_id_valid(id, strlen(id)))
-        return fail(err, errcap, "response id '%.80s' cannot name a file", id);
+        return srv_errf(err, errcap, "response id '%.80s' cannot name a file", id);
     snprintf(name, sizeof name, "%s%s", id, SUFFIX);
     text_arg t = {text, len};
     return store_write_atomic(dir, name, write_text, &t, err, errcap);
@@ -68,15 +56,15 @@ int resp_files_get(const char *dir, const char *id, char **buf, size_t *len, cha
     *len = 0;
     if (!path_of(path, sizeof path, dir, id)) return 0;
     FILE *f = store_open_regular(path);
-    if (!f) return errno == ENOENT ? 0 : fail(err, errcap, "%s: %s", path, strerror(errno));
+    if (!f) return errno == ENOENT ? 0 : srv_errf(err, errcap, "%s: %s", path, strerror(errno));
     struct stat st;
     int rc = -1;
     if (fstat(fileno(f), &st) != 0) {
-        fail(err, errcap, "%s: %s", path, strerror(errno));
+        srv_errf(err, errcap, "%s: %s", path, strerror(errno));
     } else if (!(*buf = malloc((size_t)st.st_size + 1))) {
-        fail(err, errcap, "out of memory reading %s", path);
+        srv_errf(err, errcap, "out of memory reading %s", path);
     } else if (fread(*buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
-        fail(err, errcap, "%s: short read", path);
+        srv_errf(err, errcap, "%s: short read", path);
     } else {
         (*buf)[st.st_size] = 0;
         *len = (size_t)st.st_size;
@@ -95,7 +83,7 @@ int resp_files_delete(const char *dir, const char *id, char *err, size_t errcap)
     char path[4096];
     if (!path_of(path, sizeof path, dir, id)) return 0;
     if (unlink(path) == 0) return 1;
-    return errno == ENOENT ? 0 : fail(err, errcap, "%s: %s", path, strerror(errno));
+    return errno == ENOENT ? 0 : srv_errf(err, errcap, "%s: %s", path, strerror(errno));
 }
 
 int resp_files_expire(const char *dir, long max_age_s)

@@ -6,11 +6,12 @@
  */
 #include "state_record.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
+
+#include "status.h"
 
 #define MAGIC "RWKVSES"
 #define VERSION 2u
@@ -18,18 +19,6 @@
 #define F_META 1u
 #define F_TOKENS 16u
 #define F_CKPT 32u
-
-static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t cap, const char *fmt, ...)
-{
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* The record's CRC-32 is zlib's (the zip/PNG polynomial), as in the files. */
 static uint32_t crc32_of(const unsigned char *b, size_t n)
@@ -98,18 +87,18 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
     r->tokens_known = 0;
     r->init_state[0] = 0;
     if (len < HDR_BYTES || memcmp(buf, MAGIC, 8))
-        return fail(err, errcap, "%s: not a metastate session record (bad magic or truncated header)", what);
+        return srv_errf(err, errcap, "%s: not a metastate session record (bad magic or truncated header)", what);
     uint32_t ver = rec_get_u32(buf + 8);
     if (ver != 1 && ver != VERSION)
-        return fail(err, errcap, "%s: session record version %u, this server reads versions 1 to %u",
+        return srv_errf(err, errcap, "%s: session record version %u, this server reads versions 1 to %u",
                     what, ver, VERSION);
     uint32_t L = rec_get_u32(buf + 12), C = rec_get_u32(buf + 16), H = rec_get_u32(buf + 20), N = rec_get_u32(buf + 24);
     if ((int)L != cfg->n_layer || (int)C != cfg->n_embd || (int)H != cfg->n_head ||
         (int)N != cfg->head_size)
-        return fail(err, errcap, "%s: state of shape L=%u C=%u H=%u N=%u, the model has L=%d C=%d H=%d N=%d",
+        return srv_errf(err, errcap, "%s: state of shape L=%u C=%u H=%u N=%u, the model has L=%d C=%d H=%d N=%d",
                     what, L, C, H, N, cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->head_size);
     if (!ms_model_state_compatible(model, buf + 32))
-        return fail(err, errcap, "%s: state made with another model (fingerprint mismatch)", what);
+        return srv_errf(err, errcap, "%s: state made with another model (fingerprint mismatch)", what);
     uint32_t flags = rec_get_u32(buf + 28);
     uint64_t nt = rec_get_u64(buf + 64), nc = rec_get_u64(buf + 72);
     size_t off = HDR_BYTES;
@@ -117,20 +106,20 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
     if (ver >= 2) {
         if (len < off + 4 || (name_len = rec_get_u32(buf + off)) > STORE_NAME_MAX ||
             len < off + 4 + name_len || memchr(buf + off + 4, 0, name_len))
-            return fail(err, errcap, "%s: bad initial-state name (truncated or corrupt)", what);
+            return srv_errf(err, errcap, "%s: bad initial-state name (truncated or corrupt)", what);
         off += 4 + name_len;
     }
     size_t nf = nfloats(cfg);
     int has_ckpt = (flags & F_CKPT) != 0;
     if (nt > (1u << 30) || nc > nt)
-        return fail(err, errcap, "%s: token count %llu / checkpoint at %llu: corrupt", what,
+        return srv_errf(err, errcap, "%s: token count %llu / checkpoint at %llu: corrupt", what,
                     (unsigned long long)nt, (unsigned long long)nc);
     uint64_t expect = off + (uint64_t)nf * 4 * (has_ckpt ? 2 : 1) + nt * 4 + 4;
     if ((uint64_t)len != expect)
-        return fail(err, errcap, "%s: %zu bytes, a record with this header has %llu (truncated or corrupt)",
+        return srv_errf(err, errcap, "%s: %zu bytes, a record with this header has %llu (truncated or corrupt)",
                     what, len, (unsigned long long)expect);
     if (rec_get_u32(buf + len - 4) != crc32_of(buf, len - 4))
-        return fail(err, errcap, "%s: checksum mismatch (value corrupt)", what);
+        return srv_errf(err, errcap, "%s: checksum mismatch (value corrupt)", what);
     {
         /* The floats may sit at any alignment in buf: check a copy's worth at a time. */
         float chunk[1024];
@@ -139,7 +128,7 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
             size_t k = total - i < 1024 ? total - i : 1024;
             memcpy(chunk, buf + off + i * 4, k * 4);
             if (!store_values_ok(chunk, k))
-                return fail(err, errcap, "%s: state values not finite or beyond +-%g (corrupt)", what,
+                return srv_errf(err, errcap, "%s: state values not finite or beyond +-%g (corrupt)", what,
                             (double)STORE_VALUE_MAX);
         }
     }
@@ -147,11 +136,11 @@ int record_decode(const unsigned char *buf, size_t len, store_record *r, const m
     for (uint64_t i = 0; i < nt; i++) {
         int32_t t = (int32_t)rec_get_u32(toks + 4 * i);
         if (t < 0 || t >= cfg->vocab_size)
-            return fail(err, errcap, "%s: token id %d out of range", what, t);
+            return srv_errf(err, errcap, "%s: token id %d out of range", what, t);
     }
     if (nt) {
         r->tokens = malloc(nt * sizeof(int32_t));
-        if (!r->tokens) return fail(err, errcap, "%s: out of memory", what);
+        if (!r->tokens) return srv_errf(err, errcap, "%s: out of memory", what);
         memcpy(r->tokens, toks, nt * sizeof(int32_t));
     }
     memcpy(ms_state_data(r->state), buf + off, nf * sizeof(float));

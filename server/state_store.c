@@ -28,11 +28,11 @@
 
 #include "openai.h"
 #include "state_record.h"
+#include "status.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,18 +49,6 @@
 #define F_META 1u
 #define F_TOKENS 16u
 #define F_CKPT 32u
-
-static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t cap, const char *fmt, ...)
-{
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* The file's CRC-32 is zlib's (the zip/PNG polynomial), folded in as
  * bytes are written or read. */
@@ -114,12 +102,12 @@ int store_write_atomic(const char *dir, const char *name, int (*body)(FILE *f, v
     char path[4096], tmp[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     int fd = make_temp(dir, name, tmp, sizeof tmp);
-    if (fd < 0) return fail(err, errcap, "cannot create a temp file in %s: %s", dir, strerror(errno));
+    if (fd < 0) return srv_errf(err, errcap, "cannot create a temp file in %s: %s", dir, strerror(errno));
     FILE *f = fdopen(fd, "wb");
     if (!f) {
         close(fd);
         unlink(tmp);
-        return fail(err, errcap, "%s: %s", tmp, strerror(errno));
+        return srv_errf(err, errcap, "%s: %s", tmp, strerror(errno));
     }
     int bad = body(f, ud);
     bad = bad || fflush(f) != 0 || fsync(fileno(f)) != 0;
@@ -130,12 +118,12 @@ int store_write_atomic(const char *dir, const char *name, int (*body)(FILE *f, v
     }
     if (bad) {
         unlink(tmp);
-        return fail(err, errcap, "%s: write failed: %s", tmp, strerror(saved));
+        return srv_errf(err, errcap, "%s: write failed: %s", tmp, strerror(saved));
     }
     if (rename(tmp, path) != 0) {
         saved = errno;
         unlink(tmp);
-        return fail(err, errcap, "rename %s -> %s: %s", tmp, path, strerror(saved));
+        return srv_errf(err, errcap, "rename %s -> %s: %s", tmp, path, strerror(saved));
     }
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) { /* best effort: persist the rename itself */
@@ -254,40 +242,40 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     FILE *f = store_open_regular(path);
     if (!f) {
         if (errno == ENOENT) {
-            fail(err, errcap, "%s: no such file", path);
+            srv_errf(err, errcap, "%s: no such file", path);
             return 1;
         }
-        if (errno == EINVAL) return fail(err, errcap, "%s: not a regular file", path);
-        return fail(err, errcap, "%s: %s", path, strerror(errno));
+        if (errno == EINVAL) return srv_errf(err, errcap, "%s: not a regular file", path);
+        return srv_errf(err, errcap, "%s: %s", path, strerror(errno));
     }
     struct stat st;
     if (fstat(fileno(f), &st) != 0) {
         fclose(f);
-        return fail(err, errcap, "%s: %s", path, strerror(errno));
+        return srv_errf(err, errcap, "%s: %s", path, strerror(errno));
     }
     unsigned char h[HDR_BYTES];
     uint32_t crc = 0;
     int rc = -1;
     float *scratch = NULL;
     if (rd(f, h, sizeof h, &crc) || memcmp(h, MAGIC, 8)) {
-        fail(err, errcap, "%s: not a metastate session file (bad magic or truncated header)", path);
+        srv_errf(err, errcap, "%s: not a metastate session file (bad magic or truncated header)", path);
         goto out;
     }
     uint32_t ver = rec_get_u32(h + 8);
     if (ver != 1 && ver != VERSION) {
-        fail(err, errcap, "%s: session file version %u, this server reads versions 1 to %u", path,
+        srv_errf(err, errcap, "%s: session file version %u, this server reads versions 1 to %u", path,
              ver, VERSION);
         goto out;
     }
     uint32_t L = rec_get_u32(h + 12), C = rec_get_u32(h + 16), H = rec_get_u32(h + 20), N = rec_get_u32(h + 24);
     if ((int)L != cfg->n_layer || (int)C != cfg->n_embd || (int)H != cfg->n_head ||
         (int)N != cfg->head_size) {
-        fail(err, errcap, "%s: state of shape L=%u C=%u H=%u N=%u, the model has L=%d C=%d H=%d N=%d",
+        srv_errf(err, errcap, "%s: state of shape L=%u C=%u H=%u N=%u, the model has L=%d C=%d H=%d N=%d",
              path, L, C, H, N, cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->head_size);
         goto out;
     }
     if (!ms_model_state_compatible(model, h + 32)) {
-        fail(err, errcap, "%s: state made with another model (fingerprint mismatch)", path);
+        srv_errf(err, errcap, "%s: state made with another model (fingerprint mismatch)", path);
         goto out;
     }
     uint32_t flags = rec_get_u32(h + 28);
@@ -298,7 +286,7 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
         unsigned char nl[4];
         if (rd(f, nl, 4, &crc) || (name_len = rec_get_u32(nl)) > STORE_NAME_MAX ||
             rd(f, name, name_len, &crc) || memchr(name, 0, name_len)) {
-            fail(err, errcap, "%s: bad initial-state name (truncated or corrupt)", path);
+            srv_errf(err, errcap, "%s: bad initial-state name (truncated or corrupt)", path);
             goto out;
         }
         name[name_len] = 0;
@@ -307,22 +295,22 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     uint64_t expect = HDR_BYTES + (ver >= 2 ? 4 + (uint64_t)name_len : 0) +
                       (uint64_t)nf * 4 * ((flags & F_CKPT) ? 2 : 1) + nt * 4 + 4;
     if (nt > (1u << 30)) {
-        fail(err, errcap, "%s: token count %llu is implausible (corrupt header)", path,
+        srv_errf(err, errcap, "%s: token count %llu is implausible (corrupt header)", path,
              (unsigned long long)nt);
         goto out;
     }
     if (nc > nt) {
-        fail(err, errcap, "%s: checkpoint after %llu tokens of %llu (corrupt header)", path,
+        srv_errf(err, errcap, "%s: checkpoint after %llu tokens of %llu (corrupt header)", path,
              (unsigned long long)nc, (unsigned long long)nt);
         goto out;
     }
     if (!(flags & F_CKPT) && nc) {
-        fail(err, errcap, "%s: checkpoint count %llu without a checkpoint (corrupt header)", path,
+        srv_errf(err, errcap, "%s: checkpoint count %llu without a checkpoint (corrupt header)", path,
              (unsigned long long)nc);
         goto out;
     }
     if ((uint64_t)st.st_size != expect) {
-        fail(err, errcap, "%s: size %lld bytes, expected %llu (truncated or corrupt)", path,
+        srv_errf(err, errcap, "%s: size %lld bytes, expected %llu (truncated or corrupt)", path,
              (long long)st.st_size, (unsigned long long)expect);
         goto out;
     }
@@ -330,27 +318,27 @@ int store_load(const char *dir, const char *id, store_record *r, const ms_model 
     scratch = malloc(nf * sizeof(float) * ((flags & F_CKPT) ? 2 : 1));
     r->tokens = nt ? malloc(nt * sizeof(int32_t)) : NULL;
     if (!scratch || (nt && !r->tokens)) {
-        fail(err, errcap, "%s: out of memory", path);
+        srv_errf(err, errcap, "%s: out of memory", path);
         goto out;
     }
     if (rd(f, scratch, nf * sizeof(float) * ((flags & F_CKPT) ? 2 : 1), &crc) ||
         rd(f, r->tokens, nt * 4, &crc)) {
-        fail(err, errcap, "%s: truncated", path);
+        srv_errf(err, errcap, "%s: truncated", path);
         goto out;
     }
     unsigned char tail[4];
     if (fread(tail, 1, 4, f) != 4 || rec_get_u32(tail) != crc) {
-        fail(err, errcap, "%s: checksum mismatch (file corrupt)", path);
+        srv_errf(err, errcap, "%s: checksum mismatch (file corrupt)", path);
         goto out;
     }
     if (!store_values_ok(scratch, nf * ((flags & F_CKPT) ? 2 : 1))) {
-        fail(err, errcap, "%s: state values not finite or beyond +-%g (corrupt)", path,
+        srv_errf(err, errcap, "%s: state values not finite or beyond +-%g (corrupt)", path,
              (double)STORE_VALUE_MAX);
         goto out;
     }
     for (uint64_t i = 0; i < nt; i++)
         if (r->tokens[i] < 0 || r->tokens[i] >= cfg->vocab_size) {
-            fail(err, errcap, "%s: token id %d out of range", path, r->tokens[i]);
+            srv_errf(err, errcap, "%s: token id %d out of range", path, r->tokens[i]);
             goto out;
         }
     memcpy(ms_state_data(r->state), scratch, nf * sizeof(float));
@@ -444,9 +432,9 @@ int store_scan(const char *dir, void (*fn)(const char *id, void *ud), void *ud,
 {
     if (quarantined) *quarantined = 0;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return fail(err, errcap, "cannot create state dir %s: %s", dir, strerror(errno));
+        return srv_errf(err, errcap, "cannot create state dir %s: %s", dir, strerror(errno));
     DIR *d = opendir(dir);
-    if (!d) return fail(err, errcap, "cannot read state dir %s: %s", dir, strerror(errno));
+    if (!d) return srv_errf(err, errcap, "cannot read state dir %s: %s", dir, strerror(errno));
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {

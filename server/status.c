@@ -38,3 +38,14 @@ srv_status srv_fail(srv_error *err, srv_status code, const char *fmt, ...)
     }
     return code;
 }
+
+int srv_errf(char *err, size_t cap, const char *fmt, ...)
+{
+    if (err && cap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, cap, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}

@@ -3,7 +3,7 @@
  * engine's ms_status / ms_error: functions that can fail return srv_status
  * (SRV_OK == 0) and, given an srv_error, say why in words a client or an
  * operator can act on. Only http.c turns a status into an HTTP status and
- * an OpenAI error type (http_error_from); nothing below it knows HTTP.
+ * an OpenAI error type (http_error_from_status); nothing below it knows HTTP.
  */
 #ifndef METASTATE_SERVER_STATUS_H
 #define METASTATE_SERVER_STATUS_H
@@ -40,5 +40,8 @@ const char *srv_status_str(srv_status s);
  * returns code, so `return srv_fail(err, SRV_ERR_IO, "...")` reads well. */
 srv_status srv_fail(srv_error *err, srv_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* For the modules that return -1 with a message in a caller's buffer: fills
+ * err (cap bytes; err may be NULL) and returns -1. */
+int srv_errf(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -11,12 +11,13 @@
 
 #include <hiredis.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/time.h>
+
+#include "status.h"
 
 #define N_CONN 4
 
@@ -36,18 +37,6 @@ struct redis_store {
     pthread_mutex_t rr_mu;
     unsigned rr;
 };
-
-static int fail(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t cap, const char *fmt, ...)
-{
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* ------------------------------------------------------------------ URL */
 
@@ -81,7 +70,7 @@ static int parse_url(redis_store *rs, const char *url, char *err, size_t errcap)
 {
     static const char scheme[] = "redis://";
     if (strncmp(url, scheme, sizeof scheme - 1))
-        return fail(err, errcap, "state store '%s': expected redis://[user:password@]host:port[/db]", url);
+        return srv_errf(err, errcap, "state store '%s': expected redis://[user:password@]host:port[/db]", url);
     const char *p = url + sizeof scheme - 1;
     const char *end = p + strcspn(p, "/?#");
     const char *at = memchr(p, '@', (size_t)(end - p));
@@ -92,7 +81,7 @@ static int parse_url(redis_store *rs, const char *url, char *err, size_t errcap)
         const char *ue = colon ? colon : at;
         if (pct_copy(rs->user, sizeof rs->user, p, (size_t)(ue - p)) ||
             (colon && pct_copy(rs->pass, sizeof rs->pass, colon + 1, (size_t)(at - colon - 1))))
-            return fail(err, errcap, "state store URL: malformed user or password");
+            return srv_errf(err, errcap, "state store URL: malformed user or password");
         if (!colon) { /* redis://password@host, as redis-cli -u reads it */
             memcpy(rs->pass, rs->user, sizeof rs->pass < sizeof rs->user ? sizeof rs->pass : sizeof rs->user);
             rs->user[0] = 0;
@@ -102,7 +91,7 @@ static int parse_url(redis_store *rs, const char *url, char *err, size_t errcap)
     const char *hs = p, *he;
     if (*p == '[') { /* [v6 address] */
         he = memchr(p, ']', (size_t)(end - p));
-        if (!he) return fail(err, errcap, "state store URL: unclosed '[' in host");
+        if (!he) return srv_errf(err, errcap, "state store URL: unclosed '[' in host");
         hs = p + 1;
         p = he + 1;
     } else {
@@ -111,7 +100,7 @@ static int parse_url(redis_store *rs, const char *url, char *err, size_t errcap)
         p = he;
     }
     if (he == hs || (size_t)(he - hs) >= sizeof rs->host)
-        return fail(err, errcap, "state store URL '%s': missing or too long host", url);
+        return srv_errf(err, errcap, "state store URL '%s': missing or too long host", url);
     memcpy(rs->host, hs, (size_t)(he - hs));
     rs->host[he - hs] = 0;
     rs->port = 6379;
@@ -119,19 +108,19 @@ static int parse_url(redis_store *rs, const char *url, char *err, size_t errcap)
         char *e;
         long port = strtol(p + 1, &e, 10);
         if (e != end || port < 1 || port > 65535)
-            return fail(err, errcap, "state store URL '%s': bad port", url);
+            return srv_errf(err, errcap, "state store URL '%s': bad port", url);
         rs->port = (int)port;
     } else if (p != end) {
-        return fail(err, errcap, "state store URL '%s': unexpected text after the host", url);
+        return srv_errf(err, errcap, "state store URL '%s': unexpected text after the host", url);
     }
     rs->db = 0;
     if (*end == '/' && end[1]) {
         char *e;
         long db = strtol(end + 1, &e, 10);
-        if (*e || db < 0 || db > 100000) return fail(err, errcap, "state store URL '%s': bad database number", url);
+        if (*e || db < 0 || db > 100000) return srv_errf(err, errcap, "state store URL '%s': bad database number", url);
         rs->db = (int)db;
     } else if (*end && strcmp(end, "/")) {
-        return fail(err, errcap, "state store URL '%s': unexpected '%s'", url, end);
+        return srv_errf(err, errcap, "state store URL '%s': unexpected '%s'", url, end);
     }
     snprintf(rs->where, sizeof rs->where, "%s:%d/%d", rs->host, rs->port, rs->db);
     return 0;
@@ -142,11 +131,11 @@ redis_store *redis_store_new(const char *url, const char *prefix, int timeout_ms
 {
     redis_store *rs = calloc(1, sizeof *rs);
     if (!rs) {
-        fail(err, errcap, "out of memory");
+        srv_errf(err, errcap, "out of memory");
         return NULL;
     }
     if (parse_url(rs, url, err, errcap) || !(rs->prefix = strdup(prefix ? prefix : ""))) {
-        if (!rs->prefix && !err[0]) fail(err, errcap, "out of memory");
+        if (!rs->prefix && !err[0]) srv_errf(err, errcap, "out of memory");
         free(rs);
         return NULL;
     }
@@ -206,7 +195,7 @@ static conn *get_conn(redis_store *rs, char *err, size_t errcap)
     struct timeval tv = {rs->timeout_ms / 1000, (rs->timeout_ms % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout(rs->host, rs->port, tv);
     if (!c || c->err) {
-        fail(err, errcap, "state store %s unreachable: %s", rs->where, c ? c->errstr : "out of memory");
+        srv_errf(err, errcap, "state store %s unreachable: %s", rs->where, c ? c->errstr : "out of memory");
         if (c) redisFree(c);
         pthread_mutex_unlock(&k->mu);
         return NULL;
@@ -228,7 +217,7 @@ static conn *get_conn(redis_store *rs, char *err, size_t errcap)
     }
     return k;
 bad:
-    fail(err, errcap, "state store %s: %s", rs->where,
+    srv_errf(err, errcap, "state store %s: %s", rs->where,
          r ? r->str : c->errstr[0] ? c->errstr : "connection lost");
     if (r) freeReplyObject(r);
     drop_conn(k);
@@ -246,11 +235,11 @@ static redisReply *run(redis_store *rs, int argc, const char **argv, const size_
     if (!k) return NULL;
     redisReply *r = redisCommandArgv(k->c, argc, argv, lens);
     if (!r) {
-        fail(err, errcap, "state store %s: %s", rs->where,
+        srv_errf(err, errcap, "state store %s: %s", rs->where,
              k->c->errstr[0] ? k->c->errstr : "connection lost");
         drop_conn(k);
     } else if (r->type == REDIS_REPLY_ERROR) {
-        fail(err, errcap, "state store %s: %s", rs->where, r->str);
+        srv_errf(err, errcap, "state store %s: %s", rs->where, r->str);
         freeReplyObject(r);
         r = NULL;
     }
@@ -325,7 +314,7 @@ static int int_reply(redisReply *r, char *err, size_t errcap)
 {
     if (!r) return -1;
     int v = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
-    if (v < 0) fail(err, errcap, "state store: unexpected reply type %d", r->type);
+    if (v < 0) srv_errf(err, errcap, "state store: unexpected reply type %d", r->type);
     freeReplyObject(r);
     return v;
 }
@@ -346,7 +335,7 @@ int redis_lease_acquire(redis_store *rs, const char *id, const char *tok, long t
         ver[r->len] = 0;
         rc = 1;
     } else {
-        rc = fail(err, errcap, "state store: unexpected reply to the lease script");
+        rc = srv_errf(err, errcap, "state store: unexpected reply to the lease script");
     }
     freeReplyObject(r);
     return rc;
@@ -382,15 +371,15 @@ int redis_load(redis_store *rs, const char *id, unsigned char **buf, size_t *len
     if (!r) return -1;
     int rc = -1;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-        fail(err, errcap, "state store: unexpected reply to HMGET");
+        srv_errf(err, errcap, "state store: unexpected reply to HMGET");
     } else if (r->element[1]->type == REDIS_REPLY_NIL) {
         rc = 0;
     } else if (r->element[1]->type != REDIS_REPLY_STRING ||
                r->element[0]->type != REDIS_REPLY_STRING ||
                r->element[0]->len >= REDIS_VERSION_MAX) {
-        fail(err, errcap, "state store: key %s is not a session value", ks);
+        srv_errf(err, errcap, "state store: key %s is not a session value", ks);
     } else if (!(*buf = malloc(r->element[1]->len ? r->element[1]->len : 1))) {
-        fail(err, errcap, "out of memory reading session %s", id);
+        srv_errf(err, errcap, "out of memory reading session %s", id);
     } else {
         memcpy(*buf, r->element[1]->str, r->element[1]->len);
         *len = r->element[1]->len;
@@ -434,7 +423,7 @@ int redis_info(redis_store *rs, const char *id, long long *n_tokens, long *ttl_s
         *leased = r->element[2]->type == REDIS_REPLY_INTEGER && r->element[2]->integer == 1;
         rc = 1;
     } else if (r->type != REDIS_REPLY_NIL) {
-        rc = fail(err, errcap, "state store: unexpected reply to the info script");
+        rc = srv_errf(err, errcap, "state store: unexpected reply to the info script");
     }
     freeReplyObject(r);
     return rc;
@@ -479,7 +468,7 @@ int redis_scan(redis_store *rs, void (*fn)(const char *id, void *ud), void *ud, 
             r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= sizeof cursor ||
             r->element[1]->type != REDIS_REPLY_ARRAY) {
             freeReplyObject(r);
-            return fail(err, errcap, "state store: unexpected reply to SCAN");
+            return srv_errf(err, errcap, "state store: unexpected reply to SCAN");
         }
         memcpy(cursor, r->element[0]->str, r->element[0]->len);
         cursor[r->element[0]->len] = 0;
@@ -536,9 +525,9 @@ int redis_response_get(redis_store *rs, const char *id, char **buf, size_t *len,
     if (r->type == REDIS_REPLY_NIL) {
         rc = 0;
     } else if (r->type != REDIS_REPLY_STRING) {
-        fail(err, errcap, "state store: key %s is not a stored response", key);
+        srv_errf(err, errcap, "state store: key %s is not a stored response", key);
     } else if (!(*buf = malloc(r->len + 1))) {
-        fail(err, errcap, "out of memory reading response %s", id);
+        srv_errf(err, errcap, "out of memory reading response %s", id);
     } else {
         memcpy(*buf, r->str, r->len);
         (*buf)[r->len] = 0;
