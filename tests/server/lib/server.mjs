@@ -109,6 +109,13 @@ export async function startServer(opts = {}) {
         base: `${url}/v1`,
         stderr: () => stderr,
         stdout: () => stdout,
+        /** Resolves to the server's stderr once it matches re (its pipe can
+         * lag behind the HTTP reply); rejects with the text after timeoutMs. */
+        async logged(re, timeoutMs = 5000 * SLOW) {
+          for (const end = Date.now() + timeoutMs; !re.test(stderr) && Date.now() < end;) await sleep(20);
+          if (!re.test(stderr)) throw new Error(`stderr never matched ${re}:\n${stderr}`);
+          return stderr;
+        },
         exited,
         /** Sends sig and resolves to {code, sig} (SIGKILL after timeoutMs). */
         async stop(sig = 'SIGTERM', timeoutMs = 60000 * SLOW) {
