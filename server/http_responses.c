@@ -257,12 +257,13 @@ enum MHD_Result finish_resp_op(http_req *r)
     sess_op *op = &r->op;
     sess_op_kind kind = op->kind;
     op->kind = OP_NONE; /* a load goes on to submit the job: later wake-ups are the job's */
-    if (kind == OP_RESP_SAVE && op->rc != SSTORE_OK) /* as a stream's (stream_save_done) */
+    if (kind == OP_RESP_SAVE && op->rc != SSTORE_OK) { /* logged as a stream's (stream_save_done) */
         fprintf(stderr, "metastate serve: response %s not stored: %s\n", r->resp_id, op->err);
-    if (op->rc == SSTORE_DOWN) return http_store_503(r);
-    if (kind == OP_RESP_SAVE && op->rc != SSTORE_OK)
-        return http_send_error(r, 500, "server_error", NULL, NULL,
+        return op->rc == SSTORE_DOWN ? http_store_503(r)
+             : http_send_error(r, 500, "server_error", NULL, NULL,
                                "The response could not be stored (the server log says why).");
+    }
+    if (op->rc == SSTORE_DOWN) return http_store_503(r);
     if (op->rc != SSTORE_OK && op->rc != SSTORE_UNKNOWN) {
         /* the details name server files or store keys: for the log only */
         fprintf(stderr, "metastate serve: response %s: %s\n", r->path_id, op->err);
