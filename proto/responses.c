@@ -272,6 +272,127 @@ void resp_new_id(char *out, const char *prefix, uint64_t x)
     out[pl + 24] = '\0';
 }
 
+/* Text content as parts: a string becomes one part (output_text for the
+ * assistant's, with OpenAI's empty annotations); parts are kept. */
+static json_t *content_parts(json_t *c, const char *role)
+{
+    if (!json_is_string(c))
+        return json_deep_copy(c);
+    if (role && !strcmp(role, "assistant"))
+        return json_pack("[{s:s,s:O,s:[]}]", "type", "output_text", "text", c, "annotations");
+    return json_pack("[{s:s,s:O}]", "type", "input_text", "text", c);
+}
+
+json_t *resp_input_items(json_t *input, uint64_t seed)
+{
+    json_t *items = json_array();
+    char id[40];
+    if (json_is_string(input)) {
+        resp_new_id(id, "msg_", seed);
+        json_t *m = json_pack("{s:s,s:s,s:s,s:s,s:o}", "id", id, "type", "message", "role", "user",
+                              "status", "completed", "content", content_parts(input, "user"));
+        if (!m || json_array_append_new(items, m)) {
+            json_decref(items);
+            return NULL;
+        }
+        return items;
+    }
+    for (size_t i = 0; i < json_array_size(input); i++) {
+        json_t *it = json_object_get(json_array_get(input, i), "type") ? json_deep_copy(json_array_get(input, i))
+                                                                       : NULL;
+        if (!it) { /* a message given by its role alone */
+            json_t *src = json_array_get(input, i);
+            it = json_pack("{s:s,s:O}", "type", "message", "role", json_object_get(src, "role"));
+            if (it && json_object_get(src, "id")) json_object_set(it, "id", json_object_get(src, "id"));
+            if (it) json_object_set(it, "content", json_object_get(src, "content"));
+        }
+        if (!it)
+            goto fail;
+        const char *type = json_string_value(json_object_get(it, "type"));
+        if (!strcmp(type, "message")) {
+            json_t *parts = content_parts(json_object_get(it, "content"),
+                                          json_string_value(json_object_get(it, "role")));
+            if (!parts || json_object_set_new(it, "content", parts))
+                goto fail_item;
+        }
+        if (!json_is_string(json_object_get(it, "id"))) {
+            resp_new_id(id, !strcmp(type, "message") ? "msg_" : !strcmp(type, "function_call") ? "fc_"
+                            : !strcmp(type, "function_call_output") ? "fco_" : "item_",
+                        seed + 0x9E3779B97F4A7C15ull * (i + 1));
+            if (json_object_set_new(it, "id", json_string(id)))
+                goto fail_item;
+        }
+        if (!json_object_get(it, "status") && strcmp(type, "reasoning"))
+            json_object_set_new(it, "status", json_string("completed"));
+        if (json_array_append_new(items, it))
+            goto fail;
+        continue;
+    fail_item:
+        json_decref(it);
+    fail:
+        json_decref(items);
+        return NULL;
+    }
+    return items;
+}
+
+/* Index of the item with id in items, or -1. */
+static long item_index(json_t *items, const char *id)
+{
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        const char *v = json_string_value(json_object_get(json_array_get(items, i), "id"));
+        if (v && !strcmp(v, id))
+            return (long)i;
+    }
+    return -1;
+}
+
+json_t *resp_items_page(json_t *items, const char *limit, const char *order, const char *after,
+                        const char *before, oa_error *e)
+{
+    long lim = 20;
+    if (limit) {
+        char *end;
+        lim = strtol(limit, &end, 10);
+        if (!*limit || *end || lim < 1 || lim > 100)
+            return bad(e, "limit", "Invalid 'limit': expected an integer between 1 and 100.");
+    }
+    int desc = 1;
+    if (order && !strcmp(order, "asc"))
+        desc = 0;
+    else if (order && strcmp(order, "desc"))
+        return bad(e, "order", "Invalid 'order': expected 'asc' or 'desc'.");
+    const long n = (long)json_array_size(items);
+    /* [lo, hi) in the list's own order, the page taken from the end that
+     * the order starts at */
+    long lo = 0, hi = n;
+    const char *cur[2] = {after, before};
+    for (int k = 0; k < 2; k++) {
+        if (!cur[k])
+            continue;
+        long at = item_index(items, cur[k]);
+        if (at < 0) {
+            char m[200];
+            snprintf(m, sizeof m, "Invalid '%s': no input item with id '%.80s' in this response.",
+                     k ? "before" : "after", cur[k]);
+            return bad(e, k ? "before" : "after", m);
+        }
+        if ((k == 0) == desc) { /* after in descending order, before in ascending: older ones */
+            if (at < hi) hi = at;
+        } else if (at + 1 > lo) {
+            lo = at + 1;
+        }
+    }
+    json_t *data = json_array();
+    long count = hi > lo ? hi - lo : 0, take = count < lim ? count : lim;
+    for (long j = 0; j < take; j++)
+        json_array_append(data, json_array_get(items, (size_t)(desc ? hi - 1 - j : lo + j)));
+    json_t *first = json_object_get(json_array_get(data, 0), "id");
+    json_t *last = json_object_get(json_array_get(data, json_array_size(data) - 1), "id");
+    return json_pack("{s:s,s:o,s:O?,s:O?,s:b}", "object", "list", "data", data, "first_id", first,
+                     "last_id", last, "has_more", count > take);
+}
+
 json_t *resp_logprobs(const resp_result *r, size_t from, size_t to)
 {
     if (!r->lp || to <= from || to > r->n_lp)
@@ -393,4 +514,20 @@ char *resp_event(const char *type, json_t *payload, int *seq)
         snprintf(s, tl + dl + 20, "event: %s\ndata: %s\n\n", type, d);
     free(d);
     return s;
+}
+
+char *resp_error_event(const oa_error *e, int *seq)
+{
+    char *chat = oa_error_json(e);
+    json_t *o = chat ? json_loads(chat, 0, NULL) : NULL;
+    free(chat);
+    if (!o)
+        return NULL;
+    char *ev = resp_event("error",
+                          json_pack("{s:s,s:s,s:s?,s:O}", "code", e->code[0] ? e->code : e->type,
+                                    "message", e->message, "param", e->param[0] ? e->param : NULL,
+                                    "error", json_object_get(o, "error")),
+                          seq);
+    json_decref(o);
+    return ev;
 }

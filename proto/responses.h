@@ -59,6 +59,26 @@ json_t *resp_reply_message(const resp_result *r);
  * payload (stolen); *seq counts up. NULL on OOM. */
 char *resp_event(const char *type, json_t *payload, int *seq);
 
+/* The "error" event that ends a stream already started: OpenAI's fields
+ * (code, or e's type when it has none; message; param), plus the chat
+ * shape's "error" object for clients that read that. Same ownership and
+ * failure as resp_event. */
+char *resp_error_event(const oa_error *e, int *seq);
+
+/* The input items of a request whose input resp_to_chat accepted, as
+ * GET /v1/responses/{id}/input_items lists them: each with an id (the
+ * client's, else a fresh one from seed) and status "completed"; a string
+ * input is one user message; text content is given as parts. NULL on OOM. */
+json_t *resp_input_items(json_t *input, uint64_t seed);
+
+/* One page of items (from resp_input_items) as OpenAI's list object
+ * {object, data, first_id, last_id, has_more}. The query's values (each
+ * NULL when absent): limit 1-100 (20), order "asc" or "desc" (the default:
+ * newest first), after / before an item id of the list. NULL with a 400 in
+ * *e for a bad value or an id not in the list. */
+json_t *resp_items_page(json_t *items, const char *limit, const char *order, const char *after,
+                        const char *before, oa_error *e);
+
 /* A fresh id with the given prefix ("resp_", "msg_", "fc_"); out >= 32 bytes. */
 void resp_new_id(char *out, const char *prefix, uint64_t seed);
 

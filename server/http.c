@@ -27,7 +27,8 @@
 static const char *route_label[] = {
     "unknown", "/health", "/metrics", "/v1/models", "/v1/models/{id}", "/v1/completions",
     "/v1/chat/completions", "/v1/sessions", "/v1/sessions/{id}", "/v1/sessions/{id}/state",
-    "OPTIONS", "ui", "/v1/responses", "/v1/responses/{id}"};
+    "OPTIONS", "ui", "/v1/responses", "/v1/responses/{id}",
+    "/v1/responses/{id}/input_items"};
 
 
 void req_unref(http_req *r)
@@ -38,6 +39,7 @@ void req_unref(http_req *r)
     free(r->job.prompt);
     json_decref(r->resp_req);
     json_decref(r->resp_hist);
+    json_decref(r->resp_input);
     for (int i = 0; i < r->n_choices; i++) {
         free(r->choices[i].text);
         free(r->choices[i].lp);
@@ -280,9 +282,17 @@ static route_id route_of(const char *url, char *id, size_t idcap, const char **a
         snprintf(id, idcap, "%s", url + 11);
         return *allow = "GET", R_MODEL;
     }
-    if (!strncmp(url, "/v1/responses/", 14) && url[14] && !strchr(url + 14, '/')) {
-        snprintf(id, idcap, "%s", url + 14);
-        return *allow = "GET, DELETE", R_RESPONSE;
+    if (!strncmp(url, "/v1/responses/", 14) && url[14]) {
+        const char *p = url + 14, *slash = strchr(p, '/');
+        if (!slash) {
+            snprintf(id, idcap, "%s", p);
+            return *allow = "GET, DELETE", R_RESPONSE;
+        }
+        if (!strcmp(slash, "/input_items") && (size_t)(slash - p) < idcap) {
+            memcpy(id, p, (size_t)(slash - p));
+            id[slash - p] = 0;
+            return *allow = "GET", R_RESPONSE_ITEMS;
+        }
     }
     if (!strncmp(url, "/v1/sessions/", 13)) {
         const char *p = url + 13, *slash = strchr(p, '/');
@@ -453,7 +463,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     case R_COMPLETIONS: return start_completion(r, OA_COMPLETION);
     case R_CHAT: return start_completion(r, OA_CHAT);
     case R_RESPONSES: return start_responses(r);
-    case R_RESPONSE: return do_response(r, method);
+    case R_RESPONSE:
+    case R_RESPONSE_ITEMS: return do_response(r, method);
     case R_SESSIONS:
     case R_SESSION:
     case R_SESSION_STATE: return do_sessions(r, method);

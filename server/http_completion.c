@@ -279,13 +279,15 @@ static void sink_choice_done(void *ud, int idx, oa_finish f)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Ends a started stream with an error event; caller holds mu. */
+/* Ends a started stream with an error event (the Responses API's has a
+ * shape of its own); caller holds mu. */
 void req_push_error(http_req *r, const srv_error *err)
 {
     size_t n = 0;
     oa_error e;
     http_error_from_status(&e, err);
-    char *ev = sse_error_event(&e, &n);
+    char *ev = r->responses ? resp_error_event(&e, &r->resp_seq) : sse_error_event(&e, &n);
+    if (ev && r->responses) n = strlen(ev);
     /* Not even the error event fits: cut the stream (no [DONE]). */
     if (!ev || buf_append(&r->out, &r->out_len, &r->out_cap, ev, n)) r->broken = 1;
     free(ev);

@@ -58,7 +58,8 @@ struct http_srv {
 
 typedef enum {
     R_NONE = 0, R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_SESSIONS,
-    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI, R_RESPONSES, R_RESPONSE
+    R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI, R_RESPONSES, R_RESPONSE,
+    R_RESPONSE_ITEMS
 } route_id;
 
 typedef struct choice_buf {
@@ -125,6 +126,7 @@ typedef struct http_req {
     int responses;
     json_t *resp_req;     /* the request as sent (settings are echoed back) */
     json_t *resp_hist;    /* the conversation without instructions, to store */
+    json_t *resp_input;   /* this request's input items, to store for input_items */
     char resp_id[64], msg_id[64];
     int resp_seq, resp_text_open;
     char *resp_final;     /* streamed: the closing event, sent once the record is stored */
@@ -191,7 +193,7 @@ enum MHD_Result continue_completion(http_req *r);
 
 /* POST /v1/responses (MHD thread). */
 enum MHD_Result start_responses(http_req *r);
-/* GET and DELETE /v1/responses/{id} (MHD thread). */
+/* GET and DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items (MHD thread). */
 enum MHD_Result do_response(http_req *r, const char *method);
 /* The answer of a finished stored-response operation (MHD thread). */
 enum MHD_Result finish_resp_op(http_req *r);

@@ -69,7 +69,9 @@ static json_t *resp_record(http_req *r, const resp_result *rr, json_t *o)
         return NULL;
     json_t *m = json_deep_copy(r->resp_hist);
     if (m) json_array_append_new(m, resp_reply_message(rr));
-    return m ? json_pack("{s:s,s:O,s:o}", "session", r->session_id, "response", o, "messages", m) : NULL;
+    return m ? json_pack("{s:s,s:O,s:o,s:O}", "session", r->session_id, "response", o, "messages", m,
+                         "input", r->resp_input)
+             : NULL;
 }
 
 /* Worker thread: stores a streamed response's record (r is referenced). */
@@ -91,6 +93,7 @@ static void stream_save_done(void *arg)
         req_push_raw(r, r->resp_final);
     } else {
         free(r->resp_final);
+        r->resp_seq--; /* the error takes the unsent closing event's number */
         fprintf(stderr, "metastate serve: response %s not stored: %s\n", r->resp_id, r->op.err);
         srv_error e;
         srv_fail(&e, r->op.rc == SSTORE_DOWN ? SRV_ERR_STORE_UNAVAILABLE : SRV_ERR_NOMEM,
@@ -165,6 +168,7 @@ void resp_stream_done(http_req *r, const sched_result *res)
         r->resp_final = NULL;
         r->saving = 0;
         free(last);
+        r->resp_seq--;
         srv_error e;
         srv_fail(&e, SRV_ERR_SHUTTING_DOWN, "the response could not be stored");
         req_push_error(r, &e);
@@ -226,6 +230,10 @@ static enum MHD_Result submit_responses(http_req *r, json_t *prev)
     r->responses = 1;
     http_rand_id(r->resp_id, sizeof r->resp_id, "resp_");
     http_rand_id(r->msg_id, sizeof r->msg_id, "msg_");
+    uint64_t seed = 1469598103934665603ull; /* the input items' ids follow from the response's */
+    for (const char *p = r->resp_id; *p; p++) seed = (seed ^ (unsigned char)*p) * 1099511628211ull;
+    r->resp_input = resp_input_items(json_object_get(r->resp_req, "input"), seed);
+    if (!r->resp_input) return http_send_error(r, 500, "server_error", NULL, NULL, "out of memory");
     /* the conversation's session: the chain's, or this response's own */
     if (!r->job.req.session_id) {
         r->job.req.session_id = strdup(chain && chain[0] ? chain : r->resp_id);
@@ -234,12 +242,30 @@ static enum MHD_Result submit_responses(http_req *r, json_t *prev)
     return submit_completion(r, OA_CHAT);
 }
 
+static const char *item_arg(http_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
 /* GET /v1/responses/{id}: the stored response as it ended; DELETE forgets it
- * (and so previous_response_id to it). Replaying a stream is not offered. */
+ * (and so previous_response_id to it). Replaying a stream is not offered.
+ * GET /v1/responses/{id}/input_items: a page of its input items. */
 enum MHD_Result do_response(http_req *r, const char *method)
 {
     enum MHD_Result out;
     if (!http_need_ready(r, &out)) return out;
+    if (r->route == R_RESPONSE_ITEMS) {
+        /* no includable field applies to text input items */
+        if (item_arg(r, "include") || item_arg(r, "include[]"))
+            return http_send_error(r, 400, "invalid_request_error", "include", "unsupported_value",
+                                   "Unsupported value: 'include' has nothing to add to text input "
+                                   "items with this server.");
+        oa_error e;
+        json_t *probe = resp_items_page(NULL, item_arg(r, "limit"), item_arg(r, "order"), NULL, NULL, &e);
+        if (!probe) return http_send_error_obj(r, &e); /* checked before the store is asked */
+        json_decref(probe);
+        return start_sess_op(r, OP_RESP_GET);
+    }
     if (!strcmp(method, "GET")) {
         const char *st = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "stream");
         if (st && strcmp(st, "false"))
@@ -249,6 +275,23 @@ enum MHD_Result do_response(http_req *r, const char *method)
         return start_sess_op(r, OP_RESP_GET);
     }
     return start_sess_op(r, OP_RESP_DELETE);
+}
+
+/* The page of rec's input items that the query asks for. */
+static enum MHD_Result send_items(http_req *r, json_t *rec)
+{
+    json_t *items = json_object_get(rec, "input");
+    if (!json_is_array(items)) /* stored before input items were kept */
+        return http_send_error(r, 404, "invalid_request_error", NULL, "not_found",
+                               "The input items of response '%.80s' were not kept (it was stored by "
+                               "an earlier version of the server).", r->path_id);
+    oa_error e;
+    json_t *page = resp_items_page(items, item_arg(r, "limit"), item_arg(r, "order"),
+                                   item_arg(r, "after"), item_arg(r, "before"), &e);
+    if (!page) return http_send_error_obj(r, &e);
+    char *t = json_dumps(page, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(page);
+    return http_send_json(r, 200, t);
 }
 
 /* finish_sess_op for a stored response's operation. */
@@ -286,6 +329,8 @@ enum MHD_Result finish_resp_op(http_req *r)
     enum MHD_Result out;
     if (kind == OP_RESP_LOAD)
         out = submit_responses(r, rec);
+    else if (r->route == R_RESPONSE_ITEMS)
+        out = send_items(r, rec);
     else
         out = http_send_json(r, 200, json_dumps(json_object_get(rec, "response"),
                                                 JSON_COMPACT | JSON_PRESERVE_ORDER));

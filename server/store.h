@@ -103,8 +103,10 @@ int sstore_export(sstore *st, const char *id, FILE *f, char *err, size_t errcap)
 int sstore_import(sstore *st, const char *id, const char *path, char *err, size_t errcap);
 
 /* ----- stored responses (/v1/responses; HTTP side) -----
- * A record is {"session": id, "response": {...}, "messages": [...]}: what
- * previous_response_id continues and GET /v1/responses/{id} returns. With
+ * A record is {"session": id, "response": {...}, "messages": [...], "input":
+ * [...]}: what previous_response_id continues, GET /v1/responses/{id}
+ * returns and its input_items lists ("input" is absent from records that
+ * versions before it stored, and is not checked here). With
  * Redis it is there (any replica continues a chain; it expires with
  * --session-ttl, else after 30 days); with a directory, a file beside the
  * sessions (kept 30 days); in memory, the last 1024. */

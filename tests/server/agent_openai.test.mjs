@@ -3,8 +3,8 @@
 // trip with a role "tool" reply, streamed tool-call deltas, logprobs shapes
 // and values against `metastate eval`, x-request-id, and the Responses API
 // (plain, streamed, cut at max_output_tokens, logprobs, previous_response_id
-// with cached tokens, retrieve and delete, text.format, function tools, 400
-// for built-in tools).
+// with cached tokens, retrieve and delete, input items, text.format, function
+// tools, 400 for built-in tools).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { z } from 'zod';
@@ -332,6 +332,62 @@ test('responses: retrieve gives the stored response (streamed ones too); delete 
   const replay = await api(srv, 'GET', `/v1/responses/${unkept.id}?stream=true`);
   assert.equal(replay.status, 400);
   assert.equal(replay.json.error.param, 'stream');
+});
+
+test('responses: inputItems.list pages through what the request sent, newest first; chains list only their own input', async () => {
+  const input = [
+    { role: 'user', content: 'What is the weather in Oslo?' },
+    { type: 'message', role: 'assistant', content: [{ type: 'output_text', text: 'Let me look.' }] },
+    { type: 'function_call', call_id: 'call_1', name: 'get_weather', arguments: '{"city":"Oslo"}' },
+    { type: 'function_call_output', call_id: 'call_1', output: 'rain, 4 C' },
+    { type: 'message', role: 'user', id: 'msg_client', content: [{ type: 'input_text', text: 'And tomorrow?' }] },
+  ];
+  const r = await oa.responses.create({ model: M, input, max_output_tokens: 4, temperature: 0 });
+  // The SDK's auto-pagination: pages of two, each asked for after the last id of the one before.
+  const seen = [];
+  for await (const item of oa.responses.inputItems.list(r.id, { limit: 2 })) seen.push(item);
+  assert.equal(seen.length, input.length);
+  const asc = (await oa.responses.inputItems.list(r.id, { order: 'asc', limit: 100 })).data;
+  assert.deepEqual(asc, [...seen].reverse());
+  assert.equal(new Set(asc.map((i) => i.id)).size, input.length, 'ids are unique');
+  assert.ok(asc.every((i) => i.status === 'completed'));
+  assert.equal(asc[4].id, 'msg_client', 'a client\'s id is kept');
+  assert.match(asc[0].id, /^msg_/);
+  assert.match(asc[2].id, /^fc_/);
+  // What was sent, as items (a string content as one text part).
+  assert.deepEqual(asc.map((i) => i.type), ['message', 'message', 'function_call', 'function_call_output', 'message']);
+  assert.deepEqual(asc[0].content, [{ type: 'input_text', text: input[0].content }]);
+  assert.equal(asc[1].content[0].text, 'Let me look.');
+  assert.deepEqual([asc[2].call_id, asc[2].name, asc[2].arguments], ['call_1', 'get_weather', '{"city":"Oslo"}']);
+  assert.deepEqual([asc[3].call_id, asc[3].output], ['call_1', 'rain, 4 C']);
+  assert.deepEqual(asc[4].content, input[4].content);
+  // The list object itself, and the cursors both ways.
+  const page = await api(srv, 'GET', `/v1/responses/${r.id}/input_items?limit=2&order=asc&after=${asc[0].id}`);
+  assert.equal(page.status, 200, page.text);
+  assert.deepEqual(page.json, { object: 'list', data: asc.slice(1, 3), first_id: asc[1].id, last_id: asc[2].id, has_more: true });
+  const before = await api(srv, 'GET', `/v1/responses/${r.id}/input_items?before=${asc[1].id}`);
+  assert.deepEqual(before.json.data, asc.slice(2).reverse(), 'newest first, down to the one before');
+  // A continuation lists its own input, not the chain's (a stream's record too).
+  const stream = await oa.responses.create({ model: M, input: 'Thanks!', previous_response_id: r.id,
+    max_output_tokens: 4, stream: true });
+  let done = null;
+  for await (const ev of stream) if (ev.type === 'response.completed' || ev.type === 'response.incomplete') done = ev.response;
+  const own = (await oa.responses.inputItems.list(done.id)).data;
+  assert.equal(own.length, 1);
+  assert.deepEqual([own[0].role, own[0].content], ['user', [{ type: 'input_text', text: 'Thanks!' }]]);
+  // Bad queries are 400s naming the parameter; unknown, unkept and deleted responses 404s.
+  for (const [q, param] of [['limit=0', 'limit'], ['limit=101', 'limit'], ['limit=x', 'limit'], ['order=up', 'order'],
+    ['after=msg_nowhere', 'after'], ['include=message.input_image.image_url', 'include']]) {
+    const b = await api(srv, 'GET', `/v1/responses/${r.id}/input_items?${q}`);
+    assert.equal(b.status, 400, q);
+    assert.equal(b.json.error.param, param, q);
+  }
+  await assert.rejects(oa.responses.inputItems.list('resp_unknown'), (e) => e.status === 404);
+  const unkept = await oa.responses.create({ model: M, input: 'hi', max_output_tokens: 2, store: false });
+  await assert.rejects(oa.responses.inputItems.list(unkept.id), (e) => e.status === 404);
+  await oa.responses.delete(r.id);
+  await assert.rejects(oa.responses.inputItems.list(r.id), (e) => e.status === 404);
+  assert.equal((await api(srv, 'POST', `/v1/responses/${done.id}/input_items`, {})).status, 405);
 });
 
 test('responses: text.format json_schema (responses.parse with zod) and function tools', async () => {

@@ -4,12 +4,14 @@
 // session across replicas (a lease in Redis); a replica killed mid-turn frees
 // its sessions when its lease expires; an unreachable store is a clear 503
 // for session requests only; corrupt and foreign values restart the session.
-// Responses API chains (previous_response_id, retrieve, delete) work from any
-// replica: the records are in Redis too.
+// Responses API chains (previous_response_id, retrieve, input items, delete)
+// work from any replica: the records are in Redis too.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import net from 'node:net';
+import { streamText } from 'ai';
+import { createOpenAI } from '@ai-sdk/openai';
 import { startServer, client, api, metrics, tmpDir, tinyModel, asciiBias, MODEL_NAME, sleep, SLOW }
   from './lib/server.mjs';
 
@@ -337,6 +339,10 @@ test('a Responses chain alternates replicas: previous_response_id, retrieve and 
   assert.equal(again.json.id, ids[0]);
   const { output_text: _t, ...streamedBack } = await ob.responses.retrieve(ids[2]); // the SDK adds output_text
   assert.deepEqual(streamedBack, got[2], 'the streamed response as its closing event carried it');
+  // Its input items too, from either replica alike.
+  const items = (await ob.responses.inputItems.list(ids[2])).data;
+  assert.deepEqual(items.map((i) => i.content[0].text), [inputs[2]]);
+  assert.deepEqual((await oa.responses.inputItems.list(ids[2])).data, items);
   // Deleted through A: gone for B, as retrieve and as previous_response_id.
   assert.deepEqual(await oa.responses.delete(ids[1]), { id: ids[1], object: 'response.deleted', deleted: true });
   await assert.rejects(ob.responses.retrieve(ids[1]), (e) => e.status === 404 && e.code === 'not_found');
@@ -395,15 +401,34 @@ test('a turn whose record cannot be stored: 503 instead of the reply, and a stre
   const text = await s.text();
   assert.match(text, /response\.output_text\.done/, 'the reply was streamed');
   assert.doesNotMatch(text, /response\.completed|response\.incomplete/);
-  assert.match(text, /"error":\{"message":"The response could not be stored[^"]*","type":"server_error","param":null,"code":"store_unavailable"/);
+  // OpenAI's error event of the Responses API (type, code, message, param,
+  // sequence_number), the chat shape's error object beside them.
+  const last = text.trim().split('\n\n').at(-1).split('\n');
+  assert.equal(last[0], 'event: error', text);
+  const ev = JSON.parse(last[1].replace(/^data: /, ''));
+  assert.equal(ev.type, 'error');
+  assert.equal(ev.code, 'store_unavailable');
+  assert.match(ev.message, /^The response could not be stored/);
+  assert.equal(ev.param, null);
+  assert.equal(ev.sequence_number, JSON.parse(text.trim().split('\n\n').at(-2).split('\n')[1].slice(6)).sequence_number + 1);
+  assert.deepEqual(ev.error, { message: ev.message, type: 'server_error', param: null, code: 'store_unavailable' });
+  // The AI SDK's Responses model reports the server's reason (it rejected the
+  // chat-shaped event as a chunk of no known type).
+  const parts = [];
+  const st = streamText({ model: createOpenAI({ baseURL: a.base, apiKey: 'x' }).responses(MODEL_NAME),
+    prompt: 'Store me', maxOutputTokens: 4, temperature: 0, onError: () => {} });
+  for await (const p of st.fullStream) if (p.type === 'error') parts.push(p.error);
+  assert.equal(parts.length, 1, JSON.stringify(parts));
+  assert.match(parts[0].message, /^The response could not be stored/, JSON.stringify(parts[0]));
+  assert.equal(parts[0].code, 'store_unavailable');
   // The SDK turns it into an error; no closing event reached the client.
   const events = [];
   await assert.rejects((async () => {
     for await (const ev of await client(a).responses.create({ ...req, stream: true })) events.push(ev.type);
   })(), (e) => e.code === 'store_unavailable');
   assert.ok(events.includes('response.output_text.done') && !events.includes('response.completed'), events.join());
-  // Each of the three (whole, raw stream, SDK stream) says why in the log.
-  await a.logged(/(response resp_\w+ not stored: .*NOPERM[\s\S]*){3}/);
+  // Each of the four (whole, raw stream, the two SDKs' streams) says why in the log.
+  await a.logged(/(response resp_\w+ not stored: .*NOPERM[\s\S]*){4}/);
   // Unstored responses work for this user.
   const u = await api(a, 'POST', '/v1/responses', { ...req, store: false });
   assert.equal(u.status, 200, u.text);

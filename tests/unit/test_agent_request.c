@@ -348,3 +348,91 @@ Test(agent_request, responses_to_chat)
     cr_assert(strstr(e.message, "built-in"), "%s", e.message);
     json_decref(req);
 }
+
+/* The Responses API's error event: OpenAI's flat fields (an error without a
+ * code names its type there), the chat error object beside them, and the
+ * stream's next sequence number. */
+Test(agent_request, responses_error_event)
+{
+    oa_error e;
+    oa_error_set(&e, 500, "server_error", NULL, NULL, "engine failed: \"%s\"", "x");
+    int seq = 7;
+    char *ev = resp_error_event(&e, &seq);
+    cr_assert_not_null(ev);
+    cr_assert_eq(seq, 8);
+    cr_assert(!strncmp(ev, "event: error\ndata: ", 19), "%s", ev);
+    cr_assert(strlen(ev) > 21 && !strcmp(ev + strlen(ev) - 2, "\n\n"), "%s", ev);
+    json_t *o = json_loads(ev + 19, 0, NULL);
+    cr_assert_not_null(o, "%s", ev);
+    cr_expect_str_eq(json_string_value(json_object_get(o, "type")), "error");
+    cr_expect_eq(json_integer_value(json_object_get(o, "sequence_number")), 7);
+    cr_expect_str_eq(json_string_value(json_object_get(o, "code")), "server_error");
+    cr_expect_str_eq(json_string_value(json_object_get(o, "message")), "engine failed: \"x\"");
+    cr_expect(json_is_null(json_object_get(o, "param")));
+    json_t *in = json_object_get(o, "error");
+    cr_expect_str_eq(json_string_value(json_object_get(in, "type")), "server_error");
+    cr_expect(json_is_null(json_object_get(in, "code")));
+    cr_expect_str_eq(json_string_value(json_object_get(in, "message")), "engine failed: \"x\"");
+    json_decref(o);
+    free(ev);
+
+    oa_error_set(&e, 503, "server_error", "input", "store_unavailable", "down");
+    ev = resp_error_event(&e, &seq);
+    o = json_loads(strchr(ev, '{'), 0, NULL);
+    cr_expect_eq(json_integer_value(json_object_get(o, "sequence_number")), 8);
+    cr_expect_str_eq(json_string_value(json_object_get(o, "code")), "store_unavailable");
+    cr_expect_str_eq(json_string_value(json_object_get(o, "param")), "input");
+    json_decref(o);
+    free(ev);
+}
+
+/* Pages of input items: ids kept or made, both cursors at once, both
+ * orders, and the empty page. */
+Test(agent_request, responses_input_items_pages)
+{
+    json_t *in = json_loads("[{\"role\":\"user\",\"content\":\"a\"},{\"type\":\"function_call\",\"call_id\":"
+                            "\"c\",\"name\":\"f\",\"arguments\":\"{}\"},{\"type\":\"message\",\"role\":"
+                            "\"assistant\",\"id\":\"msg_x\",\"content\":\"b\"},{\"role\":\"user\","
+                            "\"content\":\"c\"}]", 0, NULL);
+    json_t *items = resp_input_items(in, 42);
+    cr_assert_eq(json_array_size(items), 4);
+    const char *ids[4];
+    for (int i = 0; i < 4; i++)
+        ids[i] = json_string_value(json_object_get(json_array_get(items, (size_t)i), "id"));
+    cr_expect_str_eq(ids[2], "msg_x");
+    cr_expect(!strncmp(ids[1], "fc_", 3) && !strncmp(ids[0], "msg_", 4) && strcmp(ids[0], ids[3]));
+    cr_expect_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(
+                         json_array_get(items, 2), "content"), 0), "type")), "output_text");
+    oa_error e;
+    /* between after = ids[0] and before = ids[3], ascending: ids[1], ids[2] */
+    json_t *p = resp_items_page(items, "5", "asc", ids[0], ids[3], &e);
+    cr_assert_not_null(p, "%s", e.message);
+    cr_expect_eq(json_array_size(json_object_get(p, "data")), 2);
+    cr_expect_str_eq(json_string_value(json_object_get(p, "first_id")), ids[1]);
+    cr_expect_str_eq(json_string_value(json_object_get(p, "last_id")), ids[2]);
+    cr_expect(json_is_false(json_object_get(p, "has_more")));
+    json_decref(p);
+    /* descending, one at a time: after the newest comes ids[2], more follow */
+    p = resp_items_page(items, "1", NULL, ids[3], NULL, &e);
+    cr_expect_str_eq(json_string_value(json_object_get(p, "first_id")), ids[2]);
+    cr_expect(json_is_true(json_object_get(p, "has_more")));
+    json_decref(p);
+    /* nothing after the oldest */
+    p = resp_items_page(items, NULL, "desc", ids[0], NULL, &e);
+    cr_expect_eq(json_array_size(json_object_get(p, "data")), 0);
+    cr_expect(json_is_null(json_object_get(p, "first_id")) && json_is_null(json_object_get(p, "last_id")));
+    json_decref(p);
+    cr_expect_null(resp_items_page(items, "20", "sideways", NULL, NULL, &e));
+    cr_expect_str_eq(e.param, "order");
+    cr_expect_null(resp_items_page(items, "3x", NULL, NULL, NULL, &e));
+    cr_expect_str_eq(e.param, "limit");
+    json_decref(items);
+    json_decref(in);
+
+    in = json_string("just text");
+    items = resp_input_items(in, 7);
+    cr_expect_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(
+                         json_array_get(items, 0), "content"), 0), "text")), "just text");
+    json_decref(items);
+    json_decref(in);
+}
