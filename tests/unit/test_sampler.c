@@ -448,3 +448,54 @@ Test(sampler, bias_and_banned_tokens)
     }
     ms_sampler_free(s);
 }
+
+/* A vocabulary of 65,536 whose ids from 257 up are banned (the byte-level
+ * tokenizer's case: set as biases, or as -inf logits) draws what a sampler
+ * over the 257 open ids alone draws, in every mode: the banned tokens' bias
+ * pass, their zero numerators and the histogram's zero blocks change no
+ * number of the draw. */
+Test(sampler, banned_majority_draws_as_the_open_vocabulary)
+{
+    enum { OPEN = 257, N = 65536, DRAWS = 400 };
+    float *l = malloc(N * sizeof *l), *x = malloc(N * sizeof *x), *dead = malloc(N * sizeof *dead),
+          *lo = malloc(OPEN * sizeof *lo);
+    cr_assert(l && x && dead && lo);
+    fill_logits(l, N, 11, 3.0f);
+    memcpy(dead, l, N * sizeof *l);
+    for (int32_t i = OPEN; i < N; i++)
+        dead[i] = -INFINITY;
+    const struct { float t, p; int k, penalties; } modes[] = {
+        {1.0f, 0.3f, 0, 1}, {1.0f, 1.0f, 0, 0}, {0.7f, 0.9f, 0, 1}, {1.0f, 1.0f, 40, 0}, {1.5f, 0.5f, 5, 1},
+        {1.0f, 1.0f, 300, 0}};
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+        ms_sampler_params p = plain(modes[m].t, modes[m].p, modes[m].k, 1000 + m);
+        if (modes[m].penalties) {
+            const ms_sampler_params d = ms_sampler_defaults();
+            p.presence_penalty = d.presence_penalty;
+            p.frequency_penalty = d.frequency_penalty;
+            p.penalty_decay = d.penalty_decay;
+        }
+        ms_sampler *open = ms_sampler_new(OPEN, &p), *biased = ms_sampler_new(N, &p),
+                   *inf = ms_sampler_new(N, &p);
+        for (int32_t i = OPEN; i < N; i++)
+            ms_sampler_set_bias(biased, i, -INFINITY);
+        for (int d = 0; d < DRAWS; d++) {
+            const float *src = l + (size_t)(d % 64) * 512; /* a different slice each draw */
+            memcpy(lo, src, OPEN * sizeof *lo);
+            const int32_t want = ms_sampler_sample(open, lo);
+            memcpy(x, src, OPEN * sizeof *x);
+            memcpy(x + OPEN, l + OPEN, (N - OPEN) * sizeof *x); /* finite: only the biases ban them */
+            cr_assert_eq(ms_sampler_sample(biased, x), want, "mode %zu draw %d (biases)", m, d);
+            memcpy(x, src, OPEN * sizeof *x);
+            memcpy(x + OPEN, dead + OPEN, (N - OPEN) * sizeof *x);
+            cr_assert_eq(ms_sampler_sample(inf, x), want, "mode %zu draw %d (-inf logits)", m, d);
+        }
+        ms_sampler_free(open);
+        ms_sampler_free(biased);
+        ms_sampler_free(inf);
+    }
+    free(l);
+    free(x);
+    free(dead);
+    free(lo);
+}
