@@ -28,7 +28,7 @@ static const char *route_label[] = {
     "unknown", "/health", "/metrics", "/v1/models", "/v1/models/{id}", "/v1/completions",
     "/v1/chat/completions", "/v1/sessions", "/v1/sessions/{id}", "/v1/sessions/{id}/state",
     "OPTIONS", "ui", "/v1/responses", "/v1/responses/{id}",
-    "/v1/responses/{id}/input_items"};
+    "/v1/responses/{id}/input_items", "/v1/responses/{id}/cancel"};
 
 
 void req_unref(http_req *r)
@@ -288,10 +288,11 @@ static route_id route_of(const char *url, char *id, size_t idcap, const char **a
             snprintf(id, idcap, "%s", p);
             return *allow = "GET, DELETE", R_RESPONSE;
         }
-        if (!strcmp(slash, "/input_items") && (size_t)(slash - p) < idcap) {
+        const int items = !strcmp(slash, "/input_items"), cancel = !strcmp(slash, "/cancel");
+        if ((items || cancel) && (size_t)(slash - p) < idcap) {
             memcpy(id, p, (size_t)(slash - p));
             id[slash - p] = 0;
-            return *allow = "GET", R_RESPONSE_ITEMS;
+            return items ? (*allow = "GET", R_RESPONSE_ITEMS) : (*allow = "POST", R_RESPONSE_CANCEL);
         }
     }
     if (!strncmp(url, "/v1/sessions/", 13)) {
@@ -464,7 +465,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     case R_CHAT: return start_completion(r, OA_CHAT);
     case R_RESPONSES: return start_responses(r);
     case R_RESPONSE:
-    case R_RESPONSE_ITEMS: return do_response(r, method);
+    case R_RESPONSE_ITEMS:
+    case R_RESPONSE_CANCEL: return do_response(r, method);
     case R_SESSIONS:
     case R_SESSION:
     case R_SESSION_STATE: return do_sessions(r, method);

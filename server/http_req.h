@@ -59,7 +59,7 @@ struct http_srv {
 typedef enum {
     R_NONE = 0, R_HEALTH, R_METRICS, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT, R_SESSIONS,
     R_SESSION, R_SESSION_STATE, R_PREFLIGHT, R_UI, R_RESPONSES, R_RESPONSE,
-    R_RESPONSE_ITEMS
+    R_RESPONSE_ITEMS, R_RESPONSE_CANCEL
 } route_id;
 
 typedef struct choice_buf {
@@ -193,7 +193,7 @@ enum MHD_Result continue_completion(http_req *r);
 
 /* POST /v1/responses (MHD thread). */
 enum MHD_Result start_responses(http_req *r);
-/* GET and DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items (MHD thread). */
+/* GET and DELETE /v1/responses/{id}, GET .../input_items, POST .../cancel (MHD thread). */
 enum MHD_Result do_response(http_req *r, const char *method);
 /* The answer of a finished stored-response operation (MHD thread). */
 enum MHD_Result finish_resp_op(http_req *r);

@@ -249,7 +249,9 @@ static const char *item_arg(http_req *r, const char *name)
 
 /* GET /v1/responses/{id}: the stored response as it ended; DELETE forgets it
  * (and so previous_response_id to it). Replaying a stream is not offered.
- * GET /v1/responses/{id}/input_items: a page of its input items. */
+ * GET /v1/responses/{id}/input_items: a page of its input items. POST
+ * /v1/responses/{id}/cancel: a 400 for a response that exists (none runs in
+ * the background), else a 404. */
 enum MHD_Result do_response(http_req *r, const char *method)
 {
     enum MHD_Result out;
@@ -266,6 +268,7 @@ enum MHD_Result do_response(http_req *r, const char *method)
         json_decref(probe);
         return start_sess_op(r, OP_RESP_GET);
     }
+    if (r->route == R_RESPONSE_CANCEL) return start_sess_op(r, OP_RESP_GET); /* a 400 if it exists */
     if (!strcmp(method, "GET")) {
         const char *st = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "stream");
         if (st && strcmp(st, "false"))
@@ -331,6 +334,11 @@ enum MHD_Result finish_resp_op(http_req *r)
         out = submit_responses(r, rec);
     else if (r->route == R_RESPONSE_ITEMS)
         out = send_items(r, rec);
+    else if (r->route == R_RESPONSE_CANCEL)
+        out = http_send_error(r, 400, "invalid_request_error", NULL, NULL,
+                              "Only background responses can be cancelled, and this server runs none "
+                              "(background: true is a 400): response '%.80s' has already ended.",
+                              r->path_id);
     else
         out = http_send_json(r, 200, json_dumps(json_object_get(rec, "response"),
                                                 JSON_COMPACT | JSON_PRESERVE_ORDER));

@@ -334,7 +334,7 @@ test('responses: retrieve gives the stored response (streamed ones too); delete 
   assert.equal(replay.json.error.param, 'stream');
 });
 
-test('responses: inputItems.list pages through what the request sent, newest first; chains list only their own input', async () => {
+test('responses: inputItems.list pages through what the request sent, newest first; chains list only their own input; cancel is a 400', async () => {
   const input = [
     { role: 'user', content: 'What is the weather in Oslo?' },
     { type: 'message', role: 'assistant', content: [{ type: 'output_text', text: 'Let me look.' }] },
@@ -385,6 +385,9 @@ test('responses: inputItems.list pages through what the request sent, newest fir
   await assert.rejects(oa.responses.inputItems.list('resp_unknown'), (e) => e.status === 404);
   const unkept = await oa.responses.create({ model: M, input: 'hi', max_output_tokens: 2, store: false });
   await assert.rejects(oa.responses.inputItems.list(unkept.id), (e) => e.status === 404);
+  // Nothing runs in the background, so nothing can be cancelled: a 400 that says so, 404 if unknown.
+  await assert.rejects(oa.responses.cancel(r.id), (e) => e.status === 400 && /background/.test(e.message));
+  await assert.rejects(oa.responses.cancel('resp_unknown'), (e) => e.status === 404);
   await oa.responses.delete(r.id);
   await assert.rejects(oa.responses.inputItems.list(r.id), (e) => e.status === 404);
   assert.equal((await api(srv, 'POST', `/v1/responses/${done.id}/input_items`, {})).status, 405);
