@@ -298,13 +298,14 @@ json_t *resp_input_items(json_t *input, uint64_t seed)
         return items;
     }
     for (size_t i = 0; i < json_array_size(input); i++) {
-        json_t *it = json_object_get(json_array_get(input, i), "type") ? json_deep_copy(json_array_get(input, i))
-                                                                       : NULL;
-        if (!it) { /* a message given by its role alone */
-            json_t *src = json_array_get(input, i);
-            it = json_pack("{s:s,s:O}", "type", "message", "role", json_object_get(src, "role"));
-            if (it && json_object_get(src, "id")) json_object_set(it, "id", json_object_get(src, "id"));
-            if (it) json_object_set(it, "content", json_object_get(src, "content"));
+        json_t *src = json_array_get(input, i), *it;
+        if (json_is_string(json_object_get(src, "type"))) {
+            it = json_deep_copy(src);
+        } else { /* a message given by its role alone (resp_to_chat's reading) */
+            it = json_pack("{s:s,s:O,s:O}", "type", "message", "role", json_object_get(src, "role"),
+                           "content", json_object_get(src, "content"));
+            if (it && json_object_get(src, "id"))
+                json_object_set(it, "id", json_object_get(src, "id"));
         }
         if (!it)
             goto fail;

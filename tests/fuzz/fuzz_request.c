@@ -14,6 +14,31 @@
 #include "openai.h"
 #include "responses.h"
 
+/* An accepted input as GET /v1/responses/{id}/input_items would list it:
+ * one item per input item (a string is one), each with a type and a string
+ * id, found again as the cursor of a page. */
+static void check_input_items(json_t *input)
+{
+    json_t *items = resp_input_items(input, 1);
+    if (!items) return; /* out of memory */
+    const size_t n = json_is_string(input) ? 1 : json_array_size(input);
+    if (json_array_size(items) != n) abort();
+    for (size_t i = 0; i < n; i++) {
+        json_t *it = json_array_get(items, i);
+        if (!json_is_string(json_object_get(it, "type")) || !json_is_string(json_object_get(it, "id")))
+            abort();
+    }
+    oa_error e;
+    json_t *page = n ? resp_items_page(items, "100", "asc",
+                                       json_string_value(json_object_get(json_array_get(items, 0), "id")),
+                                       NULL, &e)
+                     : NULL;
+    /* client ids may repeat: the cursor is the first item with that id, so at most n - 1 follow */
+    if (n && (!page || json_array_size(json_object_get(page, "data")) > n - 1)) abort();
+    json_decref(page);
+    json_decref(items);
+}
+
 /* A Responses body as the chat body the server would parse (NULL when
  * refused, with *e set, or not JSON). */
 static char *responses_as_chat(const char *body, size_t len, oa_error *e)
@@ -24,6 +49,8 @@ static char *responses_as_chat(const char *body, size_t len, oa_error *e)
         return NULL;
     }
     json_t *chat = resp_to_chat(req, NULL, &hist, e);
+    if (chat)
+        check_input_items(json_object_get(req, "input"));
     char *out = chat ? json_dumps(chat, JSON_COMPACT) : NULL;
     if (chat && !out)
         oa_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
