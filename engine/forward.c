@@ -909,12 +909,6 @@ static void ffn_part(void *arg, int p)
     }
 }
 
-CLONES static void add_into(float *restrict x, const float *restrict y, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
-}
-
 /* next: what the pass after the FFN's reads first (NULL: none). */
 static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T, const k_wmat *next)
 {
@@ -949,7 +943,7 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T, const k_wmat
         linear_many(c, value, P, T);
     }
     for (int p = 1; p < P; p++)
-        add_into(c->x, ffn_value_of(c, L, p, T).Y, (size_t)T * c->m->cfg.n_embd);
+        k_add_into(c->x, ffn_value_of(c, L, p, T).Y, (size_t)T * c->m->cfg.n_embd);
 }
 
 /* Runs T <= max_chunk rows (c->row_state and set_rows() say whose).

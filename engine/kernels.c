@@ -640,6 +640,13 @@ void *k_tbuf(int which, size_t bytes)
     return p;
 }
 
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void k_add_into(float *restrict x, const float *restrict y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
 /* One group of activations to int8 (symmetric, round to nearest even, as
  * quant_i8), with the integer sum of the group; written in
  * 16-lane loops so each clone vectorizes it (a prefill chunk quantizes

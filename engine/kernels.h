@@ -124,6 +124,10 @@ void k_matmul_rows(const k_product *p, int B, int r0, int r1);
  * share its rows as they become free. The same bits as k_matmul. */
 void k_matmul_rows_claim(const k_product *p, int B, atomic_int *next, int chunk_rows);
 
+/* x[i] += y[i] for i < n (x and y distinct), vectorized for the CPU's set;
+ * same sums on every CPU. Any thread. */
+void k_add_into(float *restrict x, const float *restrict y, size_t n);
+
 /* Runs run(arg, i) for i in [0, n) on the pool (the caller takes part);
  * returns when all are done. Items must be independent. When the pool is
  * busy with another caller's loop, this caller runs its items alone. */

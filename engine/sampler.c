@@ -646,16 +646,6 @@ static int32_t sample_probs(ms_sampler *s, const float *logits, float m)
     return c[draw_weighted(s->rng, w, keep, total)].id;
 }
 
-/* logits[i] += bias[i] for every i: one vector pass, for a sampler with
- * many biased tokens (the byte-level tokenizer bans 65,279), instead of a
- * scattered add per token. An unbiased token adds 0 (-0 becomes +0, which
- * no later step tells apart). */
-CLONES static void add_dense(float *logits, const float *bias, int32_t n)
-{
-    for (int32_t i = 0; i < n; i++)
-        logits[i] += bias[i];
-}
-
 int32_t ms_sampler_sample(ms_sampler *s, float *logits)
 {
     const int32_t n = s->n;
@@ -666,8 +656,11 @@ int32_t ms_sampler_sample(ms_sampler *s, float *logits)
         int32_t id = s->seen_ids[i];
         logits[id] -= p->presence_penalty + s->occ[id] * p->frequency_penalty;
     }
+    /* Many biases (the byte-level tokenizer bans 65,279) are added as the
+     * whole array in one vector pass rather than token by token: an unbiased
+     * token adds 0 (-0 becomes +0, which no later step tells apart). */
     if (s->n_biased > n / 16)
-        add_dense(logits, s->bias, n);
+        k_add_into(logits, s->bias, (size_t)n);
     else
         for (int32_t i = 0; i < s->n_biased; i++)
             logits[s->bias_ids[i]] += s->bias[s->bias_ids[i]];

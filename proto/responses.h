@@ -75,7 +75,8 @@ json_t *resp_input_items(json_t *input, uint64_t seed);
  * {object, data, first_id, last_id, has_more}. The query's values (each
  * NULL when absent): limit 1-100 (20), order "asc" or "desc" (the default:
  * newest first), after / before an item id of the list. NULL with a 400 in
- * *e for a bad value or an id not in the list. */
+ * *e for a bad value or an id not in the list. items NULL (an empty list)
+ * checks limit and order alone. */
 json_t *resp_items_page(json_t *items, const char *limit, const char *order, const char *after,
                         const char *before, oa_error *e);
 

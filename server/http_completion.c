@@ -118,7 +118,7 @@ static void stream_text(http_req *r, int idx, const char *text, size_t len)
         r->lost = 1; /* the per-token path: appended in place, no allocation once grown */
 }
 
-static uint64_t seed_of(http_req *r, int k)
+uint64_t req_seed(const http_req *r, int k)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -139,8 +139,8 @@ static void tc_start(void *ud, int index, const char *name)
     const oa_request *q = &r->job.req;
     choice_buf *c = &r->choices[x->idx];
     if (index >= TOOLS_MAX_PARALLEL) return;
-    tools_call_id(c->call_ids[index], seed_of(r, index));
-    resp_new_id(c->item_ids[index], "fc_", seed_of(r, index + 7));
+    tools_call_id(c->call_ids[index], req_seed(r, index));
+    resp_new_id(c->item_ids[index], "fc_", req_seed(r, index + 7));
     c->n_calls = index + 1;
     c->ts_mode = 1;
     if (r->responses) {
@@ -211,8 +211,8 @@ int reply_calls(http_req *r, int idx, tools_call **calls)
     if (n <= 0) return 0;
     if (n > TOOLS_MAX_PARALLEL) n = TOOLS_MAX_PARALLEL;
     for (int k = c->n_calls; k < n; k++) {
-        tools_call_id(c->call_ids[k], seed_of(r, k));
-        resp_new_id(c->item_ids[k], "fc_", seed_of(r, k + 7));
+        tools_call_id(c->call_ids[k], req_seed(r, k));
+        resp_new_id(c->item_ids[k], "fc_", req_seed(r, k + 7));
     }
     c->n_calls = n;
     return n;

@@ -177,6 +177,9 @@ void req_wake(http_req *r);
 /* Appends an already framed SSE event (malloc'd, taken; NULL ignored);
  * caller holds mu. */
 void req_push_raw(http_req *r, char *ev);
+/* A seed for the ids the server makes for r's items (k tells them apart):
+ * the clock, r's address and k mixed. Any thread. */
+uint64_t req_seed(const http_req *r, int k);
 /* Ends a started stream with an error event; caller holds mu. */
 void req_push_error(http_req *r, const srv_error *err);
 /* The calls of choice idx's finished reply (tools grammar), with ids, into

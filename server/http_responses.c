@@ -230,9 +230,7 @@ static enum MHD_Result submit_responses(http_req *r, json_t *prev)
     r->responses = 1;
     http_rand_id(r->resp_id, sizeof r->resp_id, "resp_");
     http_rand_id(r->msg_id, sizeof r->msg_id, "msg_");
-    uint64_t seed = 1469598103934665603ull; /* the input items' ids follow from the response's */
-    for (const char *p = r->resp_id; *p; p++) seed = (seed ^ (unsigned char)*p) * 1099511628211ull;
-    r->resp_input = resp_input_items(json_object_get(r->resp_req, "input"), seed);
+    r->resp_input = resp_input_items(json_object_get(r->resp_req, "input"), req_seed(r, 0));
     if (!r->resp_input) return http_send_error(r, 500, "server_error", NULL, NULL, "out of memory");
     /* the conversation's session: the chain's, or this response's own */
     if (!r->job.req.session_id) {
@@ -264,7 +262,7 @@ enum MHD_Result do_response(http_req *r, const char *method)
                                    "items with this server.");
         oa_error e;
         json_t *probe = resp_items_page(NULL, item_arg(r, "limit"), item_arg(r, "order"), NULL, NULL, &e);
-        if (!probe) return http_send_error_obj(r, &e); /* checked before the store is asked */
+        if (!probe) return http_send_error_obj(r, &e); /* limit and order, before the store is asked */
         json_decref(probe);
         return start_sess_op(r, OP_RESP_GET);
     }
