@@ -640,12 +640,16 @@ void *k_tbuf(int which, size_t bytes)
     return p;
 }
 
+/* Static: clang (the fuzz build) gives an exported target_clones function
+ * no symbol of its plain name for other files to link against. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void k_add_into(float *restrict x, const float *restrict y, size_t n)
+static void add_into(float *restrict x, const float *restrict y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         x[i] += y[i];
 }
+
+void k_add_into(float *restrict x, const float *restrict y, size_t n) { add_into(x, y, n); }
 
 /* One group of activations to int8 (symmetric, round to nearest even, as
  * quant_i8), with the integer sum of the group; written in
