@@ -44,7 +44,7 @@ struct ms_ctx {
     float *prev_xn; /* (SHIFT_ITEMS, C) a shift item's recomputed previous row */
     size_t panel_cols; /* max(C, F) */
     int n_shares;   /* prefill products are split in this many row ranges (pool threads) */
-    float *batch_logits; /* (min(max_chunk, LOGIT_ROWS), V) for mixed calls */
+    float *batch_logits; /* (min(max_chunk, K_MAX_BATCH), V): a mixed call's unwanted rows */
     int32_t *row_tok;     /* (max_chunk) tokens of a mixed call */
     /* The rows of the current call: rows [0, n_single) are one token each of
      * distinct sequences (a decode batch), then n_seg chunks of other
@@ -948,8 +948,10 @@ static void channel_mix(ms_ctx *c, const ms_layer *L, int l, int T, const k_wmat
 
 /* Runs T <= max_chunk rows (c->row_state and set_rows() say whose).
  * Logits: every row's with all_logits, else the single rows' and then, in
- * order, the last rows' of the chunks that want them. */
-static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits, int all_logits)
+ * order, the last rows' of the chunks that want them; into logits (one
+ * after another) or, with lrows, each into its own buffer. */
+static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits,
+                         float *const *lrows, int all_logits)
 {
     const ms_model *m = c->m;
     const ms_config *cf = &m->cfg;
@@ -962,9 +964,11 @@ static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits,
     for (int l = 0; l < cf->n_layer; l++) {
         time_mix(c, &m->layers[l], l, T);
         channel_mix(c, &m->layers[l], l, T,
-                    l + 1 < cf->n_layer ? &m->layers[l + 1].wr : logits ? &m->head : NULL);
+                    l + 1 < cf->n_layer ? &m->layers[l + 1].wr
+                    : logits || lrows   ? &m->head
+                                        : NULL);
     }
-    if (!logits)
+    if (!logits && !lrows)
         return;
     int rows = 0;
     for (int t = 0; t < T; t++) {
@@ -976,7 +980,10 @@ static void forward_rows(ms_ctx *c, const int32_t *tokens, int T, float *logits,
     }
     if (rows < T) /* each row of the head's product is alone now: the kernels' bits */
         set_rows(c, rows, NULL, 0, 0);
-    linear(c, logits, c->xn, &m->head, rows, 0.0f);
+    if (lrows) /* single rows, or chunks' last rows: linear() would take the kernels too */
+        k_matmul_to_rows(&m->head, c->xn, lrows, rows, 0.0f);
+    else
+        linear(c, logits, c->xn, &m->head, rows, 0.0f);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1012,7 +1019,7 @@ ms_ctx *ms_ctx_new(const ms_model *m, int max_chunk)
         !(c->s_start = malloc(s_chunks * C * (size_t)cf->head_size * sizeof(float))) ||
         !(c->prev_xn = malloc(SHIFT_ITEMS * C * sizeof(float))) ||
         !(c->row_state = calloc(T, sizeof *c->row_state)) ||
-        !(c->batch_logits = malloc((T < LOGIT_ROWS ? T : LOGIT_ROWS) * (size_t)cf->vocab_size *
+        !(c->batch_logits = malloc((T < K_MAX_BATCH ? T : K_MAX_BATCH) * (size_t)cf->vocab_size *
                                    sizeof(float))) ||
         !(c->row_tok = malloc(T * sizeof *c->row_tok)) ||
         !(c->panel = malloc((size_t)(c->n_shares = k_threads()) * PANEL_ROWS *
@@ -1064,7 +1071,7 @@ ms_status ms_forward(ms_ctx *c, ms_state *s, const int32_t *tokens, size_t n, fl
         set_rows(c, T == 1, &T, T != 1, 1);
         for (size_t t = 0; t < T; t++)
             c->row_state[t] = s;
-        forward_rows(c, tokens + done, (int)T, out, all_logits);
+        forward_rows(c, tokens + done, (int)T, out, NULL, all_logits);
         done += T;
     }
     return MS_OK;
@@ -1155,14 +1162,17 @@ ms_status ms_forward_mixed(ms_ctx *c, ms_state *const *states, const int32_t *to
                 c->row_state[r] = ck[i]->state;
                 c->row_tok[r] = ck[i]->tokens[t];
             }
-        forward_rows(c, c->row_tok, (int)r, want ? c->batch_logits : NULL, 0);
-        const size_t lb = (size_t)V * sizeof(float);
-        for (size_t i = 0; want && i < B; i++)
-            if (logits[done + i])
-                memcpy(logits[done + i], c->batch_logits + i * (size_t)V, lb);
-        for (int i = 0, row = (int)B; i < nk; i++)
+        /* The head writes each row's logits where its caller wants them (a
+         * copy of 8 x 256 KB cost a 0.1B q4 batch step 3%); rows nobody
+         * wants go to scratch. */
+        float *lrows[LOGIT_ROWS];
+        int rows = 0;
+        for (size_t i = 0; i < B; i++, rows++)
+            lrows[rows] = logits[done + i] ? logits[done + i] : c->batch_logits + i * (size_t)V;
+        for (int i = 0; i < nk; i++)
             if (want_c >> i & 1)
-                memcpy(ck[i]->logits, c->batch_logits + (size_t)row++ * V, lb);
+                lrows[rows++] = ck[i]->logits;
+        forward_rows(c, c->row_tok, (int)r, NULL, want ? lrows : NULL, 0);
         done += B;
     } while (done < n);
     return MS_OK;

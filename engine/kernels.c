@@ -1011,7 +1011,7 @@ static inline int32_t x4_of(const int8_t *p)
 #define ACC_STORE(NR, NB)                                                                        \
     UNROLL for (int rb = 0; rb < NR; rb++)                                                       \
     UNROLL for (int q = 0; q < NB; q++)                                                          \
-        VSTORE(acc[rb * NB + q], Y + (size_t)(b0 + q) * W->rows + r + rb * K_ROWS,               \
+        VSTORE(acc[rb * NB + q], k_yrow(A, Y, W->rows, b0 + q) + r + rb * K_ROWS,                 \
                imin(K_ROWS, r1 - r - rb * K_ROWS), beta);
 
 /* NR blocks (1, or 2 for small batches, so that enough independent FMA
@@ -2323,8 +2323,8 @@ static void matmul_chunk(void *arg, int item)
 }
 
 /* Without memory for the prepared inputs: the exact product (the same
- * weights, fp32 inputs), one weight at a time. */
-static void matmul_fallback(const k_product *p, int B, int r0, int r1)
+ * weights, fp32 inputs), one weight at a time. yrows as in matmul_many. */
+static void matmul_fallback(const k_product *p, float *const *yrows, int B, int r0, int r1)
 {
     const k_wmat *W = p->W;
     for (int b = 0; b < B; b++)
@@ -2332,12 +2332,14 @@ static void matmul_fallback(const k_product *p, int B, int r0, int r1)
             float s = 0;
             for (int c = 0; c < W->cols; c++)
                 s += packed_at(W, r, c) * p->X[(size_t)b * W->cols + c];
-            float *y = p->Y + (size_t)b * W->rows + r;
+            float *y = (yrows ? yrows[b] : p->Y + (size_t)b * W->rows) + r;
             *y = p->beta == 0.0f ? s : p->beta * *y + s;
         }
 }
 
-void k_matmul_many(const k_product *p, int n, int B)
+/* k_matmul_many; yrows NULL, or (with n == 1) where p's rows go instead of
+ * its Y. */
+static void matmul_many(const k_product *p, int n, int B, float *const *yrows)
 {
     pthread_once(&isa_once, choose_isa);
     for (int done = 0; done < n; done += MANY_MAX) {
@@ -2351,7 +2353,7 @@ void k_matmul_many(const k_product *p, int n, int B)
         char *buf = bytes ? k_tbuf(K_TBUF_ACT, bytes) : NULL;
         if (bytes && !buf) {
             for (int i = 0; i < cnt; i++)
-                matmul_fallback(&m.p[i], B, 0, m.p[i].W->rows);
+                matmul_fallback(&m.p[i], yrows, B, 0, m.p[i].W->rows);
             continue;
         }
         size_t weights = 0;
@@ -2363,6 +2365,7 @@ void k_matmul_many(const k_product *p, int n, int B)
              * batch's take microseconds, less than a pass of their own. */
             m.buf[i] = buf ? buf + off[i] : NULL;
             act_setup(&m.A[i], W, m.p[i].X, B, m.buf[i]);
+            m.A[i].yrow = yrows;
             const int on_pool =
                 B > K_MAX_BATCH && pool.n_threads > 1 && !inputs_as_given(W) && m.buf[i];
             m.fill_first[i + 1] = m.fill_first[i] + (on_pool ? (B + FILL_ROWS - 1) / FILL_ROWS : 0);
@@ -2383,6 +2386,8 @@ void k_matmul_many(const k_product *p, int n, int B)
     }
 }
 
+void k_matmul_many(const k_product *p, int n, int B) { matmul_many(p, n, B, NULL); }
+
 /* p's inputs prepared on the calling thread, in its scratch; 0 without
  * memory for them (run_rows then takes the exact fallback). */
 static int prepare_rows(const k_product *p, int B, act *A)
@@ -2401,7 +2406,7 @@ static void run_rows(const k_product *p, int B, const act *A, int prepared, int 
     if (prepared)
         pick(p->W)(p->W, A, p->Y, B, p->beta, r0, r1);
     else
-        matmul_fallback(p, B, r0, r1);
+        matmul_fallback(p, NULL, B, r0, r1);
 }
 
 void k_matmul_rows(const k_product *p, int B, int r0, int r1)
@@ -2427,4 +2432,10 @@ void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta)
 {
     const k_product p = {W, X, Y, beta};
     k_matmul_many(&p, 1, B);
+}
+
+void k_matmul_to_rows(const k_wmat *W, const float *X, float *const *Yrows, int B, float beta)
+{
+    const k_product p = {W, X, NULL, beta};
+    matmul_many(&p, 1, B, Yrows);
 }

@@ -101,6 +101,10 @@ int k_matmul_any_rows(const k_wmat *W);
  * activations, allocated on a thread's first product). */
 #define K_MAX_BATCH 16 /* decode batch the engine hands to k_matmul at once */
 void k_matmul(const k_wmat *W, const float *X, float *Y, int B, float beta);
+/* k_matmul with row b of Y at Yrows[b] (W->rows floats each, distinct, the
+ * array read during the call only): a batch's logits written straight into
+ * each sequence's own buffer, with the same bits. */
+void k_matmul_to_rows(const k_wmat *W, const float *X, float *const *Yrows, int B, float beta);
 
 /* Y = beta * Y + X W^T of one k_matmul_many call (X is B x W->cols). */
 typedef struct {

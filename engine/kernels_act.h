@@ -24,7 +24,15 @@ typedef struct {
     const float *xs;     /* B x G */
     const int32_t *xoff; /* B x G */
     size_t kp, G;
+    float *const *yrow; /* NULL, or output row b at yrow[b] (k_product.Yrows) */
 } act;
+
+/* Where sequence b's output row starts: Y's row b (rows floats apart), or
+ * the caller's own buffer for it. */
+static inline float *k_yrow(const act *A, float *Y, size_t rows, int b)
+{
+    return A->yrow ? A->yrow[b] : Y + (size_t)b * rows;
+}
 
 /* A range kernel: rows [r0, r1) of Y = beta * Y + X W^T for all B
  * sequences (r0 a multiple of K_ROWS, r1 one too or W->rows). */

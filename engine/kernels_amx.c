@@ -283,7 +283,7 @@ AMX_INLINE void int_block_m(const uint8_t *wt, const uint8_t *q4p, const float *
 #pragma GCC unroll 16
     for (int m = 0; m < M; m++)
         if (m >= c.skip)
-            k_store16(acc[m], Y + (size_t)(c.bs + m) * ldy + r, nr, beta);
+            k_store16(acc[m], k_yrow(A, Y, (size_t)ldy, c.bs + m) + r, nr, beta);
 }
 
 /* M = 16 (prefill chunks, big batches) and 8 get copies of their own, with
@@ -423,7 +423,7 @@ AMX_INLINE void dbf_blocks(const uint16_t *wp, size_t bs, int NB, int l2, const 
             for (size_t p = nt * TP; p < np; p++)
                 a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(wj + p * 2 * K_ROWS),
                                      (__m512bh)_mm512_set1_epi32((int)x[p]));
-            k_store16(a, Y + (size_t)(c.bs + m) * ldy + rj, imin(K_ROWS, r1 - rj), beta);
+            k_store16(a, k_yrow(A, Y, (size_t)ldy, c.bs + m) + rj, imin(K_ROWS, r1 - rj), beta);
         }
     }
 }

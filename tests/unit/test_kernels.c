@@ -507,6 +507,31 @@ Test(kernels, claimed_chunks_equal_the_whole_product)
     pieces_equal_the_whole(run_claims, shape, sizeof shape / sizeof shape[0], "claimed chunks");
 }
 
+/* k_matmul_to_rows with each output row in a buffer of its own (allocated
+ * apart, last first): k_matmul's bits, batches of prefill size (17) too. */
+static void run_rows_apart(const k_product *p, int B, int step)
+{
+    (void)step;
+    const int rows = p->W->rows;
+    float *yr[32];
+    cr_assert_leq(B, 32);
+    for (int b = B - 1; b >= 0; b--) {
+        cr_assert_not_null(yr[b] = malloc(sizeof(float) * rows));
+        memcpy(yr[b], p->Y + (size_t)b * rows, sizeof(float) * rows);
+    }
+    k_matmul_to_rows(p->W, p->X, yr, B, p->beta);
+    for (int b = 0; b < B; b++) {
+        memcpy(p->Y + (size_t)b * rows, yr[b], sizeof(float) * rows);
+        free(yr[b]);
+    }
+}
+
+Test(kernels, rows_into_buffers_of_their_own_equal_the_product)
+{
+    static const int shape[][3] = {{768, 64, 0}, {517, 96, 0}, {100, 200, 0}};
+    pieces_equal_the_whole(run_rows_apart, shape, sizeof shape / sizeof shape[0], "rows apart");
+}
+
 Test(kernels, formats_round_as_documented)
 {
     const float v[] = {1.0f, -2.5f, 3.14159265f, 1e-3f, 65504.0f, -0.0f};
