@@ -312,8 +312,8 @@ enum MHD_Result finish_resp_op(http_req *r)
         /* the details name server files or store keys: for the log only */
         fprintf(stderr, "metastate serve: response %s: %s\n", r->path_id, op->err);
         return http_send_error(r, 500, "server_error", NULL, NULL,
-                               "The stored response '%.80s' could not be read (the server log says why).",
-                               r->path_id);
+                               "The stored response '%.80s' could not be %s (the server log says why).",
+                               r->path_id, kind == OP_RESP_DELETE ? "deleted" : "read");
     }
     if (kind == OP_RESP_SAVE) {
         char *t = op->buf;

@@ -45,7 +45,7 @@ static void sess_op_work(void *arg)
     } else if (op->kind == OP_RESP_SAVE) {
         op->rc = sstore_response_put(p, r->resp_id, op->rec, op->err, sizeof op->err);
     } else if (op->kind == OP_RESP_DELETE) {
-        op->rc = sstore_response_delete(p, r->path_id);
+        op->rc = sstore_response_delete(p, r->path_id, op->err, sizeof op->err);
     } else if (op->kind == OP_LIST) {
         op->buf = sstore_list_json(p, &op->rc);
     } else if (op->kind == OP_INFO) {

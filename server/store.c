@@ -587,12 +587,14 @@ int sstore_response_get(sstore *st, const char *id, json_t **rec, char *err, siz
     return SSTORE_OK;
 }
 
-int sstore_response_delete(sstore *st, const char *id)
+int sstore_response_delete(sstore *st, const char *id, char *err, size_t errcap)
 {
-    char err[256];
-    if (st->dir) return resp_files_delete(st->dir, id, err, sizeof err) > 0 ? SSTORE_OK : SSTORE_UNKNOWN;
+    if (st->dir) {
+        const int rc = resp_files_delete(st->dir, id, err, errcap);
+        return rc < 0 ? SSTORE_INVALID : rc ? SSTORE_OK : SSTORE_UNKNOWN;
+    }
     if (!st->rs) return resp_store_delete(id) ? SSTORE_OK : SSTORE_UNKNOWN;
     double t0 = now_s();
-    int rc = seen(st, t0, redis_response_delete(st->rs, id, err, sizeof err));
+    int rc = seen(st, t0, redis_response_delete(st->rs, id, err, errcap));
     return rc < 0 ? SSTORE_DOWN : rc ? SSTORE_OK : SSTORE_UNKNOWN;
 }

@@ -119,7 +119,8 @@ int sstore_response_put(sstore *st, const char *id, json_t *rec, char *err, size
  * decrefs). SSTORE_OK, _UNKNOWN, _DOWN, or _INVALID (a stored value that is
  * not a record, a file not read: err says so). */
 int sstore_response_get(sstore *st, const char *id, json_t **rec, char *err, size_t errcap);
-/* SSTORE_OK (deleted), _UNKNOWN or _DOWN. */
-int sstore_response_delete(sstore *st, const char *id);
+/* SSTORE_OK (deleted), _UNKNOWN, _DOWN, or _INVALID (a file that would not
+ * go: err says why). */
+int sstore_response_delete(sstore *st, const char *id, char *err, size_t errcap);
 
 #endif

@@ -7,7 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync, utimesSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, client, api, tmpDir, asciiBias, MODEL_NAME, sleep } from './lib/server.mjs';
 
@@ -88,12 +88,21 @@ test('stored responses are files beside the sessions: a chain moves between repl
   // Broken files are a 500 that names the id, not the path; a FIFO does not hang the server.
   writeFileSync(join(dir, 'resp_broken.response'), '{"session": "x"');
   execFileSync('mkfifo', [join(dir, 'resp_fifo.response')]);
-  for (const id of ['resp_broken', 'resp_fifo']) {
+  mkdirSync(join(dir, 'resp_dir.response'));
+  const noPath = new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  for (const id of ['resp_broken', 'resp_fifo', 'resp_dir']) {
     const g = await api(a2, 'GET', `/v1/responses/${id}`);
     assert.equal(g.status, 500, g.text);
     assert.match(g.json.error.message, new RegExp(`'${id}' could not be read`));
-    assert.doesNotMatch(g.text, new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+    assert.doesNotMatch(g.text, noPath);
   }
+  // A record that is there but will not go (here a directory) is the store's failure, not a 404.
+  const d = await api(a2, 'DELETE', '/v1/responses/resp_dir');
+  assert.equal(d.status, 500, d.text);
+  assert.equal(d.json.error.type, 'server_error');
+  assert.match(d.json.error.message, /'resp_dir' could not be deleted/);
+  assert.doesNotMatch(d.text, noPath);
+  assert.ok(existsSync(join(dir, 'resp_dir.response')));
   // Ids that are not file names are unknown, not paths.
   assert.equal((await api(a2, 'GET', '/v1/responses/..%2F..%2Fetc%2Fpasswd')).status, 404);
   // Records older than 30 days go when the next one is stored (a new server's first).
