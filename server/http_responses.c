@@ -63,10 +63,14 @@ static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_ca
  * conversation it ended and its session, for previous_response_id and GET
  * /v1/responses/{id}. NULL when the request said store: false (or out of
  * memory: the reply still goes out, unstored). */
+static int resp_stored(const http_req *r)
+{
+    return !json_is_false(json_object_get(r->resp_req, "store"));
+}
+
+/* NULL when out of memory. */
 static json_t *resp_record(http_req *r, const resp_result *rr, json_t *o)
 {
-    if (json_is_false(json_object_get(r->resp_req, "store")))
-        return NULL;
     json_t *m = json_deep_copy(r->resp_hist);
     if (m) json_array_append_new(m, resp_reply_message(rr));
     return m ? json_pack("{s:s,s:O,s:o,s:O}", "session", r->session_id, "response", o, "messages", m,
@@ -82,9 +86,21 @@ static void stream_save_work(void *arg)
                                    sizeof r->op.err);
 }
 
+/* A stream's closing event `last` (numbered, or NULL) is not sent: the
+ * error takes its place and its number. A client told "completed" would
+ * continue from a response no replica can find. */
+static void end_unstored(http_req *r, char *last, srv_status why)
+{
+    if (last) r->resp_seq--;
+    free(last);
+    srv_error e;
+    srv_fail(&e, why, "The response could not be stored (the server log says why); it cannot be "
+                      "continued or retrieved.");
+    req_push_error(r, &e);
+}
+
 /* Scheduler thread: the stream ends with its closing event once the record
- * is stored; if it could not be, with an error instead: a client told
- * "completed" would continue from a response no replica can find. */
+ * is stored, else with an error instead. */
 static void stream_save_done(void *arg)
 {
     http_req *r = arg;
@@ -92,14 +108,9 @@ static void stream_save_done(void *arg)
     if (r->op.rc == SSTORE_OK) {
         req_push_raw(r, r->resp_final);
     } else {
-        free(r->resp_final);
-        r->resp_seq--; /* the error takes the unsent closing event's number */
         fprintf(stderr, "metastate serve: response %s not stored: %s\n", r->resp_id, r->op.err);
-        srv_error e;
-        srv_fail(&e, r->op.rc == SSTORE_DOWN ? SRV_ERR_STORE_UNAVAILABLE : SRV_ERR_NOMEM,
-                 "The response could not be stored (the server log says why); it cannot be "
-                 "continued or retrieved.");
-        req_push_error(r, &e);
+        end_unstored(r, r->resp_final,
+                     r->op.rc == SSTORE_DOWN ? SRV_ERR_STORE_UNAVAILABLE : SRV_ERR_NOMEM);
     }
     r->resp_final = NULL;
     r->saving = 0;
@@ -156,25 +167,27 @@ void resp_stream_done(http_req *r, const sched_result *res)
     json_t *fin = resp_object(r->resp_req, &rr);
     char *last = resp_event(!strcmp(status, "completed") ? "response.completed" : "response.incomplete",
                             json_pack("{s:O}", "response", fin), &r->resp_seq);
-    r->op.rec = resp_record(r, &rr, fin);
+    const int store = resp_stored(r);
+    r->op.rec = store ? resp_record(r, &rr, fin) : NULL;
     json_decref(fin);
     tools_calls_free(calls, n);
-    if (r->op.rec && last) {
-        r->resp_final = last;
-        r->saving = 1;
-        atomic_fetch_add(&r->refs, 1); /* the work queue's reference */
-        if (sched_run_io(r->srv->s, stream_save_work, stream_save_done, r) == SRV_OK) return;
-        atomic_fetch_sub(&r->refs, 1);
-        r->resp_final = NULL;
-        r->saving = 0;
-        free(last);
-        r->resp_seq--;
-        srv_error e;
-        srv_fail(&e, SRV_ERR_SHUTTING_DOWN, "the response could not be stored");
-        req_push_error(r, &e);
+    if (!store) {
+        req_push_raw(r, last);
         return;
     }
-    req_push_raw(r, last);
+    if (!r->op.rec || !last) {
+        fprintf(stderr, "metastate serve: response %s not stored: out of memory\n", r->resp_id);
+        end_unstored(r, last, SRV_ERR_NOMEM);
+        return;
+    }
+    r->resp_final = last;
+    r->saving = 1;
+    atomic_fetch_add(&r->refs, 1); /* the work queue's reference */
+    if (sched_run_io(r->srv->s, stream_save_work, stream_save_done, r) == SRV_OK) return;
+    atomic_fetch_sub(&r->refs, 1);
+    r->resp_final = NULL;
+    r->saving = 0;
+    end_unstored(r, last, SRV_ERR_SHUTTING_DOWN);
 }
 
 static enum MHD_Result previous_404(http_req *r)
@@ -402,14 +415,19 @@ enum MHD_Result resp_reply(http_req *r, const sched_result *res)
     resp_fill(r, &rr, r->choices[0].finish == OA_FINISH_LENGTH && !n ? "incomplete" : "completed",
               calls, n, res);
     json_t *o = resp_object(r->resp_req, &rr);
-    json_t *rec = resp_record(r, &rr, o);
+    const int store = resp_stored(r);
+    json_t *rec = store ? resp_record(r, &rr, o) : NULL;
     tools_calls_free(calls, n);
     char *t = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
-    if (!rec || !t) {
+    if (!t || (store && !rec)) {
+        const char *what = t ? "stored" : "sent";
+        free(t);
         json_decref(rec);
-        return http_send_json(r, 200, t);
+        return http_send_error(r, 500, "server_error", NULL, NULL,
+                               "Out of memory: the response could not be %s.", what);
     }
+    if (!store) return http_send_json(r, 200, t);
     r->op.buf = t;
     r->op.rec = rec;
     return start_sess_op(r, OP_RESP_SAVE);
