@@ -51,7 +51,7 @@ static void sess_op_work(void *arg)
     } else if (op->kind == OP_INFO) {
         op->buf = sstore_info_json(p, r->path_id, &op->rc);
     } else if (op->kind == OP_DELETE) {
-        op->rc = sstore_delete(p, r->path_id);
+        op->rc = sstore_delete(p, r->path_id, op->err, sizeof op->err);
     } else if (op->kind == OP_EXPORT) {
         FILE *f = open_memstream(&op->buf, &op->len);
         if (!f) {
@@ -153,6 +153,12 @@ enum MHD_Result finish_sess_op(http_req *r)
         char *t = op->buf;
         op->buf = NULL;
         return http_send_json(r, 200, t);
+    }
+    if (op->kind == OP_DELETE && op->rc != SSTORE_OK) {
+        fprintf(stderr, "metastate serve: %s\n", op->err); /* names server files: the log's */
+        return http_send_error(r, 500, "server_error", NULL, NULL,
+                               "Session '%s' could not be deleted (the server log says why); it "
+                               "is still there.", r->path_id);
     }
     if (op->kind == OP_DELETE)
         return http_send_json(r, 200, oa_deleted_json(r->path_id, "session.deleted"));

@@ -29,6 +29,7 @@
  */
 #include "sessions.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -742,7 +743,7 @@ char *pool_info_json(sess_pool *p, const char *id)
     return jb_finish(&b);
 }
 
-srv_status pool_delete(sess_pool *p, const char *id)
+srv_status pool_delete(sess_pool *p, const char *id, char *err, size_t errcap)
 {
     pthread_mutex_lock(&p->mu);
     session *s = find_settled(p, id);
@@ -756,11 +757,18 @@ srv_status pool_delete(sess_pool *p, const char *id)
             s->leased = 1;
             s->io = 1;
             pthread_mutex_unlock(&p->mu);
-            store_remove(p->state_dir, id);
+            if (store_remove(p->state_dir, id)) {
+                /* Kept: deleted here but read back from its file by the next
+                 * start or another replica, it would come back. */
+                if (err)
+                    snprintf(err, errcap, "session '%s': its file will not go: %s", id,
+                             strerror(errno));
+                rc = SRV_ERR_IO;
+            }
             pthread_mutex_lock(&p->mu);
             end_io(p, s);
         }
-        drop(p, s);
+        if (!rc) drop(p, s);
     }
     gauges(p);
     pthread_mutex_unlock(&p->mu);

@@ -129,8 +129,9 @@ char *pool_list_json(sess_pool *p);
 char *pool_info_json(sess_pool *p, const char *id);
 /* pool_delete, pool_export and pool_import first wait (up to 10 s) for a
  * background write of the session to finish; "busy" means a request holds it.
- * SRV_OK (deleted), SRV_ERR_NOT_FOUND or SRV_ERR_BUSY. */
-srv_status pool_delete(sess_pool *p, const char *id);
+ * SRV_OK (deleted), SRV_ERR_NOT_FOUND, SRV_ERR_BUSY, or SRV_ERR_IO when its
+ * file would not go (err, if not NULL, says why; the session stays). */
+srv_status pool_delete(sess_pool *p, const char *id, char *err, size_t errcap);
 /* Writes the session's state as safetensors ("state.<i>.*") to f. SRV_OK,
  * SRV_ERR_NOT_FOUND, SRV_ERR_BUSY, else (err filled) SRV_ERR_NOMEM or
  * SRV_ERR_IO. */

@@ -24,7 +24,7 @@ typedef struct sstore_ops {
     int shared;
     char *(*list_json)(sstore *st, int *rc);
     char *(*info_json)(sstore *st, const char *id, int *rc);
-    int (*del)(sstore *st, const char *id);
+    int (*del)(sstore *st, const char *id, char *err, size_t errcap);
     int (*export_state)(sstore *st, const char *id, FILE *f, char *err, size_t errcap);
     int (*import_state)(sstore *st, const char *id, const char *path, char *err, size_t errcap);
 } sstore_ops;
@@ -86,7 +86,10 @@ static int from_pool(srv_status s)
     }
 }
 
-static int pool_del(sstore *st, const char *id) { return from_pool(pool_delete(st->pool, id)); }
+static int pool_del(sstore *st, const char *id, char *err, size_t errcap)
+{
+    return from_pool(pool_delete(st->pool, id, err, errcap));
+}
 
 static int pool_exp(sstore *st, const char *id, FILE *f, char *err, size_t errcap)
 {
@@ -343,14 +346,13 @@ static char *redis_info1(sstore *st, const char *id, int *rc)
     return t;
 }
 
-static int redis_del(sstore *st, const char *id)
+static int redis_del(sstore *st, const char *id, char *err, size_t errcap)
 {
-    char err[256];
     double t0 = now_s();
-    int rc = seen(st, t0, redis_delete(st->rs, id, err, sizeof err));
+    int rc = seen(st, t0, redis_delete(st->rs, id, err, errcap));
     if (rc < 0) return SSTORE_DOWN;
     if (rc == 2) return SSTORE_BUSY;
-    srv_status local = pool_delete(st->pool, id); /* the cached copy, if any */
+    srv_status local = pool_delete(st->pool, id, NULL, 0); /* the cached copy, if any */
     return rc == 1 || local == SRV_OK ? SSTORE_OK : SSTORE_UNKNOWN;
 }
 
@@ -430,7 +432,7 @@ static int redis_imp(sstore *st, const char *id, const char *path, char *err, si
         int rc = seen(st, t0, redis_save(st->rs, id, NULL, buf, n, 0, st->ttl_s, ver, err, errcap));
         out = rc < 0 ? SSTORE_DOWN : rc == 2 ? SSTORE_BUSY : SSTORE_OK;
         free(buf);
-        if (out == SSTORE_OK) pool_delete(st->pool, id); /* drop a stale cached copy */
+        if (out == SSTORE_OK) pool_delete(st->pool, id, NULL, 0); /* drop a stale cached copy */
     }
     ms_state_free(tmp);
     return out;
@@ -497,7 +499,10 @@ int sstore_ping(sstore *st)
 
 char *sstore_list_json(sstore *st, int *rc) { return st->ops->list_json(st, rc); }
 char *sstore_info_json(sstore *st, const char *id, int *rc) { return st->ops->info_json(st, id, rc); }
-int sstore_delete(sstore *st, const char *id) { return st->ops->del(st, id); }
+int sstore_delete(sstore *st, const char *id, char *err, size_t errcap)
+{
+    return st->ops->del(st, id, err, errcap);
+}
 
 int sstore_export(sstore *st, const char *id, FILE *f, char *err, size_t errcap)
 {

@@ -93,8 +93,9 @@ int sstore_turn_renew(sstore *st, const char *id, const sstore_turn *t, char *er
  * SSTORE_UNKNOWN (info: NULL returned) or SSTORE_DOWN (NULL returned). */
 char *sstore_list_json(sstore *st, int *rc);
 char *sstore_info_json(sstore *st, const char *id, int *rc);
-/* SSTORE_OK, _UNKNOWN, _BUSY, _DOWN. */
-int sstore_delete(sstore *st, const char *id);
+/* SSTORE_OK, _UNKNOWN, _BUSY, _DOWN, _INVALID (its file would not go: err
+ * says why, the session stays). */
+int sstore_delete(sstore *st, const char *id, char *err, size_t errcap);
 /* Writes the state as safetensors to f: SSTORE_OK, _UNKNOWN, _BUSY, _DOWN,
  * _INVALID (err). */
 int sstore_export(sstore *st, const char *id, FILE *f, char *err, size_t errcap);

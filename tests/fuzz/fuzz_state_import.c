@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!f || pool_export(pool, "imp", f, err, sizeof err) != SRV_OK) abort();
         fclose(f);
         free(buf);
-        if (pool_delete(pool, "imp") != SRV_OK) abort();
+        if (pool_delete(pool, "imp", NULL, 0) != SRV_OK) abort();
     } else if (rc != SRV_ERR_INVALID || !err[0]) {
         /* A rejected upload is SRV_ERR_INVALID with a reason; anything else
          * (busy, full, out of memory) cannot happen to this one session. */

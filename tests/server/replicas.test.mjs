@@ -7,7 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync, utimesSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { startServer, client, api, tmpDir, asciiBias, MODEL_NAME, sleep } from './lib/server.mjs';
 
@@ -115,4 +115,25 @@ test('stored responses are files beside the sessions: a chain moves between repl
   await client(c).responses.create({ ...base, input: 'New' });
   assert.ok(!existsSync(join(dir, 'resp_old.response')), 'expired');
   assert.ok(existsSync(join(dir, `${r1.id}.response`)), 'recent records stay');
+});
+
+test('a session whose file will not go is not deleted: an error, and it stays', async () => {
+  const a = await startServer({ args: ['--state-dir', dir] });
+  servers.push(a);
+  const r = await api(a, 'POST', '/v1/completions', { model: MODEL_NAME, prompt: 'Hi', max_tokens: 2, session_id: 'stuck' });
+  assert.equal(r.status, 200, r.text);
+  await written('stuck');
+  const file = join(dir, 'stuck.state');
+  rmSync(file);
+  mkdirSync(file); // unlink(2) refuses a directory, as it would a file on a read-only mount
+  const d = await api(a, 'DELETE', '/v1/sessions/stuck');
+  assert.equal(d.status, 500, d.text);
+  assert.equal(d.json.error.type, 'server_error');
+  assert.match(d.json.error.message, /'stuck' could not be deleted/);
+  assert.doesNotMatch(d.text, new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  assert.match(a.stderr(), /session 'stuck': its file will not go/);
+  assert.equal((await api(a, 'GET', '/v1/sessions/stuck')).status, 200, 'still listed');
+  rmdirSync(file);
+  assert.equal((await api(a, 'DELETE', '/v1/sessions/stuck')).status, 200);
+  assert.equal((await api(a, 'GET', '/v1/sessions/stuck')).status, 404);
 });
