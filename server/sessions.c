@@ -456,7 +456,9 @@ pool_rc pool_acquire(sess_pool *p, const char *id, session **out)
 out:
     gauges(p);
     pthread_mutex_unlock(&p->mu);
-    if (gone[0]) store_remove(p->state_dir, gone);
+    if (gone[0] && store_remove(p->state_dir, gone))
+        fprintf(stderr, "metastate serve: evicted session %s: its file will not go (%s); the "
+                        "next start will find it\n", gone, strerror(errno));
     return rc;
 }
 
