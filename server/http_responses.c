@@ -59,16 +59,16 @@ static void resp_fill(http_req *r, resp_result *rr, const char *status, tools_ca
     }
 }
 
-/* The record to store for the response object o (see store.h): o, the
- * conversation it ended and its session, for previous_response_id and GET
- * /v1/responses/{id}. NULL when the request said store: false (or out of
- * memory: the reply still goes out, unstored). */
+/* 1 unless the request said store: false. */
 static int resp_stored(const http_req *r)
 {
     return !json_is_false(json_object_get(r->resp_req, "store"));
 }
 
-/* NULL when out of memory. */
+/* The record to store for the response object o (see store.h): o, the
+ * conversation it ended and its session, for previous_response_id and GET
+ * /v1/responses/{id}. NULL when out of memory (the reply is then an error:
+ * a response nobody can find must not look stored). */
 static json_t *resp_record(http_req *r, const resp_result *rr, json_t *o)
 {
     json_t *m = json_deep_copy(r->resp_hist);
