@@ -118,7 +118,10 @@ static enum MHD_Result send_buf(http_req *r, int status, const char *ctype, char
 
 enum MHD_Result http_send_json(http_req *r, int status, char *json)
 {
-    if (!json) return send_buf(r, 500, "application/json", "{}", 2, 0);
+    /* A body that could not be made (out of memory): still an error clients parse. */
+    static char oom[] = "{\"error\":{\"message\":\"Out of memory.\",\"type\":\"server_error\","
+                        "\"param\":null,\"code\":null}}";
+    if (!json) return send_buf(r, 500, "application/json", oom, sizeof oom - 1, 0);
     return send_buf(r, status, "application/json", json, strlen(json), 1);
 }
 
