@@ -12,6 +12,8 @@ import { join } from 'node:path';
 import { startServer, client, api, tmpDir, asciiBias, MODEL_NAME, sleep } from './lib/server.mjs';
 
 const dir = tmpDir('replicas');
+/** Matches the directory's path: no reply may show it. */
+const dirPath = new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
 const servers = [];
 after(async () => { for (const s of servers) assert.equal((await s.stop()).code, 0, s.stderr()); });
 
@@ -89,19 +91,18 @@ test('stored responses are files beside the sessions: a chain moves between repl
   writeFileSync(join(dir, 'resp_broken.response'), '{"session": "x"');
   execFileSync('mkfifo', [join(dir, 'resp_fifo.response')]);
   mkdirSync(join(dir, 'resp_dir.response'));
-  const noPath = new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
   for (const id of ['resp_broken', 'resp_fifo', 'resp_dir']) {
     const g = await api(a2, 'GET', `/v1/responses/${id}`);
     assert.equal(g.status, 500, g.text);
     assert.match(g.json.error.message, new RegExp(`'${id}' could not be read`));
-    assert.doesNotMatch(g.text, noPath);
+    assert.doesNotMatch(g.text, dirPath);
   }
   // A record that is there but will not go (here a directory) is the store's failure, not a 404.
   const d = await api(a2, 'DELETE', '/v1/responses/resp_dir');
   assert.equal(d.status, 500, d.text);
   assert.equal(d.json.error.type, 'server_error');
   assert.match(d.json.error.message, /'resp_dir' could not be deleted/);
-  assert.doesNotMatch(d.text, noPath);
+  assert.doesNotMatch(d.text, dirPath);
   assert.ok(existsSync(join(dir, 'resp_dir.response')));
   // Ids that are not file names are unknown, not paths.
   assert.equal((await api(a2, 'GET', '/v1/responses/..%2F..%2Fetc%2Fpasswd')).status, 404);
@@ -130,7 +131,7 @@ test('a session whose file will not go is not deleted: an error, and it stays', 
   assert.equal(d.status, 500, d.text);
   assert.equal(d.json.error.type, 'server_error');
   assert.match(d.json.error.message, /'stuck' could not be deleted/);
-  assert.doesNotMatch(d.text, new RegExp(dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  assert.doesNotMatch(d.text, dirPath);
   assert.match(a.stderr(), /session 'stuck': its file will not go/);
   assert.equal((await api(a, 'GET', '/v1/sessions/stuck')).status, 200, 'still listed');
   rmdirSync(file);
