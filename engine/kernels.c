@@ -314,7 +314,8 @@ static float quant_i8(const float *s, int n, int8_t *q)
  * against the rounded scale. No offset: on the default model it measured
  * 2.3542 bits/byte against 2.3558 with an fp16 minimum per group (f32
  * 2.3403), a group is 34 bytes instead of 36, and the kernels take the -8
- * off the integer sums instead of an fp32 step (README, "Performance"). */
+ * off the integer sums instead of an fp32 step (docs/PERFORMANCE.md,
+ * "Formats"). */
 static void quant_q4(const float *s, int n, uint8_t *q, uint16_t *scale)
 {
     /* big: the first value of largest magnitude (NaNs never are) */

@@ -6,7 +6,7 @@
 # process, accuracy against f32 weights), the held-out bits per byte of the
 # default model per format (`metastate perplexity`), and the serving
 # benchmark through the real server (tools/bench_http.mjs). Prints Markdown
-# tables for the README.
+# tables for docs/PERFORMANCE.md.
 # BENCH_SIZES="0.1b", BENCH_FORMATS="bf16 q4", BENCH_THREADS=1, BENCH_HTTP=0,
 # BENCH_PPL=0 narrow the run. A format is WEIGHTS or WEIGHTS+COMPUTE
 # (bf16+bf16: bf16 weights with bf16 dot products).
