@@ -179,6 +179,15 @@ enum MHD_Result finish_sess_op(http_req *r)
         MHD_destroy_response(resp);
         return ok;
     }
+    if (op->rc == SSTORE_FULL) {
+        srv_error why = {SRV_ERR_SESSIONS_FULL, ""};
+        snprintf(why.msg, sizeof why.msg, "%.*s", (int)sizeof why.msg - 1, op->err);
+        return http_send_status(r, &why);
+    }
+    if (op->rc == SSTORE_FAILED)
+        return http_send_error(r, 500, "server_error", NULL, NULL,
+                               "Session '%s' could not be imported (%s); it is as it was.", r->path_id,
+                               op->err);
     if (op->rc != SSTORE_OK)
         return http_send_error(r, 400, "invalid_request_error", "state", "invalid_state", "%s", op->err);
     char *t = op->buf;

@@ -854,47 +854,45 @@ srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err
     srv_status rc = SRV_OK;
     session *s = find_settled(p, id);
     if (s && s->leased) rc = SRV_ERR_BUSY;
-    else {
-        if (!s && p->n_sessions >= p->max_sessions) {
-            rc = SRV_ERR_SESSIONS_FULL;
-            snprintf(err, errcap, "too many sessions (--max-sessions)");
+    else if (!s && p->n_sessions >= p->max_sessions) {
+        rc = SRV_ERR_SESSIONS_FULL;
+        snprintf(err, errcap, "too many sessions (--max-sessions)");
+    } else if (s && s->on_disk && p->state_dir) {
+        /* The replaced state's file goes first (held as background I/O, the
+         * unlink outside the mutex): left behind, the next start or another
+         * replica would read the old state back. If it will not go, the
+         * import fails and the session stays as it was. */
+        s->leased = 1;
+        s->io = 1;
+        pthread_mutex_unlock(&p->mu);
+        int gone = store_remove(p->state_dir, id) == 0, why = errno;
+        pthread_mutex_lock(&p->mu);
+        end_io(p, s);
+        if (!gone) {
+            rc = SRV_ERR_IO;
+            snprintf(err, errcap, "its old file will not go: %s", strerror(why));
         } else {
-            if (!s) s = insert(p, id);
-            if (!s) {
-                rc = SRV_ERR_NOMEM;
-                snprintf(err, errcap, "out of memory");
-            } else {
-                if (!s->state) {
-                    if (s->on_disk) p->n_disk_only--;
-                    if (alloc_mem(p, s)) {
-                        drop(p, s);
-                        rc = SRV_ERR_NOMEM;
-                        snprintf(err, errcap, "out of memory");
-                    }
-                }
-                if (!rc) {
-                    ms_state_copy(s->state, tmp);
-                    ms_state_copy(s->ckpt, tmp);
-                    s->has_ckpt = 1; /* the imported state is the start of every miss */
-                    s->init_state[0] = 0;
-                    s->n_ckpt = 0;
-                    s->n_tokens = 0;
-                    s->info_tokens = 0;
-                    s->dirty = 1;
-                    s->updated = now_wall();
-                    touch(p, s);
-                    if (s->on_disk && p->state_dir) { /* the old file goes, outside the mutex */
-                        s->leased = 1;
-                        s->io = 1;
-                        pthread_mutex_unlock(&p->mu);
-                        store_remove(p->state_dir, id);
-                        pthread_mutex_lock(&p->mu);
-                        end_io(p, s);
-                    }
-                    s->on_disk = 0;
-                }
-            }
+            if (!s->state) p->n_disk_only--;
+            s->on_disk = 0;
         }
+    }
+    if (!rc && !s && !(s = insert(p, id))) rc = SRV_ERR_NOMEM;
+    if (!rc && !s->state && alloc_mem(p, s)) {
+        drop(p, s);
+        rc = SRV_ERR_NOMEM;
+    }
+    if (rc == SRV_ERR_NOMEM) snprintf(err, errcap, "out of memory");
+    if (!rc) {
+        ms_state_copy(s->state, tmp);
+        ms_state_copy(s->ckpt, tmp);
+        s->has_ckpt = 1; /* the imported state is the start of every miss */
+        s->init_state[0] = 0;
+        s->n_ckpt = 0;
+        s->n_tokens = 0;
+        s->info_tokens = 0;
+        s->dirty = 1;
+        s->updated = now_wall();
+        touch(p, s);
     }
     gauges(p);
     pthread_mutex_unlock(&p->mu);

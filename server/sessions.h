@@ -141,8 +141,9 @@ srv_status pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t 
  * prompt on top of the imported state (which stands in for an initial state:
  * init_state becomes ""). States with NaN/Inf or values beyond
  * STORE_VALUE_MAX are refused. SRV_OK, SRV_ERR_BUSY, else (err filled)
- * SRV_ERR_INVALID (not a state of this model), SRV_ERR_SESSIONS_FULL or
- * SRV_ERR_NOMEM. */
+ * SRV_ERR_INVALID (not a state of this model), SRV_ERR_SESSIONS_FULL,
+ * SRV_ERR_NOMEM or SRV_ERR_IO (the replaced state's file would not go); on
+ * any error the session is as it was. */
 srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap);
 
 /* Appends one token to a leased session's history (amortized growth);

@@ -96,9 +96,13 @@ static int pool_exp(sstore *st, const char *id, FILE *f, char *err, size_t errca
     return from_pool(pool_export(st->pool, id, f, err, errcap));
 }
 
+/* The pool's own failures are the server's, not the upload's. */
 static int pool_imp(sstore *st, const char *id, const char *path, char *err, size_t errcap)
 {
-    return from_pool(pool_import(st->pool, id, path, err, errcap));
+    srv_status s = pool_import(st->pool, id, path, err, errcap);
+    return s == SRV_ERR_SESSIONS_FULL ? SSTORE_FULL
+         : s == SRV_ERR_NOMEM || s == SRV_ERR_IO ? SSTORE_FAILED
+                                                  : from_pool(s);
 }
 
 static const sstore_ops memory_ops = {"memory", 0, pool_list, pool_info, pool_del, pool_exp, pool_imp};
@@ -400,7 +404,7 @@ static int redis_imp(sstore *st, const char *id, const char *path, char *err, si
     if (!tmp) {
         ms_tensorfile_close(tf);
         snprintf(err, errcap, "out of memory");
-        return SSTORE_INVALID;
+        return SSTORE_FAILED;
     }
     ms_status s = ms_state_load_tensors(tmp, tf, "state.", &e);
     ms_tensorfile_close(tf);
@@ -424,7 +428,7 @@ static int redis_imp(sstore *st, const char *id, const char *path, char *err, si
     int out = SSTORE_OK;
     if (!buf) {
         snprintf(err, errcap, "out of memory");
-        out = SSTORE_INVALID;
+        out = SSTORE_FAILED;
     } else {
         record_encode(&r, cfg, ms_model_fingerprint(st->model), buf, n);
         char ver[REDIS_VERSION_MAX];

@@ -36,7 +36,9 @@ enum {
     SSTORE_UNKNOWN = 1,  /* no such session */
     SSTORE_BUSY = 2,     /* a turn (here or on another replica) holds it */
     SSTORE_DOWN = 3,     /* the shared store cannot be reached: 503 store_unavailable */
+    SSTORE_FULL = 4,     /* --max-sessions reached: 503 sessions_full */
     SSTORE_INVALID = -1, /* bad input or a failed read/write: err says what */
+    SSTORE_FAILED = -2,  /* the server's own failure (memory, a file): err says what */
 };
 
 /* One turn's hold on a session in a shared store. */
@@ -100,7 +102,8 @@ int sstore_delete(sstore *st, const char *id, char *err, size_t errcap);
  * _INVALID (err). */
 int sstore_export(sstore *st, const char *id, FILE *f, char *err, size_t errcap);
 /* Replaces or creates session id from the safetensors state at path:
- * SSTORE_OK, _BUSY, _DOWN, _INVALID (err). */
+ * SSTORE_OK, _BUSY, _DOWN, _FULL, _INVALID (not a state of this model: err)
+ * or _FAILED (err); on any error the session is as it was. */
 int sstore_import(sstore *st, const char *id, const char *path, char *err, size_t errcap);
 
 /* ----- stored responses (/v1/responses; HTTP side) -----

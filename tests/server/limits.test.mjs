@@ -92,6 +92,8 @@ test('--max-sessions: the least recently used idle session is forgotten; all bus
     assert.deepEqual(ids, ['ms-b', 'ms-c']);
     assert.equal((await api(s, 'GET', '/v1/sessions/ms-a')).status, 404);
     assert.equal((await metrics(s)).metastate_session_evictions_total >= 1, true);
+    const state = await api(s, 'GET', '/v1/sessions/ms-b/state');
+    assert.equal(state.status, 200);
     // Two long streams hold both sessions; a request on a third one gets the
     // free slot but no room for its session.
     const streams = ['ms-b', 'ms-c'].map((sid) => {
@@ -108,6 +110,12 @@ test('--max-sessions: the least recently used idle session is forgotten; all bus
       session_id: 'ms-d' });
     assert.equal(full.status, 503);
     assert.equal(full.json.error.code, 'sessions_full');
+    // An import that would add a session is refused the same way: the server's limit, not a bad upload.
+    const imp = await api(s, 'PUT', '/v1/sessions/ms-d/state', state.bytes,
+      { 'Content-Type': 'application/octet-stream' });
+    assert.equal(imp.status, 503, imp.text);
+    assert.equal(imp.json.error.code, 'sessions_full');
+    assert.match(imp.json.error.message, /--max-sessions/);
     for (const x of streams) x.ac.abort();
     await waitFor(async () => (await metrics(s)).metastate_active_sequences === 0, 5000 * SLOW, 'streams to stop');
     const after = await api(s, 'POST', '/v1/completions', { model: MODEL_NAME, prompt: 'p', max_tokens: 1,

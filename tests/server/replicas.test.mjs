@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, rmSync, writeFileSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
-import { startServer, client, api, tmpDir, asciiBias, MODEL_NAME, sleep } from './lib/server.mjs';
+import { startServer, client, api, metrics, tmpDir, asciiBias, MODEL_NAME, sleep } from './lib/server.mjs';
 
 const dir = tmpDir('replicas');
 /** Matches the directory's path: no reply may show it. */
@@ -137,4 +137,46 @@ test('a session whose file will not go is not deleted: an error, and it stays', 
   rmdirSync(file);
   assert.equal((await api(a, 'DELETE', '/v1/sessions/stuck')).status, 200);
   assert.equal((await api(a, 'GET', '/v1/sessions/stuck')).status, 404);
+});
+
+test('an import over a session whose file will not go fails and changes nothing', async () => {
+  const a = await startServer({ args: ['--state-dir', dir] });
+  servers.push(a);
+  const r = await api(a, 'POST', '/v1/completions', { model: MODEL_NAME, prompt: 'Hello there', max_tokens: 2,
+    session_id: 'stuck2' });
+  assert.equal(r.status, 200, r.text);
+  await written('stuck2');
+  const before = (await api(a, 'GET', '/v1/sessions/stuck2')).json;
+  assert.ok(before.tokens > 0);
+  const state = await api(a, 'GET', '/v1/sessions/stuck2/state');
+  assert.equal(state.status, 200);
+  const file = join(dir, 'stuck2.state');
+  const kept = readFileSync(file);
+  rmSync(file);
+  mkdirSync(file); // unlink(2) refuses a directory: the replaced state's file would stay
+  const put2 = (srv) => api(srv, 'PUT', '/v1/sessions/stuck2/state', state.bytes,
+    { 'Content-Type': 'application/octet-stream' });
+  const imp = await put2(a);
+  assert.equal(imp.status, 500, imp.text);
+  assert.equal(imp.json.error.type, 'server_error');
+  assert.match(imp.json.error.message, /'stuck2' could not be imported \(its old file will not go: Is a directory\); it is as it was/);
+  assert.doesNotMatch(imp.text, dirPath);
+  assert.deepEqual((await api(a, 'GET', '/v1/sessions/stuck2')).json, before, 'the session as it was');
+  rmdirSync(file);
+  writeFileSync(file, kept);
+  const ok = await put2(a);
+  assert.equal(ok.status, 200, ok.text);
+  assert.equal(ok.json.tokens, 0, 'imported: no history');
+  // What a restart finds is the imported state, not the old file's.
+  assert.equal((await a.stop()).code, 0, a.stderr());
+  servers.splice(servers.indexOf(a), 1);
+  const b = await startServer({ args: ['--state-dir', dir] });
+  servers.push(b);
+  assert.equal((await api(b, 'GET', '/v1/sessions/stuck2')).json.tokens, 0);
+  // Over a session that is only on disk, an import moves it into memory.
+  const m0 = await metrics(b);
+  assert.equal((await put2(b)).status, 200);
+  const m1 = await metrics(b);
+  assert.equal(m1.metastate_sessions_on_disk, m0.metastate_sessions_on_disk - 1);
+  assert.equal(m1.metastate_sessions_in_memory, m0.metastate_sessions_in_memory + 1);
 });
