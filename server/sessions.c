@@ -363,6 +363,17 @@ static int alloc_mem(sess_pool *p, session *s)
     return 0;
 }
 
+/* s's states go (to the spares) and it counts as on disk only; caller
+ * holds mu and has its file in place. */
+static void leave_memory(sess_pool *p, session *s)
+{
+    p->n_mem--;
+    p->n_disk_only++;
+    lru_remove(p, s, LRU_MEM);
+    free_mem(p, s);
+    reacct(p, s);
+}
+
 int pool_refill(sess_pool *p)
 {
     pthread_mutex_lock(&p->mu);
@@ -626,11 +637,7 @@ void pool_spill_done(sess_pool *p, session *s, int ok)
     end_io(p, s);
     p->spilling -= s->acct;
     if (ok) {
-        p->n_mem--;
-        p->n_disk_only++;
-        lru_remove(p, s, LRU_MEM);
-        free_mem(p, s);
-        reacct(p, s);
+        leave_memory(p, s);
         s->on_disk = 1;
         s->dirty = 0;
         metrics_add(MET_C_SPILLS, 1);
@@ -852,36 +859,45 @@ srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err
     }
     pthread_mutex_lock(&p->mu);
     srv_status rc = SRV_OK;
-    session *s = find_settled(p, id);
+    session *s = find_settled(p, id), *added = NULL;
+    int was_disk_only = 0;
     if (s && s->leased) rc = SRV_ERR_BUSY;
     else if (!s && p->n_sessions >= p->max_sessions) {
         rc = SRV_ERR_SESSIONS_FULL;
         snprintf(err, errcap, "too many sessions (--max-sessions)");
-    } else if (s && s->on_disk && p->state_dir) {
-        /* The replaced state's file goes first (held as background I/O, the
-         * unlink outside the mutex): left behind, the next start or another
-         * replica would read the old state back. If it will not go, the
-         * import fails and the session stays as it was. */
+    } else if (!s && !(s = added = insert(p, id))) {
+        rc = SRV_ERR_NOMEM;
+    } else if (!s->state) {
+        /* Memory before the file goes, so that a failure loses nothing. */
+        if (alloc_mem(p, s)) {
+            if (added) drop(p, s);
+            rc = SRV_ERR_NOMEM;
+        } else if (s->on_disk) {
+            was_disk_only = 1;
+            p->n_disk_only--;
+        }
+    }
+    if (rc == SRV_ERR_NOMEM) snprintf(err, errcap, "out of memory");
+    if (!rc && s->on_disk && p->state_dir) {
+        /* The replaced state's file goes before the state is replaced (held
+         * as background I/O, the unlink outside the mutex): left behind,
+         * the next start or another replica would read the old state back.
+         * If it will not go, the import fails and the session stays as it
+         * was. */
         s->leased = 1;
         s->io = 1;
         pthread_mutex_unlock(&p->mu);
         int gone = store_remove(p->state_dir, id) == 0, why = errno;
         pthread_mutex_lock(&p->mu);
         end_io(p, s);
-        if (!gone) {
+        if (gone) {
+            s->on_disk = 0;
+        } else {
             rc = SRV_ERR_IO;
             snprintf(err, errcap, "its old file will not go: %s", strerror(why));
-        } else {
-            if (!s->state) p->n_disk_only--;
-            s->on_disk = 0;
+            if (was_disk_only) leave_memory(p, s);
         }
     }
-    if (!rc && !s && !(s = insert(p, id))) rc = SRV_ERR_NOMEM;
-    if (!rc && !s->state && alloc_mem(p, s)) {
-        drop(p, s);
-        rc = SRV_ERR_NOMEM;
-    }
-    if (rc == SRV_ERR_NOMEM) snprintf(err, errcap, "out of memory");
     if (!rc) {
         ms_state_copy(s->state, tmp);
         ms_state_copy(s->ckpt, tmp);

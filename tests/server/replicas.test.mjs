@@ -173,8 +173,19 @@ test('an import over a session whose file will not go fails and changes nothing'
   const b = await startServer({ args: ['--state-dir', dir] });
   servers.push(b);
   assert.equal((await api(b, 'GET', '/v1/sessions/stuck2')).json.tokens, 0);
-  // Over a session that is only on disk, an import moves it into memory.
-  const m0 = await metrics(b);
+  // Over a session that is only on disk: it stays there when its file will not go, and an
+  // import moves it into memory.
+  const m0 = await metrics(b), info = (await api(b, 'GET', '/v1/sessions/stuck2')).json;
+  const kept2 = readFileSync(file);
+  rmSync(file);
+  mkdirSync(file);
+  assert.equal((await put2(b)).status, 500);
+  const mFail = await metrics(b);
+  assert.equal(mFail.metastate_sessions_on_disk, m0.metastate_sessions_on_disk);
+  assert.equal(mFail.metastate_sessions_in_memory, m0.metastate_sessions_in_memory);
+  assert.deepEqual((await api(b, 'GET', '/v1/sessions/stuck2')).json, info);
+  rmdirSync(file);
+  writeFileSync(file, kept2);
   assert.equal((await put2(b)).status, 200);
   const m1 = await metrics(b);
   assert.equal(m1.metastate_sessions_on_disk, m0.metastate_sessions_on_disk - 1);
