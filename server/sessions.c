@@ -832,31 +832,9 @@ srv_status pool_export(sess_pool *p, const char *id, FILE *f, char *err, size_t 
 
 srv_status pool_import(sess_pool *p, const char *id, const char *path, char *err, size_t errcap)
 {
-    ms_tensorfile *tf = NULL;
-    ms_error e = {0};
-    if (ms_tensorfile_open(path, &tf, &e) != MS_OK) {
-        snprintf(err, errcap, "not a safetensors state: %s", e.msg);
-        return SRV_ERR_INVALID;
-    }
-    ms_state *tmp = ms_state_new(p->model);
-    if (!tmp) {
-        ms_tensorfile_close(tf);
-        snprintf(err, errcap, "out of memory");
-        return SRV_ERR_NOMEM;
-    }
-    ms_status st = ms_state_load_tensors(tmp, tf, "state.", &e);
-    ms_tensorfile_close(tf);
-    if (st != MS_OK) {
-        ms_state_free(tmp);
-        snprintf(err, errcap, "%s", e.msg);
-        return SRV_ERR_INVALID;
-    }
-    if (!store_values_ok(ms_state_cdata(tmp), ms_state_nfloats(tmp))) {
-        ms_state_free(tmp);
-        snprintf(err, errcap, "the state holds values that are not finite or beyond +-%g",
-                 (double)STORE_VALUE_MAX);
-        return SRV_ERR_INVALID;
-    }
+    ms_state *tmp;
+    int rd = store_read_upload(p->model, path, &tmp, err, errcap);
+    if (rd) return rd > 0 ? SRV_ERR_INVALID : SRV_ERR_NOMEM;
     pthread_mutex_lock(&p->mu);
     srv_status rc = SRV_OK;
     session *s = find_settled(p, id), *added = NULL;

@@ -221,6 +221,38 @@ int store_values_ok(const float *x, size_t n)
     return 1;
 }
 
+int store_read_upload(const ms_model *m, const char *path, ms_state **out, char *err, size_t errcap)
+{
+    *out = NULL;
+    ms_tensorfile *tf = NULL;
+    ms_error e = {0};
+    if (ms_tensorfile_open(path, &tf, &e) != MS_OK) {
+        snprintf(err, errcap, "not a safetensors state: %s", e.msg);
+        return 1;
+    }
+    ms_state *st = ms_state_new(m);
+    if (!st) {
+        ms_tensorfile_close(tf);
+        snprintf(err, errcap, "out of memory");
+        return -1;
+    }
+    ms_status rc = ms_state_load_tensors(st, tf, "state.", &e);
+    ms_tensorfile_close(tf);
+    if (rc != MS_OK) {
+        ms_state_free(st);
+        snprintf(err, errcap, "%s", e.msg);
+        return 1;
+    }
+    if (!store_values_ok(ms_state_cdata(st), ms_state_nfloats(st))) {
+        ms_state_free(st);
+        snprintf(err, errcap, "the state holds values that are not finite or beyond +-%g",
+                 (double)STORE_VALUE_MAX);
+        return 1;
+    }
+    *out = st;
+    return 0;
+}
+
 static int rd(FILE *f, void *p, size_t n, uint32_t *crc)
 {
     if (n && fread(p, 1, n, f) != n) return -1;

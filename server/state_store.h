@@ -96,4 +96,10 @@ int store_clean_temps(const char *dir, int min_age_s);
 /* 1 when all n values are finite and within +-STORE_VALUE_MAX. */
 int store_values_ok(const float *x, size_t n);
 
+/* Reads an uploaded safetensors state ("state.<i>.*", as an export writes
+ * it) for model m into a new state, *out (the caller frees it). 0; else
+ * *out is NULL and err says why: 1 when it is not a state of this model or
+ * holds values that store_values_ok refuses, -1 out of memory. */
+int store_read_upload(const ms_model *m, const char *path, ms_state **out, char *err, size_t errcap);
+
 #endif

@@ -394,31 +394,9 @@ static int redis_exp(sstore *st, const char *id, FILE *f, char *err, size_t errc
 
 static int redis_imp(sstore *st, const char *id, const char *path, char *err, size_t errcap)
 {
-    ms_tensorfile *tf = NULL;
-    ms_error e = {0};
-    if (ms_tensorfile_open(path, &tf, &e) != MS_OK) {
-        snprintf(err, errcap, "not a safetensors state: %s", e.msg);
-        return SSTORE_INVALID;
-    }
-    ms_state *tmp = ms_state_new(st->model);
-    if (!tmp) {
-        ms_tensorfile_close(tf);
-        snprintf(err, errcap, "out of memory");
-        return SSTORE_FAILED;
-    }
-    ms_status s = ms_state_load_tensors(tmp, tf, "state.", &e);
-    ms_tensorfile_close(tf);
-    if (s != MS_OK) {
-        ms_state_free(tmp);
-        snprintf(err, errcap, "%s", e.msg);
-        return SSTORE_INVALID;
-    }
-    if (!store_values_ok(ms_state_cdata(tmp), ms_state_nfloats(tmp))) {
-        ms_state_free(tmp);
-        snprintf(err, errcap, "the state holds values that are not finite or beyond +-%g",
-                 (double)STORE_VALUE_MAX);
-        return SSTORE_INVALID;
-    }
+    ms_state *tmp;
+    int rd = store_read_upload(st->model, path, &tmp, err, errcap);
+    if (rd) return rd > 0 ? SSTORE_INVALID : SSTORE_FAILED;
     /* As pool_import: no history, the imported state is also the checkpoint
      * every miss restarts from, and it stands in for an initial state. */
     store_record r = {.state = tmp, .ckpt = tmp, .n_ckpt = 0, .tokens_known = 1};
