@@ -75,13 +75,17 @@ static char *pool_info(sstore *st, const char *id, int *rc)
     return t;
 }
 
-/* The pool's status as this interface's codes. */
+/* The pool's status as this interface's codes: its own failures (memory,
+ * a file) and its limit are the server's, not the caller's input. */
 static int from_pool(srv_status s)
 {
     switch (s) {
     case SRV_OK: return SSTORE_OK;
     case SRV_ERR_NOT_FOUND: return SSTORE_UNKNOWN;
     case SRV_ERR_BUSY: return SSTORE_BUSY;
+    case SRV_ERR_SESSIONS_FULL: return SSTORE_FULL;
+    case SRV_ERR_NOMEM:
+    case SRV_ERR_IO: return SSTORE_FAILED;
     default: return SSTORE_INVALID;
     }
 }
@@ -96,13 +100,9 @@ static int pool_exp(sstore *st, const char *id, FILE *f, char *err, size_t errca
     return from_pool(pool_export(st->pool, id, f, err, errcap));
 }
 
-/* The pool's own failures are the server's, not the upload's. */
 static int pool_imp(sstore *st, const char *id, const char *path, char *err, size_t errcap)
 {
-    srv_status s = pool_import(st->pool, id, path, err, errcap);
-    return s == SRV_ERR_SESSIONS_FULL ? SSTORE_FULL
-         : s == SRV_ERR_NOMEM || s == SRV_ERR_IO ? SSTORE_FAILED
-                                                  : from_pool(s);
+    return from_pool(pool_import(st->pool, id, path, err, errcap));
 }
 
 static const sstore_ops memory_ops = {"memory", 0, pool_list, pool_info, pool_del, pool_exp, pool_imp};

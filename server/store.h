@@ -95,11 +95,11 @@ int sstore_turn_renew(sstore *st, const char *id, const sstore_turn *t, char *er
  * SSTORE_UNKNOWN (info: NULL returned) or SSTORE_DOWN (NULL returned). */
 char *sstore_list_json(sstore *st, int *rc);
 char *sstore_info_json(sstore *st, const char *id, int *rc);
-/* SSTORE_OK, _UNKNOWN, _BUSY, _DOWN, _INVALID (its file would not go: err
- * says why, the session stays). */
+/* SSTORE_OK, _UNKNOWN, _BUSY, _DOWN, _FAILED or _INVALID (its file or
+ * record would not go: err says why, the session stays). */
 int sstore_delete(sstore *st, const char *id, char *err, size_t errcap);
 /* Writes the state as safetensors to f: SSTORE_OK, _UNKNOWN, _BUSY, _DOWN,
- * _INVALID (err). */
+ * _FAILED or _INVALID (err). */
 int sstore_export(sstore *st, const char *id, FILE *f, char *err, size_t errcap);
 /* Replaces or creates session id from the safetensors state at path:
  * SSTORE_OK, _BUSY, _DOWN, _FULL, _INVALID (not a state of this model: err)
