@@ -132,7 +132,7 @@ if ((${#ppl_rows[@]})); then
 fi
 if ((${#http_rows[@]})); then
     echo
-    echo "Through the HTTP server (streaming, 128 tokens per request, one session each):"
+    echo "Through the HTTP server (streaming, 128 tokens per request, one session each; tok/s the best of 3 rounds):"
     echo
     echo "| model-weights | 1 session tok/s | 4 sessions | 8 sessions | 16 sessions | 8 vs 1 | TTFT at 8 (s) | a stream's longest gap while 8 prompts of 512 tokens arrive: ms (in one stream's token times); their mean TTFT (s) | 10th turn TTFT with session / without (s) |"
     echo "|---|---|---|---|---|---|---|---|---|"
