@@ -91,11 +91,18 @@ async function concurrent(url, n, round) {
 async function burst(url, tokMs) {
   const gaps = [];
   const stop = new AbortController();
+  // Byte-level vocabulary (no --vocab): id b + 1 is byte b. Bytes 0x80-0xff
+  // are banned, so every token is a whole character and arrives as an event
+  // of its own: a random byte that starts or continues a UTF-8 sequence is
+  // held back until the character is whole, and while the prompts ran, two
+  // or three such tokens in a row read as a gap of two or three steps.
+  const bias = { 0: -100 };
+  for (let id = 0x80 + 1; id <= 0xff + 1; id++) bias[id] = -100;
   const running = (async () => {
     const r = await fetch(`${url}/v1/completions`, {
       method: 'POST', headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ model: 'bench', stream: true, prompt: 'A running stream.', max_tokens: 100000,
-        temperature: 1, seed: 1, logit_bias: { 0: -100 } }),
+        temperature: 1, seed: 1, logit_bias: bias }),
       signal: stop.signal,
     });
     let last = null;
