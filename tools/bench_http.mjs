@@ -18,6 +18,7 @@ const GEN = 128; // streams of 128 tokens, as llama-server comparisons use
 // 8-vs-1 ratio anywhere from 3.2x to 5.2x. The sizes take turns within every
 // round, so a neighbour's burst slows one round of all of them.
 const ROUNDS = 3;
+const SIZES = [1, 4, 8, 16]; // concurrent streams
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function start() {
@@ -153,12 +154,12 @@ async function tenthTurn(url) {
 const srv = await start();
 try {
   await stream(srv.url, { prompt: 'warm up', max_tokens: 4 });
-  const runs = { 1: [], 4: [], 8: [], 16: [] };
+  const runs = Object.fromEntries(SIZES.map((n) => [n, []]));
   for (let round = 0; round < ROUNDS; round++)
-    for (const n of [1, 4, 8, 16]) runs[n].push(await concurrent(srv.url, n, round));
+    for (const n of SIZES) runs[n].push(await concurrent(srv.url, n, round));
   const out = {};
   const best = {};
-  for (const n of [1, 4, 8, 16]) {
+  for (const n of SIZES) {
     best[n] = runs[n].reduce((a, r) => (r.tps > a.tps ? r : a));
     out[`agg${n}`] = best[n].tps.toFixed(1);
     out[`rounds${n}`] = runs[n].map((r) => r.tps.toFixed(1)).join('/'); // the spread, for the log
